@@ -1,0 +1,64 @@
+"""Records the kernel stage hands to the identity stage (no bcc or ctypes object leaves kernel/)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Mapping, Optional, Tuple
+
+
+class Side(str, enum.Enum):
+    """Which side of the gateway a connection is on."""
+
+    SERVER = "server"  # the target accepted it (client -> gateway)
+    CLIENT = "client"  # the target opened it (gateway -> upstream)
+
+
+class ValueFlag(enum.IntFlag):
+    """Why the kernel thinks an identity value is unusable (bits match bpf/include/tw_abi.h)."""
+
+    NONE = 0
+    DUPLICATE = 1 << 0  # the winning identity header appeared more than once
+    FOLDED = 1 << 1  # obs-fold continuation line on an identity header
+    BAD_BYTE = 1 << 2  # control byte (NUL, CR alone, DEL ...) inside the value
+    TOO_LONG = 1 << 3  # value longer than TW_VALUE_MAX; only a prefix was kept
+    COLLISION = 1 << 4  # two different values met on one 64-bit key (second hash differed)
+    OVERFLOW = 1 << 5  # the kernel's per-tick identity map was full: request folded here
+    NO_IDENTITY = 1 << 6  # no configured source was present in the request
+
+
+STATUS_CLASSES: Tuple[str, ...] = ("1xx", "2xx", "3xx", "4xx", "5xx", "none")
+
+
+@dataclass(frozen=True)
+class IdentityCounts:
+    """Counts the kernel accumulated for one (identity key, side) during one tick.
+
+    Values are deltas since the previous tick.  ``raw_value`` is None when the key was first
+    seen in an earlier tick (user space then resolves it from its own cache).
+    """
+
+    key: int
+    side: Side
+    raw_value: Optional[bytes]
+    source_index: int  # index into config tenancy.sources, -1 when none matched
+    flags: ValueFlag
+    requests_by_class: Tuple[int, ...]  # aligned with STATUS_CLASSES
+    request_heads: int  # request heads parsed (a request is counted in a class once it ends)
+    rx_bytes: int
+    tx_bytes: int
+    latency_buckets: Tuple[int, ...]  # non-cumulative, len(bounds) + 1 (last is +Inf)
+    latency_sum_ns: int
+    connections_opened: int
+    connections_closed: int
+
+
+@dataclass(frozen=True)
+class KernelTick:
+    """Everything drained from the kernel in one tick."""
+
+    identities: Tuple[IdentityCounts, ...]
+    lost: Mapping[str, int]  # deltas by reason
+    targets: int  # processes traced right now
+    probes: Mapping[str, bool]  # probe name -> attached
+    monotonic_ns: int
