@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Optional
 
 # Reserved tenant labels.  They cannot collide with real tenants: the default pattern
 # requires an alphanumeric first character, and these start with an underscore.
@@ -27,4 +26,4 @@ class TenantIdentity:
 
     tenant: str
     trust: Trust
-    rejected_reason: Optional[str] = None  # set when the value was folded or rejected
+    rejected_reason: str | None = None  # set when the value was folded or rejected

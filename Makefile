@@ -1,0 +1,50 @@
+# tenantwatch developer entry points. Root-only targets run scripts/install-deps.sh first.
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+# test-unit and lint need no root and no deps step: use the venv when it exists.
+UNIT_PY := $(if $(wildcard $(PY)),$(PY),/usr/bin/python3)
+RUFF    := $(if $(wildcard $(VENV)/bin/ruff),$(VENV)/bin/ruff,ruff)
+PYTEST_FLAGS := -q -p no:cacheprovider
+
+.PHONY: all help deps root demo test test-unit lint bench clean
+
+all: help
+
+help:
+	@echo "make deps       install system packages, headers, mounts, venv (root)"
+	@echo "make demo       deps, then .venv/bin/tenantwatch demo (root)"
+	@echo "make test       deps, then the whole test suite (root)"
+	@echo "make test-unit  unit tests only (no root, no deps step)"
+	@echo "make lint       ruff"
+	@echo "make bench      deps, then bench/nginx_ab.py (root)"
+	@echo "make clean      remove caches and build artefacts (keeps .venv)"
+
+root:
+	@if [ "$$(id -u)" -ne 0 ]; then \
+	  echo "make $(or $(MAKECMDGOALS),deps): must run as root (apt, mounts, BPF); try: sudo make $(MAKECMDGOALS)" >&2; \
+	  exit 1; \
+	fi
+
+deps: root
+	bash scripts/install-deps.sh
+
+demo: deps
+	$(VENV)/bin/tenantwatch demo
+
+# pytest's exit code goes through as is: 5 (nothing collected) fails the target.
+test: deps
+	$(PY) -m pytest $(PYTEST_FLAGS) tests
+
+test-unit:
+	$(UNIT_PY) -m pytest $(PYTEST_FLAGS) tests/unit
+
+lint:
+	$(RUFF) check .
+
+bench: deps
+	$(PY) bench/nginx_ab.py
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -print0 | xargs -0 rm -rf

@@ -1,0 +1,1120 @@
+/* http.c: per-tenant HTTP/1.x attribution on the target's sockets (bcc dialect).
+ *
+ * Syscall tracepoints on target processes stash the arguments at entry and, at
+ * exit, hand the bytes that really moved to tw_parse, a streaming HTTP/1.x parser
+ * whose state lives in the connection's map entry (not in registers), so the
+ * verifier sees one state per loop iteration.  tw_parse handles one window of
+ * TW_WINDOW bytes per run and tail-calls itself for the next window; message
+ * bodies are skipped by arithmetic, never scanned.
+ *
+ * Per request the kernel: finds the configured identity headers, hashes the
+ * winning value with two secret-seeded hashes, counts the request in the active
+ * aggregate map (double-buffered: user space drains the other one each tick),
+ * and on the response head records status class and latency in exact buckets.
+ * No per-request event goes to user space.
+ *
+ * Settings come as -D defines (TW_MAX_CONNS, TW_HAVE_PROBE_READ_USER) and the
+ * tw_ctl / tw_sources arrays.
+ */
+#include <uapi/linux/ptrace.h>
+#include "tw_abi.h"
+
+#ifndef TW_MAX_CONNS
+#define TW_MAX_CONNS 65536
+#endif
+/* Bytes parsed per tw_parse run.  512 keeps one run's verification well under the
+ * 1M-instruction limit; a power of two so the index can be masked. */
+#ifndef TW_WINDOW
+#define TW_WINDOW 512
+#endif
+/* Tail calls per syscall: the kernel allows 33.  32 windows = 16 KiB of message
+ * heads in one syscall; beyond that the rest is counted lost(scan_budget). */
+#define TW_MAX_TAILS 32
+/* Distinct identities per tick (both sides).  4096 covers max_tenants=1000 with
+ * room for claimed junk values; a flood beyond it folds into __other__. */
+#define TW_MAX_IDENTITIES 4096
+/* Threads in a traced syscall at once. */
+#define TW_MAX_THREADS 16384
+/* Traced processes. */
+#define TW_MAX_TARGETS 4096
+
+#ifdef TW_HAVE_PROBE_READ_USER
+#define tw_read_user bpf_probe_read_user
+#else
+#define tw_read_user bpf_probe_read
+#endif
+
+/* Parser states. */
+enum {
+	S_LINE0 = 0,      /* start of a message (leading CR/LF tolerated) */
+	S_METHOD,         /* request method */
+	S_TARGET,         /* request target */
+	S_VERSION,        /* "HTTP/1.x" */
+	S_RSTATUS,        /* response: "HTTP/1.x SSS" */
+	S_LINE_REST,      /* rest of the start line up to LF */
+	S_HDR_START,      /* start of a header line (or the blank line) */
+	S_HDR_NAME,
+	S_HDR_OWS,        /* spaces after ':' */
+	S_HDR_VALUE,
+	S_SKIP_LINE,      /* an uninteresting line, up to LF */
+	S_HEAD_LF,        /* CR of the blank line seen, LF expected */
+	S_CHUNK_SIZE,
+	S_CHUNK_EXT,      /* chunk extension, up to LF */
+	S_CHUNK_CRLF,     /* CRLF after chunk data */
+	S_TRAILER_START,
+	S_TRAILER_LINE,
+	S_UNTIL_CLOSE,    /* response body delimited by the connection closing */
+	S_DEAD,           /* not HTTP/1.x, or upgraded: ignore the rest of this direction */
+	S_HEAD_DONE,      /* the head just ended: tw_head_end() runs next */
+};
+
+/* What the current header line is. */
+enum { H_OTHER = 0, H_IDENTITY = TW_NAME_IDENTITY, H_CLEN = TW_NAME_CONTENT_LENGTH, H_TE = TW_NAME_TRANSFER_ENCODING };
+
+/* Per-message flags. */
+#define M_CHUNKED   1u
+#define M_CLEN      2u
+#define M_HEAD      4u   /* request method HEAD: its response has no body */
+#define M_BAD_CLEN  8u
+
+/* After a body skip ends, continue here. */
+#define AFTER_MESSAGE 0
+#define AFTER_CHUNK   1
+
+struct tw_parser {
+	__u64 skip;       /* body bytes still to skip */
+	__u64 h1;         /* running hash: header name, then value */
+	__u64 h2;         /* second value hash */
+	__u64 word;       /* last bytes packed (method, "chunked" check) */
+	__u64 num;        /* content-length / chunk size / status being read */
+	__u64 best_h1;    /* winning identity value of this message */
+	__u64 best_h2;
+	__u32 state;
+	__u32 pos;        /* position inside the current token */
+	__u32 mflags;     /* M_* */
+	__u32 hkind;      /* H_* of the current header line */
+	__s32 cur_src;    /* source of the current header line, -1 */
+	__s32 best_src;   /* best (lowest index) source seen in this message, -1 */
+	__u32 vflags;     /* TW_F_* of the current value */
+	__u32 best_flags;
+	__u32 vlen;       /* bytes of the current value */
+	__u32 best_len;
+	__u32 vcur;       /* which vbuf holds the current value (the other holds the best) */
+	__u32 status;     /* response status */
+	__u32 after_skip; /* AFTER_* */
+	__u32 prev_identity; /* previous header line was an identity header (obs-fold) */
+};
+
+struct tw_inflight {
+	__u64 key;
+	__u64 start_ns;
+	__u32 mflags;
+	__u32 _pad;
+};
+
+struct tw_conn {
+	struct tw_parser req;   /* requests: read on server side, written on client side */
+	struct tw_parser resp;  /* responses: the other direction */
+	struct tw_inflight fifo[TW_FIFO];
+	__u64 cur_key;          /* identity of the latest request (bytes are charged to it) */
+	__u64 conn_key;         /* identity the connection was counted under */
+	__u32 fifo_head;        /* next to complete */
+	__u32 fifo_tail;        /* next free */
+	__u32 side;             /* TW_SIDE_* */
+	__u32 opened;           /* counted in conn_opened */
+	__u8 vbuf[2][TW_VALUE_MAX];
+};
+
+/* Syscall arguments between enter and exit. */
+struct tw_args {
+	__u64 buf;     /* user buffer, or iovec array */
+	__u64 iovcnt;  /* 0: plain buffer */
+	__u32 fd;
+	__u32 is_write;
+};
+
+/* One syscall's bytes being parsed across tail calls (per CPU: the chain of tail
+ * calls runs on one CPU without preemption by another traced syscall's chain). */
+struct tw_job {
+	__u64 conn;      /* tgid << 32 | fd */
+	__u64 ts_ns;
+	__u64 buf;       /* current segment */
+	__u64 seg_len;
+	__u64 seg_off;
+	__u64 iov;       /* iovec array, 0 for a plain buffer */
+	__u64 remaining; /* bytes of the syscall not yet parsed */
+	__u64 total;     /* bytes the syscall moved */
+	__u32 iovcnt;
+	__u32 iov_idx;
+	__u32 is_req;    /* parse with the request parser */
+	__u32 is_write;
+	__u32 tails;
+	__u32 _pad;
+};
+
+struct tw_iovec {
+	__u64 base;
+	__u64 len;
+};
+
+BPF_ARRAY(tw_ctl, struct tw_ctl, 1);
+/* Header names the parser cares about, by seeded name hash: identity sources,
+ * content-length, transfer-encoding.  Filled by user space at load. */
+BPF_HASH(tw_names, __u64, struct tw_name, TW_MAX_SOURCES + 2);
+BPF_HASH(tw_targets, __u32, __u32, TW_MAX_TARGETS);
+BPF_HASH(tw_args, __u64, struct tw_args, TW_MAX_THREADS);
+BPF_F_TABLE("hash", __u64, struct tw_conn, tw_conns, TW_MAX_CONNS, BPF_F_NO_PREALLOC);
+BPF_HASH(tw_agg0, struct tw_agg_key, struct tw_agg_val, TW_MAX_IDENTITIES);
+BPF_HASH(tw_agg1, struct tw_agg_key, struct tw_agg_val, TW_MAX_IDENTITIES);
+BPF_PERCPU_ARRAY(tw_lost, __u64, TW_LOST_MAX);
+BPF_PERCPU_ARRAY(tw_jobs, struct tw_job, 1);
+struct tw_window {
+	__u8 b[TW_WINDOW];
+};
+BPF_PERCPU_ARRAY(tw_scratch, struct tw_window, 1);
+BPF_PERCPU_ARRAY(tw_val_tmpl, struct tw_agg_val, 1);
+BPF_PERCPU_ARRAY(tw_conn_tmpl, struct tw_conn, 1);
+BPF_PROG_ARRAY(tw_progs, 1);
+
+#define TW_FNV_PRIME1 0x100000001b3ull
+#define TW_FNV_PRIME2 0x9e3779b97f4a7c15ull
+
+static __always_inline void tw_lose(__u32 reason)
+{
+	__u64 *n = tw_lost.lookup(&reason);
+	if (n)
+		*n += 1;
+}
+
+static __always_inline int tw_is_target(void)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	return tw_targets.lookup(&tgid) != 0;
+}
+
+/* ---------------------------------------------------------------- aggregates */
+
+static __always_inline struct tw_agg_val *tw_agg_lookup(struct tw_agg_key *k, __u32 active)
+{
+	return active ? tw_agg1.lookup(k) : tw_agg0.lookup(k);
+}
+
+/* The entry for key in the active map; created (with the value from vbuf when
+ * given) if missing, the overflow entry when the map is full. */
+static __always_inline struct tw_agg_val *tw_agg_get(struct tw_ctl *ctl, __u64 key, __u32 side,
+						     struct tw_conn *c, struct tw_parser *p,
+						     int with_value)
+{
+	struct tw_agg_key k = {.key = key, .side = side};
+	__u32 active = ctl->active & 1;
+	struct tw_agg_val *v = tw_agg_lookup(&k, active);
+	if (v)
+		return v;
+	__u32 zero = 0;
+	struct tw_agg_val *t = tw_val_tmpl.lookup(&zero);
+	if (!t)
+		return 0;
+	__builtin_memset(t, 0, sizeof(*t));
+	t->value_len = TW_VALUE_UNKNOWN;
+	t->source = -1;
+	if (with_value) {
+		t->source = p->best_src;
+		t->flags = p->best_flags;
+		t->hash2 = p->best_h2;
+		if (p->best_src >= 0 && !(p->best_flags & TW_F_COLLISION)) {
+			__u32 len = p->best_len;
+			if (len > TW_VALUE_MAX)
+				len = TW_VALUE_MAX;
+			t->value_len = len;
+			__u32 b = (p->vcur ^ 1) & 1;
+			__builtin_memcpy(t->value, c->vbuf[b], TW_VALUE_MAX);
+		} else {
+			t->value_len = 0;
+		}
+	}
+	if (active)
+		tw_agg1.update(&k, t);  /* BPF_ANY: a racing creator wins either way */
+	else
+		tw_agg0.update(&k, t);
+	v = tw_agg_lookup(&k, active);
+	if (v)
+		return v;
+	tw_lose(TW_LOST_IDENTITY_MAP_FULL);
+	k.key = TW_KEY_OVERFLOW;
+	return tw_agg_lookup(&k, active);
+}
+
+static __always_inline void tw_count_end(struct tw_ctl *ctl, struct tw_conn *c, __u64 key,
+					 __u32 cls, __u64 lat_ns, int with_latency)
+{
+	struct tw_agg_val *v = tw_agg_get(ctl, key, c->side, c, &c->req, 0);
+	if (!v)
+		return;
+	if (cls < TW_NCLASS)
+		__sync_fetch_and_add(&v->req_by_class[cls], 1);
+	if (!with_latency)
+		return;
+	__u32 n = ctl->nbuckets;
+	if (n > TW_MAX_BUCKETS)
+		n = TW_MAX_BUCKETS;
+	__u32 idx = 0;
+	for (__u32 i = 0; i < n; i++) {
+		if (lat_ns <= ctl->bounds_ns[i])
+			break;
+		idx++;
+	}
+	if (idx <= TW_MAX_BUCKETS)
+		__sync_fetch_and_add(&v->lat_buckets[idx], 1);
+	__sync_fetch_and_add(&v->lat_sum_ns, lat_ns);
+}
+
+/* A request head has ended: key it by its identity and put it in flight. */
+static __always_inline void tw_request_done(struct tw_ctl *ctl, struct tw_conn *c,
+					    struct tw_parser *p, __u64 ts)
+{
+	__u64 key;
+	if (p->best_src < 0) {
+		p->best_flags |= TW_F_NO_IDENTITY;
+		p->best_h1 = 0;
+		p->best_h2 = 0;
+	}
+	key = p->best_h1 * TW_FNV_PRIME2 + (__u64)(p->best_src + 2) * 0x100000001ull +
+	      (__u64)p->best_flags * 0x10001ull;
+	if (key <= TW_KEY_OVERFLOW)
+		key += 3;
+	struct tw_agg_val *v = tw_agg_get(ctl, key, c->side, c, p, 1);
+	if (v && v->value_len != TW_VALUE_UNKNOWN &&
+	    (v->hash2 != p->best_h2 || v->flags != p->best_flags)) {
+		/* Same 64-bit key, different value: never merge two tenants. */
+		tw_lose(TW_LOST_HASH_COLLISION);
+		p->best_flags |= TW_F_COLLISION;
+		key = TW_KEY_COLLISION;
+		v = tw_agg_get(ctl, key, c->side, c, p, 1);
+	}
+	if (v) {
+		__sync_fetch_and_add(&v->heads, 1);
+		if (!c->opened) {
+			__sync_fetch_and_add(&v->conn_opened, 1);
+			c->opened = 1;
+			c->conn_key = key;
+		}
+	}
+	c->cur_key = key;
+	__u32 tail = c->fifo_tail;
+	if (tail - c->fifo_head >= TW_FIFO) {
+		tw_lose(TW_LOST_PIPELINE_OVERFLOW);
+		tw_count_end(ctl, c, key, TW_CLASS_NONE, 0, 0);
+		return;
+	}
+	struct tw_inflight *f = &c->fifo[tail & (TW_FIFO - 1)];
+	f->key = key;
+	f->start_ns = ts;
+	f->mflags = p->mflags;
+	c->fifo_tail = tail + 1;
+}
+
+/* A response head has ended with p->status. Returns the M_HEAD flag of its request. */
+static __always_inline __u32 tw_response_done(struct tw_ctl *ctl, struct tw_conn *c,
+					      struct tw_parser *p, __u64 ts)
+{
+	__u32 status = p->status;
+	if (status >= 100 && status < 200 && status != 101)
+		return 0;  /* interim response: the request goes on */
+	__u32 head = c->fifo_head;
+	if (head == c->fifo_tail)
+		return 0;  /* a response nobody asked for (or asked before we started) */
+	struct tw_inflight *f = &c->fifo[head & (TW_FIFO - 1)];
+	__u32 cls = TW_CLASS_NONE;
+	if (status >= 100 && status < 600)
+		cls = status / 100 - 1;
+	__u64 lat = ts > f->start_ns ? ts - f->start_ns : 0;
+	__u32 mflags = f->mflags;
+	tw_count_end(ctl, c, f->key, cls, lat, 1);
+	c->fifo_head = head + 1;
+	return mflags;
+}
+
+/* ---------------------------------------------------------------- parser */
+
+static __always_inline __u8 tw_lower(__u8 ch)
+{
+	return (ch >= 'A' && ch <= 'Z') ? ch | 0x20 : ch;
+}
+
+static __always_inline void tw_message_reset(struct tw_parser *p)
+{
+	p->state = S_LINE0;
+	p->pos = 0;
+	p->mflags = 0;
+	p->best_src = -1;
+	p->best_flags = 0;
+	p->best_len = 0;
+	p->best_h1 = 0;
+	p->best_h2 = 0;
+	p->num = 0;
+	p->word = 0;
+	p->prev_identity = 0;
+}
+
+/* The head ended (blank line): decide on the body. */
+static __always_inline void tw_head_end(struct tw_ctl *ctl, struct tw_conn *c,
+					struct tw_parser *p, int is_req, __u64 ts)
+{
+	__u32 mflags = p->mflags;
+	__u64 clen = p->num;
+	if (is_req) {
+		tw_request_done(ctl, c, p, ts);
+		tw_message_reset(p);
+		if (mflags & M_CHUNKED) {
+			p->state = S_CHUNK_SIZE;
+		} else if ((mflags & M_CLEN) && clen > 0) {
+			p->skip = clen;
+			p->after_skip = AFTER_MESSAGE;
+		}
+		return;
+	}
+	__u32 status = p->status;
+	__u32 req_flags = tw_response_done(ctl, c, p, ts);
+	tw_message_reset(p);
+	if (status == 101) {
+		/* Upgraded (WebSocket ...): what follows is not HTTP/1.x. */
+		p->state = S_DEAD;
+		c->req.state = S_DEAD;
+		return;
+	}
+	if ((status >= 100 && status < 200) || status == 204 || status == 304 ||
+	    (req_flags & M_HEAD))
+		return;
+	if (mflags & M_CHUNKED) {
+		p->state = S_CHUNK_SIZE;
+	} else if (mflags & M_CLEN) {
+		if (clen > 0) {
+			p->skip = clen;
+			p->after_skip = AFTER_MESSAGE;
+		}
+	} else {
+		p->state = S_UNTIL_CLOSE;
+	}
+}
+
+/* End of a header line. */
+static __always_inline void tw_header_end(struct tw_parser *p)
+{
+	__u32 kind = p->hkind;
+	if (kind == H_IDENTITY) {
+		__s32 src = p->cur_src;
+		if (src == p->best_src) {
+			p->best_flags |= TW_F_DUPLICATE;
+		} else if (p->best_src < 0 || src < p->best_src) {
+			/* A better source: its value becomes the best; the other buffer is free. */
+			p->best_src = src;
+			p->best_h1 = p->h1;
+			p->best_h2 = p->h2;
+			p->best_len = p->vlen;
+			p->best_flags = p->vflags;
+			p->vcur ^= 1;
+		}
+		p->prev_identity = 1;
+		return;
+	}
+	p->prev_identity = 0;
+	if (kind == H_CLEN) {
+		if (p->mflags & M_BAD_CLEN) {
+			p->mflags &= ~M_CLEN;
+		}
+	} else if (kind == H_TE) {
+		/* "chunked" must be the last coding: the last 7 bytes, lowercased. */
+		if ((p->word & 0xffffffffffffffull) == 0x6368756e6b6564ull)
+			p->mflags |= M_CHUNKED;
+	}
+}
+
+/* Classify a header name that ended with ':' (one hash lookup, no loop). */
+static __always_inline void tw_header_name(struct tw_ctl *ctl, struct tw_parser *p, int is_req,
+					   __u32 side)
+{
+	__u64 h = p->h1;
+	p->hkind = H_OTHER;
+	p->cur_src = -1;
+	struct tw_name *nm = tw_names.lookup(&h);
+	if (nm && nm->len == p->pos) {
+		if (nm->kind == H_IDENTITY) {
+			if (is_req && (nm->side_mask & (1u << side))) {
+				p->hkind = H_IDENTITY;
+				p->cur_src = nm->source;
+			}
+		} else if (nm->kind == H_CLEN) {
+			p->hkind = H_CLEN;
+			if (p->mflags & M_CLEN)
+				p->mflags |= M_BAD_CLEN;  /* repeated: refuse to guess */
+			p->mflags |= M_CLEN;
+			p->num = 0;
+		} else if (nm->kind == H_TE) {
+			p->hkind = H_TE;
+			p->word = 0;
+		}
+	}
+	p->h1 = ctl->seed1;
+	p->h2 = ctl->seed2;
+	p->vlen = 0;
+	p->vflags = 0;
+}
+
+/* One byte.  Returns 1 when a body skip starts (the caller stops this window). */
+static __always_inline int tw_step(struct tw_ctl *ctl, struct tw_conn *c, struct tw_parser *p,
+				   __u8 ch, int is_req, __u64 ts)
+{
+	switch (p->state) {
+	case S_LINE0:
+		if (ch == '\r' || ch == '\n')
+			return 0;
+		if (is_req) {
+			if (ch < 'A' || ch > 'Z')
+				goto dead;
+			p->state = S_METHOD;
+			p->word = ch;
+			p->pos = 1;
+		} else {
+			if (ch != 'H')
+				goto dead;
+			p->state = S_RSTATUS;
+			p->pos = 1;
+			p->status = 0;
+		}
+		return 0;
+	case S_METHOD:
+		if (ch == ' ') {
+			if (p->word == 0x48454144ull)  /* "HEAD" */
+				p->mflags |= M_HEAD;
+			p->state = S_TARGET;
+			p->pos = 0;
+			return 0;
+		}
+		if (ch < 'A' || ch > 'Z' || p->pos >= 16)
+			goto dead;
+		p->word = (p->word << 8) | ch;
+		p->pos++;
+		return 0;
+	case S_TARGET:
+		if (ch == ' ') {
+			if (p->pos == 0)
+				goto dead;
+			p->state = S_VERSION;
+			p->pos = 0;
+			return 0;
+		}
+		if (ch < 0x21 || ch == 0x7f)
+			goto dead;
+		p->pos = 1;
+		return 0;
+	case S_VERSION: {
+		/* "HTTP/1." then a digit, then CR or LF. */
+		__u32 pos = p->pos;
+		if (pos < 7) {
+			__u8 want = (__u8)(0x2e312f50545448ull >> ((pos & 7) * 8));
+			if (ch != want)
+				goto dead;
+		} else if (pos == 7) {
+			if (ch < '0' || ch > '9')
+				goto dead;
+		} else {
+			if (ch == '\r')
+				return 0;
+			if (ch != '\n')
+				goto dead;
+			p->state = S_HDR_START;
+			return 0;
+		}
+		p->pos = pos + 1;
+		return 0;
+	}
+	case S_RSTATUS: {
+		/* "HTTP/1.x SSS" */
+		__u32 pos = p->pos;
+		if (pos < 7) {
+			__u8 want = (__u8)(0x2e312f50545448ull >> ((pos & 7) * 8));
+			if (ch != want)
+				goto dead;
+		} else if (pos == 7) {
+			if (ch < '0' || ch > '9')
+				goto dead;
+		} else if (pos == 8) {
+			if (ch != ' ')
+				goto dead;
+		} else {
+			if (ch < '0' || ch > '9')
+				goto dead;
+			p->status = p->status * 10 + (ch - '0');
+			if (pos == 11)
+				p->state = S_LINE_REST;
+		}
+		p->pos = pos + 1;
+		return 0;
+	}
+	case S_LINE_REST:
+		if (ch == '\n')
+			p->state = S_HDR_START;
+		return 0;
+	case S_HDR_START:
+		if (ch == '\r') {
+			p->state = S_HEAD_LF;
+			return 0;
+		}
+		if (ch == '\n')
+			goto head_end;
+		if (ch == ' ' || ch == '\t') {
+			/* obs-fold: a continuation of the previous header line. */
+			if (p->prev_identity)
+				p->best_flags |= TW_F_FOLDED;
+			p->state = S_SKIP_LINE;
+			return 0;
+		}
+		p->h1 = ctl->seed1;
+		p->pos = 0;
+		p->state = S_HDR_NAME;
+		/* fall through */
+	case S_HDR_NAME:
+		if (ch == ':') {
+			tw_header_name(ctl, p, is_req, c->side);
+			p->state = S_HDR_OWS;
+			return 0;
+		}
+		if (ch <= ' ' || ch == 0x7f || p->pos >= TW_NAME_MAX) {
+			p->prev_identity = 0;
+			p->state = S_SKIP_LINE;
+			return 0;
+		}
+		p->h1 = (p->h1 ^ tw_lower(ch)) * TW_FNV_PRIME1;
+		p->pos++;
+		return 0;
+	case S_HDR_OWS:
+		if (ch == ' ' || ch == '\t')
+			return 0;
+		p->state = S_HDR_VALUE;
+		/* fall through */
+	case S_HDR_VALUE:
+		if (ch == '\n') {
+			tw_header_end(p);
+			p->state = S_HDR_START;
+			return 0;
+		}
+		if (ch == '\r')
+			return 0;
+		if (p->hkind == H_IDENTITY) {
+			__u32 n = p->vlen;
+			if (n < TW_VALUE_MAX) {
+				c->vbuf[p->vcur & 1][n & (TW_VALUE_MAX - 1)] = ch;
+				p->h1 = (p->h1 ^ ch) * TW_FNV_PRIME1;
+				p->h2 = (p->h2 ^ ch) * TW_FNV_PRIME2 + 1;
+				p->vlen = n + 1;
+			} else {
+				p->vflags |= TW_F_TOO_LONG;
+			}
+			if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
+				p->vflags |= TW_F_BAD_BYTE;
+		} else if (p->hkind == H_CLEN) {
+			if (ch >= '0' && ch <= '9') {
+				__u64 next = p->num * 10 + (ch - '0');
+				if (p->num > 0xffffffffffull)
+					p->mflags |= M_BAD_CLEN;
+				p->num = next;
+			} else if (ch != ' ' && ch != '\t') {
+				p->mflags |= M_BAD_CLEN;
+			}
+		} else if (p->hkind == H_TE) {
+			if (ch != ' ' && ch != '\t')
+				p->word = (p->word << 8) | tw_lower(ch);
+		}
+		return 0;
+	case S_SKIP_LINE:
+		if (ch == '\n')
+			p->state = S_HDR_START;
+		return 0;
+	case S_HEAD_LF:
+		if (ch != '\n')
+			goto dead;
+		goto head_end;
+	case S_CHUNK_SIZE: {
+		__u64 d;
+		if (ch >= '0' && ch <= '9')
+			d = ch - '0';
+		else if (ch >= 'a' && ch <= 'f')
+			d = ch - 'a' + 10;
+		else if (ch >= 'A' && ch <= 'F')
+			d = ch - 'A' + 10;
+		else if (ch == ';' || ch == ' ' || ch == '\t') {
+			p->state = S_CHUNK_EXT;
+			return 0;
+		} else if (ch == '\r') {
+			return 0;
+		} else if (ch == '\n') {
+			goto chunk_line_end;
+		} else {
+			goto dead;
+		}
+		if (p->num > 0xfffffffffffull)
+			goto dead;
+		p->num = (p->num << 4) | d;
+		return 0;
+	}
+	case S_CHUNK_EXT:
+		if (ch == '\n')
+			goto chunk_line_end;
+		return 0;
+	case S_CHUNK_CRLF:
+		if (ch == '\r')
+			return 0;
+		if (ch != '\n')
+			goto dead;
+		p->state = S_CHUNK_SIZE;
+		p->num = 0;
+		return 0;
+	case S_TRAILER_START:
+		if (ch == '\r')
+			return 0;
+		if (ch == '\n') {
+			tw_message_reset(p);
+			return 0;
+		}
+		p->state = S_TRAILER_LINE;
+		return 0;
+	case S_TRAILER_LINE:
+		if (ch == '\n')
+			p->state = S_TRAILER_START;
+		return 0;
+	default: /* S_UNTIL_CLOSE, S_DEAD */
+		return 0;
+	}
+head_end:
+	/* Handled by the caller after the byte loop: keeping the big head-end code
+	 * out of the loop keeps verification linear in the window size. */
+	p->state = S_HEAD_DONE;
+	return 1;
+chunk_line_end:
+	if (p->num == 0) {
+		p->state = S_TRAILER_START;
+		return 0;
+	}
+	p->skip = p->num;
+	p->num = 0;
+	p->after_skip = AFTER_CHUNK;
+	p->state = S_CHUNK_CRLF;
+	return 1;
+dead:
+	if (p->state != S_LINE0 || p->pos != 0)
+		tw_lose(TW_LOST_RESYNC);
+	p->state = S_DEAD;
+	return 0;
+}
+
+/* Consume body bytes by arithmetic.  Returns how many of avail were consumed. */
+static __always_inline __u64 tw_skip(struct tw_parser *p, __u64 avail)
+{
+	__u64 take = p->skip < avail ? p->skip : avail;
+	p->skip -= take;
+	return take;
+}
+
+/* Move the job to its next iovec segment. Returns 0 when there is none. */
+static __always_inline int tw_next_segment(struct tw_job *j)
+{
+	if (!j->iov || j->iov_idx + 1 >= j->iovcnt)
+		return 0;
+	j->iov_idx++;
+	struct tw_iovec v = {};
+	if (tw_read_user(&v, sizeof(v), (void *)(j->iov + (__u64)j->iov_idx * sizeof(v))) != 0) {
+		tw_lose(TW_LOST_READ_FAULT);
+		return 0;
+	}
+	j->buf = v.base;
+	j->seg_len = v.len;
+	j->seg_off = 0;
+	return 1;
+}
+
+static __always_inline void tw_charge_bytes(struct tw_ctl *ctl, struct tw_conn *c, struct tw_job *j)
+{
+	if (!c->opened)
+		return;  /* bytes before the first request head have no tenant yet */
+	struct tw_agg_val *v = tw_agg_get(ctl, c->cur_key, c->side, c, &c->req, 0);
+	if (!v)
+		return;
+	if (j->is_write)
+		__sync_fetch_and_add(&v->tx_bytes, j->total);
+	else
+		__sync_fetch_and_add(&v->rx_bytes, j->total);
+}
+
+/* The parser: one window of the current job, then a tail call to itself. */
+int tw_parse(void *ctx)
+{
+	__u32 zero = 0;
+	struct tw_job *j = tw_jobs.lookup(&zero);
+	if (!j)
+		return 0;
+	struct tw_ctl *ctl = tw_ctl.lookup(&zero);
+	if (!ctl)
+		return 0;
+	__u64 ck = j->conn;
+	struct tw_conn *c = tw_conns.lookup(&ck);
+	if (!c)
+		return 0;
+	int is_req = j->is_req;
+	struct tw_parser *p = is_req ? &c->req : &c->resp;
+	struct tw_window *win = tw_scratch.lookup(&zero);
+	if (!win)
+		return 0;
+	__u8 *buf = win->b;
+
+	/* Skip body bytes, segment by segment (bounded: a few iovecs at most). */
+	for (int s = 0; s < 8; s++) {
+		if (j->remaining == 0)
+			break;
+		__u64 avail = j->seg_len - j->seg_off;
+		if (avail > j->remaining)
+			avail = j->remaining;
+		if (avail == 0) {
+			if (!tw_next_segment(j))
+				goto done;
+			continue;
+		}
+		if (p->state == S_DEAD || p->state == S_UNTIL_CLOSE) {
+			j->remaining = 0;
+			goto done;
+		}
+		if (!p->skip)
+			break;
+		__u64 took = tw_skip(p, avail);
+		j->seg_off += took;
+		j->remaining -= took;
+		if (!p->skip && p->after_skip == AFTER_MESSAGE)
+			tw_message_reset(p);
+	}
+	if (j->remaining == 0 || p->skip)
+		goto done;
+
+	__u64 avail = j->seg_len - j->seg_off;
+	if (avail > j->remaining)
+		avail = j->remaining;
+	__u32 n = avail > TW_WINDOW ? TW_WINDOW : (__u32)avail;
+	if (n == 0)
+		goto done;
+	if (tw_read_user(buf, n & (TW_WINDOW - 1) ? n & (TW_WINDOW - 1) : TW_WINDOW,
+			 (void *)(j->buf + j->seg_off)) != 0) {
+		tw_lose(TW_LOST_READ_FAULT);
+		j->remaining = 0;
+		goto done;
+	}
+	__u32 used = n;
+	for (__u32 i = 0; i < TW_WINDOW; i++) {
+		if (i >= n)
+			break;
+		if (tw_step(ctl, c, p, buf[i], is_req, j->ts_ns)) {
+			used = i + 1;
+			break;
+		}
+	}
+	j->seg_off += used;
+	j->remaining -= used;
+	if (p->state == S_HEAD_DONE)
+		tw_head_end(ctl, c, p, is_req, j->ts_ns);
+
+done:
+	if (j->remaining > 0) {
+		if (j->tails < TW_MAX_TAILS) {
+			j->tails++;
+			tw_progs.call(ctx, 0);
+			/* only reached when the tail call failed */
+		}
+		tw_lose(TW_LOST_SCAN_BUDGET);
+	}
+	tw_charge_bytes(ctl, c, j);
+	return 0;
+}
+
+/* ---------------------------------------------------------------- syscalls */
+
+static __always_inline int tw_enter(__u32 fd, __u64 buf, __u64 iovcnt, __u32 is_write)
+{
+	if (!tw_is_target())
+		return 0;
+	__u64 id = bpf_get_current_pid_tgid();
+	struct tw_args a = {.buf = buf, .iovcnt = iovcnt, .fd = fd, .is_write = is_write};
+	if (tw_args.update(&id, &a) != 0)
+		tw_lose(TW_LOST_ARGS_MAP_FULL);
+	return 0;
+}
+
+static __always_inline int tw_enter_msg(__u32 fd, __u64 msg, __u32 is_write)
+{
+	if (!tw_is_target())
+		return 0;
+	/* struct user_msghdr: msg_iov at offset 16, msg_iovlen at offset 24. */
+	__u64 iov[2] = {};
+	if (tw_read_user(iov, sizeof(iov), (void *)(msg + 16)) != 0) {
+		tw_lose(TW_LOST_READ_FAULT);
+		return 0;
+	}
+	return tw_enter(fd, iov[0], iov[1] ? iov[1] : 1, is_write);
+}
+
+static __always_inline struct tw_conn *tw_conn_new(__u64 ck, __u32 side)
+{
+	__u32 zero = 0;
+	struct tw_conn *t = tw_conn_tmpl.lookup(&zero);
+	if (!t)
+		return 0;
+	__builtin_memset(t, 0, sizeof(*t));
+	t->side = side;
+	t->req.best_src = -1;
+	t->resp.best_src = -1;
+	t->req.cur_src = -1;
+	t->resp.cur_src = -1;
+	if (tw_conns.update(&ck, t) != 0) {
+		tw_lose(TW_LOST_CONN_MAP_FULL);
+		return 0;
+	}
+	return tw_conns.lookup(&ck);
+}
+
+/* Does this look like the start of a request line?  3..7 capitals and a space. */
+static __always_inline int tw_looks_like_request(__u64 buf)
+{
+	__u8 b[8] = {};
+	if (tw_read_user(b, sizeof(b), (void *)buf) != 0)
+		return 0;
+	int i;
+	for (i = 0; i < 8; i++) {
+		if (b[i] == ' ')
+			break;
+		if (b[i] < 'A' || b[i] > 'Z')
+			return 0;
+	}
+	return i >= 3 && i <= 7;
+}
+
+static __always_inline int tw_exit(void *ctx, long ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct tw_args *a = tw_args.lookup(&id);
+	if (!a)
+		return 0;
+	struct tw_args args = *a;
+	tw_args.delete(&id);
+	if (ret <= 0)
+		return 0;
+	__u32 tgid = id >> 32;
+	__u64 ck = ((__u64)tgid << 32) | args.fd;
+	__u64 first = args.buf;
+	__u64 first_len = ret;
+	if (args.iovcnt) {
+		struct tw_iovec v = {};
+		if (tw_read_user(&v, sizeof(v), (void *)args.buf) != 0) {
+			tw_lose(TW_LOST_READ_FAULT);
+			return 0;
+		}
+		first = v.base;
+		first_len = v.len;
+	}
+	struct tw_conn *c = tw_conns.lookup(&ck);
+	if (!c) {
+		/* Unknown fd (a file, a pipe, or a connection older than the daemon): track it
+		 * only when it carries a request head; the direction gives the side. */
+		if (first_len < 8 || !tw_looks_like_request(first))
+			return 0;
+		c = tw_conn_new(ck, args.is_write ? TW_SIDE_CLIENT : TW_SIDE_SERVER);
+		if (!c)
+			return 0;
+	}
+	__u32 zero = 0;
+	struct tw_job *j = tw_jobs.lookup(&zero);
+	if (!j)
+		return 0;
+	j->conn = ck;
+	j->ts_ns = bpf_ktime_get_ns();
+	j->iov = args.iovcnt ? args.buf : 0;
+	j->iovcnt = args.iovcnt;
+	j->iov_idx = 0;
+	j->buf = first;
+	j->seg_len = first_len;
+	j->seg_off = 0;
+	j->remaining = ret;
+	j->total = ret;
+	j->is_write = args.is_write;
+	/* server side: requests are read; client side: requests are written */
+	j->is_req = (c->side == TW_SIDE_SERVER) ? !args.is_write : args.is_write;
+	j->tails = 0;
+	tw_progs.call(ctx, 0);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_read) { return tw_enter(args->fd, (__u64)args->buf, 0, 0); }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) { return tw_enter(args->fd, (__u64)args->ubuf, 0, 0); }
+TRACEPOINT_PROBE(syscalls, sys_enter_readv) { return tw_enter(args->fd, (__u64)args->vec, args->vlen, 0); }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) { return tw_enter_msg(args->fd, (__u64)args->msg, 0); }
+TRACEPOINT_PROBE(syscalls, sys_enter_write) { return tw_enter(args->fd, (__u64)args->buf, 0, 1); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return tw_enter(args->fd, (__u64)args->buff, 0, 1); }
+TRACEPOINT_PROBE(syscalls, sys_enter_writev) { return tw_enter(args->fd, (__u64)args->vec, args->vlen, 1); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return tw_enter_msg(args->fd, (__u64)args->msg, 1); }
+TRACEPOINT_PROBE(syscalls, sys_exit_read) { return tw_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { return tw_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_readv) { return tw_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return tw_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_write) { return tw_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return tw_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_writev) { return tw_exit(args, args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return tw_exit(args, args->ret); }
+
+/* sendfile: body bytes from a file; they only advance a response body skip. */
+TRACEPOINT_PROBE(syscalls, sys_enter_sendfile64)
+{
+	if (!tw_is_target())
+		return 0;
+	__u64 id = bpf_get_current_pid_tgid();
+	struct tw_args a = {.buf = 0, .iovcnt = 0, .fd = args->out_fd, .is_write = 1};
+	if (tw_args.update(&id, &a) != 0)
+		tw_lose(TW_LOST_ARGS_MAP_FULL);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_sendfile64)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct tw_args *a = tw_args.lookup(&id);
+	if (!a)
+		return 0;
+	__u32 fd = a->fd;
+	tw_args.delete(&id);
+	long ret = args->ret;
+	if (ret <= 0)
+		return 0;
+	__u64 ck = (id & 0xffffffff00000000ull) | fd;
+	struct tw_conn *c = tw_conns.lookup(&ck);
+	if (!c)
+		return 0;
+	struct tw_parser *p = c->side == TW_SIDE_SERVER ? &c->resp : &c->req;
+	__u64 left = tw_skip(p, ret);
+	if (left == (__u64)ret && !p->skip && p->after_skip == AFTER_MESSAGE)
+		tw_message_reset(p);
+	__u32 zero = 0;
+	struct tw_ctl *ctl = tw_ctl.lookup(&zero);
+	if (ctl && c->opened) {
+		struct tw_agg_val *v = tw_agg_get(ctl, c->cur_key, c->side, c, &c->req, 0);
+		if (v)
+			__sync_fetch_and_add(&v->tx_bytes, ret);
+	}
+	return 0;
+}
+
+/* A new connection on this fd: whatever was there before is gone. */
+static __always_inline int tw_reset_fd(__u32 fd, __u32 side)
+{
+	__u64 ck = (bpf_get_current_pid_tgid() & 0xffffffff00000000ull) | fd;
+	tw_conns.delete(&ck);
+	tw_conn_new(ck, side);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_accept4)
+{
+	if (args->ret < 0 || !tw_is_target())
+		return 0;
+	return tw_reset_fd(args->ret, TW_SIDE_SERVER);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_accept)
+{
+	if (args->ret < 0 || !tw_is_target())
+		return 0;
+	return tw_reset_fd(args->ret, TW_SIDE_SERVER);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_connect)
+{
+	if (!tw_is_target())
+		return 0;
+	return tw_reset_fd(args->fd, TW_SIDE_CLIENT);
+}
+
+/* close: requests still in flight end without a response ("none"). */
+TRACEPOINT_PROBE(syscalls, sys_enter_close)
+{
+	if (!tw_is_target())
+		return 0;
+	__u64 ck = (bpf_get_current_pid_tgid() & 0xffffffff00000000ull) | args->fd;
+	struct tw_conn *c = tw_conns.lookup(&ck);
+	if (!c)
+		return 0;
+	__u32 zero = 0;
+	struct tw_ctl *ctl = tw_ctl.lookup(&zero);
+	if (ctl) {
+		for (int i = 0; i < TW_FIFO; i++) {
+			__u32 head = c->fifo_head;
+			if (head == c->fifo_tail)
+				break;
+			struct tw_inflight *f = &c->fifo[head & (TW_FIFO - 1)];
+			tw_count_end(ctl, c, f->key, TW_CLASS_NONE, 0, 0);
+			c->fifo_head = head + 1;
+		}
+		if (c->opened) {
+			struct tw_agg_val *v = tw_agg_get(ctl, c->conn_key, c->side, c, &c->req, 0);
+			if (v)
+				__sync_fetch_and_add(&v->conn_closed, 1);
+		}
+	}
+	tw_conns.delete(&ck);
+	return 0;
+}
+
+/* ---------------------------------------------------------------- targets */
+
+/* A target's children are targets (nginx master -> new workers on reload). */
+TRACEPOINT_PROBE(sched, sched_process_fork)
+{
+	if (!tw_is_target())
+		return 0;
+	__u32 child = args->child_pid;
+	__u32 one = 1;
+	tw_targets.update(&child, &one);
+	return 0;
+}
+
+/* After exec the process is a target exactly when its new name is configured. */
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+	__u32 zero = 0;
+	struct tw_ctl *ctl = tw_ctl.lookup(&zero);
+	if (!ctl)
+		return 0;
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	__u64 comm[2] = {};
+	bpf_get_current_comm(comm, sizeof(comm));
+	int match = 0;
+	__u32 n = ctl->ncomms;
+	if (n > TW_MAX_COMMS)
+		n = TW_MAX_COMMS;
+	for (__u32 i = 0; i < n; i++) {
+		__u64 *want = (__u64 *)ctl->comms[i];
+		if (want[0] == comm[0] && want[1] == comm[1]) {
+			match = 1;
+			break;
+		}
+	}
+	if (match) {
+		__u32 one = 1;
+		tw_targets.update(&tgid, &one);
+	} else {
+		tw_targets.delete(&tgid);
+	}
+	return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if ((__u32)id != (__u32)(id >> 32))
+		return 0;  /* a thread, not the process */
+	__u32 tgid = id >> 32;
+	tw_targets.delete(&tgid);
+	return 0;
+}

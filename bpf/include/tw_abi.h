@@ -1,0 +1,110 @@
+/* tw_abi.h: only what crosses kernel <-> user space.
+ *
+ * tenantwatch/kernel/abi.py mirrors every struct here with ctypes, and
+ * tests/kernel/test_abi.py checks the sizes against the compiled program.
+ * Fields are ordered widest first with explicit _pad fields; never packed.
+ */
+#ifndef TW_ABI_H
+#define TW_ABI_H
+
+/* Longest identity value kept: a tenant id is at most 63 bytes by the default
+ * pattern, and a Host value needs room for a suffix such as ".api.example.com".
+ * 128 keeps the aggregate key entry at one cache-friendly size; longer values are
+ * flagged TW_F_TOO_LONG and land in __invalid__. */
+#define TW_VALUE_MAX 128
+/* Configured identity sources; one kernel slot each (config.MAX_SOURCES). */
+#define TW_MAX_SOURCES 8
+/* Header names compared in the kernel; longer names can never be identity headers. */
+#define TW_NAME_MAX 32
+/* Latency bucket bounds; 24 covers the 16 default bounds with room to spare. */
+#define TW_MAX_BUCKETS 24
+/* Status classes: 1xx 2xx 3xx 4xx 5xx none (ended without a response). */
+#define TW_NCLASS 6
+#define TW_CLASS_NONE 5
+/* In-flight requests per connection (pipelining depth tracked exactly).  nginx
+ * handles pipelined requests one at a time; clients rarely pipeline more than a
+ * handful.  Deeper pipelines are counted as lost(pipeline_overflow), the request
+ * itself is still counted under status "none". */
+#define TW_FIFO 8
+/* Process names matched in the kernel on exec (config targets). */
+#define TW_MAX_COMMS 8
+#define TW_COMM_LEN 16
+
+/* ValueFlag bits (tenantwatch/kernel/records.py). */
+#define TW_F_DUPLICATE   (1u << 0)
+#define TW_F_FOLDED      (1u << 1)
+#define TW_F_BAD_BYTE    (1u << 2)
+#define TW_F_TOO_LONG    (1u << 3)
+#define TW_F_COLLISION   (1u << 4)
+#define TW_F_OVERFLOW    (1u << 5)
+#define TW_F_NO_IDENTITY (1u << 6)
+
+/* Reserved aggregate keys.  Ordinary keys are 64-bit keyed hashes; the chance that
+ * one equals these is 2^-63 and is handled like any other collision. */
+#define TW_KEY_COLLISION 1ull
+#define TW_KEY_OVERFLOW  2ull
+
+/* Sides (records.Side). */
+#define TW_SIDE_SERVER 0
+#define TW_SIDE_CLIENT 1
+
+/* Reasons for tenantwatch_events_lost_total, index into tw_lost. */
+#define TW_LOST_CONN_MAP_FULL      0  /* connection not tracked: tw_conns full */
+#define TW_LOST_IDENTITY_MAP_FULL  1  /* identity folded into __other__: tw_agg full this tick */
+#define TW_LOST_SCAN_BUDGET        2  /* bytes of a syscall left unparsed: over the tail-call budget */
+#define TW_LOST_PIPELINE_OVERFLOW  3  /* more than TW_FIFO requests in flight on one connection */
+#define TW_LOST_HASH_COLLISION     4  /* two values met on one key: counted as __invalid__ */
+#define TW_LOST_ARGS_MAP_FULL      5  /* syscall arguments not stashed: tw_args full */
+#define TW_LOST_READ_FAULT         6  /* user memory could not be read */
+#define TW_LOST_RESYNC             7  /* parser met bytes it cannot place and gave up on a connection */
+#define TW_LOST_MAX                8
+
+struct tw_agg_key {
+	__u64 key;   /* keyed hash of (value, source, flags); or a TW_KEY_* */
+	__u32 side;  /* TW_SIDE_* */
+	__u32 _pad;
+};
+
+#define TW_VALUE_UNKNOWN 0xffffffffu  /* value_len when the entry was created without the value */
+
+struct tw_agg_val {
+	__u64 req_by_class[TW_NCLASS];
+	__u64 heads;
+	__u64 rx_bytes;
+	__u64 tx_bytes;
+	__u64 lat_buckets[TW_MAX_BUCKETS + 1];  /* non-cumulative; last is +Inf */
+	__u64 lat_sum_ns;
+	__u64 conn_opened;
+	__u64 conn_closed;
+	__u64 hash2;       /* second, independent keyed hash of the value: detects collisions */
+	__u32 value_len;   /* bytes in value, or TW_VALUE_UNKNOWN */
+	__s32 source;      /* index of the winning source, -1 none */
+	__u32 flags;       /* TW_F_* */
+	__u32 _pad;
+	__u8 value[TW_VALUE_MAX];
+};
+
+/* A header name the parser acts on, keyed in tw_names by its seeded hash. */
+#define TW_NAME_IDENTITY 1
+#define TW_NAME_CONTENT_LENGTH 2
+#define TW_NAME_TRANSFER_ENCODING 3
+struct tw_name {
+	__u32 kind;       /* TW_NAME_* */
+	__u32 len;        /* name length: a second check besides the hash */
+	__s32 source;     /* index of the identity source */
+	__u32 side_mask;  /* bit TW_SIDE_*: on which side this source applies */
+};
+
+/* Global settings, tw_ctl[0]. */
+struct tw_ctl {
+	__u64 seed1;        /* secret seeds: a client cannot aim a collision at a tenant */
+	__u64 seed2;
+	__u64 bounds_ns[TW_MAX_BUCKETS];
+	__u32 active;       /* which of tw_agg0/tw_agg1 the kernel writes; user space drains the other */
+	__u32 nsources;
+	__u32 nbuckets;
+	__u32 ncomms;
+	__u8 comms[TW_MAX_COMMS][TW_COMM_LEN];
+};
+
+#endif /* TW_ABI_H */

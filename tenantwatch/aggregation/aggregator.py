@@ -1,0 +1,231 @@
+"""Aggregation stage: folds per-tick kernel deltas into cumulative per-(tenant, side) state.
+
+Takes: one ``KernelTick`` per tick (kernel/records.py) and an identity resolver that maps each
+kernel identity key to a ``TenantIdentity`` (identity/records.py).
+Gives: an immutable ``Snapshot`` (aggregation/records.py) for detection and the exporters.
+
+Threading: ``apply()`` runs on the tick thread; ``snapshot()`` is called from HTTP threads.  The
+latest ``Snapshot`` is built at the end of ``apply()`` and published by one attribute assignment
+(atomic in CPython), so readers never see a half-applied tick and never take the apply lock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Callable, Protocol
+
+from tenantwatch.aggregation.records import Snapshot, TenantSideStats
+from tenantwatch.identity.records import TenantIdentity, Trust
+from tenantwatch.kernel.records import (
+    STATUS_CLASSES,
+    IdentityCounts,
+    KernelTick,
+    Side,
+    ValueFlag,
+)
+
+log = logging.getLogger(__name__)
+
+NS_PER_SECOND = 1_000_000_000
+
+
+class Resolver(Protocol):
+    """What the aggregator needs from the identity stage (``IdentityResolver`` satisfies it)."""
+
+    def resolve(
+        self,
+        key: int,
+        raw_value: bytes | None,
+        source_index: int,
+        flags: ValueFlag,
+        side: Side,
+    ) -> TenantIdentity: ...
+
+    def expire(self) -> tuple[str, ...]: ...
+
+
+@dataclass
+class _Totals:
+    """Mutable cumulative state of one (tenant, side); never leaves this module."""
+
+    n_buckets: int
+    trusted: bool = False
+    requests_by_class: list[int] = field(default_factory=lambda: [0] * len(STATUS_CLASSES))
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+    latency_buckets: list[int] = field(default_factory=list)  # non-cumulative, like the kernel
+    latency_sum_ns: int = 0
+    connections_opened: int = 0
+    connections_closed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.latency_buckets:
+            self.latency_buckets = [0] * self.n_buckets
+
+
+def _check_bounds(bounds: Sequence[float]) -> tuple[float, ...]:
+    out = tuple(float(b) for b in bounds)
+    if not out:
+        raise ValueError("latency bounds must not be empty")
+    if any(b <= 0 for b in out) or any(a >= b for a, b in zip(out, out[1:])):
+        raise ValueError(f"latency bounds must be positive and strictly increasing: {out}")
+    return out
+
+
+def _cumulative(counts: Sequence[int]) -> tuple[int, ...]:
+    total = 0
+    out = []
+    for c in counts:
+        total += c
+        out.append(total)
+    return tuple(out)
+
+
+def estimate_quantile(bounds: Sequence[float], cumulative: Sequence[int], q: float) -> float | None:
+    """Estimate quantile ``q`` (0 < q <= 1) from cumulative histogram buckets.
+
+    ``cumulative`` has one count per bound plus a last +Inf slot.  The estimate is the upper bound
+    of the bucket in which rank ``q * count`` falls, so it never under-states the latency and its
+    resolution is the bucket width.  When the rank falls into the +Inf bucket the highest finite
+    bound is returned (as Prometheus' ``histogram_quantile`` does); the true value is above it.
+    Returns None when the histogram is empty.
+    """
+    if not 0 < q <= 1:
+        raise ValueError(f"quantile must be in (0, 1], got {q}")
+    if len(cumulative) != len(bounds) + 1:
+        raise ValueError("cumulative buckets must have len(bounds) + 1 entries")
+    count = cumulative[-1]
+    if count <= 0:
+        return None
+    rank = q * count
+    for bound, cum in zip(bounds, cumulative):
+        if cum >= rank:
+            return float(bound)
+    return float(bounds[-1])
+
+
+def _sort_key(item: tuple[tuple[str, Side], _Totals]) -> tuple[str, str]:
+    (tenant, side), _ = item
+    return tenant, side.value
+
+
+class Aggregator:
+    """Cumulative per-(tenant, side) counters since the daemon started, minus expired tenants."""
+
+    def __init__(
+        self,
+        resolver: Resolver,
+        latency_bounds_seconds: tuple[float, ...],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._resolver = resolver
+        self._bounds = _check_bounds(latency_bounds_seconds)
+        self._n_buckets = len(self._bounds) + 1  # + the +Inf slot
+        self._clock = clock
+        self._lock = threading.Lock()  # serialises apply(); readers use self._latest
+        self._totals: dict[tuple[str, Side], _Totals] = {}
+        self._identity_rejected: dict[str, int] = {}
+        self._events_lost: dict[str, int] = {}
+        self._probes: dict[str, bool] = {}
+        self._targets = 0
+        self._ticks = 0
+        self._shape_warned = False
+        self._latest: Snapshot = self._build_snapshot()
+
+    @property
+    def latency_bounds_seconds(self) -> tuple[float, ...]:
+        return self._bounds
+
+    def apply(self, tick: KernelTick) -> None:
+        """Fold one tick's deltas into the cumulative state, expire idle tenants, publish."""
+        with self._lock:
+            for counts in tick.identities:
+                self._fold(counts)
+            for reason, delta in tick.lost.items():
+                self._events_lost[reason] = self._events_lost.get(reason, 0) + delta
+            self._probes = dict(tick.probes)
+            self._targets = tick.targets
+            self._ticks += 1
+            forgotten = set(self._resolver.expire())
+            if forgotten:
+                for key in [k for k in self._totals if k[0] in forgotten]:
+                    del self._totals[key]
+                log.debug("expired %d idle tenants", len(forgotten))
+            self._latest = self._build_snapshot()
+
+    def snapshot(self, ready: bool) -> Snapshot:
+        """The state as of the last ``apply()``; cheap, safe from any thread."""
+        latest = self._latest
+        if latest.ready == ready:
+            return latest
+        return dataclasses.replace(latest, ready=ready)
+
+    def _fold(self, c: IdentityCounts) -> None:
+        identity = self._resolver.resolve(c.key, c.raw_value, c.source_index, c.flags, c.side)
+        if identity.rejected_reason and c.request_heads:
+            reason = identity.rejected_reason
+            self._identity_rejected[reason] = self._identity_rejected.get(reason, 0) + (
+                c.request_heads
+            )
+        totals = self._totals.get((identity.tenant, c.side))
+        if totals is None:
+            totals = _Totals(self._n_buckets)
+            self._totals[(identity.tenant, c.side)] = totals
+        if identity.trust is Trust.TRUSTED and (c.request_heads or any(c.requests_by_class)):
+            totals.trusted = True
+        if len(c.requests_by_class) == len(STATUS_CLASSES):
+            for i, n in enumerate(c.requests_by_class):
+                totals.requests_by_class[i] += n
+        else:
+            self._warn_shape("requests_by_class", len(c.requests_by_class), len(STATUS_CLASSES))
+        totals.rx_bytes += c.rx_bytes
+        totals.tx_bytes += c.tx_bytes
+        if len(c.latency_buckets) == self._n_buckets:
+            for i, n in enumerate(c.latency_buckets):
+                totals.latency_buckets[i] += n
+            totals.latency_sum_ns += c.latency_sum_ns
+        else:
+            self._warn_shape("latency_buckets", len(c.latency_buckets), self._n_buckets)
+        totals.connections_opened += c.connections_opened
+        totals.connections_closed += c.connections_closed
+
+    def _warn_shape(self, what: str, got: int, want: int) -> None:
+        # A mismatch means kernel and user space disagree on the ABI: say it once, skip the field.
+        if not self._shape_warned:
+            self._shape_warned = True
+            log.warning("kernel sent %d %s, expected %d; ignoring them", got, what, want)
+
+    def _build_snapshot(self) -> Snapshot:
+        tenants = tuple(
+            TenantSideStats(
+                tenant=tenant,
+                side=side,
+                trusted=t.trusted,
+                requests_by_class=MappingProxyType(dict(zip(STATUS_CLASSES, t.requests_by_class))),
+                rx_bytes=t.rx_bytes,
+                tx_bytes=t.tx_bytes,
+                latency_buckets=_cumulative(t.latency_buckets),
+                latency_sum_seconds=t.latency_sum_ns / NS_PER_SECOND,
+                connections_opened=t.connections_opened,
+                # closed > opened happens for connections that predate the daemon
+                connections_active=max(0, t.connections_opened - t.connections_closed),
+            )
+            for (tenant, side), t in sorted(self._totals.items(), key=_sort_key)
+        )
+        return Snapshot(
+            tenants=tenants,
+            latency_bounds_seconds=self._bounds,
+            identity_rejected=MappingProxyType(dict(self._identity_rejected)),
+            events_lost=MappingProxyType(dict(self._events_lost)),
+            probes=MappingProxyType(dict(self._probes)),
+            targets=self._targets,
+            ticks=self._ticks,
+            ready=False,
+            taken_at_unix=self._clock(),
+        )

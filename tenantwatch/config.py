@@ -1,0 +1,620 @@
+"""Configuration: a YAML file plus ``TENANTWATCH_*`` variables -> one frozen, validated Config.
+
+Takes the parsed YAML (``parse_config``) or a path (``load_config``) and the environment; gives a
+``Config`` of frozen dataclasses, or raises ``ConfigError(field, message)`` where ``field`` is the
+dotted path of the offending key (``tenancy.sources[2].side``), the environment variable, or
+``<file>`` for an unreadable, empty or malformed file.  Every key and variable is read here.
+
+Keys [default]:
+
+  listen            host:port serving /metrics /healthz /readyz /api/v1/* ["127.0.0.1:9477"];
+                    IPv6 in brackets ("[::1]:9477"); 0.0.0.0 or [::] for all interfaces
+  log_format        text | json ["text"]
+  log_level         debug | info | warning | error | critical ["info"]
+  targets           required, 1..MAX_TARGETS of:
+    - process       process name (comm, 1..15 bytes); all matching processes, new ones too
+      name          label of the target [the process name]
+  tenancy:
+    sources         tried in order, first hit wins; at most MAX_SOURCES
+                    [[{header: X-Tenant-ID, side: server}]]; each has exactly one of
+      header: NAME      a request header (RFC 7230 token, <= MAX_HEADER_NAME chars, any case)
+      host: TEMPLATE    the Host header, e.g. "{tenant}.api.example.com"; an optional :port and a
+                        trailing dot are tolerated
+      jwt: {...}        claim of the bearer token in Authorization: claim [tenant_id], jwks_file,
+                        pem_file, algorithms, audience, issuer, leeway_seconds
+      and optionally
+      side          server (connections the target accepted) | client (ones it opened) [both]
+      trusted       header sources only: the gateway wrote the value after validating the
+                    caller [false]; a jwt becomes trusted only once its signature verifies
+    pattern         regex a tenant must fully match ["^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"]; it
+                    must not match the reserved labels (__other__ ...)
+    tenants         allow-list; empty means any value matching the pattern [[]]
+    max_tenants     distinct tenant labels, 1..100000 [1000]; more go to __other__
+    default         tenant of requests with no identity; null -> __unattributed__ ["common"]
+    idle_seconds    a tenant unseen this long frees its slot, 1..604800 [300]
+  enforcement:
+    mode            off | dry-run | enforce ["dry-run"]
+    cgroup          cgroup path template containing {tenant}
+                    ["/sys/fs/cgroup/tenants.slice/tenant-{tenant}.slice"]
+  capture:
+    latency_buckets histogram upper bounds in seconds, strictly increasing, <= MAX_LATENCY_BUCKETS
+                    [DEFAULT_LATENCY_BUCKETS]
+    tick_seconds    how often the kernel aggregates are read, 0.1..60 [1]
+    max_connections sockets tracked in the kernel, 1024..1048576 [65536]
+    rescan_seconds  how often /proc is scanned for new target processes, 0.1..3600 [1]
+
+Environment (wins over the file; an empty value counts as unset):
+
+  TENANTWATCH_CONFIG            config path when none is given [DEFAULT_CONFIG_PATH]
+  TENANTWATCH_LISTEN            listen
+  TENANTWATCH_LOG_FORMAT        log_format
+  TENANTWATCH_LOG_LEVEL         log_level
+  TENANTWATCH_ENFORCEMENT_MODE  enforcement.mode
+  TENANTWATCH_MAX_TENANTS       tenancy.max_tenants
+  TENANTWATCH_TICK_SECONDS      capture.tick_seconds
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import ipaddress
+import logging
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Callable
+
+import yaml
+
+from tenantwatch.errors import ConfigError
+from tenantwatch.identity.records import INVALID, OTHER, UNATTRIBUTED
+from tenantwatch.kernel.records import Side
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG_PATH = "/etc/tenantwatch/tenantwatch.yaml"
+# Prometheus-style bounds from 100 us to 10 s: gateway latencies span these four decades.
+DEFAULT_LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+)
+MAX_SOURCES = 8  # the kernel keeps one slot per source (TW_MAX_SOURCES in bpf/include/tw_abi.h)
+MAX_HEADER_NAME = 32  # header names compared in the kernel (TW_NAME_MAX)
+MAX_LATENCY_BUCKETS = 24  # TW_MAX_BUCKETS: the kernel's histogram array has this many slots
+MAX_COMM = 15  # TASK_COMM_LEN - 1: the kernel truncates process names to this
+MAX_TARGETS = 8  # TW_MAX_COMMS: process names the kernel matches on exec
+# Each tenant costs ~50 series (2 sides x (6 status classes + 18 histogram series) + gauges):
+# 100k tenants is ~5M series, already more than one Prometheus server holds comfortably.
+MAX_TENANTS_LIMIT = 100_000
+
+DEFAULT_LISTEN = "127.0.0.1:9477"
+DEFAULT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
+DEFAULT_CGROUP = "/sys/fs/cgroup/tenants.slice/tenant-{tenant}.slice"
+DEFAULT_TENANT = "common"
+ENFORCEMENT_MODES = ("off", "dry-run", "enforce")
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+JWT_ALGORITHMS = (
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+    "HS256", "HS384", "HS512",
+)  # never "none"
+
+ENV_CONFIG = "TENANTWATCH_CONFIG"
+ENV_LISTEN = "TENANTWATCH_LISTEN"
+ENV_LOG_FORMAT = "TENANTWATCH_LOG_FORMAT"
+ENV_LOG_LEVEL = "TENANTWATCH_LOG_LEVEL"
+ENV_ENFORCEMENT_MODE = "TENANTWATCH_ENFORCEMENT_MODE"
+ENV_MAX_TENANTS = "TENANTWATCH_MAX_TENANTS"
+ENV_TICK_SECONDS = "TENANTWATCH_TICK_SECONDS"
+ENV_VARS = (
+    ENV_CONFIG, ENV_LISTEN, ENV_LOG_FORMAT, ENV_LOG_LEVEL, ENV_ENFORCEMENT_MODE, ENV_MAX_TENANTS,
+    ENV_TICK_SECONDS,
+)
+
+_RESERVED = (OTHER, INVALID, UNATTRIBUTED)
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 7230 token (a header field name)
+_HOST_LITERAL = re.compile(r"[A-Za-z0-9.-]*")
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+_PORT = re.compile(r"[0-9]{1,5}")
+_TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A process name to trace; every process with that comm, including ones started later."""
+
+    name: str
+    process: str
+
+
+@dataclass(frozen=True)
+class Source:
+    """One identity source; ``header`` is the lowercase header name the kernel matches."""
+
+    kind: str  # "header" | "host" | "jwt"
+    header: str  # the header for kind=header, "host" for host, "authorization" for jwt
+    side: Side | None  # None = both sides
+    trusted: bool  # only header sources can be trusted by configuration
+    host_template: str | None = None  # kind=host: e.g. "{tenant}.api.example.com"
+    jwt: Mapping[str, Any] | None = None  # kind=jwt: claim, jwks_file, algorithms ...
+
+    def host_regex(self) -> re.Pattern[str]:
+        """Compiled Host matcher: case-insensitive, anchored, optional :port; group "tenant"."""
+        if self.host_template is None:
+            raise ValueError(f"a {self.kind} source has no host template")
+        return _host_regex(self.host_template)
+
+
+@dataclass(frozen=True)
+class Tenancy:
+    """How identity values become tenant labels, and the bounds on them."""
+
+    sources: tuple[Source, ...]
+    pattern: str
+    tenants: tuple[str, ...]
+    max_tenants: int
+    default: str | None
+    idle_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
+class Enforcement:
+    """Whether and where CPU caps are applied."""
+
+    mode: str  # off | dry-run | enforce
+    cgroup: str  # path template containing {tenant}
+
+
+@dataclass(frozen=True)
+class Capture:
+    """Kernel-side capture settings."""
+
+    latency_buckets: tuple[float, ...]
+    tick_seconds: float = 1.0
+    max_connections: int = 65536
+    rescan_seconds: float = 1.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated configuration."""
+
+    listen: str
+    targets: tuple[Target, ...]
+    tenancy: Tenancy
+    enforcement: Enforcement
+    capture: Capture
+    log_format: str = "text"
+    log_level: str = "info"
+
+    @property
+    def listen_host(self) -> str:
+        """Host to bind, IPv6 without brackets."""
+        return _split_listen(self.listen, "listen")[0]
+
+    @property
+    def listen_port(self) -> int:
+        return _split_listen(self.listen, "listen")[1]
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys instead of silently keeping the last one."""
+
+
+def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> Any:
+    loader.flatten_mapping(node)
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        try:
+            duplicate = key in seen
+            seen.add(key)
+        except TypeError:  # unhashable key; construct_mapping reports it
+            continue
+        if duplicate:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping
+)
+
+
+def load_config(path: str | None = None, env: Mapping[str, str] = os.environ) -> Config:
+    """Read, parse and validate the file at ``path`` (default: $TENANTWATCH_CONFIG, then
+    DEFAULT_CONFIG_PATH)."""
+    if path is None:
+        path = env.get(ENV_CONFIG) or DEFAULT_CONFIG_PATH
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError("<file>", f"cannot read {path}: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError("<file>", f"{path} is not UTF-8 text") from e
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        where, problem = path, str(e)
+        mark = getattr(e, "problem_mark", None)
+        if mark is not None:
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}"
+            problem = getattr(e, "problem", None) or problem
+        raise ConfigError("<file>", f"{where}: YAML error: {problem}") from e
+    if data is None:
+        raise ConfigError("<file>", f"{path} is empty")
+    return parse_config(data, env)
+
+
+def parse_config(data: Any, env: Mapping[str, str] = os.environ) -> Config:
+    """Validate already-parsed YAML ``data`` with the environment overrides applied."""
+    _warn_unknown_env(env)
+    top = _mapping(data, "<file>")
+    _check_keys(top, ("listen", "targets", "tenancy", "enforcement", "capture", "log_format",
+                      "log_level"), "")
+    listen, field = _pick(top, "listen", "", DEFAULT_LISTEN, env, ENV_LISTEN)
+    listen = _str(listen, field)
+    _split_listen(listen, field)
+    log_format, field = _pick(top, "log_format", "", "text", env, ENV_LOG_FORMAT)
+    log_level, level_field = _pick(top, "log_level", "", "info", env, ENV_LOG_LEVEL)
+    return Config(
+        listen=listen,
+        targets=_parse_targets(top.get("targets"), "targets"),
+        tenancy=_parse_tenancy(top.get("tenancy"), "tenancy", env),
+        enforcement=_parse_enforcement(top.get("enforcement"), "enforcement", env),
+        capture=_parse_capture(top.get("capture"), "capture", env),
+        log_format=_choice(log_format, LOG_FORMATS, field),
+        log_level=_choice(_lower(log_level), LOG_LEVELS, level_field),
+    )
+
+
+# --- sections --------------------------------------------------------------------------------
+
+
+def _parse_targets(value: Any, field: str) -> tuple[Target, ...]:
+    if value is None:
+        raise ConfigError(field, "required: list the gateway processes, e.g. [{process: nginx}]")
+    items = _list(value, field)
+    if not items:
+        raise ConfigError(field, "needs at least one target")
+    if len(items) > MAX_TARGETS:
+        raise ConfigError(field, f"at most {MAX_TARGETS} targets (process names the kernel "
+                          f"matches), got {len(items)}")
+    targets: list[Target] = []
+    for i, item in enumerate(items):
+        f = f"{field}[{i}]"
+        m = _mapping(item, f)
+        _check_keys(m, ("name", "process"), f)
+        if "process" not in m:
+            raise ConfigError(f"{f}.process", "required")
+        process = _str(m["process"], f"{f}.process")
+        size = len(process.encode("utf-8"))
+        if not 1 <= size <= MAX_COMM:
+            raise ConfigError(f"{f}.process", f"must be 1..{MAX_COMM} bytes (the kernel's comm), "
+                              f"got {size}")
+        if any(ord(c) < 32 or ord(c) == 127 for c in process):
+            raise ConfigError(f"{f}.process", "contains a control character")
+        name = _str(m.get("name", process), f"{f}.name")
+        if not _TARGET_NAME.fullmatch(name):
+            raise ConfigError(f"{f}.name", f"{name!r} must match {_TARGET_NAME.pattern}")
+        if any(t.name == name for t in targets):
+            raise ConfigError(f"{f}.name", f"duplicate target name {name!r}")
+        if any(t.process == process for t in targets):
+            raise ConfigError(f"{f}.process", f"process {process!r} is already a target")
+        targets.append(Target(name=name, process=process))
+    return tuple(targets)
+
+
+def _parse_tenancy(value: Any, field: str, env: Mapping[str, str]) -> Tenancy:
+    m = _mapping(value, field)
+    _check_keys(m, ("sources", "pattern", "tenants", "max_tenants", "default", "idle_seconds"),
+                field)
+    if "sources" in m:
+        items = _list(m["sources"], f"{field}.sources")
+        if not items:
+            raise ConfigError(f"{field}.sources", "needs at least one source")
+        if len(items) > MAX_SOURCES:
+            raise ConfigError(f"{field}.sources", f"at most {MAX_SOURCES} sources (the kernel "
+                              f"keeps one slot per source), got {len(items)}")
+        sources = tuple(_parse_source(s, f"{field}.sources[{i}]") for i, s in enumerate(items))
+    else:
+        sources = (Source(kind="header", header="x-tenant-id", side=Side.SERVER, trusted=False),)
+    seen = {}
+    for i, s in enumerate(sources):
+        key = (s.kind, s.header, s.side, s.host_template)
+        if s.kind != "jwt" and key in seen:
+            raise ConfigError(f"{field}.sources[{i}]", f"duplicate of sources[{seen[key]}]")
+        seen.setdefault(key, i)
+
+    pattern = _str(m.get("pattern", DEFAULT_PATTERN), f"{field}.pattern")
+    try:
+        regex = re.compile(pattern)
+    except re.error as e:
+        raise ConfigError(f"{field}.pattern", f"not a valid regex: {e}") from e
+    for label in _RESERVED:
+        if regex.fullmatch(label):
+            raise ConfigError(f"{field}.pattern", f"must not match the reserved label {label}")
+
+    raw, max_field = _pick(m, "max_tenants", field, 1000, env, ENV_MAX_TENANTS, int)
+    max_tenants = _int(raw, max_field, 1, MAX_TENANTS_LIMIT)
+
+    tenants = []
+    for i, t in enumerate(_list(m.get("tenants", []), f"{field}.tenants")):
+        f = f"{field}.tenants[{i}]"
+        tenant = _tenant(t, regex, f)
+        if tenant in tenants:
+            raise ConfigError(f, f"duplicate tenant {tenant!r}")
+        tenants.append(tenant)
+    if len(tenants) > max_tenants:
+        raise ConfigError(f"{field}.tenants", f"{len(tenants)} tenants exceed max_tenants "
+                          f"({max_tenants})")
+
+    default = m.get("default", DEFAULT_TENANT)
+    if "default" not in m and not regex.fullmatch(DEFAULT_TENANT):
+        raise ConfigError(f"{field}.default", f"the built-in default {DEFAULT_TENANT!r} does not "
+                          "match tenancy.pattern; set default (or null)")
+    if default is not None:
+        default = _tenant(default, regex, f"{field}.default")
+    idle = _number(m.get("idle_seconds", 300.0), f"{field}.idle_seconds", 1.0, 604800.0)
+    return Tenancy(sources=sources, pattern=pattern, tenants=tuple(tenants),
+                   max_tenants=max_tenants, default=default, idle_seconds=idle)
+
+
+def _parse_source(value: Any, field: str) -> Source:
+    m = _mapping(value, field)
+    _check_keys(m, ("header", "host", "jwt", "side", "trusted"), field)
+    kinds = [k for k in ("header", "host", "jwt") if k in m]
+    if len(kinds) != 1:
+        got = ", ".join(kinds) or "none"
+        raise ConfigError(field, f"needs exactly one of header, host, jwt (got {got})")
+    kind = kinds[0]
+    side = None
+    if m.get("side") is not None:
+        side = Side(_choice(_lower(m["side"]), tuple(s.value for s in Side), f"{field}.side"))
+    trusted = _bool(m.get("trusted", False), f"{field}.trusted")
+    if trusted and kind != "header":
+        raise ConfigError(f"{field}.trusted", "only header sources can be trusted by "
+                          "configuration (a jwt is trusted once its signature verifies)")
+    if kind == "header":
+        name = _str(m["header"], f"{field}.header")
+        if not _TOKEN.fullmatch(name):
+            raise ConfigError(f"{field}.header", f"{name!r} is not a valid header name")
+        if len(name) > MAX_HEADER_NAME:
+            raise ConfigError(f"{field}.header", f"longer than {MAX_HEADER_NAME} characters "
+                              "(the kernel compares names up to that length)")
+        if trusted and side is not Side.CLIENT:
+            log.warning("%s: trusted header %s is also read on connections clients opened; "
+                        "a client can forge it there (use side: client)", field, name)
+        return Source(kind="header", header=name.lower(), side=side, trusted=trusted)
+    if kind == "host":
+        return Source(kind="host", header="host", side=side, trusted=False,
+                      host_template=_host_template(m["host"], f"{field}.host"))
+    return Source(kind="jwt", header="authorization", side=side, trusted=False,
+                  jwt=_parse_jwt(m["jwt"], f"{field}.jwt"))
+
+
+def _parse_jwt(value: Any, field: str) -> Mapping[str, Any]:
+    m = _mapping(value, field)
+    _check_keys(m, ("claim", "jwks_file", "pem_file", "algorithms", "audience", "issuer",
+                    "leeway_seconds"), field)
+    out = {"claim": _str(m.get("claim", "tenant_id"), f"{field}.claim")}
+    if not out["claim"]:
+        raise ConfigError(f"{field}.claim", "must not be empty")
+    for key in ("jwks_file", "pem_file", "issuer"):
+        if key in m:
+            out[key] = _str(m[key], f"{field}.{key}")
+    if "audience" in m:
+        aud = m["audience"]
+        out["audience"] = (tuple(_str(a, f"{field}.audience[{i}]") for i, a in
+                                 enumerate(_list(aud, f"{field}.audience")))
+                           if isinstance(aud, list) else _str(aud, f"{field}.audience"))
+    if "algorithms" in m:
+        algs = _list(m["algorithms"], f"{field}.algorithms")
+        if not algs:
+            raise ConfigError(f"{field}.algorithms", "must not be empty")
+        out["algorithms"] = tuple(_choice(a, JWT_ALGORITHMS, f"{field}.algorithms[{i}]")
+                                  for i, a in enumerate(algs))
+    if "leeway_seconds" in m:
+        out["leeway_seconds"] = _number(m["leeway_seconds"], f"{field}.leeway_seconds", 0, 3600)
+    return MappingProxyType(out)
+
+
+def _parse_enforcement(value: Any, field: str, env: Mapping[str, str]) -> Enforcement:
+    m = _mapping(value, field)
+    _check_keys(m, ("mode", "cgroup"), field)
+    mode, mode_field = _pick(m, "mode", field, "dry-run", env, ENV_ENFORCEMENT_MODE)
+    if mode is False:  # YAML 1.1 reads an unquoted `off` as false
+        mode = "off"
+    cgroup = _str(m.get("cgroup", DEFAULT_CGROUP), f"{field}.cgroup")
+    if "{tenant}" not in cgroup:
+        raise ConfigError(f"{field}.cgroup", "must contain {tenant}")
+    if not cgroup.startswith("/"):
+        raise ConfigError(f"{field}.cgroup", "must be an absolute path")
+    return Enforcement(mode=_choice(_lower(mode), ENFORCEMENT_MODES, mode_field), cgroup=cgroup)
+
+
+def _parse_capture(value: Any, field: str, env: Mapping[str, str]) -> Capture:
+    m = _mapping(value, field)
+    _check_keys(m, ("latency_buckets", "tick_seconds", "max_connections", "rescan_seconds"),
+                field)
+    f = f"{field}.latency_buckets"
+    items = _list(m.get("latency_buckets", DEFAULT_LATENCY_BUCKETS), f)
+    if not 1 <= len(items) <= MAX_LATENCY_BUCKETS:
+        raise ConfigError(f, f"needs 1..{MAX_LATENCY_BUCKETS} bounds (the kernel's histogram "
+                          f"slots), got {len(items)}")
+    buckets: list[float] = []
+    for i, b in enumerate(items):
+        bound = _number(b, f"{f}[{i}]", 1e-9, math.inf)
+        if buckets and bound <= buckets[-1]:
+            raise ConfigError(f"{f}[{i}]", f"{b} is not greater than the previous bound")
+        buckets.append(bound)
+    tick, tick_field = _pick(m, "tick_seconds", field, 1.0, env, ENV_TICK_SECONDS, float)
+    return Capture(
+        latency_buckets=tuple(buckets),
+        tick_seconds=_number(tick, tick_field, 0.1, 60.0),
+        max_connections=_int(m.get("max_connections", 65536), f"{field}.max_connections",
+                             1024, 1048576),
+        rescan_seconds=_number(m.get("rescan_seconds", 1.0), f"{field}.rescan_seconds",
+                               0.1, 3600.0),
+    )
+
+
+# --- small validators ------------------------------------------------------------------------
+
+
+def _join(field: str, key: str) -> str:
+    return f"{field}.{key}" if field else key
+
+
+def _pick(m: Mapping[str, Any], key: str, field: str, default: Any, env: Mapping[str, str],
+          var: str, convert: Callable[[str], Any] = str) -> tuple[Any, str]:
+    """The value of ``key`` and the name to blame for it: the env variable when it is set."""
+    raw = env.get(var, "").strip()
+    if raw:
+        try:
+            return convert(raw), var
+        except ValueError:
+            kind = {int: "an integer", float: "a number"}.get(convert, "valid")  # type: ignore
+            raise ConfigError(var, f"{raw!r} is not {kind}") from None
+    return m.get(key, default), _join(field, key)
+
+
+def _warn_unknown_env(env: Mapping[str, str]) -> None:
+    for var in sorted(v for v in env if v.startswith("TENANTWATCH_") and v not in ENV_VARS):
+        close = difflib.get_close_matches(var, ENV_VARS, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        log.warning("ignoring unknown environment variable %s%s", var, hint)
+
+
+def _check_keys(m: Mapping[str, Any], allowed: Iterable[str], field: str) -> None:
+    allowed = tuple(allowed)
+    unknown = [str(k) for k in m if k not in allowed]
+    if not unknown:
+        return
+    parts = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, allowed, n=1)
+        parts.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    noun = "unknown key" if len(parts) == 1 else "unknown keys"
+    raise ConfigError(_join(field, unknown[0]),
+                      f"{noun} {', '.join(parts)}; known: {', '.join(allowed)}")
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _mapping(value: Any, field: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(field or "<file>", f"expected a mapping, got {_type_name(value)}")
+    return value
+
+
+def _list(value: Any, field: str) -> list[Any]:
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(field, f"expected a list, got {_type_name(value)}")
+    return list(value)
+
+
+def _str(value: Any, field: str) -> str:
+    if not isinstance(value, str):
+        hint = " (quote it: YAML reads on/off/yes/no and numbers as other types)" \
+            if isinstance(value, (bool, int, float)) else ""
+        raise ConfigError(field, f"expected a string, got {_type_name(value)}{hint}")
+    return value
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+def _bool(value: Any, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(field, f"expected true or false, got {_type_name(value)}")
+    return value
+
+
+def _int(value: Any, field: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(field, f"expected an integer, got {_type_name(value)}")
+    if not lo <= value <= hi:
+        raise ConfigError(field, f"must be in {lo}..{hi}, got {value}")
+    return value
+
+
+def _number(value: Any, field: str, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(field, f"expected a number, got {_type_name(value)}")
+    if not (math.isfinite(value) and lo <= value <= hi):
+        upper = "" if math.isinf(hi) else f"..{hi:g}"
+        raise ConfigError(field, f"must be a finite number in {lo:g}{upper}, got {value}")
+    return float(value)
+
+
+def _choice(value: Any, choices: tuple[str, ...], field: str) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(field, f"must be one of {' | '.join(choices)}, got {value!r}")
+    return value
+
+
+def _tenant(value: Any, regex: re.Pattern[str], field: str) -> str:
+    tenant = _str(value, field)
+    if not regex.fullmatch(tenant):
+        raise ConfigError(field, f"{tenant!r} does not match tenancy.pattern {regex.pattern!r}")
+    return tenant
+
+
+def _host_template(value: Any, field: str) -> str:
+    template = _str(value, field)
+    if template.count("{tenant}") != 1:
+        raise ConfigError(field, "must contain {tenant} exactly once, e.g. "
+                          "\"{tenant}.api.example.com\"")
+    if len(template) > 253:
+        raise ConfigError(field, "longer than a host name can be (253)")
+    if not all(_HOST_LITERAL.fullmatch(p) for p in template.split("{tenant}")):
+        raise ConfigError(field, "besides {tenant}, only letters, digits, '.' and '-' are allowed")
+    return template
+
+
+@functools.lru_cache(maxsize=64)
+def _host_regex(template: str) -> re.Pattern[str]:
+    before, after = template.split("{tenant}")
+    return re.compile(
+        rf"\A{re.escape(before)}(?P<tenant>[^.:]+){re.escape(after)}\.?(?::[0-9]{{1,5}})?\Z",
+        re.IGNORECASE | re.ASCII,
+    )
+
+
+def _split_listen(value: str, field: str) -> tuple[str, int]:
+    if value.startswith("["):
+        host, sep, port = value[1:].partition("]:")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError(field, f"{value!r}: expected [IPv6]:port, e.g. [::1]:9477") from None
+        if not sep:
+            raise ConfigError(field, f"{value!r}: expected [IPv6]:port, e.g. [::1]:9477")
+    else:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host:
+            raise ConfigError(field, f"{value!r}: expected host:port, e.g. 127.0.0.1:9477 "
+                              "(0.0.0.0:9477 for all interfaces)")
+        if ":" in host:
+            raise ConfigError(field, f"{value!r}: put an IPv6 address in brackets, e.g. "
+                              "[::1]:9477")
+        if not _HOSTNAME.fullmatch(host):
+            raise ConfigError(field, f"{value!r}: {host!r} is not a host name or address")
+    if not _PORT.fullmatch(port) or not 1 <= int(port) <= 65535:
+        raise ConfigError(field, f"{value!r}: port must be 1..65535")
+    return host, int(port)

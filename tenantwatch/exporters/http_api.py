@@ -1,0 +1,217 @@
+"""HTTP exporter: /metrics, /healthz, /readyz and the JSON API on one stdlib ThreadingHTTPServer.
+
+Takes: callables for the latest Snapshot and the daemon's health dict, and the Prometheus registry
+holding the ``TenantCollector``.  Gives: the endpoints of DESIGN.md section 7:
+
+- ``/metrics``         Prometheus text format (0.0.4) from the registry.
+- ``/healthz``         200 with the health dict as JSON when ``health["ok"]``, else 503.
+- ``/readyz``          200 when the latest snapshot says ready, else 503.
+- ``/api/v1/tenants``  per-(tenant, side) totals as JSON, with p50/p99 estimated from the
+                       cumulative buckets (upper bound of the bucket the rank falls in, see
+                       ``estimate_quantile``); 503 before the first snapshot.
+- anything else        404 with a JSON error.
+
+Requests are not logged (no per-request logging); handlers run on daemon threads so a slow client
+never blocks shutdown.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+from collections.abc import Mapping
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+from prometheus_client import generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+from tenantwatch.aggregation.aggregator import estimate_quantile
+from tenantwatch.aggregation.records import Snapshot, TenantSideStats
+from tenantwatch.errors import TenantwatchError
+
+log = logging.getLogger(__name__)
+
+# generate_latest() writes the classic text format; all our names are valid legacy names.
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+JSON_CONTENT_TYPE = "application/json"
+
+# serve_forever() checks for shutdown this often: bounds how long stop() takes; 10 idle
+# wake-ups a second cost nothing measurable.
+_POLL_INTERVAL_SECONDS = 0.1
+
+JsonRoute = Callable[[], tuple[int, Any]]
+
+
+def tenants_payload(snapshot: Snapshot) -> dict[str, Any]:
+    """The /api/v1/tenants document for one snapshot."""
+    bounds = snapshot.latency_bounds_seconds
+    return {
+        "taken_at": snapshot.taken_at_unix,
+        "tenants": [_tenant_entry(s, bounds) for s in snapshot.tenants],
+        "identity_rejected": dict(snapshot.identity_rejected),
+        "events_lost": dict(snapshot.events_lost),
+    }
+
+
+def _tenant_entry(stats: TenantSideStats, bounds: tuple[float, ...]) -> dict[str, Any]:
+    buckets = stats.latency_buckets
+    shaped = len(buckets) == len(bounds) + 1
+    return {
+        "tenant": stats.tenant,
+        "side": stats.side.value,
+        "trusted": stats.trusted,
+        "requests": stats.requests,
+        "requests_by_class": dict(stats.requests_by_class),
+        "rx_bytes": stats.rx_bytes,
+        "tx_bytes": stats.tx_bytes,
+        "latency_p50_seconds": estimate_quantile(bounds, buckets, 0.5) if shaped else None,
+        "latency_p99_seconds": estimate_quantile(bounds, buckets, 0.99) if shaped else None,
+        "latency_sum_seconds": stats.latency_sum_seconds,
+        "connections_active": stats.connections_active,
+        "connections_opened": stats.connections_opened,
+    }
+
+
+class _Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer that knows its ApiServer and picks IPv4 or IPv6 from the host."""
+
+    daemon_threads = True
+    api: ApiServer
+
+    def __init__(self, address: tuple[str, int], api: ApiServer) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.api = api
+        super().__init__(address, _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    server_version = "tenantwatch"
+    sys_version = ""
+
+    def do_GET(self) -> None:
+        path = urlsplit(self.path).path.rstrip("/") or "/"
+        api = self.server.api
+        try:
+            if path == "/metrics":
+                body = generate_latest(api.registry)
+                self._send(HTTPStatus.OK, body, METRICS_CONTENT_TYPE)
+                return
+            route = api.routes.get(path)
+            if route is None:
+                self._send_json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: {path}"})
+                return
+            status, document = route()
+            self._send_json(status, document)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client went away; nothing to answer
+        except Exception:
+            log.exception("error serving %s", path)
+            self._send_json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error"})
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silenced: no per-request logging."""
+
+    def _send_json(self, status: int, document: Any) -> None:
+        text = json.dumps(document, sort_keys=True, allow_nan=False, default=str)
+        body = text.encode() + b"\n"
+        self._send(status, body, JSON_CONTENT_TYPE)
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class ApiServer:
+    """The daemon's HTTP endpoints on a background thread; ``stop()`` is idempotent."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        get_snapshot: Callable[[], Snapshot | None],
+        get_health: Callable[[], Mapping[str, Any]],
+        registry: CollectorRegistry,
+        extra_routes: Mapping[str, JsonRoute] | None = None,
+    ) -> None:
+        """``extra_routes`` maps more paths (e.g. /api/v1/caps) to () -> (status, JSON document)."""
+        self._host = host.strip("[]")  # accept "[::1]" as written in a listen address
+        self._requested_port = port
+        self._get_snapshot = get_snapshot
+        self._get_health = get_health
+        self.registry = registry
+        self.routes: dict[str, JsonRoute] = {
+            "/healthz": self._healthz,
+            "/readyz": self._readyz,
+            "/api/v1/tenants": self._tenants,
+        }
+        self.routes.update(extra_routes or {})
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.port: int | None = None
+
+    def start(self) -> None:
+        """Bind and serve on a background thread; binding errors raise TenantwatchError."""
+        with self._lock:
+            if self._server is not None:
+                raise RuntimeError("ApiServer already started")
+            try:
+                server = _Server((self._host, self._requested_port), self)
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                raise TenantwatchError(
+                    f"cannot listen on {self._host}:{self._requested_port}: {reason}"
+                    " (check `listen` in the config; is another tenantwatch running?)"
+                ) from exc
+            self._server = server
+            self.port = server.server_address[1]
+            self._thread = threading.Thread(
+                target=server.serve_forever,
+                kwargs={"poll_interval": _POLL_INTERVAL_SECONDS},
+                name="tenantwatch-http",
+                daemon=True,
+            )
+            self._thread.start()
+            log.info("serving HTTP on %s:%d", self._host, self.port)
+
+    def stop(self) -> None:
+        """Stop serving and close the socket; safe to call more than once."""
+        with self._lock:
+            server, thread = self._server, self._thread
+            self._server = self._thread = None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join()
+
+    def _healthz(self) -> tuple[int, Any]:
+        try:
+            health = dict(self._get_health())
+        except Exception as exc:
+            log.exception("health check failed")
+            return HTTPStatus.SERVICE_UNAVAILABLE, {"ok": False, "error": str(exc)}
+        ok = bool(health.get("ok"))
+        return (HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE), health
+
+    def _readyz(self) -> tuple[int, Any]:
+        snapshot = self._get_snapshot()
+        ready = snapshot is not None and snapshot.ready
+        return (HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE), {"ready": ready}
+
+    def _tenants(self) -> tuple[int, Any]:
+        snapshot = self._get_snapshot()
+        if snapshot is None:
+            return HTTPStatus.SERVICE_UNAVAILABLE, {"error": "no snapshot yet"}
+        return HTTPStatus.OK, tenants_payload(snapshot)

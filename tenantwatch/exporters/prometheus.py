@@ -1,0 +1,187 @@
+"""Prometheus exporter: a custom collector that turns the latest Snapshot into metric families.
+
+Takes: a callable returning the latest ``Snapshot`` (or None before the first tick) and the build
+labels.  Gives: fresh metric families at every scrape (names in docs / CONVENTIONS.md "Metrics").
+
+The client library's labelled metrics keep every label set forever; building the per-tenant
+families here at scrape time means a tenant the aggregator expired disappears from /metrics.
+A failed snapshot read gives ``tenantwatch_build_info`` alone, never an exception in the scrape.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from typing import Callable
+
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
+
+from tenantwatch.aggregation.records import Snapshot, TenantSideStats
+from tenantwatch.kernel.records import STATUS_CLASSES, Side
+
+log = logging.getLogger(__name__)
+
+PREFIX = "tenantwatch_"
+
+# CounterMetricFamily strips a trailing "_total" from the family name and adds it back to the
+# sample, so the names below are the exact sample names a scrape shows.
+_SIDE_PREFIX: Mapping[Side, str] = {Side.SERVER: "http_server", Side.CLIENT: "http_client"}
+
+
+class TenantCollector:
+    """Builds every tenantwatch metric family from the latest Snapshot at each scrape."""
+
+    def __init__(
+        self,
+        get_snapshot: Callable[[], Snapshot | None],
+        build_info: Mapping[str, str],
+    ) -> None:
+        self._get_snapshot = get_snapshot
+        self._build_info: tuple[tuple[str, str], ...] = tuple(
+            (str(k), str(v)) for k, v in build_info.items()
+        )
+
+    def describe(self) -> list[Metric]:
+        """Family names without samples, so registration does not need a snapshot."""
+        return self._families(None)
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            snapshot = self._get_snapshot()
+        except Exception:  # a scrape must not fail because the pipeline did
+            log.exception("cannot read the latest snapshot; exporting build_info only")
+            snapshot = None
+        if snapshot is None:
+            yield self._build_info_family()
+            return
+        try:
+            families = self._families(snapshot)
+        except Exception:
+            log.exception("cannot build metric families; exporting build_info only")
+            families = [self._build_info_family()]
+        yield from families
+
+    def _build_info_family(self) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(
+            PREFIX + "build_info",
+            "tenantwatch build; the value is always 1",
+            labels=[k for k, _ in self._build_info],
+        )
+        family.add_metric([v for _, v in self._build_info], 1)
+        return family
+
+    def _families(self, snap: Snapshot | None) -> list[Metric]:
+        """All families; with ``snap`` None, the same families without samples."""
+        requests: dict[Side, CounterMetricFamily] = {}
+        durations: dict[Side, HistogramMetricFamily] = {}
+        for side, name in _SIDE_PREFIX.items():
+            requests[side] = CounterMetricFamily(
+                f"{PREFIX}{name}_requests_total",
+                f"HTTP requests completed on the gateway's {side.value} side, by status class",
+                labels=["tenant", "status_class"],
+            )
+            durations[side] = HistogramMetricFamily(
+                f"{PREFIX}{name}_request_duration_seconds",
+                f"Time from request head to response head on the gateway's {side.value} side",
+                labels=["tenant"],
+            )
+        received = CounterMetricFamily(
+            PREFIX + "http_server_received_bytes_total",
+            "Bytes the gateway received from clients on server-side connections",
+            labels=["tenant"],
+        )
+        sent = CounterMetricFamily(
+            PREFIX + "http_server_sent_bytes_total",
+            "Bytes the gateway sent to clients on server-side connections",
+            labels=["tenant"],
+        )
+        active = GaugeMetricFamily(
+            PREFIX + "connections_active",
+            "Connections open now (opened minus closed since start, at least 0)",
+            labels=["tenant", "side"],
+        )
+        opened = CounterMetricFamily(
+            PREFIX + "connections_opened_total",
+            "Connections opened (server: accepted by the gateway, client: opened by it)",
+            labels=["tenant", "side"],
+        )
+        rejected = CounterMetricFamily(
+            PREFIX + "identity_rejected_total",
+            "Requests whose identity value was rejected or folded, by reason",
+            labels=["reason"],
+        )
+        lost = CounterMetricFamily(
+            PREFIX + "events_lost_total",
+            "Kernel events or counts lost before reaching user space, by reason",
+            labels=["reason"],
+        )
+        probes = GaugeMetricFamily(
+            PREFIX + "probe_attached",
+            "1 when the probe is attached, 0 when it is not",
+            labels=["probe"],
+        )
+        targets = GaugeMetricFamily(PREFIX + "targets", "Gateway processes traced now")
+        ticks = CounterMetricFamily(
+            PREFIX + "ticks_total", "Aggregation ticks completed since start"
+        )
+
+        if snap is not None:
+            bounds = [floatToGoString(b) for b in snap.latency_bounds_seconds] + ["+Inf"]
+            for stats in snap.tenants:
+                self._add_tenant(stats, bounds, requests, durations, received, sent)
+                active.add_metric([stats.tenant, stats.side.value], stats.connections_active)
+                opened.add_metric([stats.tenant, stats.side.value], stats.connections_opened)
+            for reason, n in sorted(snap.identity_rejected.items()):
+                rejected.add_metric([reason], n)
+            for reason, n in sorted(snap.events_lost.items()):
+                lost.add_metric([reason], n)
+            for probe, attached in sorted(snap.probes.items()):
+                probes.add_metric([probe], 1 if attached else 0)
+            targets.add_metric([], snap.targets)
+            ticks.add_metric([], snap.ticks)
+
+        return [
+            requests[Side.SERVER],
+            durations[Side.SERVER],
+            requests[Side.CLIENT],
+            durations[Side.CLIENT],
+            received,
+            sent,
+            active,
+            opened,
+            rejected,
+            lost,
+            probes,
+            targets,
+            ticks,
+            self._build_info_family(),
+        ]
+
+    @staticmethod
+    def _add_tenant(
+        stats: TenantSideStats,
+        bounds: list[str],
+        requests: Mapping[Side, CounterMetricFamily],
+        durations: Mapping[Side, HistogramMetricFamily],
+        received: CounterMetricFamily,
+        sent: CounterMetricFamily,
+    ) -> None:
+        for status_class in STATUS_CLASSES:
+            requests[stats.side].add_metric(
+                [stats.tenant, status_class], stats.requests_by_class.get(status_class, 0)
+            )
+        if len(stats.latency_buckets) == len(bounds):
+            durations[stats.side].add_metric(
+                [stats.tenant],
+                buckets=list(zip(bounds, stats.latency_buckets)),
+                sum_value=stats.latency_sum_seconds,
+            )
+        if stats.side is Side.SERVER:
+            received.add_metric([stats.tenant], stats.rx_bytes)
+            sent.add_metric([stats.tenant], stats.tx_bytes)

@@ -1,0 +1,100 @@
+"""ctypes mirrors of bpf/include/tw_abi.h, and the name/value hashes the kernel computes.
+
+tests/kernel/test_abi.py checks these sizes against the compiled program's maps.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import re
+from pathlib import Path
+
+ABI_HEADER = Path(__file__).resolve().parents[2] / "bpf" / "include" / "tw_abi.h"
+
+
+def _defines(path: Path) -> dict:
+    out = {}
+    for m in re.finditer(r"^#define\s+(TW_\w+)\s+\(?(\d+)(?:u|ull)?\s*(?:<<\s*(\d+))?\)?",
+                         path.read_text(), re.M):
+        value = int(m.group(2))
+        if m.group(3):
+            value <<= int(m.group(3))
+        out[m.group(1)] = value
+    return out
+
+
+_D = _defines(ABI_HEADER)
+VALUE_MAX: int = _D["TW_VALUE_MAX"]
+MAX_SOURCES: int = _D["TW_MAX_SOURCES"]
+NAME_MAX: int = _D["TW_NAME_MAX"]
+MAX_BUCKETS: int = _D["TW_MAX_BUCKETS"]
+NCLASS: int = _D["TW_NCLASS"]
+MAX_COMMS: int = _D["TW_MAX_COMMS"]
+COMM_LEN: int = _D["TW_COMM_LEN"]
+KEY_COLLISION: int = _D["TW_KEY_COLLISION"]
+KEY_OVERFLOW: int = _D["TW_KEY_OVERFLOW"]
+VALUE_UNKNOWN = 0xFFFFFFFF
+SIDE_SERVER = 0
+SIDE_CLIENT = 1
+
+# tenantwatch_events_lost_total{reason}: index in tw_lost -> reason label.
+LOST_REASONS: tuple = tuple(
+    name[len("TW_LOST_"):].lower()
+    for name, _ in sorted(
+        ((k, v) for k, v in _D.items() if k.startswith("TW_LOST_") and k != "TW_LOST_MAX"),
+        key=lambda kv: kv[1],
+    )
+)
+
+FNV_PRIME1 = 0x100000001B3
+MASK64 = (1 << 64) - 1
+
+
+def hash_name(name: str, seed1: int) -> int:
+    """The kernel's hash of a header name: seeded FNV-1a over the lowercased bytes."""
+    h = seed1
+    for b in name.lower().encode("ascii"):
+        h = ((h ^ b) * FNV_PRIME1) & MASK64
+    return h
+
+
+class AggKey(ct.Structure):
+    _fields_ = [("key", ct.c_uint64), ("side", ct.c_uint32), ("_pad", ct.c_uint32)]
+
+
+class AggVal(ct.Structure):
+    _fields_ = [
+        ("req_by_class", ct.c_uint64 * NCLASS),
+        ("heads", ct.c_uint64),
+        ("rx_bytes", ct.c_uint64),
+        ("tx_bytes", ct.c_uint64),
+        ("lat_buckets", ct.c_uint64 * (MAX_BUCKETS + 1)),
+        ("lat_sum_ns", ct.c_uint64),
+        ("conn_opened", ct.c_uint64),
+        ("conn_closed", ct.c_uint64),
+        ("hash2", ct.c_uint64),
+        ("value_len", ct.c_uint32),
+        ("source", ct.c_int32),
+        ("flags", ct.c_uint32),
+        ("_pad", ct.c_uint32),
+        ("value", ct.c_uint8 * VALUE_MAX),
+    ]
+
+
+class SourceCfg(ct.Structure):
+    _fields_ = [("name_hash", ct.c_uint64), ("name_len", ct.c_uint32), ("side_mask", ct.c_uint32)]
+
+
+class Ctl(ct.Structure):
+    _fields_ = [
+        ("seed1", ct.c_uint64),
+        ("seed2", ct.c_uint64),
+        ("clen_hash", ct.c_uint64),
+        ("te_hash", ct.c_uint64),
+        ("bounds_ns", ct.c_uint64 * MAX_BUCKETS),
+        ("active", ct.c_uint32),
+        ("nsources", ct.c_uint32),
+        ("nbuckets", ct.c_uint32),
+        ("ncomms", ct.c_uint32),
+        ("comms", (ct.c_uint8 * COMM_LEN) * MAX_COMMS),
+    ]

@@ -1,0 +1,325 @@
+"""Kernel stage: compile and attach bpf/http.c, keep the target set, drain aggregates.
+
+Takes: identity sources (header names and sides), process names, latency bounds.
+Gives: a KernelTick per drain() -- per-identity deltas and lost-event deltas.
+Nothing from bcc or ctypes leaves this module.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import logging
+import os
+import platform
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+from tenantwatch.errors import KernelSupportError, PermissionProblem
+from tenantwatch.kernel import abi
+from tenantwatch.kernel.records import IdentityCounts, KernelTick, Side, ValueFlag
+
+log = logging.getLogger(__name__)
+
+# After flipping the active aggregate map, wait this long before draining the old
+# one: a probe that read the old index finishes within microseconds (a full chain
+# of 33 tail calls parses at most 16 KiB), so 10 ms is a wide grace period.
+FLIP_GRACE_SECONDS = 0.01
+
+TRACEFS_DIRS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+
+
+def bpf_dir() -> Path:
+    """Where the .c files are: $TENANTWATCH_BPF_DIR, the source tree, or the installed share."""
+    env = os.environ.get("TENANTWATCH_BPF_DIR")
+    candidates = [Path(env)] if env else []
+    candidates += [Path(__file__).resolve().parents[2] / "bpf", Path("/usr/share/tenantwatch/bpf")]
+    for c in candidates:
+        if (c / "http.c").is_file():
+            return c
+    raise KernelSupportError("bpf/http.c not found (set TENANTWATCH_BPF_DIR)")
+
+
+def kernel_version(release: Optional[str] = None) -> Tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)", release or platform.release())
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def tracefs_path() -> Optional[str]:
+    for d in TRACEFS_DIRS:
+        if os.path.isdir(os.path.join(d, "events")):
+            return d
+    return None
+
+
+@dataclass(frozen=True)
+class KernelSource:
+    """One identity source as the kernel sees it."""
+
+    header: str  # lowercase header name
+    sides: Tuple[Side, ...]  # where it applies
+
+
+class HttpProbes:
+    """The HTTP capture: one bcc module, its tracepoints, and its maps."""
+
+    def __init__(
+        self,
+        sources: Sequence[KernelSource],
+        process_names: Sequence[str],
+        latency_bounds_seconds: Sequence[float],
+        max_connections: int = 65536,
+    ) -> None:
+        if len(sources) > abi.MAX_SOURCES:
+            raise ValueError(f"at most {abi.MAX_SOURCES} sources")
+        if len(latency_bounds_seconds) > abi.MAX_BUCKETS:
+            raise ValueError(f"at most {abi.MAX_BUCKETS} latency buckets")
+        if len(process_names) > abi.MAX_COMMS:
+            raise ValueError(f"at most {abi.MAX_COMMS} process names")
+        self.sources = tuple(sources)
+        self.process_names = tuple(process_names)
+        self.bounds = tuple(latency_bounds_seconds)
+        self.max_connections = max_connections
+        self._bpf = None
+        self._ctl = abi.Ctl()
+        self._lost_seen: List[int] = [0] * len(abi.LOST_REASONS)
+        self._batch_ok = True
+        self.probes: Dict[str, bool] = {}
+
+    # ------------------------------------------------------------------ build
+
+    def cflags(self) -> List[str]:
+        flags = [
+            f"-I{bpf_dir() / 'include'}",
+            f"-DTW_MAX_CONNS={int(self.max_connections)}",
+        ]
+        if kernel_version() >= (5, 5):
+            flags.append("-DTW_HAVE_PROBE_READ_USER=1")
+        return flags
+
+    def source_path(self) -> Path:
+        return bpf_dir() / "http.c"
+
+    def print_bpf(self) -> str:
+        """The C text and flags as compiled (for --print-bpf)."""
+        return f"/* cflags: {' '.join(self.cflags())} */\n" + self.source_path().read_text()
+
+    def load(self) -> None:
+        """Compile, load and attach. Raises KernelSupportError / PermissionProblem."""
+        if os.geteuid() != 0:
+            raise PermissionProblem("loading BPF programs needs root (or CAP_BPF+CAP_PERFMON); "
+                                    "run `tenantwatch doctor`")
+        if tracefs_path() is None:
+            _mount_tracefs()
+        build = Path(f"/lib/modules/{platform.release()}/build")
+        if not build.exists():
+            raise KernelSupportError(
+                f"no kernel headers at {build}: bcc needs them to compile the probes; "
+                "run `tenantwatch doctor` for the exact fix")
+        try:
+            from bcc import BPF  # noqa: PLC0415 - system package, imported only when needed
+        except ImportError as e:
+            raise KernelSupportError("python3-bpfcc is not importable (apt-get install "
+                                     "python3-bpfcc; a venv needs --system-site-packages); "
+                                     "run `tenantwatch doctor`") from e
+        self._configure_ctl()
+        try:
+            b = BPF(src_file=str(self.source_path()).encode(), cflags=self.cflags())
+        except Exception as e:  # bcc raises bare Exception for compile and load errors
+            raise KernelSupportError(f"compiling or loading bpf/http.c failed: {e}; "
+                                     "run `tenantwatch doctor`") from e
+        self._bpf = b
+        try:
+            parse = b.load_func(b"tw_parse", BPF.TRACEPOINT)
+            b[b"tw_progs"][ct.c_int(0)] = ct.c_int(parse.fd)
+            self._write_ctl()
+            self._write_sources()
+            for m in (b"tw_agg0", b"tw_agg1"):
+                self._insert_overflow(b[m])
+        except Exception as e:
+            self.close()
+            raise KernelSupportError(f"setting up the BPF maps failed: {e}") from e
+        attached = {tp.decode() if isinstance(tp, bytes) else str(tp)
+                    for tp in getattr(b, "tracepoint_fds", {})}
+        for tp in _declared_tracepoints(self.source_path().read_text()):
+            self.probes[tp] = tp in attached
+        missing = [p for p, ok in self.probes.items() if not ok]
+        if missing:
+            log.warning("tracepoints not attached: %s", ", ".join(missing))
+
+    def _configure_ctl(self) -> None:
+        c = self._ctl
+        c.seed1 = secrets.randbits(64)
+        c.seed2 = secrets.randbits(64)
+        c.clen_hash = abi.hash_name("content-length", c.seed1)
+        c.te_hash = abi.hash_name("transfer-encoding", c.seed1)
+        for i, b in enumerate(self.bounds):
+            c.bounds_ns[i] = int(round(b * 1e9))
+        c.nbuckets = len(self.bounds)
+        c.nsources = len(self.sources)
+        c.active = 0
+        c.ncomms = len(self.process_names)
+        for i, name in enumerate(self.process_names):
+            raw = name.encode()[: abi.COMM_LEN - 1]
+            for j in range(abi.COMM_LEN):
+                c.comms[i][j] = raw[j] if j < len(raw) else 0
+
+    def _write_ctl(self) -> None:
+        self._bpf[b"tw_ctl"][ct.c_int(0)] = self._ctl
+
+    def _write_sources(self) -> None:
+        table = self._bpf[b"tw_sources"]
+        for i, s in enumerate(self.sources):
+            mask = 0
+            for side in s.sides:
+                mask |= 1 << (abi.SIDE_SERVER if side is Side.SERVER else abi.SIDE_CLIENT)
+            table[ct.c_int(i)] = abi.SourceCfg(
+                name_hash=abi.hash_name(s.header, self._ctl.seed1),
+                name_len=len(s.header), side_mask=mask)
+
+    @staticmethod
+    def _insert_overflow(table) -> None:
+        for side in (abi.SIDE_SERVER, abi.SIDE_CLIENT):
+            v = abi.AggVal()
+            v.value_len = 0
+            v.source = -1
+            v.flags = int(ValueFlag.OVERFLOW)
+            table[abi.AggKey(key=abi.KEY_OVERFLOW, side=side)] = v
+
+    # ------------------------------------------------------------------ targets
+
+    def targets(self) -> Set[int]:
+        return {k.value for k in self._bpf[b"tw_targets"].keys()}
+
+    def set_targets(self, tgids: Iterable[int]) -> Tuple[Set[int], Set[int]]:
+        """Make the kernel's target set equal tgids. Returns (added, removed)."""
+        table = self._bpf[b"tw_targets"]
+        want = set(tgids)
+        have = self.targets()
+        for t in want - have:
+            table[ct.c_uint32(t)] = ct.c_uint32(1)
+        for t in have - want:
+            try:
+                del table[ct.c_uint32(t)]
+            except KeyError:
+                pass
+        return want - have, have - want
+
+    def forget_connections(self, live_tgids: Set[int]) -> int:
+        """Delete connection state of processes that are no longer traced."""
+        table = self._bpf[b"tw_conns"]
+        stale = [k for k in table.keys() if (k.value >> 32) not in live_tgids]
+        for k in stale:
+            try:
+                del table[k]
+            except KeyError:
+                pass
+        return len(stale)
+
+    def connections(self) -> int:
+        return len(list(self._bpf[b"tw_conns"].keys()))
+
+    # ------------------------------------------------------------------ drain
+
+    def drain(self) -> KernelTick:
+        """Flip the double buffer and read out everything counted since the last drain."""
+        b = self._bpf
+        old = self._ctl.active & 1
+        self._ctl.active = old ^ 1
+        self._write_ctl()
+        time.sleep(FLIP_GRACE_SECONDS)
+        table = b[b"tw_agg1" if old else b"tw_agg0"]
+        rows = self._read_and_clear(table)
+        self._insert_overflow(table)
+        identities = tuple(_to_counts(k, v, len(self.bounds)) for k, v in rows
+                           if _has_counts(v))
+        return KernelTick(identities=identities, lost=self._lost_deltas(),
+                          targets=len(self.targets()), probes=dict(self.probes),
+                          monotonic_ns=time.monotonic_ns())
+
+    def _read_and_clear(self, table) -> List[Tuple[abi.AggKey, abi.AggVal]]:
+        if self._batch_ok:
+            try:
+                return [(_copy(k, abi.AggKey), _copy(v, abi.AggVal))
+                        for k, v in table.items_lookup_and_delete_batch()]
+            except Exception as e:  # kernels < 5.6 have no batch ops
+                log.info("batch map operations unavailable (%s); using per-key drain", e)
+                self._batch_ok = False
+        rows = [(_copy(k, abi.AggKey), _copy(v, abi.AggVal)) for k, v in table.items()]
+        table.clear()
+        return rows
+
+    @property
+    def drain_path(self) -> str:
+        return "batch" if self._batch_ok else "per-key"
+
+    def _lost_deltas(self) -> Dict[str, int]:
+        table = self._bpf[b"tw_lost"]
+        out = {}
+        for i, reason in enumerate(abi.LOST_REASONS):
+            total = sum(int(x) for x in table[ct.c_int(i)])
+            delta = total - self._lost_seen[i]
+            self._lost_seen[i] = total
+            if delta:
+                out[reason] = delta
+        return out
+
+    def close(self) -> None:
+        """Detach everything (idempotent)."""
+        if self._bpf is not None:
+            try:
+                self._bpf.cleanup()
+            finally:
+                self._bpf = None
+
+
+def _copy(obj, cls):
+    out = cls()
+    ct.memmove(ct.byref(out), ct.byref(obj), ct.sizeof(cls))
+    return out
+
+
+def _has_counts(v: abi.AggVal) -> bool:
+    return bool(v.heads or sum(v.req_by_class) or v.rx_bytes or v.tx_bytes or v.conn_opened
+                or v.conn_closed)
+
+
+def _to_counts(k: abi.AggKey, v: abi.AggVal, nbounds: int) -> IdentityCounts:
+    raw: Optional[bytes] = None
+    if v.value_len != abi.VALUE_UNKNOWN:
+        raw = bytes(v.value[: min(v.value_len, abi.VALUE_MAX)])
+    return IdentityCounts(
+        key=int(k.key),
+        side=Side.SERVER if k.side == abi.SIDE_SERVER else Side.CLIENT,
+        raw_value=raw,
+        source_index=int(v.source),
+        flags=ValueFlag(v.flags & 0x7F),
+        requests_by_class=tuple(int(x) for x in v.req_by_class),
+        request_heads=int(v.heads),
+        rx_bytes=int(v.rx_bytes),
+        tx_bytes=int(v.tx_bytes),
+        latency_buckets=tuple(int(v.lat_buckets[i]) for i in range(nbounds))
+        + (int(v.lat_buckets[nbounds]),),
+        latency_sum_ns=int(v.lat_sum_ns),
+        connections_opened=int(v.conn_opened),
+        connections_closed=int(v.conn_closed),
+    )
+
+
+def _declared_tracepoints(text: str) -> List[str]:
+    return [f"{c}:{e}" for c, e in re.findall(r"TRACEPOINT_PROBE\((\w+),\s*(\w+)\)", text)]
+
+
+def _mount_tracefs() -> None:
+    import subprocess  # noqa: PLC0415
+
+    for d in TRACEFS_DIRS[:1]:
+        r = subprocess.run(["mount", "-t", "tracefs", "nodev", d], capture_output=True, text=True)
+        if r.returncode == 0 and tracefs_path():
+            log.info("mounted tracefs at %s", d)
+            return
+    raise KernelSupportError("tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing); "
+                             "run `tenantwatch doctor`")

@@ -1,0 +1,183 @@
+"""ApiServer on port 0, hit with urllib: every endpoint, 404, 503 before ready, bind errors."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from tenantwatch.errors import TenantwatchError
+from tenantwatch.exporters import ApiServer
+from tests.unit.exporters.live import LiveApi
+from tests.unit.exporters.snapshots import make_snapshot
+
+TENANT_KEYS = {
+    "tenant",
+    "side",
+    "trusted",
+    "requests",
+    "requests_by_class",
+    "rx_bytes",
+    "tx_bytes",
+    "latency_p50_seconds",
+    "latency_p99_seconds",
+    "latency_sum_seconds",
+    "connections_active",
+    "connections_opened",
+}
+
+
+def get(url: str) -> tuple[int, dict[str, str], bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def get_json(url: str) -> tuple[int, Any]:
+    status, headers, body = get(url)
+    assert headers["Content-Type"] == "application/json"
+    return status, json.loads(body)
+
+
+def test_metrics(live_api: LiveApi) -> None:
+    status, headers, body = get(live_api.url + "/metrics")
+    assert status == 200
+    assert headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    names = {s.name for f in text_string_to_metric_families(body.decode()) for s in f.samples}
+    assert "tenantwatch_http_server_requests_total" in names
+    assert get(live_api.url + "/metrics?x=1")[0] == 200
+
+
+def test_healthz_ok_and_failing(live_api: LiveApi) -> None:
+    assert get_json(live_api.url + "/healthz") == (
+        200,
+        {"ok": True, "ticks": 42, "events_lost": {"ringbuf_full": 2}},
+    )
+    live_api.health = {"ok": False, "reason": "probe detached", "events_lost": {"x": 1}}
+    status, doc = get_json(live_api.url + "/healthz")
+    assert status == 503
+    assert doc["events_lost"] == {"x": 1}
+
+
+def test_healthz_when_the_health_callable_fails(live_api: LiveApi) -> None:
+    def broken() -> dict[str, Any]:
+        raise RuntimeError("boom")
+
+    live_api.server._get_health = broken
+    status, doc = get_json(live_api.url + "/healthz")
+    assert status == 503
+    assert doc == {"ok": False, "error": "boom"}
+
+
+def test_readyz(live_api: LiveApi) -> None:
+    assert get_json(live_api.url + "/readyz") == (200, {"ready": True})
+    live_api.snapshot = make_snapshot(ready=False)
+    assert get_json(live_api.url + "/readyz") == (503, {"ready": False})
+    live_api.snapshot = None
+    assert get_json(live_api.url + "/readyz") == (503, {"ready": False})
+
+
+def test_tenants(live_api: LiveApi) -> None:
+    status, doc = get_json(live_api.url + "/api/v1/tenants")
+    assert status == 200
+    assert set(doc) == {"taken_at", "tenants", "identity_rejected", "events_lost"}
+    assert doc["taken_at"] == 1_700_000_000.0
+    assert doc["identity_rejected"] == {"pattern": 4}
+    assert doc["events_lost"] == {"ringbuf_full": 2}
+    assert len(doc["tenants"]) == 3
+    for entry in doc["tenants"]:
+        assert set(entry) == TENANT_KEYS
+    acme = next(t for t in doc["tenants"] if t["tenant"] == "acme" and t["side"] == "server")
+    assert acme["requests"] == 10
+    assert acme["requests_by_class"]["4xx"] == 2
+    assert acme["trusted"] is False
+    assert acme["latency_p50_seconds"] == 0.01  # rank 5 of (2, 6, 9, 10)
+    assert acme["latency_p99_seconds"] == 0.1  # rank 9.9 falls in +Inf: highest finite bound
+    assert acme["latency_sum_seconds"] == 0.75
+    assert (acme["rx_bytes"], acme["tx_bytes"]) == (1000, 20000)
+    assert (acme["connections_active"], acme["connections_opened"]) == (3, 4)
+
+
+def test_tenants_before_the_first_snapshot(live_api: LiveApi) -> None:
+    live_api.snapshot = None
+    assert get_json(live_api.url + "/api/v1/tenants") == (503, {"error": "no snapshot yet"})
+
+
+def test_unknown_path_is_a_json_404(live_api: LiveApi) -> None:
+    status, doc = get_json(live_api.url + "/nope")
+    assert status == 404
+    assert "error" in doc
+    assert get_json(live_api.url + "/")[0] == 404
+
+
+def test_no_per_request_logging(live_api: LiveApi, capfd: pytest.CaptureFixture) -> None:
+    get(live_api.url + "/metrics")
+    get(live_api.url + "/nope")
+    out, err = capfd.readouterr()
+    assert (out, err) == ("", "")
+
+
+def test_extra_routes() -> None:
+    server = ApiServer(
+        "127.0.0.1",
+        0,
+        lambda: None,
+        lambda: {"ok": True},
+        CollectorRegistry(),
+        extra_routes={"/api/v1/caps": lambda: (200, {"caps": []})},
+    )
+    server.start()
+    try:
+        assert get_json(f"http://127.0.0.1:{server.port}/api/v1/caps") == (200, {"caps": []})
+    finally:
+        server.stop()
+
+
+def test_port_in_use_raises_a_clear_error(live_api: LiveApi) -> None:
+    other = ApiServer(
+        "127.0.0.1", live_api.server.port or 0, lambda: None, dict, CollectorRegistry()
+    )
+    with pytest.raises(
+        TenantwatchError, match=rf"cannot listen on 127\.0\.0\.1:{live_api.server.port}"
+    ):
+        other.start()
+    other.stop()  # never started: a no-op
+
+
+def test_bad_host_raises_a_clear_error() -> None:
+    server = ApiServer("203.0.113.1", 0, lambda: None, dict, CollectorRegistry())
+    with pytest.raises(TenantwatchError, match="cannot listen on 203.0.113.1:0"):
+        server.start()
+
+
+def test_stop_is_idempotent_and_closes_the_port() -> None:
+    server = ApiServer("127.0.0.1", 0, lambda: None, lambda: {"ok": True}, CollectorRegistry())
+    server.start()
+    port = server.port
+    assert isinstance(port, int) and port > 0
+    server.stop()
+    server.stop()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_ipv6_loopback() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    server = ApiServer("[::1]", 0, lambda: None, lambda: {"ok": True}, CollectorRegistry())
+    try:
+        server.start()
+    except TenantwatchError:
+        pytest.skip("IPv6 loopback not configured")
+    try:
+        assert get_json(f"http://[::1]:{server.port}/healthz") == (200, {"ok": True})
+    finally:
+        server.stop()
