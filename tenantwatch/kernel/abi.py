@@ -81,16 +81,20 @@ class AggVal(ct.Structure):
     ]
 
 
-class SourceCfg(ct.Structure):
-    _fields_ = [("name_hash", ct.c_uint64), ("name_len", ct.c_uint32), ("side_mask", ct.c_uint32)]
+NAME_IDENTITY: int = _D["TW_NAME_IDENTITY"]
+NAME_CONTENT_LENGTH: int = _D["TW_NAME_CONTENT_LENGTH"]
+NAME_TRANSFER_ENCODING: int = _D["TW_NAME_TRANSFER_ENCODING"]
+
+
+class Name(ct.Structure):
+    _fields_ = [("kind", ct.c_uint32), ("len", ct.c_uint32), ("source", ct.c_int32),
+                ("side_mask", ct.c_uint32)]
 
 
 class Ctl(ct.Structure):
     _fields_ = [
         ("seed1", ct.c_uint64),
         ("seed2", ct.c_uint64),
-        ("clen_hash", ct.c_uint64),
-        ("te_hash", ct.c_uint64),
         ("bounds_ns", ct.c_uint64 * MAX_BUCKETS),
         ("active", ct.c_uint32),
         ("nsources", ct.c_uint32),

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from tenantwatch.errors import KernelSupportError, PermissionProblem
-from tenantwatch.kernel import abi
+from tenantwatch.kernel import abi, dfa
 from tenantwatch.kernel.records import IdentityCounts, KernelTick, Side, ValueFlag
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,8 @@ class HttpProbes:
             parse = b.load_func(b"tw_parse", BPF.TRACEPOINT)
             b[b"tw_progs"][ct.c_int(0)] = ct.c_int(parse.fd)
             self._write_ctl()
-            self._write_sources()
+            self._write_names()
+            b[b"tw_dfa"][ct.c_int(0)] = dfa.dfa_struct()
             for m in (b"tw_agg0", b"tw_agg1"):
                 self._insert_overflow(b[m])
         except Exception as e:
@@ -154,8 +155,6 @@ class HttpProbes:
         c = self._ctl
         c.seed1 = secrets.randbits(64)
         c.seed2 = secrets.randbits(64)
-        c.clen_hash = abi.hash_name("content-length", c.seed1)
-        c.te_hash = abi.hash_name("transfer-encoding", c.seed1)
         for i, b in enumerate(self.bounds):
             c.bounds_ns[i] = int(round(b * 1e9))
         c.nbuckets = len(self.bounds)
@@ -170,15 +169,23 @@ class HttpProbes:
     def _write_ctl(self) -> None:
         self._bpf[b"tw_ctl"][ct.c_int(0)] = self._ctl
 
-    def _write_sources(self) -> None:
-        table = self._bpf[b"tw_sources"]
+    def _write_names(self) -> None:
+        """tw_names: the header names the parser acts on, by seeded hash."""
+        table = self._bpf[b"tw_names"]
+        seed = self._ctl.seed1
+        for name, kind in (("content-length", abi.NAME_CONTENT_LENGTH),
+                           ("transfer-encoding", abi.NAME_TRANSFER_ENCODING)):
+            table[ct.c_uint64(abi.hash_name(name, seed))] = abi.Name(
+                kind=kind, len=len(name), source=-1, side_mask=0)
         for i, s in enumerate(self.sources):
             mask = 0
             for side in s.sides:
                 mask |= 1 << (abi.SIDE_SERVER if side is Side.SERVER else abi.SIDE_CLIENT)
-            table[ct.c_int(i)] = abi.SourceCfg(
-                name_hash=abi.hash_name(s.header, self._ctl.seed1),
-                name_len=len(s.header), side_mask=mask)
+            key = ct.c_uint64(abi.hash_name(s.header, seed))
+            if key in table:  # the same header named twice: the first source wins
+                continue
+            table[key] = abi.Name(kind=abi.NAME_IDENTITY, len=len(s.header), source=i,
+                                  side_mask=mask)
 
     @staticmethod
     def _insert_overflow(table) -> None:
