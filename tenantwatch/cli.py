@@ -1,0 +1,182 @@
+"""Command line: tenantwatch run|doctor|check-config|top|status|demo|version.
+
+Exit codes: 0 ok; 1 runtime failure (probes could not attach: see `doctor`);
+2 usage; 78 bad configuration (EX_CONFIG, systemd's RestartPreventExitStatus);
+`status`: 0 running, 3 not running, 4 unknown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+from typing import List, Optional
+
+from tenantwatch import __version__
+from tenantwatch.errors import ConfigError, KernelSupportError, PermissionProblem, TenantwatchError
+
+EX_CONFIG = 78
+log = logging.getLogger("tenantwatch")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {"ts": round(record.created, 3), "level": record.levelname.lower(),
+               "logger": record.name, "msg": record.getMessage()}
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
+def setup_logging(fmt: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _load(args: argparse.Namespace):
+    from tenantwatch.config import load_config  # noqa: PLC0415
+
+    return load_config(args.config)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args)
+    except ConfigError as e:
+        setup_logging(args.log_format or "text", "info")
+        log.error("bad configuration: %s", e)
+        return EX_CONFIG
+    setup_logging(args.log_format or config.log_format, config.log_level)
+    from tenantwatch.daemon import Daemon  # noqa: PLC0415
+
+    daemon = Daemon(config, config_path=args.config or os.environ.get("TENANTWATCH_CONFIG"))
+    if args.print_bpf:
+        print(daemon.probes.print_bpf())
+        return 0
+    try:
+        return daemon.run()
+    except (KernelSupportError, PermissionProblem) as e:
+        log.error("%s", e)
+        return 1
+    except TenantwatchError as e:
+        log.error("%s", e)
+        return 1
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args)
+    except ConfigError as e:
+        print(f"invalid: {e}", file=sys.stderr)
+        return EX_CONFIG
+    srcs = ", ".join(
+        f"{s.kind}:{s.host_template or s.header}"
+        f"{'/' + s.side.value if s.side else ''}{' (trusted)' if s.trusted else ''}"
+        for s in config.tenancy.sources)
+    print(f"ok: listen {config.listen}; targets {', '.join(t.process for t in config.targets)}; "
+          f"sources {srcs}; max_tenants {config.tenancy.max_tenants}; "
+          f"enforcement {config.enforcement.mode}")
+    return 0
+
+
+def _base_url(args: argparse.Namespace) -> str:
+    from tenantwatch.top import normalize_base_url  # noqa: PLC0415
+
+    if args.url:
+        return normalize_base_url(args.url)
+    try:
+        return normalize_base_url(_load(args).listen)
+    except ConfigError:
+        return normalize_base_url(os.environ.get("TENANTWATCH_LISTEN", "127.0.0.1:9477"))
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from tenantwatch.top import run_top  # noqa: PLC0415
+
+    return run_top(_base_url(args), interval=args.interval, once=args.once)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from tenantwatch.top import run_status  # noqa: PLC0415
+
+    return run_status(_base_url(args))
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from tenantwatch.doctor import run_doctor  # noqa: PLC0415
+
+    return run_doctor()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    setup_logging("text", "warning")
+    from tenantwatch.demo.run import run_demo  # noqa: PLC0415
+
+    return run_demo(duration=args.duration)
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    print(f"tenantwatch {__version__} (kernel {platform.release()}, python "
+          f"{platform.python_version()})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tenantwatch", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"tenantwatch {__version__}")
+    p.add_argument("--config", help="config file [$TENANTWATCH_CONFIG or "
+                   "/etc/tenantwatch/tenantwatch.yaml]")
+    p.add_argument("--log-format", choices=("text", "json"), default=None)
+    # The same options after the subcommand (`tenantwatch run --config FILE`).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS)
+    common.add_argument("--log-format", choices=("text", "json"), default=argparse.SUPPRESS)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    _add = sub.add_parser
+
+    def add_parser(name: str, **kw):
+        return _add(name, parents=[common], **kw)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
+    r = sub.add_parser("run", help="run the daemon in the foreground")
+    r.add_argument("--print-bpf", action="store_true", help=argparse.SUPPRESS)
+    r.set_defaults(func=cmd_run)
+    sub.add_parser("doctor", help="what this machine supports, and how to fix what it lacks"
+                   ).set_defaults(func=cmd_doctor)
+    sub.add_parser("check-config", help="validate the config and exit (78 when invalid)"
+                   ).set_defaults(func=cmd_check_config)
+    t = sub.add_parser("top", help="live per-tenant table from a running daemon")
+    t.add_argument("--url", help="daemon base URL [from the config's listen]")
+    t.add_argument("--interval", type=float, default=1.0)
+    t.add_argument("--once", action="store_true", help="print one table and exit")
+    t.set_defaults(func=cmd_top)
+    s = sub.add_parser("status", help="is the daemon running? (0 yes, 3 no, 4 unknown)")
+    s.add_argument("--url", help="daemon base URL [from the config's listen]")
+    s.set_defaults(func=cmd_status)
+    d = sub.add_parser("demo", help="local nginx gateway + tenants + tenantwatch, until Ctrl-C")
+    d.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    d.set_defaults(func=cmd_demo)
+    sub.add_parser("version", help="print the version").set_defaults(func=cmd_version)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
