@@ -668,9 +668,10 @@ int tw_parse(void *ctx)
 	} else if (event == TW_E_MESSAGE_END) {
 		tw_message_reset(p, is_req);
 	} else if (event == TW_E_DEAD) {
-		/* Not HTTP/1.x from its first byte (TLS, HTTP/2, binary) is no loss;
-		 * losing track in the middle of a message is. */
-		if (from != TW_S_RQ0 && from != TW_S_RS0)
+		/* A start line that is not HTTP/1.x (TLS, the HTTP/2 preface, binary) is
+		 * no loss; losing track inside headers or a body is.  States before HS
+		 * are the start-line states (kernel/dfa.py keeps that order). */
+		if (from >= TW_S_HS)
 			tw_lose(TW_LOST_RESYNC);
 	}
 

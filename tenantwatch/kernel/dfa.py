@@ -69,6 +69,8 @@ def char_class(b: int) -> int:
 
 
 # ---------------------------------------------------------------- states
+# Order matters: every state before "HS" belongs to the start line; bpf/http.c
+# counts lost(resync) only when a message dies at or after HS.
 STATE_NAMES = [
     "RQ0", "METHOD", "TARGET0", "TARGET", "V0", "V1", "V2", "V3", "V4", "V5", "V6", "V7", "V8",
     "V9", "RS0", "R1", "R2", "R3", "R4", "R5", "R6", "R7", "R8", "ST0", "ST1", "ST2", "LREST",

@@ -1,0 +1,662 @@
+#!/usr/bin/env python3
+"""Interleaved A/B benchmark: nginx saturated by wrk, without (A) and with (B) the daemon.
+
+Takes a real nginx (`tenantwatch.demo.gateway.NginxGateway`, 2 workers) in front of the demo
+`Backend`, and wrk (HTTP/1.1 keep-alive) rotating `X-Tenant-ID` over t1..t4 on every request.
+Gives per-run wrk throughput, the daemon's own CPU during the run (from /proc/<pid>/stat), and how
+many requests the daemon counted against what wrk and nginx's access log saw; then the medians and
+whether the goals of DESIGN.md §3 hold:
+
+  throughput ratio  median over rounds of rps(B) / rps(A)            goal >= 0.95
+  daemon CPU        % of one core per 10k req/s served in B          goal <= 5
+
+Rounds alternate the order (AB, BA, AB, ...) so that drift on a shared, noisy VM hits both sides.
+The daemon is started fresh for each B run (`tenantwatch run --config CFG`), its BPF compile and
+attach happen before wrk starts (it waits for /readyz), and it is stopped with SIGTERM afterwards.
+Its CPU is measured only over the wrk run. CPU that the BPF programs use is spent inside nginx's
+syscalls, so it shows up as lost throughput in the ratio, not in the daemon's CPU.
+
+Must run as root (BPF). Everything is on loopback; every wait is bounded; nginx and the daemon are
+stopped by pid in `finally` blocks. A benchmark, not a test: it prints numbers and exits 0 unless
+something failed to run (or, with --check, a goal was missed).
+
+    sudo make bench
+    sudo .venv/bin/python bench/nginx_ab.py --rounds 5 --seconds 8 --json /tmp/ab.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # run from a checkout without `pip install -e .`
+
+from tenantwatch.demo.backend import Backend
+from tenantwatch.demo.gateway import NginxGateway
+
+TENANTS = ("t1", "t2", "t3", "t4")
+RATIO_GOAL = 0.95  # B keeps at least 95% of A's throughput
+CPU_GOAL_PER_10K = 5.0  # daemon CPU, % of one core, per 10k req/s the gateway serves
+READY_TIMEOUT_S = 60.0  # BPF compile is ~4 s on this VM class; leave room for a slow, busy box
+STOP_TIMEOUT_S = 15.0  # SIGTERM -> exit (detach probes, final flush), then SIGKILL
+WRK_SLACK_S = 30.0  # a wrk run gets --seconds plus this before it is killed
+METRICS_SETTLE_S = 10.0  # after wrk, wait at most this long for the daemon's counters to settle
+METRICS_POLL_S = 0.5
+COOLDOWN_S = 1.0  # between runs: let sockets in TIME_WAIT and CPU frequency settle a little
+SERVER_REQUESTS = "tenantwatch_http_server_requests_total"
+CLIENT_REQUESTS = "tenantwatch_http_client_requests_total"
+EVENTS_LOST = "tenantwatch_events_lost_total"
+TICKS = "tenantwatch_ticks_total"
+
+WRK_LUA = """\
+-- written by bench/nginx_ab.py: rotate X-Tenant-ID over the tenants, one per request.
+-- Each wrk thread has its own Lua state, so each rotates independently.
+local tenants = {%(tenants)s}
+local requests = {}
+local i = 0
+
+init = function(args)
+  for k, t in ipairs(tenants) do
+    requests[k] = wrk.format("GET", "%(path)s", {["Host"] = "%(host)s", ["X-Tenant-ID"] = t})
+  end
+end
+
+request = function()
+  i = i %% #requests + 1
+  return requests[i]
+end
+"""
+
+DAEMON_CONFIG = """\
+# written by bench/nginx_ab.py
+listen: "127.0.0.1:%(port)d"
+targets: [{process: nginx}]
+tenancy:
+  sources: [{header: X-Tenant-Context, side: client, trusted: true}, {header: X-Tenant-ID, side: server}]
+"""
+
+
+class BenchError(RuntimeError):
+    """A run could not be carried out (wrk, nginx or the daemon misbehaved); the message says how."""
+
+
+@dataclass
+class Run:
+    round: int
+    variant: str  # "A" (no daemon) or "B" (daemon)
+    rps: float
+    wrk_requests: int
+    wrk_seconds: float
+    socket_errors: int
+    non_2xx: int
+    foreign_bpf: int | None = None  # tracepoint BPF programs loaded when an A run started
+    nginx_logged: int | None = None  # access-log lines written during the run
+    daemon_cpu_s: float | None = None
+    daemon_cpu_pct: float | None = None  # % of one core over the run
+    cpu_pct_per_10k: float | None = None
+    daemon_counted: int | None = None  # server-side requests the daemon counted during the run
+    daemon_client_counted: int | None = None  # gateway -> upstream requests
+    daemon_by_tenant: dict[str, int] = field(default_factory=dict)
+    daemon_events_lost: int | None = None
+    counted_over_wrk: float | None = None
+    counted_over_nginx: float | None = None
+
+
+# ---------------------------------------------------------------- helpers
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proc_cpu_ticks(pid: int) -> int:
+    """utime + stime of pid (all its threads), in clock ticks."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    fields = data[data.rfind(b")") + 2:].split()  # comm may contain spaces: split after ')'
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5), 0-based after comm
+
+
+def tracepoint_programs() -> list[str] | None:
+    """Names of the tracepoint BPF programs loaded now (anyone's), or None without bpftool.
+
+    An A run must see none of them: another tracer on nginx's syscalls (a test run, a leaked
+    daemon of ours) would slow A down and flatter the ratio."""
+    bpftool = shutil.which("bpftool")
+    if bpftool is None:
+        return None
+    try:
+        p = subprocess.run([bpftool, "prog", "show", "-j"], capture_output=True, text=True,
+                           timeout=10, check=False)
+        progs = json.loads(p.stdout or "[]")
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return None
+    return sorted(str(x.get("name", "?")) for x in progs if x.get("type") == "tracepoint")
+
+
+def count_lines(path: Path) -> int:
+    n = 0
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                n += chunk.count(b"\n")
+    except FileNotFoundError:
+        return 0
+    return n
+
+
+def wait_log_lines(path: Path, at_least: int, timeout: float = 2.0) -> int:
+    """nginx writes the log line after the response: wait (bounded) for `at_least` lines."""
+    deadline = time.monotonic() + timeout
+    n = count_lines(path)
+    while n < at_least and time.monotonic() < deadline:
+        time.sleep(0.05)
+        n = count_lines(path)
+    return n
+
+
+def truncate(path: Path) -> None:
+    """nginx opens its log with O_APPEND, so it keeps writing at the new end (offset 0)."""
+    try:
+        os.truncate(path, 0)
+    except FileNotFoundError:
+        pass
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:
+        return e.code, ""
+
+
+_SAMPLE_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
+_LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_metrics(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Prometheus text format -> {metric name: [(labels, value)]}; comments skipped."""
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = _SAMPLE_RE.match(line)
+        if m is None:
+            continue
+        labels = dict(_LABEL_RE.findall(m.group(2) or ""))
+        try:
+            value = float(m.group(3))
+        except ValueError:
+            continue
+        out.setdefault(m.group(1), []).append((labels, value))
+    return out
+
+
+@dataclass
+class Counts:
+    server: int
+    client: int
+    by_tenant: dict[str, int]
+    lost: int
+    ticks: int
+
+    @classmethod
+    def from_metrics(cls, text: str) -> Counts:
+        m = parse_metrics(text)
+        by_tenant: dict[str, int] = {}
+        for labels, v in m.get(SERVER_REQUESTS, []):
+            t = labels.get("tenant", "")
+            by_tenant[t] = by_tenant.get(t, 0) + int(v)
+        return cls(
+            server=int(sum(v for _, v in m.get(SERVER_REQUESTS, []))),
+            client=int(sum(v for _, v in m.get(CLIENT_REQUESTS, []))),
+            by_tenant=by_tenant,
+            lost=int(sum(v for _, v in m.get(EVENTS_LOST, []))),
+            ticks=int(sum(v for _, v in m.get(TICKS, []))),
+        )
+
+
+# ---------------------------------------------------------------- wrk
+
+def write_wrk_script(tmp: Path, path: str, host: str) -> Path:
+    script = tmp / "tenants.lua"
+    script.write_text(WRK_LUA % {
+        "tenants": ", ".join(f'"{t}"' for t in TENANTS), "path": path, "host": host,
+    })
+    return script
+
+
+_RPS_RE = re.compile(r"^Requests/sec:\s+([0-9.]+)", re.MULTILINE)
+_TOTAL_RE = re.compile(r"^\s*(\d+) requests in ([0-9.]+)(us|ms|s|m|h)", re.MULTILINE)
+_SOCKERR_RE = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+_NON2XX_RE = re.compile(r"Non-2xx or 3xx responses: (\d+)")
+_UNIT_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_wrk(out: str) -> tuple[float, int, float, int, int]:
+    """wrk's report -> (requests/sec, requests, seconds, socket errors, non-2xx/3xx)."""
+    rps = _RPS_RE.search(out)
+    total = _TOTAL_RE.search(out)
+    if rps is None or total is None:
+        raise BenchError(f"could not parse wrk output:\n{out}")
+    sockerr = _SOCKERR_RE.search(out)
+    non2xx = _NON2XX_RE.search(out)
+    return (
+        float(rps.group(1)),
+        int(total.group(1)),
+        float(total.group(2)) * _UNIT_S[total.group(3)],
+        sum(int(x) for x in sockerr.groups()) if sockerr else 0,
+        int(non2xx.group(1)) if non2xx else 0,
+    )
+
+
+def run_wrk(wrk: str, url: str, script: Path, args: argparse.Namespace,
+            seconds: float) -> tuple[float, int, float, int, int]:
+    cmd = [wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{seconds:g}s",
+           "--timeout", "5s", "-s", str(script), url]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                           timeout=seconds + WRK_SLACK_S)
+    except subprocess.TimeoutExpired as e:  # subprocess.run kills the child before raising
+        raise BenchError(f"wrk did not finish within {seconds + WRK_SLACK_S:g}s") from e
+    if p.returncode != 0:
+        raise BenchError(f"wrk exited {p.returncode}:\n{p.stderr}{p.stdout}")
+    return parse_wrk(p.stdout)
+
+
+# ---------------------------------------------------------------- the daemon
+
+class Daemon:
+    """`tenantwatch run --config CFG` as a child process; only this pid is ever signalled."""
+
+    def __init__(self, binary: str, config: Path, port: int, log: Path) -> None:
+        self.binary = binary
+        self.config = config
+        self.port = port
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log_tail(self, n: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [self.binary, "run", "--config", str(self.config)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            rc = self.proc.poll()
+            if rc is not None:
+                raise BenchError(f"daemon exited {rc} before /readyz said 200:\n{self.log_tail()}")
+            try:
+                if http_get(self.url + "/readyz", timeout=1.0)[0] == 200:
+                    return
+            except OSError:
+                pass  # not listening yet
+            time.sleep(0.2)
+        raise BenchError(f"daemon not ready within {READY_TIMEOUT_S:g}s:\n{self.log_tail()}")
+
+    def counts(self) -> Counts:
+        status, body = http_get(self.url + "/metrics", timeout=5.0)
+        if status != 200:
+            raise BenchError(f"GET /metrics -> {status}")
+        return Counts.from_metrics(body)
+
+    def settled_counts(self, at_least: int) -> Counts:
+        """Counters after the run: the daemon reads the kernel once per tick, so poll until the
+        count reaches `at_least` and stops moving across a tick (bounded)."""
+        deadline = time.monotonic() + METRICS_SETTLE_S
+        last = self.counts()
+        while time.monotonic() < deadline:
+            time.sleep(METRICS_POLL_S)
+            now = self.counts()
+            if now.server >= at_least and now.server == last.server and now.ticks > last.ticks:
+                return now
+            last = now
+        return last
+
+    def cpu_ticks(self) -> int:
+        assert self.proc is not None
+        return proc_cpu_ticks(self.proc.pid)
+
+    def stop(self) -> int | None:
+        """SIGTERM, wait (bounded), SIGKILL. Idempotent; returns the exit code."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                return proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                print(f"  daemon pid {proc.pid} ignored SIGTERM for {STOP_TIMEOUT_S:g}s; SIGKILL",
+                      file=sys.stderr)
+                proc.kill()
+                return proc.wait(timeout=STOP_TIMEOUT_S)
+        return proc.returncode
+
+
+# ---------------------------------------------------------------- runs
+
+def one_run(rnd: int, variant: str, with_daemon: bool, ctx: dict[str, Any],
+            args: argparse.Namespace) -> Run:
+    gateway: NginxGateway = ctx["gateway"]
+    daemon: Daemon | None = None
+    try:
+        if with_daemon:
+            daemon = Daemon(ctx["tenantwatch"], ctx["config"], ctx["daemon_port"],
+                            ctx["tmp"] / "daemon.log")
+            daemon.start()
+            before = daemon.counts()
+            cpu0 = daemon.cpu_ticks()
+        foreign = None
+        if not with_daemon:
+            progs = tracepoint_programs()
+            foreign = None if progs is None else len(progs)
+            if progs:
+                print(f"  warning: {len(progs)} tracepoint BPF programs are loaded before an A "
+                      f"run ({', '.join(sorted(set(progs))[:4])}, ...): A is not a clean "
+                      "baseline; is a test suite or another daemon running?", file=sys.stderr)
+        truncate(gateway.access_log)
+        t0 = time.monotonic()
+        rps, total, wrk_s, sockerr, non2xx = run_wrk(ctx["wrk"], ctx["url"], ctx["script"], args,
+                                                     args.seconds)
+        wall = time.monotonic() - t0
+        run = Run(round=rnd, variant=variant, rps=rps, wrk_requests=total, wrk_seconds=wrk_s,
+                  socket_errors=sockerr, non_2xx=non2xx, foreign_bpf=foreign)
+        if daemon is not None:
+            cpu_s = (daemon.cpu_ticks() - cpu0) / os.sysconf("SC_CLK_TCK")
+            run.daemon_cpu_s = cpu_s
+            run.daemon_cpu_pct = 100.0 * cpu_s / wall
+            run.cpu_pct_per_10k = run.daemon_cpu_pct / (rps / 10_000) if rps > 0 else None
+        if not args.no_access_log:
+            run.nginx_logged = wait_log_lines(gateway.access_log, total)
+        if daemon is not None:
+            after = daemon.settled_counts(at_least=total)
+            run.daemon_counted = after.server - before.server
+            run.daemon_client_counted = after.client - before.client
+            run.daemon_events_lost = after.lost - before.lost
+            run.daemon_by_tenant = {
+                t: n - before.by_tenant.get(t, 0) for t, n in sorted(after.by_tenant.items())
+                if n - before.by_tenant.get(t, 0)
+            }
+            run.counted_over_wrk = run.daemon_counted / total if total else None
+            if run.nginx_logged:
+                run.counted_over_nginx = run.daemon_counted / run.nginx_logged
+            rc = daemon.stop()
+            if rc not in (0, None):
+                print(f"  note: daemon exited {rc} on SIGTERM:\n{daemon.log_tail(10)}",
+                      file=sys.stderr)
+        truncate(gateway.access_log)  # ~80 B a request; do not let the log grow to gigabytes
+        return run
+    finally:
+        if daemon is not None:
+            daemon.stop()
+
+
+def fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def print_run(r: Run) -> None:
+    errs = f"{r.socket_errors}/{r.non_2xx}"
+    print(f"{r.round:>5} {r.variant:>3} {r.rps:>11.0f} {r.wrk_requests:>10} "
+          f"{fmt(r.nginx_logged, 'd'):>10} {errs:>7} "
+          f"{fmt(r.daemon_cpu_pct, '.2f'):>8} {fmt(r.cpu_pct_per_10k, '.3f'):>10} "
+          f"{fmt(r.daemon_counted, 'd'):>10} {fmt(r.counted_over_wrk, '.5f'):>9} "
+          f"{fmt(r.counted_over_nginx, '.5f'):>9}", flush=True)
+
+
+def median(xs: list[float]) -> float | None:
+    return statistics.median(xs) if xs else None
+
+
+def summarize(runs: list[Run], no_daemon: bool) -> dict[str, Any]:
+    a = [r for r in runs if r.variant == "A"]
+    b = [r for r in runs if r.variant != "A"]
+    ratios = []
+    for rnd in sorted({r.round for r in runs}):
+        ra = [r.rps for r in a if r.round == rnd]
+        rb = [r.rps for r in b if r.round == rnd]
+        if ra and rb and ra[0] > 0:
+            ratios.append(rb[0] / ra[0])
+    cpu = [r.cpu_pct_per_10k for r in b if r.cpu_pct_per_10k is not None]
+    cnt_wrk = [r.counted_over_wrk for r in b if r.counted_over_wrk is not None]
+    cnt_nginx = [r.counted_over_nginx for r in b if r.counted_over_nginx is not None]
+    s: dict[str, Any] = {
+        "median_rps_a": median([r.rps for r in a]),
+        "median_rps_b": median([r.rps for r in b]),
+        "ratios": ratios,
+        "median_ratio": median(ratios),
+        "min_ratio": min(ratios) if ratios else None,
+        "max_ratio": max(ratios) if ratios else None,
+        "median_daemon_cpu_pct": median([r.daemon_cpu_pct for r in b
+                                         if r.daemon_cpu_pct is not None]),
+        "median_cpu_pct_per_10k": median(cpu),
+        "median_counted_over_wrk": median(cnt_wrk),
+        "median_counted_over_nginx": median(cnt_nginx),
+        "events_lost": sum(r.daemon_events_lost or 0 for r in b),
+        "socket_errors": sum(r.socket_errors for r in runs),
+        "non_2xx": sum(r.non_2xx for r in runs),
+        "a_runs_with_foreign_bpf": sum(1 for r in a if r.foreign_bpf),
+    }
+    if no_daemon:
+        s["ratio_goal_met"] = s["cpu_goal_met"] = None
+    else:
+        s["ratio_goal_met"] = s["median_ratio"] is not None and s["median_ratio"] >= RATIO_GOAL
+        s["cpu_goal_met"] = (s["median_cpu_pct_per_10k"] is not None
+                             and s["median_cpu_pct_per_10k"] <= CPU_GOAL_PER_10K)
+    return s
+
+
+def print_summary(s: dict[str, Any], runs: list[Run], no_daemon: bool) -> None:
+    label_b = "A'" if no_daemon else "B"
+    print()
+    print(f"median rps A          {fmt(s['median_rps_a'], '.0f')}")
+    print(f"median rps {label_b:<2}         {fmt(s['median_rps_b'], '.0f')}")
+    print(f"throughput ratio      {fmt(s['median_ratio'], '.3f')} median of {label_b}/A per round "
+          f"(min {fmt(s['min_ratio'], '.3f')}, max {fmt(s['max_ratio'], '.3f')}; "
+          f"goal >= {RATIO_GOAL})")
+    if no_daemon:
+        print("(--no-daemon: both sides ran without the daemon; the ratio shows the noise floor)")
+        return
+    print(f"daemon CPU            {fmt(s['median_daemon_cpu_pct'], '.2f')} % of one core median; "
+          f"{fmt(s['median_cpu_pct_per_10k'], '.3f')} % per 10k req/s "
+          f"(goal <= {CPU_GOAL_PER_10K:g})")
+    print(f"counted / wrk         {fmt(s['median_counted_over_wrk'], '.5f')} median "
+          "(wrk drops its in-flight requests at the end, so slightly above 1 is expected)")
+    print(f"counted / nginx log   {fmt(s['median_counted_over_nginx'], '.5f')} median "
+          "(exact attribution gives 1.00000)")
+    print(f"events lost           {s['events_lost']}")
+    if s["a_runs_with_foreign_bpf"]:
+        print(f"WARNING               {s['a_runs_with_foreign_bpf']} A runs had other tracepoint "
+              "BPF programs loaded; the ratio is not trustworthy")
+    tenants: dict[str, int] = {}
+    for r in runs:
+        for t, n in r.daemon_by_tenant.items():
+            tenants[t] = tenants.get(t, 0) + n
+    if tenants:
+        total = sum(tenants.values())
+        print("tenants (all B runs)  " + ", ".join(
+            f"{t} {100.0 * n / total:.1f}%" for t, n in sorted(tenants.items())))
+    ok = "yes" if s["ratio_goal_met"] else "NO"
+    ok_cpu = "yes" if s["cpu_goal_met"] else "NO"
+    print(f"goals                 ratio >= {RATIO_GOAL}: {ok}; "
+          f"cpu <= {CPU_GOAL_PER_10K:g}% per 10k req/s: {ok_cpu}")
+
+
+# ---------------------------------------------------------------- main
+
+def environment(wrk: str, gateway: NginxGateway) -> dict[str, Any]:
+    def first_line(cmd: list[str]) -> str:
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
+            return (p.stdout + p.stderr).strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            return "?"
+
+    return {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "nginx": first_line([gateway.nginx, "-v"]),
+        "wrk": first_line([wrk, "-v"]),
+        "python": platform.python_version(),
+    }
+
+
+def default_tenantwatch() -> str | None:
+    cand = REPO / ".venv" / "bin" / "tenantwatch"
+    if os.access(cand, os.X_OK):
+        return str(cand)
+    return shutil.which("tenantwatch")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Interleaved A/B benchmark: nginx under wrk without (A) and with (B) the "
+                    "tenantwatch daemon.")
+    p.add_argument("--rounds", type=int, default=5, help="rounds of one A and one B run [5]")
+    p.add_argument("--seconds", type=float, default=8, help="seconds per wrk run [8]")
+    p.add_argument("--connections", type=int, default=20, help="wrk connections [20]")
+    p.add_argument("--threads", type=int, default=2, help="wrk threads [2]")
+    p.add_argument("--workers", type=int, default=2, help="nginx worker processes [2]")
+    p.add_argument("--path", default="/direct",
+                   help="request path: /direct is answered by nginx itself, / proxies to the "
+                        "Python backend (which then is the bottleneck) [/direct]")
+    p.add_argument("--warmup", type=float, default=2, help="seconds of wrk before round 1 [2]")
+    p.add_argument("--json", metavar="FILE", help="write runs and summary as JSON")
+    p.add_argument("--tenantwatch", metavar="PATH", default=default_tenantwatch(),
+                   help="daemon executable [.venv/bin/tenantwatch]")
+    p.add_argument("--no-access-log", action="store_true",
+                   help="nginx without its access log (then no counted/nginx ratio)")
+    p.add_argument("--no-daemon", action="store_true",
+                   help="check the bench itself: run A twice per round, never the daemon")
+    p.add_argument("--check", action="store_true", help="exit 1 when a goal is missed")
+    args = p.parse_args(argv)
+    if args.rounds < 1 or args.seconds <= 0 or args.connections < 1 or args.threads < 1:
+        p.error("--rounds, --seconds, --connections and --threads must be positive")
+    if args.connections < args.threads:
+        p.error("wrk needs --connections >= --threads")
+    if not args.path.startswith("/") or any(c in args.path for c in '"\\ \r\n'):
+        p.error("--path must be an absolute path without quotes, backslashes or spaces")
+    return args
+
+
+def _term(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # run the finally blocks
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench/nginx_ab.py must run as root (the daemon loads BPF programs); "
+              "try: sudo make bench", file=sys.stderr)
+        return 2
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        print("wrk not found on PATH (apt-get install wrk, or: sudo make deps)", file=sys.stderr)
+        return 2
+    if not args.no_daemon and not args.tenantwatch:
+        print("tenantwatch executable not found; pass --tenantwatch PATH", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _term)
+
+    runs: list[Run] = []
+    with tempfile.TemporaryDirectory(prefix="tw-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        backend = Backend()
+        gateway: NginxGateway | None = None
+        try:
+            backend.start()
+            listen = free_port()
+            gateway = NginxGateway(
+                tmp / "nginx", listen, backend.port, workers=args.workers,
+                extra_server="        access_log off;" if args.no_access_log else "",
+            )
+            gateway.start()
+            daemon_port = free_port()
+            config = tmp / "tenantwatch.yaml"
+            config.write_text(DAEMON_CONFIG % {"port": daemon_port})
+            host = f"127.0.0.1:{listen}"
+            ctx = {
+                "gateway": gateway, "tmp": tmp, "wrk": wrk, "tenantwatch": args.tenantwatch,
+                "config": config, "daemon_port": daemon_port,
+                "script": write_wrk_script(tmp, args.path, host),
+                "url": f"http://{host}{args.path}",
+            }
+            env = environment(wrk, gateway)
+            print(f"nginx {args.workers} workers on {host}{args.path}; wrk -t{args.threads} "
+                  f"-c{args.connections} -d{args.seconds:g}s, tenants {','.join(TENANTS)}; "
+                  f"{args.rounds} rounds; {env['cpus']} CPUs, kernel {env['kernel']}",
+                  flush=True)
+            if args.warmup > 0:
+                run_wrk(wrk, ctx["url"], ctx["script"], args, args.warmup)
+                truncate(gateway.access_log)
+            print(f"{'round':>5} {'run':>3} {'req/s':>11} {'wrk reqs':>10} "
+                  f"{'nginx log':>10} {'err/5xx':>7} "
+                  f"{'cpu%':>8} {'cpu%/10k':>10} {'counted':>10} {'/wrk':>9} {'/nginx':>9}")
+            for rnd in range(1, args.rounds + 1):
+                order = "AB" if rnd % 2 == 1 else "BA"
+                for variant in order:
+                    with_daemon = variant == "B" and not args.no_daemon
+                    label = "A'" if variant == "B" and args.no_daemon else variant
+                    run = one_run(rnd, label, with_daemon, ctx, args)
+                    runs.append(run)
+                    print_run(run)
+                    time.sleep(COOLDOWN_S)
+        except BenchError as e:
+            print(f"bench failed: {e}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        finally:
+            if gateway is not None:
+                gateway.stop()
+            backend.stop()
+
+    summary = summarize(runs, args.no_daemon)
+    print_summary(summary, runs, args.no_daemon)
+    if args.json:
+        doc = {"args": {k: v for k, v in vars(args).items() if k != "json"},
+               "environment": env, "runs": [asdict(r) for r in runs], "summary": summary}
+        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    if args.check and not args.no_daemon and not (summary["ratio_goal_met"]
+                                                  and summary["cpu_goal_met"]):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Known workloads give exact counts: a traced Python HTTP server, 23 + 7 + 3 requests.
+
+The target is a small threaded HTTP/1.1 server run as a separate process whose comm
+is set to "python3-twsrv"; the client is this test process (not traced).
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+SERVER = r"""
+import ctypes, sys
+from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
+ctypes.CDLL(None).prctl(15, b"python3-twsrv", 0, 0, 0)  # PR_SET_NAME
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        code = 404 if self.path == "/missing" else 200
+        body = b"ok\n"
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    do_POST = do_GET
+    def log_message(self, *a):
+        pass
+s = ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"""
+
+
+@pytest.fixture()
+def server(probes):
+    proc = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+    port = int(proc.stdout.readline())
+    probes.set_targets({proc.pid})
+    probes.drain()  # start from zero
+    yield port
+    proc.kill()
+    proc.wait(5)
+    probes.set_targets(set())
+
+
+def _exchange(sock: socket.socket, data: bytes, responses: int) -> bytes:
+    sock.sendall(data)
+    got = b""
+    deadline = time.monotonic() + 5
+    while got.count(b"HTTP/1.1 ") < responses or not got.endswith(b"ok\n"):
+        assert time.monotonic() < deadline, got
+        chunk = sock.recv(65536)
+        assert chunk
+        got += chunk
+    return got
+
+
+def _req(tenant: str | None, path: str = "/") -> bytes:
+    h = f"GET {path} HTTP/1.1\r\nHost: t\r\n"
+    if tenant:
+        h += f"X-Tenant-ID: {tenant}\r\n"
+    return (h + "\r\n").encode()
+
+
+def _by_value(tick):
+    out = {}
+    for c in tick.identities:
+        if c.side.value != "server":
+            continue
+        key = c.raw_value.decode() if c.raw_value is not None else None
+        cls = out.setdefault(key, [0] * 6)
+        for i, n in enumerate(c.requests_by_class):
+            cls[i] += n
+    return out
+
+
+def test_23_7_3_on_keepalive_connections(probes, server):
+    with socket.create_connection(("127.0.0.1", server)) as a, \
+            socket.create_connection(("127.0.0.1", server)) as b:
+        for i in range(23):
+            _exchange(a if i % 2 else b, _req("alpha"), 1)
+        for _ in range(7):
+            _exchange(a, _req("beta", "/missing"), 1)
+        for _ in range(3):
+            _exchange(b, _req(None), 1)
+    time.sleep(0.1)
+    counts = _by_value(probes.drain())
+    assert counts["alpha"] == [0, 23, 0, 0, 0, 0]
+    assert counts["beta"] == [0, 0, 0, 7, 0, 0]
+    assert counts[""] == [0, 3, 0, 0, 0, 0]  # no identity: empty value, NO_IDENTITY flag
+
+
+def test_pipelined_and_split_heads(probes, server):
+    with socket.create_connection(("127.0.0.1", server)) as s:
+        _exchange(s, _req("p1") + _req("p2") + _req("p1"), 3)
+        whole = _req("splitvalue")
+        for cut in (whole.index(b"Tenant"), whole.index(b"value"), len(whole) - 1):
+            s.sendall(whole[:cut])
+            time.sleep(0.05)
+            _exchange(s, whole[cut:], 1)
+    time.sleep(0.1)
+    counts = _by_value(probes.drain())
+    assert counts["p1"][1] == 2 and counts["p2"][1] == 1
+    assert counts["splitvalue"][1] == 3
+
+
+def test_body_is_skipped_not_parsed(probes, server):
+    body = _req("inbody")  # a request head inside a body must not count
+    head = (f"POST / HTTP/1.1\r\nHost: t\r\nX-Tenant-ID: poster\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", server)) as s:
+        _exchange(s, head + body, 1)
+        _exchange(s, _req("after"), 1)
+    time.sleep(0.1)
+    counts = _by_value(probes.drain())
+    assert counts["poster"][1] == 1 and counts["after"][1] == 1
+    assert "inbody" not in counts
+
+
+def test_non_http_bytes_are_never_a_tenant(probes, server):
+    for blob in (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(40)),
+                 b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", server)) as s:
+            s.sendall(blob)
+            s.settimeout(2)
+            try:
+                s.recv(1024)
+            except OSError:
+                pass
+    time.sleep(0.1)
+    tick = probes.drain()
+    assert all(c.raw_value in (None, b"") for c in tick.identities)
+    assert "resync" not in tick.lost
