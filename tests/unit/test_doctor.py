@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tenantwatch import doctor
-from tenantwatch.doctor import PROBE_TRACEPOINTS, run_doctor
+from tenantwatch.doctor import PROBE_TRACEPOINTS, probe_tracepoints, run_doctor
 
 RELEASE = "6.1.0-56-amd64"
 CUSTOM = "6.18.44-fc-v595"
@@ -68,7 +68,7 @@ class Machine:
     def tracefs(self, rel: str, skip: tuple[str, ...] = ()) -> None:
         events = self.root / rel / "events"
         events.mkdir(parents=True)
-        for cat, name in PROBE_TRACEPOINTS:
+        for cat, name in probe_tracepoints():
             if name not in skip:
                 (events / cat / name).mkdir(parents=True)
 
@@ -145,7 +145,7 @@ def test_everything_fine_exits_0(machine: Machine) -> None:
     assert (f"[ ok ] kernel headers: /lib/modules/{RELEASE}/build -> "
             "/usr/src/linux-headers-6.1.0-56-amd64") in text
     assert "[ ok ] tracefs: /sys/kernel/tracing" in text
-    assert f"[ ok ] tracepoints: all {len(PROBE_TRACEPOINTS)} the probes use exist" in text
+    assert f"[ ok ] tracepoints: all {len(probe_tracepoints())} the probes use exist" in text
     assert "[ ok ] BTF: /sys/kernel/btf/vmlinux present" in text
     assert "[ ok ] PSI:" in text
     assert "kprobes: not available (not needed: tenantwatch uses only tracepoints and uprobes)" \
@@ -165,7 +165,7 @@ def test_every_line_is_header_result_or_fix(machine: Machine) -> None:
     machine.status(uid=1000, cap_eff=NO_CAPS)
     rc, text = machine.run(import_bcc=_no_bcc)
     assert rc == 1
-    pattern = re.compile(r"^(\[ ok \]|\[info\]|\[warn\]|\[FAIL\]) \S|^ {7}fix: \S")
+    pattern = re.compile(r"^(\[ ok \]|\[info\]|\[warn\]|\[FAIL\]) +\S|^ {7}fix: \S")
     for ln in text.splitlines()[1:]:
         assert pattern.match(ln), ln
     # Every FAIL says how to fix it.
@@ -434,7 +434,7 @@ def test_missing_tracepoints_are_listed(tmp_path: Path) -> None:
     rc, text = m.run()
     assert rc == 1
     b = block(text, "tracepoints:")
-    assert b.startswith(f"[FAIL] tracepoints: 2 of {len(PROBE_TRACEPOINTS)} missing: ")
+    assert b.startswith(f"[FAIL] tracepoints: 2 of {len(probe_tracepoints())} missing: ")
     assert "syscalls/sys_enter_recvfrom" in b
     assert "sched/sched_process_fork" in b
     assert "CONFIG_FTRACE_SYSCALLS" in b
@@ -443,7 +443,18 @@ def test_missing_tracepoints_are_listed(tmp_path: Path) -> None:
 def test_probe_tracepoints_match_bpf_source() -> None:
     src = (REPO / "bpf" / "http.c").read_text()
     used = set(re.findall(r"TRACEPOINT_PROBE\((\w+),\s*(\w+)\)", src))
-    assert used == set(PROBE_TRACEPOINTS)
+    assert used == set(PROBE_TRACEPOINTS)  # the fallback list is current
+    assert set(probe_tracepoints()) == used
+
+
+def test_probe_tracepoints_fall_back_without_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tenantwatch.kernel import loader
+
+    def missing() -> Path:
+        raise loader.KernelSupportError("bpf/http.c not found")
+
+    monkeypatch.setattr(loader, "bpf_dir", missing)
+    assert probe_tracepoints() == PROBE_TRACEPOINTS
 
 
 # ---------------------------------------------------------------------- 6.-7. kprobes, BTF
