@@ -13,7 +13,6 @@ import logging
 import os
 import platform
 import sys
-from typing import List, Optional
 
 from tenantwatch import __version__
 from tenantwatch.errors import ConfigError, KernelSupportError, PermissionProblem, TenantwatchError
@@ -43,7 +42,7 @@ def setup_logging(fmt: str, level: str) -> None:
 
 
 def _load(args: argparse.Namespace):
-    from tenantwatch.config import load_config  # noqa: PLC0415
+    from tenantwatch.config import load_config
 
     return load_config(args.config)
 
@@ -56,7 +55,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.error("bad configuration: %s", e)
         return EX_CONFIG
     setup_logging(args.log_format or config.log_format, config.log_level)
-    from tenantwatch.daemon import Daemon  # noqa: PLC0415
+    from tenantwatch.daemon import Daemon
 
     daemon = Daemon(config, config_path=args.config or os.environ.get("TENANTWATCH_CONFIG"))
     if args.print_bpf:
@@ -89,7 +88,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _base_url(args: argparse.Namespace) -> str:
-    from tenantwatch.top import normalize_base_url  # noqa: PLC0415
+    from tenantwatch.top import normalize_base_url
 
     if args.url:
         return normalize_base_url(args.url)
@@ -100,26 +99,26 @@ def _base_url(args: argparse.Namespace) -> str:
 
 
 def cmd_top(args: argparse.Namespace) -> int:
-    from tenantwatch.top import run_top  # noqa: PLC0415
+    from tenantwatch.top import run_top
 
     return run_top(_base_url(args), interval=args.interval, once=args.once)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from tenantwatch.top import run_status  # noqa: PLC0415
+    from tenantwatch.top import run_status
 
     return run_status(_base_url(args))
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from tenantwatch.doctor import run_doctor  # noqa: PLC0415
+    from tenantwatch.doctor import run_doctor
 
     return run_doctor()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     setup_logging("text", "warning")
-    from tenantwatch.demo.run import run_demo  # noqa: PLC0415
+    from tenantwatch.demo.run import run_demo
 
     return run_demo(duration=args.duration)
 
@@ -169,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -13,7 +13,7 @@ import signal
 import socket
 import threading
 import time
-from typing import Any, Dict, Optional
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -66,7 +66,7 @@ def kernel_sources(config: Config) -> list:
 class Daemon:
     """One running tenantwatch: probes, pipeline, HTTP endpoints."""
 
-    def __init__(self, config: Config, config_path: Optional[str] = None) -> None:
+    def __init__(self, config: Config, config_path: str | None = None) -> None:
         self.config = config
         self.config_path = config_path
         self.stop_event = threading.Event()
@@ -95,7 +95,7 @@ class Daemon:
         snap = self.aggregator.snapshot(self._ready)
         return snap
 
-    def health(self) -> Dict[str, Any]:
+    def health(self) -> dict[str, Any]:
         snap = self.aggregator.snapshot(self._ready)
         age = time.monotonic() - self._last_tick
         stalled = age > STALL_TICKS * self.config.capture.tick_seconds

@@ -339,12 +339,23 @@ def check_headers(env: _Env) -> list[Result]:
 # ---------------------------------------------------------------------------- 5. tracefs
 
 
-def _tracefs(env: _Env) -> str | None:
+def _listdir(path: str) -> list[str]:
+    return os.listdir(path)
+
+
+def _tracefs(env: _Env) -> tuple[str | None, str | None]:
+    """(readable tracefs dir with events/, else None; a candidate this user may not read)."""
+    denied = None
     for rel in TRACEFS_DIRS:
         d = env.path(rel)
-        if os.path.isdir(os.path.join(d, "events")):
-            return d
-    return None
+        try:
+            if "events" in _listdir(d) and os.path.isdir(os.path.join(d, "events")):
+                return d, None
+        except PermissionError:
+            denied = denied or d
+        except OSError:
+            continue
+    return None, denied
 
 
 _TRACEPOINT_PROBE = re.compile(r"^\s*TRACEPOINT_PROBE\(\s*(\w+)\s*,\s*(\w+)\s*\)", re.MULTILINE)
@@ -363,7 +374,11 @@ def probe_tracepoints() -> tuple[tuple[str, str], ...]:
 
 
 def check_tracefs(env: _Env) -> list[Result]:
-    tracefs = _tracefs(env)
+    tracefs, denied = _tracefs(env)
+    if tracefs is None and denied is not None:
+        return [Result(FAIL, f"tracefs: {env.shown(denied)} is not readable by this user "
+                             "(tracefs is root-only)",
+                       ["run as root: sudo tenantwatch ..., or as the systemd unit (runs as root)"])]
     if tracefs is None:
         return [Result(FAIL, "tracefs: not mounted (no /sys/kernel/tracing/events or "
                              "/sys/kernel/debug/tracing/events)",

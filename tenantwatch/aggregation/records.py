@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping, Tuple
 
 from tenantwatch.kernel.records import Side
 
@@ -18,7 +18,7 @@ class TenantSideStats:
     requests_by_class: Mapping[str, int]  # status class -> count (STATUS_CLASSES)
     rx_bytes: int
     tx_bytes: int
-    latency_buckets: Tuple[int, ...]  # cumulative counts per upper bound, last is +Inf
+    latency_buckets: tuple[int, ...]  # cumulative counts per upper bound, last is +Inf
     latency_sum_seconds: float
     connections_opened: int
     connections_active: int
@@ -32,8 +32,8 @@ class TenantSideStats:
 class Snapshot:
     """Everything the exporters need, built once per tick; immutable."""
 
-    tenants: Tuple[TenantSideStats, ...]
-    latency_bounds_seconds: Tuple[float, ...]
+    tenants: tuple[TenantSideStats, ...]
+    latency_bounds_seconds: tuple[float, ...]
     identity_rejected: Mapping[str, int]  # cumulative, by reason
     events_lost: Mapping[str, int]  # cumulative, by reason
     probes: Mapping[str, bool]

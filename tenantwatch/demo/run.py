@@ -13,7 +13,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Optional
 
 from tenantwatch.config import parse_config
 from tenantwatch.demo.backend import Backend
@@ -65,10 +64,10 @@ def _traffic(port: int, stop: threading.Event) -> None:
         stop.wait(1.0 / REQUESTS_PER_SECOND)
 
 
-def run_demo(duration: Optional[float] = None) -> int:
-    from tenantwatch.daemon import Daemon  # noqa: PLC0415
-    from tenantwatch.top import render_table  # noqa: PLC0415
-    from tenantwatch.exporters import tenants_payload  # noqa: PLC0415
+def run_demo(duration: float | None = None) -> int:
+    from tenantwatch.daemon import Daemon
+    from tenantwatch.exporters import tenants_payload
+    from tenantwatch.top import render_table
 
     api_port = _free_port()
     gw_port = _free_port()

@@ -15,7 +15,7 @@ ABI_HEADER = Path(__file__).resolve().parents[2] / "bpf" / "include" / "tw_abi.h
 def _defines(path: Path) -> dict:
     out = {}
     for m in re.finditer(r"^#define\s+(TW_\w+)\s+\(?(\d+)(?:u|ull)?\s*(?:<<\s*(\d+))?\)?",
-                         path.read_text(), re.M):
+                         path.read_text(), re.MULTILINE):
         value = int(m.group(2))
         if m.group(3):
             value <<= int(m.group(3))

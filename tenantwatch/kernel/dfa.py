@@ -13,7 +13,7 @@ Constants below are mirrored in bpf/include/tw_dfa.h (checked by tests/unit).
 from __future__ import annotations
 
 import ctypes as ct
-from typing import Dict, Iterable, List, Tuple
+from collections.abc import Iterable
 
 NSTATES = 64
 NCLASSES = 32
@@ -77,7 +77,7 @@ STATE_NAMES = [
     "HS", "HNAME", "HOWS", "HVAL", "HCR", "SKIP", "HLF", "CS", "CSCR", "CEXT", "CCRLF", "TS",
     "TL", "DEAD", "UNTIL_CLOSE", "HDONE",
 ]
-S: Dict[str, int] = {n: i for i, n in enumerate(STATE_NAMES)}
+S: dict[str, int] = {n: i for i, n in enumerate(STATE_NAMES)}
 assert len(STATE_NAMES) <= NSTATES
 
 # ---------------------------------------------------------------- actions
@@ -113,7 +113,7 @@ HEX = DIGITS + (C_UHEX, C_LHEX)
 ALL = tuple(range(NCLASSES))
 
 
-def _build() -> List[List[int]]:
+def _build() -> list[list[int]]:
     dead = S["DEAD"] | E_DEAD << ACTION_SHIFT
     t = [[dead] * NCLASSES for _ in range(NSTATES)]
 
@@ -193,11 +193,11 @@ def _build() -> List[List[int]]:
     return t
 
 
-TRANSITIONS: List[List[int]] = _build()
-CLASSES: Tuple[int, ...] = tuple(char_class(b) for b in range(256))
-LOWER: Tuple[int, ...] = tuple(b | 0x20 if 0x41 <= b <= 0x5A else b for b in range(256))
-DIGIT_VALUE: Tuple[int, ...] = tuple(b - 0x30 if 0x30 <= b <= 0x39 else 0 for b in range(256))
-HEX_VALUE: Tuple[int, ...] = tuple(int(chr(b), 16) if chr(b) in "0123456789abcdefABCDEF" else 0
+TRANSITIONS: list[list[int]] = _build()
+CLASSES: tuple[int, ...] = tuple(char_class(b) for b in range(256))
+LOWER: tuple[int, ...] = tuple(b | 0x20 if 0x41 <= b <= 0x5A else b for b in range(256))
+DIGIT_VALUE: tuple[int, ...] = tuple(b - 0x30 if 0x30 <= b <= 0x39 else 0 for b in range(256))
+HEX_VALUE: tuple[int, ...] = tuple(int(chr(b), 16) if chr(b) in "0123456789abcdefABCDEF" else 0
                                    for b in range(256))
 
 

@@ -14,9 +14,9 @@ import platform
 import re
 import secrets
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from tenantwatch.errors import KernelSupportError, PermissionProblem
 from tenantwatch.kernel import abi, dfa
@@ -43,12 +43,12 @@ def bpf_dir() -> Path:
     raise KernelSupportError("bpf/http.c not found (set TENANTWATCH_BPF_DIR)")
 
 
-def kernel_version(release: Optional[str] = None) -> Tuple[int, int]:
+def kernel_version(release: str | None = None) -> tuple[int, int]:
     m = re.match(r"(\d+)\.(\d+)", release or platform.release())
     return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
-def tracefs_path() -> Optional[str]:
+def tracefs_path() -> str | None:
     for d in TRACEFS_DIRS:
         if os.path.isdir(os.path.join(d, "events")):
             return d
@@ -60,7 +60,7 @@ class KernelSource:
     """One identity source as the kernel sees it."""
 
     header: str  # lowercase header name
-    sides: Tuple[Side, ...]  # where it applies
+    sides: tuple[Side, ...]  # where it applies
 
 
 class HttpProbes:
@@ -85,13 +85,13 @@ class HttpProbes:
         self.max_connections = max_connections
         self._bpf = None
         self._ctl = abi.Ctl()
-        self._lost_seen: List[int] = [0] * len(abi.LOST_REASONS)
+        self._lost_seen: list[int] = [0] * len(abi.LOST_REASONS)
         self._batch_ok = True
-        self.probes: Dict[str, bool] = {}
+        self.probes: dict[str, bool] = {}
 
     # ------------------------------------------------------------------ build
 
-    def cflags(self) -> List[str]:
+    def cflags(self) -> list[str]:
         flags = [
             f"-I{bpf_dir() / 'include'}",
             f"-DTW_MAX_CONNS={int(self.max_connections)}",
@@ -120,7 +120,7 @@ class HttpProbes:
                 f"no kernel headers at {build}: bcc needs them to compile the probes; "
                 "run `tenantwatch doctor` for the exact fix")
         try:
-            from bcc import BPF  # noqa: PLC0415 - system package, imported only when needed
+            from bcc import BPF
         except ImportError as e:
             raise KernelSupportError("python3-bpfcc is not importable (apt-get install "
                                      "python3-bpfcc; a venv needs --system-site-packages); "
@@ -156,7 +156,7 @@ class HttpProbes:
         c.seed1 = secrets.randbits(64)
         c.seed2 = secrets.randbits(64)
         for i, b in enumerate(self.bounds):
-            c.bounds_ns[i] = int(round(b * 1e9))
+            c.bounds_ns[i] = round(b * 1e9)
         c.nbuckets = len(self.bounds)
         c.nsources = len(self.sources)
         c.active = 0
@@ -198,10 +198,10 @@ class HttpProbes:
 
     # ------------------------------------------------------------------ targets
 
-    def targets(self) -> Set[int]:
-        return {k.value for k in self._bpf[b"tw_targets"].keys()}
+    def targets(self) -> set[int]:
+        return {k.value for k in self._bpf[b"tw_targets"]}
 
-    def set_targets(self, tgids: Iterable[int]) -> Tuple[Set[int], Set[int]]:
+    def set_targets(self, tgids: Iterable[int]) -> tuple[set[int], set[int]]:
         """Make the kernel's target set equal tgids. Returns (added, removed)."""
         table = self._bpf[b"tw_targets"]
         want = set(tgids)
@@ -215,10 +215,10 @@ class HttpProbes:
                 pass
         return want - have, have - want
 
-    def forget_connections(self, live_tgids: Set[int]) -> int:
+    def forget_connections(self, live_tgids: set[int]) -> int:
         """Delete connection state of processes that are no longer traced."""
         table = self._bpf[b"tw_conns"]
-        stale = [k for k in table.keys() if (k.value >> 32) not in live_tgids]
+        stale = [k for k in table if (k.value >> 32) not in live_tgids]
         for k in stale:
             try:
                 del table[k]
@@ -247,12 +247,12 @@ class HttpProbes:
                           targets=len(self.targets()), probes=dict(self.probes),
                           monotonic_ns=time.monotonic_ns())
 
-    def _read_and_clear(self, table) -> List[Tuple[abi.AggKey, abi.AggVal]]:
+    def _read_and_clear(self, table) -> list[tuple[abi.AggKey, abi.AggVal]]:
         if self._batch_ok:
             try:
                 return [(_copy(k, abi.AggKey), _copy(v, abi.AggVal))
                         for k, v in table.items_lookup_and_delete_batch()]
-            except Exception as e:  # kernels < 5.6 have no batch ops
+            except Exception as e:  # noqa: BLE001 - bcc raises bare Exception; kernels < 5.6 lack batch ops
                 log.info("batch map operations unavailable (%s); using per-key drain", e)
                 self._batch_ok = False
         rows = [(_copy(k, abi.AggKey), _copy(v, abi.AggVal)) for k, v in table.items()]
@@ -263,7 +263,7 @@ class HttpProbes:
     def drain_path(self) -> str:
         return "batch" if self._batch_ok else "per-key"
 
-    def _lost_deltas(self) -> Dict[str, int]:
+    def _lost_deltas(self) -> dict[str, int]:
         table = self._bpf[b"tw_lost"]
         out = {}
         for i, reason in enumerate(abi.LOST_REASONS):
@@ -295,7 +295,7 @@ def _has_counts(v: abi.AggVal) -> bool:
 
 
 def _to_counts(k: abi.AggKey, v: abi.AggVal, nbounds: int) -> IdentityCounts:
-    raw: Optional[bytes] = None
+    raw: bytes | None = None
     if v.value_len != abi.VALUE_UNKNOWN:
         raw = bytes(v.value[: min(v.value_len, abi.VALUE_MAX)])
     return IdentityCounts(
@@ -316,15 +316,16 @@ def _to_counts(k: abi.AggKey, v: abi.AggVal, nbounds: int) -> IdentityCounts:
     )
 
 
-def _declared_tracepoints(text: str) -> List[str]:
+def _declared_tracepoints(text: str) -> list[str]:
     return [f"{c}:{e}" for c, e in re.findall(r"TRACEPOINT_PROBE\((\w+),\s*(\w+)\)", text)]
 
 
 def _mount_tracefs() -> None:
-    import subprocess  # noqa: PLC0415
+    import subprocess
 
     for d in TRACEFS_DIRS[:1]:
-        r = subprocess.run(["mount", "-t", "tracefs", "nodev", d], capture_output=True, text=True)
+        r = subprocess.run(["mount", "-t", "tracefs", "nodev", d], check=False,
+                           capture_output=True, text=True)
         if r.returncode == 0 and tracefs_path():
             log.info("mounted tracefs at %s", d)
             return

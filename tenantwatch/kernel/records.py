@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping, Optional, Tuple
 
 
 class Side(str, enum.Enum):
@@ -27,7 +27,7 @@ class ValueFlag(enum.IntFlag):
     NO_IDENTITY = 1 << 6  # no configured source was present in the request
 
 
-STATUS_CLASSES: Tuple[str, ...] = ("1xx", "2xx", "3xx", "4xx", "5xx", "none")
+STATUS_CLASSES: tuple[str, ...] = ("1xx", "2xx", "3xx", "4xx", "5xx", "none")
 
 
 @dataclass(frozen=True)
@@ -40,14 +40,14 @@ class IdentityCounts:
 
     key: int
     side: Side
-    raw_value: Optional[bytes]
+    raw_value: bytes | None
     source_index: int  # index into config tenancy.sources, -1 when none matched
     flags: ValueFlag
-    requests_by_class: Tuple[int, ...]  # aligned with STATUS_CLASSES
+    requests_by_class: tuple[int, ...]  # aligned with STATUS_CLASSES
     request_heads: int  # request heads parsed (a request is counted in a class once it ends)
     rx_bytes: int
     tx_bytes: int
-    latency_buckets: Tuple[int, ...]  # non-cumulative, len(bounds) + 1 (last is +Inf)
+    latency_buckets: tuple[int, ...]  # non-cumulative, len(bounds) + 1 (last is +Inf)
     latency_sum_ns: int
     connections_opened: int
     connections_closed: int
@@ -57,7 +57,7 @@ class IdentityCounts:
 class KernelTick:
     """Everything drained from the kernel in one tick."""
 
-    identities: Tuple[IdentityCounts, ...]
+    identities: tuple[IdentityCounts, ...]
     lost: Mapping[str, int]  # deltas by reason
     targets: int  # processes traced right now
     probes: Mapping[str, bool]  # probe name -> attached

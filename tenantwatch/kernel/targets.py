@@ -9,8 +9,8 @@ a fixture tree.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Set
 
 
 class ProcessScanner:
@@ -20,8 +20,8 @@ class ProcessScanner:
         self.names = {n[:15] for n in names}  # comm is at most 15 bytes (TASK_COMM_LEN - 1)
         self.proc = Path(proc)
 
-    def scan(self) -> Set[int]:
-        out: Set[int] = set()
+    def scan(self) -> set[int]:
+        out: set[int] = set()
         try:
             entries = os.listdir(self.proc)
         except OSError:

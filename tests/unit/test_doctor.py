@@ -416,6 +416,19 @@ def test_no_tracefs_fails_with_mount_fix(machine: Machine) -> None:
     assert "fix: mount -t tracefs nodev /sys/kernel/tracing" in b
 
 
+def test_unreadable_tracefs_is_not_called_unmounted(machine: Machine,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    def denied(path: str) -> list[str]:
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(doctor, "_listdir", denied)  # what a non-root user sees on a real host
+    rc, text = machine.run()
+    assert rc == 1
+    b = block(text, "tracefs:")
+    assert b.startswith("[FAIL] tracefs: /sys/kernel/tracing is not readable by this user")
+    assert "fix: run as root" in b
+
+
 def test_tracefs_under_debugfs_is_accepted(tmp_path: Path) -> None:
     m = Machine(tmp_path)
     for p in sorted((m.root / "sys" / "kernel" / "tracing").rglob("*"), reverse=True):

@@ -57,7 +57,7 @@ def test_obs_fold_and_lone_cr_are_flagged():
 
 
 def test_chunk_size_line():
-    state, acts = run(b"1a;ext=1\r\n", start="CS")
+    _state, acts = run(b"1a;ext=1\r\n", start="CS")
     assert [a for _, a in acts] == [dfa.A_HEX, dfa.A_HEX, dfa.E_CHUNK_LINE]
 
 

@@ -1,0 +1,458 @@
+"""End-to-end tier: the daemon as a user runs it (`tenantwatch run --config FILE`) against a real
+nginx proxying to a real Backend.
+
+Fixtures
+- `daemon_factory` (module): start more `tenantwatch run` daemons with their own config.
+- `daemon` (module): one daemon with the standard config (CONFIG_TEMPLATE) per test module.  Module
+  scope, not session: a test module may flood the label set (max_tenants) or kill daemons, and a
+  fresh daemon per module keeps the modules independent; the BPF compile costs ~4 s per module.
+- `e2e_backend`, `e2e_gateway` (module): Backend + nginx (2 workers) shared by a module's tests.
+- `make_gateway` (function): extra nginx gateways (reload, fd reuse), stopped after the test.
+
+Isolation on a shared machine: the gateway runs the Debian nginx through a symlink named
+NGINX_COMM, so its processes' comm is NGINX_COMM and the daemon's `targets: [{process: ...}]`
+selects exactly the nginx processes these tests started (other nginx instances on the host, e.g. a
+benchmark, are neither traced nor counted).  Tenant names are unique per test (a prefix), and
+shared labels (common, __invalid__, __other__) are compared as deltas.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tenantwatch.demo import Backend, GatewayError, NginxGateway
+from tests.conftest import _free_port, require_nginx, require_root
+
+REPO = Path(__file__).resolve().parents[2]
+NGINX_COMM = "tw-e2e-nginx"  # <= 15 bytes: the comm of every nginx process these tests start
+RESERVED = ("__other__", "__invalid__", "__unattributed__")
+SIDES = ("server", "client")
+READY_TIMEOUT = 60.0
+STOP_TIMEOUT = 15.0
+
+CONFIG_TEMPLATE = """\
+listen: "127.0.0.1:{port}"
+targets: [{{process: {process}}}]
+tenancy:
+  sources:
+    - {{header: X-Tenant-Context, side: client, trusted: true}}
+    - {{header: X-Tenant-ID, side: server}}
+{tenancy_extra}"""
+
+MetricKey = tuple[str, frozenset]
+
+
+def tenantwatch_command() -> list[str]:
+    exe = REPO / ".venv" / "bin" / "tenantwatch"
+    if exe.exists():
+        return [str(exe)]
+    return [sys.executable, "-m", "tenantwatch.cli"]
+
+
+# ---------------------------------------------------------------------------- metrics
+
+
+class Metrics(dict):
+    """One /metrics scrape: {(sample name, frozenset(labels.items())): value}."""
+
+    @classmethod
+    def parse(cls, text: str) -> Metrics:
+        out = cls()
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                out[(s.name, frozenset(s.labels.items()))] = s.value
+        return out
+
+    def samples(self, name: str) -> Iterator[tuple[dict, float]]:
+        for (n, labels), v in self.items():
+            if n == name:
+                yield dict(labels), v
+
+    def value(self, name: str, **labels: str) -> float:
+        """Sum of the samples of `name` whose labels include `labels`."""
+        return sum(v for lab, v in self.samples(name)
+                   if all(lab.get(k) == w for k, w in labels.items()))
+
+    def requests(self, side: str, tenant: Optional[str] = None,
+                 status_class: Optional[str] = None) -> int:
+        labels = {}
+        if tenant is not None:
+            labels["tenant"] = tenant
+        if status_class is not None:
+            labels["status_class"] = status_class
+        return int(self.value(f"tenantwatch_http_{side}_requests_total", **labels))
+
+    def by_tenant(self, side: str, prefix: str = "") -> Counter:
+        """{tenant: requests} for tenants starting with `prefix` (zero rows left out)."""
+        out: Counter = Counter()
+        for lab, v in self.samples(f"tenantwatch_http_{side}_requests_total"):
+            if lab["tenant"].startswith(prefix) and v:
+                out[lab["tenant"]] += int(v)
+        return out
+
+    def by_class(self, side: str, tenant: str) -> Counter:
+        """{status_class: requests} of one tenant (zero rows left out)."""
+        out: Counter = Counter()
+        for lab, v in self.samples(f"tenantwatch_http_{side}_requests_total"):
+            if lab["tenant"] == tenant and v:
+                out[lab["status_class"]] += int(v)
+        return out
+
+    def tenant_labels(self, side: str) -> set[str]:
+        return {lab["tenant"] for lab, _ in self.samples(f"tenantwatch_http_{side}_requests_total")}
+
+    def rejected(self) -> Counter:
+        return Counter({lab["reason"]: int(v)
+                        for lab, v in self.samples("tenantwatch_identity_rejected_total")})
+
+    def lost(self) -> Counter:
+        return Counter({lab["reason"]: int(v)
+                        for lab, v in self.samples("tenantwatch_events_lost_total")})
+
+    @property
+    def ticks(self) -> int:
+        return int(self.value("tenantwatch_ticks_total"))
+
+
+def delta(after: Mapping, before: Mapping) -> Counter:
+    """after - before per key, keeping only non-zero differences (negative ones too)."""
+    out: Counter = Counter()
+    for k in set(after) | set(before):
+        d = after.get(k, 0) - before.get(k, 0)
+        if d:
+            out[k] = d
+    return out
+
+
+def totals(m: Metrics, tenants: Union[list[str], tuple[str, ...]] = ("common",) + RESERVED
+           ) -> dict[tuple[str, str], int]:
+    """{(side, tenant): requests} for the given (shared) labels, for delta comparisons."""
+    return {(side, t): m.requests(side, t) for side in SIDES for t in tenants}
+
+
+# ---------------------------------------------------------------------------- the daemon
+
+
+@dataclass
+class Daemon:
+    """One `tenantwatch run --config FILE` subprocess."""
+
+    workdir: Path
+    port: int
+    config_text: str
+    proc: Optional[subprocess.Popen] = None
+    returncodes: list = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "tenantwatch.yaml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "tenantwatch.log"
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self.proc.pid if self.proc is not None else None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def _fail(self, msg: str) -> None:
+        pytest.fail(f"{msg}\n--- {self.log_path} ---\n{self.log_text()[-6000:]}", pytrace=False)
+
+    # -- lifecycle
+
+    def start(self, ready_timeout: float = READY_TIMEOUT) -> Daemon:
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(self.config_text)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTWATCH_")}
+        env["PYTHONUNBUFFERED"] = "1"
+        with open(self.log_path, "ab") as log:
+            log.write(f"=== start {time.strftime('%H:%M:%S')}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                tenantwatch_command() + ["run", "--config", str(self.config_path)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                cwd=str(REPO),
+            )
+        self.wait_ready(ready_timeout)
+        return self
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rc = self.proc.poll()
+            if rc is not None:
+                self._fail(f"tenantwatch exited with {rc} before it was ready")
+            try:
+                status, _ = self.get("/readyz", timeout=1.0)
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self._fail(f"tenantwatch not ready on {self.url} within {timeout}s")
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> Optional[int]:
+        """SIGTERM, wait up to `timeout`, SIGKILL if still running. Returns the exit code of the
+        SIGTERM (None when it had to be killed, or when nothing was running)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+        self.returncodes.append(rc)
+        return rc
+
+    def kill(self) -> int:
+        """SIGKILL (only our own child, by its pid) and reap it."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.kill()
+        rc = self.proc.wait(timeout=10)
+        self.returncodes.append(rc)
+        return rc
+
+    # -- HTTP
+
+    def get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def get_json(self, path: str) -> Any:
+        status, body = self.get(path)
+        return status, json.loads(body)
+
+    def metrics(self) -> Metrics:
+        status, body = self.get("/metrics")
+        assert status == 200, body
+        return Metrics.parse(body.decode())
+
+    def requests(self, side: str, tenant: Optional[str] = None,
+                 status_class: Optional[str] = None) -> int:
+        return self.metrics().requests(side, tenant, status_class)
+
+    def tenants_json(self) -> dict:
+        status, doc = self.get_json("/api/v1/tenants")
+        assert status == 200, doc
+        return doc
+
+    def healthz(self) -> dict:
+        _, doc = self.get_json("/healthz")
+        return doc
+
+    # -- waiting for the tick loop
+
+    def wait_ticks(self, n: int = 2, timeout: float = 15.0) -> Metrics:
+        """Wait until `n` more ticks completed: every kernel count made before this call was then
+        drained (the drain of the 2nd tick after a read starts after that read)."""
+        start = self.metrics().ticks
+        deadline = time.monotonic() + timeout
+        while True:
+            m = self.metrics()
+            if m.ticks >= start + n or time.monotonic() >= deadline:
+                return m
+            time.sleep(0.1)
+
+    def wait_settled(
+        self,
+        expected: Union[Callable[[Metrics], bool], Mapping, None] = None,
+        timeout: float = 15.0,
+        view: Optional[Callable[[Metrics], Mapping]] = None,
+    ) -> Metrics:
+        """Poll /metrics (bounded by `timeout`) until `expected` holds -- a predicate on Metrics,
+        or a mapping compared with view(metrics) -- then wait two more ticks so that nothing
+        counted late is missed, and return that last scrape.  The caller asserts on it (a
+        timeout is not an error here, so the assertion shows the difference)."""
+        if expected is None:
+            return self.wait_ticks(2, timeout)
+        if callable(expected):
+            pred = expected
+        else:
+            assert view is not None, "a mapping needs a view"
+
+            def pred(m: Metrics) -> bool:
+                return dict(view(m)) == dict(expected)
+
+        deadline = time.monotonic() + timeout
+        while True:
+            m = self.metrics()
+            if pred(m) or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+        return self.wait_ticks(2, timeout=max(3.0, deadline - time.monotonic()))
+
+    # -- BPF objects owned by the process
+
+    def bpf_ids(self) -> dict[str, set[int]]:
+        """{"prog": ids, "map": ids} of the BPF objects the daemon holds fds to."""
+        out: dict[str, set[int]] = {"prog": set(), "map": set()}
+        fdinfo = Path(f"/proc/{self.pid}/fdinfo")
+        for entry in fdinfo.iterdir():
+            try:
+                text = entry.read_text()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                key, _, value = line.partition(":")
+                if key in ("prog_id", "map_id"):
+                    out[key[:-3]].add(int(value))
+        return out
+
+
+def bpftool_ids(kind: str) -> set[int]:
+    """ids of every loaded BPF program (kind "prog") or map ("map") on the machine."""
+    r = subprocess.run(["bpftool", "--json", kind, "show"], capture_output=True, text=True,
+                       timeout=30, check=True)
+    return {int(x["id"]) for x in json.loads(r.stdout or "[]")}
+
+
+def config_text(port: int, process: str = NGINX_COMM, tenancy_extra: str = "") -> str:
+    return CONFIG_TEMPLATE.format(port=port, process=process, tenancy_extra=tenancy_extra)
+
+
+# ---------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def nginx_binary(tmp_path_factory) -> str:
+    """The Debian nginx under the name NGINX_COMM (a symlink: comm comes from the exec'd path)."""
+    require_root()
+    real = Path(require_nginx()).resolve()
+    link = tmp_path_factory.mktemp("bin") / NGINX_COMM
+    link.symlink_to(real)
+    return str(link)
+
+
+DaemonFactory = Callable[..., Daemon]
+
+
+@pytest.fixture(scope="module")
+def daemon_factory(tmp_path_factory, request) -> Iterator[DaemonFactory]:
+    """make(tenancy_extra="", start=True) -> a started Daemon; all stopped after the module.
+    Every daemon stopped here must exit 0 on SIGTERM within STOP_TIMEOUT."""
+    require_root()
+    made: list[Daemon] = []
+    base = tmp_path_factory.mktemp("tenantwatch")
+
+    def make(tenancy_extra: str = "", start: bool = True, process: str = NGINX_COMM) -> Daemon:
+        port = _free_port()
+        d = Daemon(base / f"d{len(made)}", port, config_text(port, process, tenancy_extra))
+        made.append(d)
+        if start:
+            d.start()
+        return d
+
+    yield make
+    bad = []
+    for d in made:
+        if d.proc is None or d.proc.poll() is not None:
+            continue
+        rc = d.stop()
+        if rc != 0:
+            bad.append((d, rc))
+    if bad:
+        d, rc = bad[0]
+        pytest.fail(f"tenantwatch (pid {d.pid}) did not exit 0 on SIGTERM: {rc!r}\n"
+                    f"--- {d.log_path} ---\n{d.log_text()[-6000:]}", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def daemon(daemon_factory, e2e_gateway) -> Daemon:
+    """The standard daemon, started after the module's gateway (found by the /proc scan)."""
+    return daemon_factory()
+
+
+@pytest.fixture(scope="module")
+def e2e_backend() -> Iterator[Backend]:
+    b = Backend(port=0).start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+def start_gateway(workdir: Path, backend: Backend, nginx: str, workers: int = 2) -> NginxGateway:
+    last: Exception = RuntimeError("no attempt")
+    for attempt in range(3):  # the free port can be taken between probing and nginx's bind
+        gw = NginxGateway(workdir / f"nginx{attempt}", _free_port(), backend.port,
+                          workers=workers, nginx=nginx)
+        try:
+            return gw.start()
+        except GatewayError as e:
+            gw.stop()
+            last = e
+    raise last
+
+
+@pytest.fixture(scope="module")
+def e2e_gateway(tmp_path_factory, e2e_backend, nginx_binary) -> Iterator[NginxGateway]:
+    gw = start_gateway(tmp_path_factory.mktemp("gw"), e2e_backend, nginx_binary)
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+@pytest.fixture
+def make_gateway(tmp_path, e2e_backend, nginx_binary) -> Iterator[Callable[..., NginxGateway]]:
+    """make(workers=2) -> another nginx (comm NGINX_COMM) on e2e_backend, stopped after."""
+    made: list[NginxGateway] = []
+
+    def make(workers: int = 2) -> NginxGateway:
+        gw = start_gateway(tmp_path / f"gw{len(made)}", e2e_backend, nginx_binary, workers)
+        made.append(gw)
+        return gw
+
+    yield make
+    for gw in made:
+        gw.stop()
+
+
+@pytest.fixture
+def fresh_backend(e2e_backend) -> Backend:
+    """e2e_backend with its received counter cleared for this test."""
+    e2e_backend.reset()
+    return e2e_backend
+
+
+@pytest.fixture
+def prefix(request) -> str:
+    """A tenant-name prefix unique to this test: [a-z0-9-] only, so both nginx's map
+    (^[a-zA-Z0-9-]+$) and tenantwatch's default pattern accept it."""
+    name = request.node.name.removeprefix("test_").split("[")[0]
+    return "".join(c if c.isalnum() else "-" for c in name.lower())[:40] + "-"
