@@ -401,8 +401,13 @@ def check_tracefs(env: _Env) -> list[Result]:
 
 
 def check_kprobes(env: _Env) -> list[Result]:
-    present = any(os.path.exists(env.path(rel, "kprobe_events")) for rel in TRACEFS_DIRS)
-    state = "available" if present else "not available"
+    tracefs, denied = _tracefs(env)
+    if tracefs is not None and os.path.exists(os.path.join(tracefs, "kprobe_events")):
+        state = "available"
+    elif tracefs is None and denied is not None:
+        state = "unknown (tracefs not readable)"
+    else:
+        state = "not available"
     return [Result(INFO, f"kprobes: {state} (not needed: tenantwatch uses only tracepoints and "
                          "uprobes)")]
 
