@@ -184,6 +184,25 @@ static __always_inline struct tw_agg_val *tw_agg_lookup(struct tw_agg_key *k, __
 	return active ? tw_agg1.lookup(k) : tw_agg0.lookup(k);
 }
 
+/* Record the identity value of the parser's best source in an aggregate entry. */
+static __always_inline void tw_agg_fill(struct tw_agg_val *t, struct tw_conn *c,
+					struct tw_parser *p)
+{
+	t->source = p->best_src;
+	t->flags = p->best_flags;
+	t->hash2 = p->best_h2;
+	if (p->best_src >= 0 && !(p->best_flags & TW_F_COLLISION)) {
+		__u32 len = p->best_len;
+		if (len > TW_VALUE_MAX)
+			len = TW_VALUE_MAX;
+		__u32 b = (p->vcur ^ 1) & 1;
+		__builtin_memcpy(t->value, c->vbuf[b], TW_VALUE_MAX);
+		t->value_len = len;
+	} else {
+		t->value_len = 0;
+	}
+}
+
 /* The entry for key in the active map; created (with the value from vbuf when
  * given) if missing, the overflow entry when the map is full. */
 static __always_inline struct tw_agg_val *tw_agg_get(struct tw_ctl *ctl, __u64 key, __u32 side,
@@ -202,21 +221,8 @@ static __always_inline struct tw_agg_val *tw_agg_get(struct tw_ctl *ctl, __u64 k
 	__builtin_memset(t, 0, sizeof(*t));
 	t->value_len = TW_VALUE_UNKNOWN;
 	t->source = -1;
-	if (with_value) {
-		t->source = p->best_src;
-		t->flags = p->best_flags;
-		t->hash2 = p->best_h2;
-		if (p->best_src >= 0 && !(p->best_flags & TW_F_COLLISION)) {
-			__u32 len = p->best_len;
-			if (len > TW_VALUE_MAX)
-				len = TW_VALUE_MAX;
-			t->value_len = len;
-			__u32 b = (p->vcur ^ 1) & 1;
-			__builtin_memcpy(t->value, c->vbuf[b], TW_VALUE_MAX);
-		} else {
-			t->value_len = 0;
-		}
-	}
+	if (with_value)
+		tw_agg_fill(t, c, p);
 	if (active)
 		tw_agg1.update(&k, t);  /* BPF_ANY: a racing creator wins either way */
 	else
@@ -271,6 +277,8 @@ static __always_inline void tw_request_done(struct tw_ctl *ctl, struct tw_conn *
 	if (key <= TW_KEY_OVERFLOW)
 		key += 3;
 	struct tw_agg_val *v = tw_agg_get(ctl, key, c->side, c, p, 1);
+	if (v && v->value_len == TW_VALUE_UNKNOWN)
+		tw_agg_fill(v, c, p);  /* created earlier this tick by a response: add the value */
 	if (v && v->value_len != TW_VALUE_UNKNOWN &&
 	    (v->hash2 != p->best_h2 || v->flags != p->best_flags)) {
 		/* Same 64-bit key, different value: never merge two tenants. */

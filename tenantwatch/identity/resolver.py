@@ -40,7 +40,6 @@ _FLAG_REASONS = (
 _BAD_FLAGS = ValueFlag.DUPLICATE | ValueFlag.FOLDED | ValueFlag.BAD_BYTE | ValueFlag.TOO_LONG \
     | ValueFlag.COLLISION
 # The value itself is bad: every later request on the key is rejected as well.
-_BAD_VALUE_FLAGS = ValueFlag.BAD_BYTE | ValueFlag.TOO_LONG
 
 # Every TenantIdentity.rejected_reason the resolver gives (label of identity_rejected_total).
 REJECT_REASONS = (
@@ -101,18 +100,21 @@ class IdentityResolver:
         """The tenant of one kernel identity key (see the module docstring for the rules)."""
         if flags & ValueFlag.OVERFLOW:
             return TenantIdentity(OTHER, Trust.NONE, "kernel_overflow")
+        if raw_value is None and not flags:
+            # The kernel created this entry without the value (a response, or bytes, that
+            # arrived in a later tick than the request head): the key alone says who it is.
+            return self._from_cache(key)
         if flags & _BAD_FLAGS:
             reason = next(r for f, r in _FLAG_REASONS if flags & f)
+            verdict = TenantIdentity(INVALID, Trust.NONE, reason)
             if raw_value is not None and not flags & ValueFlag.COLLISION:
-                # Remember the key: a clean tick later must not see an unknown key.  A collision
-                # leaves the cache alone, so the first value on the key keeps its meaning.
-                if flags & _BAD_VALUE_FLAGS:
-                    verdict = TenantIdentity(INVALID, Trust.NONE, reason)
-                    self._store(key, _Entry(None, _NO_SOURCE, verdict))
-                else:
-                    self._learn(key, raw_value, source_index)
-            return TenantIdentity(INVALID, Trust.NONE, reason)
+                # The kernel mixes the flags into the key: the same key, seen later without
+                # its value, is the same flagged request shape.  A collision leaves the cache
+                # alone, so the first value on the key keeps its meaning.
+                self._store(key, _Entry(None, _NO_SOURCE, verdict))
+            return verdict
         if flags & ValueFlag.NO_IDENTITY or source_index == -1:
+            self._store(key, _Entry(None, _NO_SOURCE, self._no_identity))
             return self._no_identity
         if not 0 <= source_index < len(self._sources):
             return TenantIdentity(INVALID, Trust.NONE, "bad_source")
@@ -151,6 +153,16 @@ class IdentityResolver:
         return tuple(sorted(self._last_seen))
 
     # --- internals ---------------------------------------------------------------------------
+
+    def _from_cache(self, key: int) -> TenantIdentity:
+        entry = self._cache.get(key)
+        if entry is None:
+            return TenantIdentity(UNATTRIBUTED, Trust.NONE, "unknown_key")
+        self._cache.move_to_end(key)
+        if isinstance(entry.outcome, TenantIdentity):
+            return entry.outcome
+        source = self._sources[entry.source_index]
+        return self._admit(entry.outcome, Trust.TRUSTED if source.trusted else Trust.CLAIMED)
 
     def _store(self, key: int, entry: _Entry) -> None:
         self._cache[key] = entry

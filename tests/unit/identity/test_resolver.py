@@ -101,18 +101,26 @@ def test_cached_key_resolves_without_value() -> None:
     assert claimed(r, 7, None) == TenantIdentity("acme", Trust.CLAIMED)
 
 
-def test_cached_key_takes_trust_from_the_source_of_this_call() -> None:
+def test_value_less_entry_resolves_through_the_key_it_was_learned_with() -> None:
+    # The kernel mixes source and flags into the key, so a key names one (value, source);
+    # entries it creates without the value (a response in a later tick) carry source -1.
     r = resolver()
-    claimed(r, 7, b"acme")
-    assert r.resolve(7, None, TRUSTED_SRC, F.NONE, Side.CLIENT) == \
-        TenantIdentity("acme", Trust.TRUSTED)
-    assert claimed(r, 7, None) == TenantIdentity("acme", Trust.CLAIMED)
+    r.resolve(7, b"acme", TRUSTED_SRC, F.NONE, Side.CLIENT)
+    assert r.resolve(7, None, -1, F.NONE, Side.CLIENT) == TenantIdentity("acme", Trust.TRUSTED)
+    claimed(r, 8, b"acme")
+    assert r.resolve(8, None, -1, F.NONE, Side.SERVER) == TenantIdentity("acme", Trust.CLAIMED)
 
 
-def test_cached_value_is_re_read_for_another_source_kind() -> None:
+def test_value_less_entry_of_a_host_source_keeps_the_host_reading() -> None:
     r = resolver()
     assert r.resolve(5, b"acme.api.example.com", HOST_SRC, F.NONE, Side.SERVER).tenant == "acme"
-    assert claimed(r, 5, None) == invalid("pattern")  # as a plain header it has dots
+    assert r.resolve(5, None, -1, F.NONE, Side.SERVER).tenant == "acme"
+
+
+def test_value_less_entry_of_a_no_identity_key_is_the_default() -> None:
+    r = resolver()
+    r.resolve(3, b"", -1, F.NO_IDENTITY, Side.SERVER)
+    assert r.resolve(3, None, -1, F.NONE, Side.SERVER) == TenantIdentity("common", Trust.NONE)
 
 
 def test_unknown_key_without_value() -> None:
@@ -157,12 +165,13 @@ def test_bad_value_flags_stick_to_the_key() -> None:
     assert r.tenants() == ()
 
 
-def test_duplicate_or_folded_request_still_teaches_the_key() -> None:
+def test_duplicate_or_folded_key_stays_invalid_when_seen_again_without_value() -> None:
+    # The kernel mixes the flags into the key: a key learned as a duplicate is a duplicate.
     r = resolver()
     assert claimed(r, 5, b"acme", F.DUPLICATE) == invalid("duplicate")
-    assert claimed(r, 5, None) == TenantIdentity("acme", Trust.CLAIMED)
+    assert r.resolve(5, None, -1, F.NONE, Side.SERVER) == invalid("duplicate")
     assert claimed(r, 6, b"globex", F.FOLDED) == invalid("folded")
-    assert claimed(r, 6, None).tenant == "globex"
+    assert r.resolve(6, None, -1, F.NONE, Side.SERVER).tenant == "__invalid__"
 
 
 def test_collision_does_not_overwrite_the_first_value() -> None:
@@ -174,10 +183,10 @@ def test_collision_does_not_overwrite_the_first_value() -> None:
     assert claimed(r, 9, None).rejected_reason == "unknown_key"
 
 
-def test_flagged_value_without_source_is_labelled_on_the_next_hit() -> None:
+def test_value_less_entry_of_a_flagged_key_stays_invalid() -> None:
     r = resolver()
-    assert r.resolve(12, b"acme", -1, F.DUPLICATE, Side.SERVER) == invalid("duplicate")
-    assert claimed(r, 12, None) == TenantIdentity("acme", Trust.CLAIMED)
+    assert r.resolve(12, b"acme", 0, F.DUPLICATE, Side.SERVER) == invalid("duplicate")
+    assert r.resolve(12, None, -1, F.NONE, Side.SERVER).tenant == "__invalid__"
 
 
 # --- no identity -----------------------------------------------------------------------------
