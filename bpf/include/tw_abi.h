@@ -1,7 +1,7 @@
 /* tw_abi.h: only what crosses kernel <-> user space.
  *
  * tenantwatch/kernel/abi.py mirrors every struct here with ctypes, and
- * tests/kernel/test_abi.py checks the sizes against the compiled program.
+ * tests/kernel/test_load.py checks the sizes against the compiled program.
  * Fields are ordered widest first with explicit _pad fields; never packed.
  */
 #ifndef TW_ABI_H

@@ -1,6 +1,6 @@
 """ctypes mirrors of bpf/include/tw_abi.h, and the name/value hashes the kernel computes.
 
-tests/kernel/test_abi.py checks these sizes against the compiled program's maps.
+tests/kernel/test_load.py checks these sizes against the compiled program's maps.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 bpf/http.c executes one table lookup per byte: ``entry = trans[state][cls[byte]]``;
 the low 8 bits of the entry are the next state, the rest are action bits that the
 C code applies (hash a header-name byte, keep a value byte, ...).  A table keeps the
-per-byte code in the kernel tiny, so the verifier explores a 512-byte window in a
-few hundred thousand instructions instead of hitting its 1M limit, and it lets the
+per-byte code in the kernel tiny, so the verifier explores a 256-byte window in
+~600k instructions instead of hitting its 1M limit, and it lets the
 tests here check the grammar without a kernel.
 
 Constants below are mirrored in bpf/include/tw_dfa.h (checked by tests/unit).

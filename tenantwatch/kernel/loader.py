@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 # After flipping the active aggregate map, wait this long before draining the old
 # one: a probe that read the old index finishes within microseconds (a full chain
-# of 33 tail calls parses at most 16 KiB), so 10 ms is a wide grace period.
+# of 33 tail calls parses at most 8 KiB), so 10 ms is a wide grace period.
 FLIP_GRACE_SECONDS = 0.01
 
 TRACEFS_DIRS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
