@@ -101,23 +101,28 @@ class BenchError(RuntimeError):
 @dataclass
 class Run:
     round: int
-    variant: str  # "A" (no daemon) or "B" (daemon)
+    variant: str  # "A" (no daemon), "B" (daemon), "A'" (second A with --no-daemon)
     rps: float
     wrk_requests: int
     wrk_seconds: float
     socket_errors: int
     non_2xx: int
-    foreign_bpf: int | None = None  # tracepoint BPF programs loaded when an A run started
+    # tracepoint BPF programs someone else had loaded before (and, for A, after) the run
+    foreign_bpf: int | None = None
     nginx_logged: int | None = None  # access-log lines written during the run
     daemon_cpu_s: float | None = None
     daemon_cpu_pct: float | None = None  # % of one core over the run
     cpu_pct_per_10k: float | None = None
-    daemon_counted: int | None = None  # server-side requests the daemon counted during the run
-    daemon_client_counted: int | None = None  # gateway -> upstream requests
+    daemon_counted: int | None = None  # server-side requests counted during the run, any tenant
+    daemon_bench_counted: int | None = None  # ... under the bench's tenants t1..t4
+    daemon_other_counted: int | None = None  # ... under any other label (misattributed, or
+    #                                          traffic of another nginx on this host)
+    daemon_client_counted: int | None = None  # gateway -> upstream requests (0 for /direct)
     daemon_by_tenant: dict[str, int] = field(default_factory=dict)
     daemon_events_lost: int | None = None
-    counted_over_wrk: float | None = None
-    counted_over_nginx: float | None = None
+    bpf: dict[str, Any] | None = None  # --bpf-stats: run time of the daemon's BPF programs
+    counted_over_wrk: float | None = None  # all tenants / wrk's count
+    exact_over_nginx: float | None = None  # t1..t4 / nginx's access log: 1.0 when exact
 
 
 # ---------------------------------------------------------------- helpers
@@ -134,6 +139,48 @@ def proc_cpu_ticks(pid: int) -> int:
         data = f.read()
     fields = data[data.rfind(b")") + 2:].split()  # comm may contain spaces: split after ')'
     return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5), 0-based after comm
+
+
+BPF_STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
+
+
+def bpf_program_stats() -> dict[int, tuple[str, int, int]]:
+    """{prog id: (name, run_time_ns, run_cnt)} of every loaded program (run_* stay 0 unless
+    kernel.bpf_stats_enabled is 1); {} without bpftool."""
+    bpftool = shutil.which("bpftool")
+    if bpftool is None:
+        return {}
+    try:
+        p = subprocess.run([bpftool, "prog", "show", "-j"], capture_output=True, text=True,
+                           timeout=10, check=False)
+        progs = json.loads(p.stdout or "[]")
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return {}
+    return {int(x["id"]): (str(x.get("name", "?")), int(x.get("run_time_ns", 0)),
+                           int(x.get("run_cnt", 0))) for x in progs if "id" in x}
+
+
+def bpf_cost(before: dict[int, tuple[str, int, int]], after: dict[int, tuple[str, int, int]],
+             ours: set[int], wall_s: float, requests: int) -> dict[str, Any]:
+    """Run time of our programs between two bpf_program_stats() snapshots."""
+    per_prog: dict[str, list[int]] = {}
+    for pid in ours:
+        if pid not in after:
+            continue
+        name, ns1, n1 = after[pid]
+        _, ns0, n0 = before.get(pid, (name, 0, 0))
+        acc = per_prog.setdefault(name, [0, 0])
+        acc[0] += ns1 - ns0
+        acc[1] += n1 - n0
+    total_ns = sum(v[0] for v in per_prog.values())
+    top = sorted(per_prog.items(), key=lambda kv: -kv[1][0])
+    return {
+        "total_ns": total_ns,
+        "cpu_pct": 100.0 * total_ns / 1e9 / wall_s if wall_s > 0 else None,
+        "ns_per_request": total_ns / requests if requests else None,
+        "programs": {name: {"run_time_ns": ns, "run_cnt": n,
+                            "ns_per_run": ns / n if n else None} for name, (ns, n) in top},
+    }
 
 
 def tracepoint_programs() -> list[str] | None:
@@ -367,25 +414,32 @@ class Daemon:
 
 # ---------------------------------------------------------------- runs
 
+def foreign_tracepoints(when: str) -> int | None:
+    """How many tracepoint BPF programs are loaded now (while none of ours is); warns if any."""
+    progs = tracepoint_programs()
+    if progs:
+        print(f"  warning: {len(progs)} tracepoint BPF programs were loaded {when} "
+              f"({', '.join(sorted(set(progs))[:3])}, ...): is a test suite or another daemon "
+              "running? This round is not a clean comparison.", file=sys.stderr)
+    return None if progs is None else len(progs)
+
+
 def one_run(rnd: int, variant: str, with_daemon: bool, ctx: dict[str, Any],
             args: argparse.Namespace) -> Run:
     gateway: NginxGateway = ctx["gateway"]
     daemon: Daemon | None = None
     try:
+        foreign = foreign_tracepoints(f"before run {rnd}{variant}")
+        progs_before_daemon = set(bpf_program_stats()) if args.bpf_stats else set()
         if with_daemon:
             daemon = Daemon(ctx["tenantwatch"], ctx["config"], ctx["daemon_port"],
                             ctx["tmp"] / "daemon.log")
             daemon.start()
             before = daemon.counts()
+            if args.bpf_stats:
+                stats0 = bpf_program_stats()
+                ours = set(stats0) - progs_before_daemon
             cpu0 = daemon.cpu_ticks()
-        foreign = None
-        if not with_daemon:
-            progs = tracepoint_programs()
-            foreign = None if progs is None else len(progs)
-            if progs:
-                print(f"  warning: {len(progs)} tracepoint BPF programs are loaded before an A "
-                      f"run ({', '.join(sorted(set(progs))[:4])}, ...): A is not a clean "
-                      "baseline; is a test suite or another daemon running?", file=sys.stderr)
         truncate(gateway.access_log)
         t0 = time.monotonic()
         rps, total, wrk_s, sockerr, non2xx = run_wrk(ctx["wrk"], ctx["url"], ctx["script"], args,
@@ -398,20 +452,28 @@ def one_run(rnd: int, variant: str, with_daemon: bool, ctx: dict[str, Any],
             run.daemon_cpu_s = cpu_s
             run.daemon_cpu_pct = 100.0 * cpu_s / wall
             run.cpu_pct_per_10k = run.daemon_cpu_pct / (rps / 10_000) if rps > 0 else None
+            if args.bpf_stats:
+                run.bpf = bpf_cost(stats0, bpf_program_stats(), ours, wall, total)
+        else:
+            after = foreign_tracepoints(f"after run {rnd}{variant}")
+            if after is not None:
+                run.foreign_bpf = max(after, foreign or 0)
         if not args.no_access_log:
             run.nginx_logged = wait_log_lines(gateway.access_log, total)
         if daemon is not None:
-            after = daemon.settled_counts(at_least=total)
-            run.daemon_counted = after.server - before.server
-            run.daemon_client_counted = after.client - before.client
-            run.daemon_events_lost = after.lost - before.lost
+            after_counts = daemon.settled_counts(at_least=total)
+            run.daemon_counted = after_counts.server - before.server
+            run.daemon_client_counted = after_counts.client - before.client
+            run.daemon_events_lost = after_counts.lost - before.lost
             run.daemon_by_tenant = {
-                t: n - before.by_tenant.get(t, 0) for t, n in sorted(after.by_tenant.items())
+                t: n - before.by_tenant.get(t, 0) for t, n in sorted(after_counts.by_tenant.items())
                 if n - before.by_tenant.get(t, 0)
             }
+            run.daemon_bench_counted = sum(run.daemon_by_tenant.get(t, 0) for t in TENANTS)
+            run.daemon_other_counted = run.daemon_counted - run.daemon_bench_counted
             run.counted_over_wrk = run.daemon_counted / total if total else None
             if run.nginx_logged:
-                run.counted_over_nginx = run.daemon_counted / run.nginx_logged
+                run.exact_over_nginx = run.daemon_bench_counted / run.nginx_logged
             rc = daemon.stop()
             if rc not in (0, None):
                 print(f"  note: daemon exited {rc} on SIGTERM:\n{daemon.log_tail(10)}",
@@ -427,13 +489,25 @@ def fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+HEADER = (f"{'round':>5} {'run':>3} {'req/s':>8} {'wrk reqs':>9} {'nginx log':>9} "
+          f"{'err/5xx':>7} {'cpu%':>6} {'cpu%/10k':>8} {'counted':>9} {'/wrk':>8} "
+          f"{'t1-4/log':>8} {'other':>6}")
+
+
 def print_run(r: Run) -> None:
     errs = f"{r.socket_errors}/{r.non_2xx}"
-    print(f"{r.round:>5} {r.variant:>3} {r.rps:>11.0f} {r.wrk_requests:>10} "
-          f"{fmt(r.nginx_logged, 'd'):>10} {errs:>7} "
-          f"{fmt(r.daemon_cpu_pct, '.2f'):>8} {fmt(r.cpu_pct_per_10k, '.3f'):>10} "
-          f"{fmt(r.daemon_counted, 'd'):>10} {fmt(r.counted_over_wrk, '.5f'):>9} "
-          f"{fmt(r.counted_over_nginx, '.5f'):>9}", flush=True)
+    mark = "  (other tracers loaded)" if r.foreign_bpf else ""
+    print(f"{r.round:>5} {r.variant:>3} {r.rps:>8.0f} {r.wrk_requests:>9} "
+          f"{fmt(r.nginx_logged, 'd'):>9} {errs:>7} "
+          f"{fmt(r.daemon_cpu_pct, '.2f'):>6} {fmt(r.cpu_pct_per_10k, '.3f'):>8} "
+          f"{fmt(r.daemon_counted, 'd'):>9} {fmt(r.counted_over_wrk, '.5f'):>8} "
+          f"{fmt(r.exact_over_nginx, '.5f'):>8} {fmt(r.daemon_other_counted, 'd'):>6}{mark}",
+          flush=True)
+    if r.bpf:
+        top = ", ".join(f"{name} {fmt(p['ns_per_run'], '.0f')} ns x {p['run_cnt']}"
+                        for name, p in list(r.bpf["programs"].items())[:4])
+        print(f"{'':>9} bpf: {fmt(r.bpf['ns_per_request'], '.0f')} ns/request, "
+              f"{fmt(r.bpf['cpu_pct'], '.1f')}% of one core; top: {top}", flush=True)
 
 
 def median(xs: list[float]) -> float | None:
@@ -443,15 +517,18 @@ def median(xs: list[float]) -> float | None:
 def summarize(runs: list[Run], no_daemon: bool) -> dict[str, Any]:
     a = [r for r in runs if r.variant == "A"]
     b = [r for r in runs if r.variant != "A"]
-    ratios = []
+    ratios, clean_ratios, dirty_rounds = [], [], []
     for rnd in sorted({r.round for r in runs}):
-        ra = [r.rps for r in a if r.round == rnd]
-        rb = [r.rps for r in b if r.round == rnd]
-        if ra and rb and ra[0] > 0:
-            ratios.append(rb[0] / ra[0])
+        ra = [r for r in a if r.round == rnd]
+        rb = [r for r in b if r.round == rnd]
+        if ra and rb and ra[0].rps > 0:
+            ratio = rb[0].rps / ra[0].rps
+            ratios.append(ratio)
+            if ra[0].foreign_bpf or rb[0].foreign_bpf:
+                dirty_rounds.append(rnd)
+            else:
+                clean_ratios.append(ratio)
     cpu = [r.cpu_pct_per_10k for r in b if r.cpu_pct_per_10k is not None]
-    cnt_wrk = [r.counted_over_wrk for r in b if r.counted_over_wrk is not None]
-    cnt_nginx = [r.counted_over_nginx for r in b if r.counted_over_nginx is not None]
     s: dict[str, Any] = {
         "median_rps_a": median([r.rps for r in a]),
         "median_rps_b": median([r.rps for r in b]),
@@ -459,15 +536,25 @@ def summarize(runs: list[Run], no_daemon: bool) -> dict[str, Any]:
         "median_ratio": median(ratios),
         "min_ratio": min(ratios) if ratios else None,
         "max_ratio": max(ratios) if ratios else None,
+        "rounds_with_other_tracers": dirty_rounds,
+        "median_ratio_clean_rounds": median(clean_ratios),
         "median_daemon_cpu_pct": median([r.daemon_cpu_pct for r in b
                                          if r.daemon_cpu_pct is not None]),
         "median_cpu_pct_per_10k": median(cpu),
-        "median_counted_over_wrk": median(cnt_wrk),
-        "median_counted_over_nginx": median(cnt_nginx),
+        "median_bpf_ns_per_request": median([r.bpf["ns_per_request"] for r in b
+                                             if r.bpf and r.bpf["ns_per_request"] is not None]),
+        "median_bpf_cpu_pct": median([r.bpf["cpu_pct"] for r in b
+                                      if r.bpf and r.bpf["cpu_pct"] is not None]),
+        "median_counted_over_wrk": median([r.counted_over_wrk for r in b
+                                           if r.counted_over_wrk is not None]),
+        "min_exact_over_nginx": min([r.exact_over_nginx for r in b
+                                     if r.exact_over_nginx is not None], default=None),
+        "max_exact_over_nginx": max([r.exact_over_nginx for r in b
+                                     if r.exact_over_nginx is not None], default=None),
+        "other_counted": sum(r.daemon_other_counted or 0 for r in b),
         "events_lost": sum(r.daemon_events_lost or 0 for r in b),
         "socket_errors": sum(r.socket_errors for r in runs),
         "non_2xx": sum(r.non_2xx for r in runs),
-        "a_runs_with_foreign_bpf": sum(1 for r in a if r.foreign_bpf),
     }
     if no_daemon:
         s["ratio_goal_met"] = s["cpu_goal_met"] = None
@@ -486,20 +573,27 @@ def print_summary(s: dict[str, Any], runs: list[Run], no_daemon: bool) -> None:
     print(f"throughput ratio      {fmt(s['median_ratio'], '.3f')} median of {label_b}/A per round "
           f"(min {fmt(s['min_ratio'], '.3f')}, max {fmt(s['max_ratio'], '.3f')}; "
           f"goal >= {RATIO_GOAL})")
+    if s["rounds_with_other_tracers"]:
+        print(f"WARNING               rounds {s['rounds_with_other_tracers']} ran while other "
+              "tracepoint BPF programs were loaded (a test suite? another daemon?); median ratio "
+              f"of the clean rounds: {fmt(s['median_ratio_clean_rounds'], '.3f')}")
     if no_daemon:
         print("(--no-daemon: both sides ran without the daemon; the ratio shows the noise floor)")
         return
     print(f"daemon CPU            {fmt(s['median_daemon_cpu_pct'], '.2f')} % of one core median; "
           f"{fmt(s['median_cpu_pct_per_10k'], '.3f')} % per 10k req/s "
           f"(goal <= {CPU_GOAL_PER_10K:g})")
-    print(f"counted / wrk         {fmt(s['median_counted_over_wrk'], '.5f')} median "
-          "(wrk drops its in-flight requests at the end, so slightly above 1 is expected)")
-    print(f"counted / nginx log   {fmt(s['median_counted_over_nginx'], '.5f')} median "
-          "(exact attribution gives 1.00000)")
+    if s["median_bpf_ns_per_request"] is not None:
+        print(f"BPF programs          {fmt(s['median_bpf_ns_per_request'], '.0f')} ns per request "
+              f"median, {fmt(s['median_bpf_cpu_pct'], '.1f')}% of one core (inside nginx's "
+              "syscalls; kernel.bpf_stats_enabled itself adds a little)")
+    print(f"counted / wrk         {fmt(s['median_counted_over_wrk'], '.5f')} median, all tenants "
+          "(wrk drops its in-flight requests at the end, so nginx serves a few more)")
+    print(f"t1..t4 / nginx log    {fmt(s['min_exact_over_nginx'], '.5f')} .. "
+          f"{fmt(s['max_exact_over_nginx'], '.5f')} (exact attribution: 1.00000 in every run)")
+    print(f"other labels          {s['other_counted']} requests counted under tenants other than "
+          f"t1..t4 (misattributed, or another nginx on this host)")
     print(f"events lost           {s['events_lost']}")
-    if s["a_runs_with_foreign_bpf"]:
-        print(f"WARNING               {s['a_runs_with_foreign_bpf']} A runs had other tracepoint "
-              "BPF programs loaded; the ratio is not trustworthy")
     tenants: dict[str, int] = {}
     for r in runs:
         for t, n in r.daemon_by_tenant.items():
@@ -561,6 +655,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="nginx without its access log (then no counted/nginx ratio)")
     p.add_argument("--no-daemon", action="store_true",
                    help="check the bench itself: run A twice per round, never the daemon")
+    p.add_argument("--bpf-stats", action="store_true",
+                   help="set kernel.bpf_stats_enabled=1 during the bench (restored after) and "
+                        "report the run time of the daemon's BPF programs per request")
     p.add_argument("--check", action="store_true", help="exit 1 when a goal is missed")
     args = p.parse_args(argv)
     if args.rounds < 1 or args.seconds <= 0 or args.connections < 1 or args.threads < 1:
@@ -586,6 +683,9 @@ def main(argv: list[str] | None = None) -> int:
     if wrk is None:
         print("wrk not found on PATH (apt-get install wrk, or: sudo make deps)", file=sys.stderr)
         return 2
+    if args.bpf_stats and shutil.which("bpftool") is None:
+        print("--bpf-stats needs bpftool on PATH", file=sys.stderr)
+        return 2
     if not args.no_daemon and not args.tenantwatch:
         print("tenantwatch executable not found; pass --tenantwatch PATH", file=sys.stderr)
         return 2
@@ -596,7 +696,11 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmpdir)
         backend = Backend()
         gateway: NginxGateway | None = None
+        stats_was: str | None = None
         try:
+            if args.bpf_stats:
+                stats_was = BPF_STATS_SYSCTL.read_text().strip()
+                BPF_STATS_SYSCTL.write_text("1\n")
             backend.start()
             listen = free_port()
             gateway = NginxGateway(
@@ -622,9 +726,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.warmup > 0:
                 run_wrk(wrk, ctx["url"], ctx["script"], args, args.warmup)
                 truncate(gateway.access_log)
-            print(f"{'round':>5} {'run':>3} {'req/s':>11} {'wrk reqs':>10} "
-                  f"{'nginx log':>10} {'err/5xx':>7} "
-                  f"{'cpu%':>8} {'cpu%/10k':>10} {'counted':>10} {'/wrk':>9} {'/nginx':>9}")
+            print(HEADER)
             for rnd in range(1, args.rounds + 1):
                 order = "AB" if rnd % 2 == 1 else "BA"
                 for variant in order:
@@ -644,6 +746,8 @@ def main(argv: list[str] | None = None) -> int:
             if gateway is not None:
                 gateway.stop()
             backend.stop()
+            if stats_was is not None:
+                BPF_STATS_SYSCTL.write_text(stats_was + "\n")
 
     summary = summarize(runs, args.no_daemon)
     print_summary(summary, runs, args.no_daemon)

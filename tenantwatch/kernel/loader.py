@@ -7,6 +7,7 @@ Nothing from bcc or ctypes leaves this module.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes as ct
 import logging
 import os
@@ -278,6 +279,9 @@ class HttpProbes:
         """Detach everything (idempotent)."""
         if self._bpf is not None:
             try:
+                # tw_progs holds tw_parse, which holds tw_progs: empty it to break the cycle.
+                with contextlib.suppress(Exception):
+                    del self._bpf[b"tw_progs"][ct.c_int(0)]
                 self._bpf.cleanup()
             finally:
                 self._bpf = None

@@ -10,9 +10,9 @@ Fixtures
 - `make_gateway` (function): extra nginx gateways (reload, fd reuse), stopped after the test.
 
 Isolation on a shared machine: the gateway runs the Debian nginx through a symlink named
-NGINX_COMM, so its processes' comm is NGINX_COMM and the daemon's `targets: [{process: ...}]`
-selects exactly the nginx processes these tests started (other nginx instances on the host, e.g. a
-benchmark, are neither traced nor counted).  Tenant names are unique per test (a prefix), and
+NGINX_COMM (tw-e2e-<pid of pytest>), so its processes' comm is NGINX_COMM and the daemon's
+`targets: [{process: ...}]` selects exactly the nginx processes this test run started (other nginx
+instances on the host, a benchmark or a concurrent test run, are neither traced nor counted).  Tenant names are unique per test (a prefix), and
 shared labels (common, __invalid__, __other__) are compared as deltas.
 """
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -39,9 +40,13 @@ from tenantwatch.demo import Backend, GatewayError, NginxGateway
 from tests.conftest import _free_port, require_nginx, require_root
 
 REPO = Path(__file__).resolve().parents[2]
-NGINX_COMM = "tw-e2e-nginx"  # <= 15 bytes: the comm of every nginx process these tests start
+# The comm of every nginx process this test run starts (<= 15 bytes), unique per run: two test
+# runs on one machine must not trace (and count) each other's gateways.
+NGINX_COMM = f"tw-e2e-{os.getpid()}"
 RESERVED = ("__other__", "__invalid__", "__unattributed__")
 SIDES = ("server", "client")
+DEFAULT_TENANT = "common"
+SHARED = (DEFAULT_TENANT,) + RESERVED  # labels every test may touch: compared as deltas
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
 
@@ -88,8 +93,8 @@ class Metrics(dict):
         return sum(v for lab, v in self.samples(name)
                    if all(lab.get(k) == w for k, w in labels.items()))
 
-    def requests(self, side: str, tenant: Optional[str] = None,
-                 status_class: Optional[str] = None) -> int:
+    def requests(self, side: str, tenant: str | None = None,
+                 status_class: str | None = None) -> int:
         labels = {}
         if tenant is not None:
             labels["tenant"] = tenant
@@ -124,6 +129,17 @@ class Metrics(dict):
         return Counter({lab["reason"]: int(v)
                         for lab, v in self.samples("tenantwatch_events_lost_total")})
 
+    def table(self, prefix: str, shared: tuple[str, ...] = SHARED) -> Counter:
+        """{(side, tenant, status_class): requests} of the tenants starting with `prefix` and of
+        the `shared` labels (zero rows left out)."""
+        out: Counter = Counter()
+        for side in SIDES:
+            for lab, v in self.samples(f"tenantwatch_http_{side}_requests_total"):
+                t = lab["tenant"]
+                if v and (t.startswith(prefix) or t in shared):
+                    out[(side, t, lab["status_class"])] += int(v)
+        return out
+
     @property
     def ticks(self) -> int:
         return int(self.value("tenantwatch_ticks_total"))
@@ -139,10 +155,85 @@ def delta(after: Mapping, before: Mapping) -> Counter:
     return out
 
 
-def totals(m: Metrics, tenants: Union[list[str], tuple[str, ...]] = ("common",) + RESERVED
-           ) -> dict[tuple[str, str], int]:
-    """{(side, tenant): requests} for the given (shared) labels, for delta comparisons."""
-    return {(side, t): m.requests(side, t) for side in SIDES for t in tenants}
+# ---------------------------------------------------------------------------- expectations
+
+NGINX_TENANT_RE = re.compile(r"^[a-zA-Z0-9-]+$")  # the gateway's map (demo/gateway.py)
+TW_TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")  # tenantwatch's default pattern
+
+
+def server_label(tenant: str | None) -> str:
+    """The label tenantwatch gives a client's X-Tenant-ID value (server side, claimed)."""
+    if tenant is None:
+        return DEFAULT_TENANT
+    return tenant if TW_TENANT_RE.fullmatch(tenant) else "__invalid__"
+
+
+def upstream_label(tenant: str | None) -> str:
+    """The X-Tenant-Context nginx sends upstream for that X-Tenant-ID (client side, trusted)."""
+    return tenant if tenant is not None and NGINX_TENANT_RE.fullmatch(tenant) else DEFAULT_TENANT
+
+
+def status_class(status: int) -> str:
+    return "none" if status == 0 else f"{status // 100}xx"
+
+
+def expected_counts(results: Mapping[tuple[str | None, int], int],
+                    proxied: bool = True) -> Counter:
+    """{(side, label, class): n} for client-side results {(X-Tenant-ID, status): n}: every
+    request on the server side, and (proxied=True) every one on the client side too."""
+    out: Counter = Counter()
+    for (tenant, status), n in results.items():
+        out[("server", server_label(tenant), status_class(status))] += n
+        if proxied:
+            out[("client", upstream_label(tenant), status_class(status))] += n
+    return +out
+
+
+def upstream_view(table: Mapping[tuple[str, str, str], int]) -> Counter:
+    """{X-Tenant-Context: n} of the client side of a table, to compare with Backend.received."""
+    out: Counter = Counter()
+    for (side, tenant, _cls), n in table.items():
+        if side == "client":
+            out[tenant] += n
+    return +out
+
+
+class Baseline:
+    """Counts of one test: its own tenants (by prefix) and deltas of the shared labels."""
+
+    def __init__(self, daemon: Daemon, prefix: str) -> None:
+        self.daemon = daemon
+        self.prefix = prefix
+        self.before = daemon.metrics()
+        self.last: Metrics = self.before
+        self.settled = False
+
+    def delta(self, m: Metrics | None = None) -> Counter:
+        m = self.last if m is None else m
+        return delta(m.table(self.prefix), self.before.table(self.prefix))
+
+    def lost(self) -> Counter:
+        return delta(self.last.lost(), self.before.lost())
+
+    def rejected(self) -> Counter:
+        return delta(self.last.rejected(), self.before.rejected())
+
+    def settle(self, expected: Mapping | Callable[[Counter], bool],
+               timeout: float = 15.0) -> Counter:
+        """Wait (bounded) until this test's delta equals `expected` (or the predicate on the
+        delta holds), then two more ticks; returns the final delta for the assertion."""
+        if callable(expected):
+            def pred(m: Metrics) -> bool:
+                return expected(self.delta(m))
+        else:
+            want = +Counter(expected)
+
+            def pred(m: Metrics) -> bool:
+                return self.delta(m) == want
+
+        self.last = self.daemon.wait_settled(pred, timeout)
+        self.settled = True
+        return self.delta()
 
 
 # ---------------------------------------------------------------------------- the daemon
@@ -155,7 +246,7 @@ class Daemon:
     workdir: Path
     port: int
     config_text: str
-    proc: Optional[subprocess.Popen] = None
+    proc: subprocess.Popen | None = None
     returncodes: list = field(default_factory=list)
 
     @property
@@ -171,7 +262,7 @@ class Daemon:
         return self.workdir / "tenantwatch.log"
 
     @property
-    def pid(self) -> Optional[int]:
+    def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
 
     def log_text(self) -> str:
@@ -221,7 +312,7 @@ class Daemon:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
 
-    def stop(self, timeout: float = STOP_TIMEOUT) -> Optional[int]:
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
         """SIGTERM, wait up to `timeout`, SIGKILL if still running. Returns the exit code of the
         SIGTERM (None when it had to be killed, or when nothing was running)."""
         if self.proc is None or self.proc.poll() is not None:
@@ -262,8 +353,8 @@ class Daemon:
         assert status == 200, body
         return Metrics.parse(body.decode())
 
-    def requests(self, side: str, tenant: Optional[str] = None,
-                 status_class: Optional[str] = None) -> int:
+    def requests(self, side: str, tenant: str | None = None,
+                 status_class: str | None = None) -> int:
         return self.metrics().requests(side, tenant, status_class)
 
     def tenants_json(self) -> dict:
@@ -290,9 +381,9 @@ class Daemon:
 
     def wait_settled(
         self,
-        expected: Union[Callable[[Metrics], bool], Mapping, None] = None,
+        expected: Callable[[Metrics], bool] | Mapping | None = None,
         timeout: float = 15.0,
-        view: Optional[Callable[[Metrics], Mapping]] = None,
+        view: Callable[[Metrics], Mapping] | None = None,
     ) -> Metrics:
         """Poll /metrics (bounded by `timeout`) until `expected` holds -- a predicate on Metrics,
         or a mapping compared with view(metrics) -- then wait two more ticks so that nothing
@@ -364,7 +455,8 @@ DaemonFactory = Callable[..., Daemon]
 @pytest.fixture(scope="module")
 def daemon_factory(tmp_path_factory, request) -> Iterator[DaemonFactory]:
     """make(tenancy_extra="", start=True) -> a started Daemon; all stopped after the module.
-    Every daemon stopped here must exit 0 on SIGTERM within STOP_TIMEOUT."""
+    Every daemon stopped here must exit 0 on SIGTERM within STOP_TIMEOUT, and no daemon may
+    have logged an error or a traceback ("never an exception", TESTING.md case 7)."""
     require_root()
     made: list[Daemon] = []
     base = tmp_path_factory.mktemp("tenantwatch")
@@ -378,17 +470,20 @@ def daemon_factory(tmp_path_factory, request) -> Iterator[DaemonFactory]:
         return d
 
     yield make
-    bad = []
+    problems = []
     for d in made:
-        if d.proc is None or d.proc.poll() is not None:
-            continue
-        rc = d.stop()
-        if rc != 0:
-            bad.append((d, rc))
-    if bad:
-        d, rc = bad[0]
-        pytest.fail(f"tenantwatch (pid {d.pid}) did not exit 0 on SIGTERM: {rc!r}\n"
-                    f"--- {d.log_path} ---\n{d.log_text()[-6000:]}", pytrace=False)
+        if d.proc is not None and d.proc.poll() is None:
+            rc = d.stop()
+            if rc != 0:
+                problems.append((d, f"did not exit 0 on SIGTERM within {STOP_TIMEOUT}s: {rc!r}"))
+        errors = [line for line in d.log_text().splitlines()
+                  if line.startswith(("ERROR", "CRITICAL")) or "Traceback" in line]
+        if errors:
+            problems.append((d, f"logged errors: {errors[:5]}"))
+    if problems:
+        d, what = problems[0]
+        pytest.fail(f"tenantwatch (pid {d.pid}) {what}\n--- {d.log_path} ---\n"
+                    f"{d.log_text()[-6000:]}", pytrace=False)
 
 
 @pytest.fixture(scope="module")
@@ -456,3 +551,29 @@ def prefix(request) -> str:
     (^[a-zA-Z0-9-]+$) and tenantwatch's default pattern accept it."""
     name = request.node.name.removeprefix("test_").split("[")[0]
     return "".join(c if c.isalnum() else "-" for c in name.lower())[:40] + "-"
+
+
+@pytest.fixture
+def tally(daemon, prefix) -> Iterator[Baseline]:
+    """Counts before the test (for deltas) of the module's standard daemon.  A test that ended
+    before settling (it failed) leaves two ticks for its late counts, so that they do not land
+    in the next test's deltas."""
+    b = Baseline(daemon, prefix)
+    yield b
+    if not b.settled and daemon.proc is not None and daemon.proc.poll() is None:
+        daemon.wait_ticks(2)
+
+
+def nginx_tgids() -> set[int]:
+    """Processes whose comm is NGINX_COMM: every nginx these tests started, and only those."""
+    out = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/comm") as f:
+                if f.read().rstrip("\n") == NGINX_COMM:
+                    out.add(int(name))
+        except OSError:
+            continue
+    return out
