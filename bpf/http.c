@@ -277,9 +277,11 @@ static __always_inline void tw_request_done(struct tw_ctl *ctl, struct tw_conn *
 	if (key <= TW_KEY_OVERFLOW)
 		key += 3;
 	struct tw_agg_val *v = tw_agg_get(ctl, key, c->side, c, p, 1);
-	if (v && v->value_len == TW_VALUE_UNKNOWN)
+	if (v && (v->flags & TW_F_OVERFLOW))
+		key = TW_KEY_OVERFLOW;  /* the map is full: the overflow entry took it */
+	else if (v && v->value_len == TW_VALUE_UNKNOWN)
 		tw_agg_fill(v, c, p);  /* created earlier this tick by a response: add the value */
-	if (v && v->value_len != TW_VALUE_UNKNOWN &&
+	else if (v &&
 	    (v->hash2 != p->best_h2 || v->flags != p->best_flags)) {
 		/* Same 64-bit key, different value: never merge two tenants. */
 		tw_lose(TW_LOST_HASH_COLLISION);
