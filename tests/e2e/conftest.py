@@ -12,8 +12,9 @@ Fixtures
 Isolation on a shared machine: the gateway runs the Debian nginx through a symlink named
 NGINX_COMM (tw-e2e-<pid of pytest>), so its processes' comm is NGINX_COMM and the daemon's
 `targets: [{process: ...}]` selects exactly the nginx processes this test run started (other nginx
-instances on the host, a benchmark or a concurrent test run, are neither traced nor counted).  Tenant names are unique per test (a prefix), and
-shared labels (common, __invalid__, __other__) are compared as deltas.
+instances on the host, a benchmark or a concurrent test run, are neither traced nor counted).
+Tenant names are unique per test (a prefix), and shared labels (common, __invalid__, __other__)
+are compared as deltas.
 """
 
 from __future__ import annotations
@@ -58,9 +59,6 @@ tenancy:
     - {{header: X-Tenant-Context, side: client, trusted: true}}
     - {{header: X-Tenant-ID, side: server}}
 {tenancy_extra}"""
-
-MetricKey = tuple[str, frozenset]
-
 
 def tenantwatch_command() -> list[str]:
     exe = REPO / ".venv" / "bin" / "tenantwatch"
@@ -386,18 +384,20 @@ class Daemon:
         view: Callable[[Metrics], Mapping] | None = None,
     ) -> Metrics:
         """Poll /metrics (bounded by `timeout`) until `expected` holds -- a predicate on Metrics,
-        or a mapping compared with view(metrics) -- then wait two more ticks so that nothing
-        counted late is missed, and return that last scrape.  The caller asserts on it (a
+        or a mapping compared with view(metrics), by default the whole table {(side, tenant,
+        status_class): requests} -- then wait two more ticks so that nothing counted late is
+        missed, and return that last scrape.  The caller asserts on it (a
         timeout is not an error here, so the assertion shows the difference)."""
         if expected is None:
             return self.wait_ticks(2, timeout)
         if callable(expected):
             pred = expected
         else:
-            assert view is not None, "a mapping needs a view"
+            see = view or (lambda m: m.table(""))  # every (side, tenant, status_class)
+            want = +Counter(expected)
 
             def pred(m: Metrics) -> bool:
-                return dict(view(m)) == dict(expected)
+                return +Counter(see(m)) == want
 
         deadline = time.monotonic() + timeout
         while True:

@@ -335,9 +335,16 @@ def test_fd_reuse_after_reset_before_response(daemon, make_gateway, fresh_backen
     assert wait_until(lambda: fresh_backend.received[reset_t] == 1, 5.0), fresh_backend.received
     fd_a = server_fd(worker, gw.listen_port, a_port)
     assert fd_a is not None
+    socket_a = os.readlink(f"/proc/{worker}/fd/{fd_a}")
     a.reset()
-    # nginx notices the RST and closes its end (so the fd number is free again)
-    assert wait_until(lambda: server_fd(worker, gw.listen_port, a_port) is None, 5.0)
+
+    def closed_by_nginx() -> bool:  # nginx noticed the RST and closed its end: the fd is free
+        try:
+            return os.readlink(f"/proc/{worker}/fd/{fd_a}") != socket_a
+        except FileNotFoundError:
+            return True
+
+    assert wait_until(closed_by_nginx, 5.0)
 
     with Client(HOST, gw.listen_port) as b:
         assert b.request(next_t) == 200
