@@ -363,7 +363,7 @@ static __always_inline void tw_head_end(struct tw_ctl *ctl, struct tw_conn *c,
 		if (mflags & M_BAD_CLEN) {
 			/* Conflicting or malformed Content-Length: where the body ends is unknown. */
 			tw_lose(TW_LOST_RESYNC);
-			p->state = TW_S_DEAD;
+			p->state = TW_S_RESYNC;
 		} else if (mflags & M_CHUNKED) {
 			p->state = TW_S_CS;
 		} else if ((mflags & M_CLEN) && clen > 0) {
@@ -386,7 +386,7 @@ static __always_inline void tw_head_end(struct tw_ctl *ctl, struct tw_conn *c,
 		return;
 	if (mflags & M_BAD_CLEN) {
 		tw_lose(TW_LOST_RESYNC);
-		p->state = TW_S_DEAD;
+		p->state = TW_S_RESYNC;
 	} else if (mflags & M_CHUNKED) {
 		p->state = TW_S_CS;
 	} else if (mflags & M_CLEN) {
@@ -560,7 +560,8 @@ int tw_parse(void *ctx)
 				goto done;
 			continue;
 		}
-		if (p->state == TW_S_DEAD || p->state == TW_S_UNTIL_CLOSE) {
+		if (p->state == TW_S_DEAD || p->state == TW_S_UNTIL_CLOSE ||
+		    p->state == TW_S_RESYNC) {
 			j->remaining = 0;
 			goto done;
 		}
@@ -668,7 +669,7 @@ int tw_parse(void *ctx)
 			p->state = TW_S_TS;  /* last chunk: trailers up to a blank line */
 		} else if (p->num > 0xfffffffffffull) {
 			tw_lose(TW_LOST_RESYNC);
-			p->state = TW_S_DEAD;
+			p->state = TW_S_RESYNC;
 		} else {
 			p->skip = p->num;
 			p->num = 0;
@@ -681,8 +682,10 @@ int tw_parse(void *ctx)
 		/* A start line that is not HTTP/1.x (TLS, the HTTP/2 preface, binary) is
 		 * no loss; losing track inside headers or a body is.  States before HS
 		 * are the start-line states (kernel/dfa.py keeps that order). */
-		if (from >= TW_S_HS)
+		if (from >= TW_S_HS) {
 			tw_lose(TW_LOST_RESYNC);
+			p->state = TW_S_RESYNC;
+		}
 	}
 
 done:
@@ -692,7 +695,16 @@ done:
 			tw_progs.call(ctx, 0);
 			/* only reached when the tail call failed */
 		}
+		/* The rest of this syscall was not parsed: the parser is out of step
+		 * with the stream until a syscall starts a new message (tw_exit). */
 		tw_lose(TW_LOST_SCAN_BUDGET);
+		if (is_req && p->state >= TW_S_HS && p->state <= TW_S_HLF) {
+			/* Cut inside a request's headers: count the request with the identity
+			 * seen so far (its response still completes it). */
+			tw_request_done(ctl, c, p, j->ts_ns);
+		}
+		p->state = TW_S_RESYNC;
+		p->skip = 0;
 	}
 	tw_charge_bytes(ctl, c, j);
 	return 0;
@@ -760,6 +772,15 @@ static __always_inline int tw_looks_like_request(__u64 buf)
 	return i >= 3 && i <= 7;
 }
 
+/* Does this start a status line ("HTTP/1.")? */
+static __always_inline int tw_looks_like_status(__u64 buf)
+{
+	__u64 w = 0;
+	if (tw_read_user(&w, sizeof(w), (void *)buf) != 0)
+		return 0;
+	return (w & 0xffffffffffffffull) == 0x2e312f50545448ull;  /* little-endian */
+}
+
 static __always_inline int tw_exit(void *ctx, long ret)
 {
 	__u64 id = bpf_get_current_pid_tgid();
@@ -811,6 +832,16 @@ static __always_inline int tw_exit(void *ctx, long ret)
 	/* server side: requests are read; client side: requests are written */
 	j->is_req = (c->side == TW_SIDE_SERVER) ? !args.is_write : args.is_write;
 	j->tails = 0;
+	struct tw_parser *p = j->is_req ? &c->req : &c->resp;
+	if (p->state == TW_S_RESYNC) {
+		/* Lost our place earlier: wait for a syscall that starts a message. */
+		int start = first_len >= 8 &&
+			    (j->is_req ? tw_looks_like_request(first) : tw_looks_like_status(first));
+		if (!start)
+			return 0;
+		tw_message_reset(p, j->is_req);
+		p->skip = 0;
+	}
 	tw_progs.call(ctx, 0);
 	return 0;
 }

@@ -49,6 +49,7 @@
 #define TW_S_DEAD 40
 #define TW_S_UNTIL_CLOSE 41
 #define TW_S_HDONE 42
+#define TW_S_RESYNC 43
 
 #define TW_C_OTHER 0
 #define TW_C_CR 1

@@ -69,13 +69,14 @@ def char_class(b: int) -> int:
 
 
 # ---------------------------------------------------------------- states
-# Order matters: every state before "HS" belongs to the start line; bpf/http.c
-# counts lost(resync) only when a message dies at or after HS.
+# Order matters: every state before "HS" belongs to the start line (bpf/http.c
+# counts lost(resync) only when a message dies at or after HS), and HS..HLF are the
+# header-line states (a request cut there by the scan budget is still counted).
 STATE_NAMES = [
     "RQ0", "METHOD", "TARGET0", "TARGET", "V0", "V1", "V2", "V3", "V4", "V5", "V6", "V7", "V8",
     "V9", "RS0", "R1", "R2", "R3", "R4", "R5", "R6", "R7", "R8", "ST0", "ST1", "ST2", "LREST",
     "HS", "HNAME", "HOWS", "HVAL", "HCR", "SKIP", "HLF", "CS", "CSCR", "CEXT", "CCRLF", "TS",
-    "TL", "DEAD", "UNTIL_CLOSE", "HDONE",
+    "TL", "DEAD", "UNTIL_CLOSE", "HDONE", "RESYNC",
 ]
 S: dict[str, int] = {n: i for i, n in enumerate(STATE_NAMES)}
 assert len(STATE_NAMES) <= NSTATES
@@ -190,6 +191,8 @@ def _build() -> list[list[int]]:
     on("DEAD", ALL, "DEAD")
     on("UNTIL_CLOSE", ALL, "UNTIL_CLOSE")
     on("HDONE", ALL, "HDONE")
+    # out of step with the stream: tw_exit waits for a syscall that starts a message
+    on("RESYNC", ALL, "RESYNC")
     return t
 
 
