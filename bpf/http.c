@@ -437,9 +437,10 @@ static __always_inline void tw_header_name(struct tw_ctl *ctl, struct tw_parser 
 	struct tw_name *nm = tw_names.lookup(&h);
 	if (nm && nm->len == p->pos) {
 		if (nm->kind == H_IDENTITY) {
-			if (is_req && (nm->side_mask & (1u << side))) {
+			__s32 src = nm->source[side & 1];
+			if (is_req && src >= 0) {
 				p->hkind = H_IDENTITY;
-				p->cur_src = nm->source;
+				p->cur_src = src;
 			}
 		} else if (nm->kind == H_CLEN) {
 			p->hkind = H_CLEN;

@@ -329,12 +329,17 @@ def _parse_tenancy(value: Any, field: str, env: Mapping[str, str]) -> Tenancy:
         sources = tuple(_parse_source(s, f"{field}.sources[{i}]") for i, s in enumerate(items))
     else:
         sources = (Source(kind="header", header="x-tenant-id", side=Side.SERVER, trusted=False),)
-    seen = {}
+    # The kernel reads each header name once per side (one tw_names slot per side): two
+    # sources on the same header and side would leave the second one never matching.
+    seen: dict[tuple[str, Side], int] = {}
     for i, s in enumerate(sources):
-        key = (s.kind, s.header, s.side, s.host_template)
-        if s.kind != "jwt" and key in seen:
-            raise ConfigError(f"{field}.sources[{i}]", f"duplicate of sources[{seen[key]}]")
-        seen.setdefault(key, i)
+        for side in (s.side,) if s.side is not None else (Side.SERVER, Side.CLIENT):
+            j = seen.setdefault((s.header, side), i)
+            if j != i:
+                raise ConfigError(f"{field}.sources[{i}]", (
+                    f"duplicate of sources[{j}]" if sources[j] == s else
+                    f"sources[{j}] already reads the {s.header!r} header on the {side.value} "
+                    "side; only the first would ever match (give each side its own source)"))
 
     pattern = _str(m.get("pattern", DEFAULT_PATTERN), f"{field}.pattern")
     try:

@@ -91,8 +91,8 @@ struct tw_agg_val {
 struct tw_name {
 	__u32 kind;       /* TW_NAME_* */
 	__u32 len;        /* name length: a second check besides the hash */
-	__s32 source;     /* index of the identity source */
-	__u32 side_mask;  /* bit TW_SIDE_*: on which side this source applies */
+	__s32 source[2];  /* by TW_SIDE_*: index of the identity source reading this
+			   * header on that side, -1 for none */
 };
 
 /* Global settings, tw_ctl[0]. */

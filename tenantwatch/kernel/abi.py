@@ -87,8 +87,7 @@ NAME_TRANSFER_ENCODING: int = _D["TW_NAME_TRANSFER_ENCODING"]
 
 
 class Name(ct.Structure):
-    _fields_ = [("kind", ct.c_uint32), ("len", ct.c_uint32), ("source", ct.c_int32),
-                ("side_mask", ct.c_uint32)]
+    _fields_ = [("kind", ct.c_uint32), ("len", ct.c_uint32), ("source", ct.c_int32 * 2)]
 
 
 class Ctl(ct.Structure):

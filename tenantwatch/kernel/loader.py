@@ -177,16 +177,17 @@ class HttpProbes:
         for name, kind in (("content-length", abi.NAME_CONTENT_LENGTH),
                            ("transfer-encoding", abi.NAME_TRANSFER_ENCODING)):
             table[ct.c_uint64(abi.hash_name(name, seed))] = abi.Name(
-                kind=kind, len=len(name), source=-1, side_mask=0)
+                kind=kind, len=len(name), source=(-1, -1))
+        by_name: Dict[str, List[int]] = {}
         for i, s in enumerate(self.sources):
-            mask = 0
+            slots = by_name.setdefault(s.header, [-1, -1])
             for side in s.sides:
-                mask |= 1 << (abi.SIDE_SERVER if side is Side.SERVER else abi.SIDE_CLIENT)
-            key = ct.c_uint64(abi.hash_name(s.header, seed))
-            if key in table:  # the same header named twice: the first source wins
-                continue
-            table[key] = abi.Name(kind=abi.NAME_IDENTITY, len=len(s.header), source=i,
-                                  side_mask=mask)
+                slot = abi.SIDE_SERVER if side is Side.SERVER else abi.SIDE_CLIENT
+                if slots[slot] < 0:  # config rejects two sources on one (header, side)
+                    slots[slot] = i
+        for header, slots in by_name.items():
+            table[ct.c_uint64(abi.hash_name(header, seed))] = abi.Name(
+                kind=abi.NAME_IDENTITY, len=len(header), source=tuple(slots))
 
     @staticmethod
     def _insert_overflow(table) -> None:

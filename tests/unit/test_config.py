@@ -542,3 +542,25 @@ def test_yaml_tags_that_build_objects_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path, env={})
     assert info.value.field == "<file>"
+
+
+def _sources(*items: Any) -> dict:
+    return {"targets": [{"process": "nginx"}], "tenancy": {"sources": list(items)}}
+
+
+def test_one_header_may_have_a_source_per_side() -> None:
+    c = parse_config(_sources({"header": "X-Tenant", "side": "client", "trusted": True},
+                              {"header": "X-Tenant", "side": "server"}), env={})
+    assert [s.side for s in c.tenancy.sources] == [Side.CLIENT, Side.SERVER]
+
+
+@pytest.mark.parametrize("items", [
+    ({"host": "{tenant}.a.example"}, {"header": "Host", "side": "server"}),
+    ({"host": "{tenant}.a.example"}, {"host": "{tenant}.b.example"}),
+    ({"header": "X-T"}, {"header": "x-t", "side": "client"}),
+])
+def test_two_sources_on_one_header_and_side_are_rejected(items: tuple) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config(_sources(*items), env={})
+    assert e.value.field == "tenancy.sources[1]"
+    assert "only the first would ever match" in e.value.message
