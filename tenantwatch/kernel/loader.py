@@ -178,7 +178,7 @@ class HttpProbes:
                            ("transfer-encoding", abi.NAME_TRANSFER_ENCODING)):
             table[ct.c_uint64(abi.hash_name(name, seed))] = abi.Name(
                 kind=kind, len=len(name), source=(-1, -1))
-        by_name: Dict[str, List[int]] = {}
+        by_name: dict[str, list[int]] = {}
         for i, s in enumerate(self.sources):
             slots = by_name.setdefault(s.header, [-1, -1])
             for side in s.sides:

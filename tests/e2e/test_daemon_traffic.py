@@ -15,8 +15,6 @@ import threading
 import time
 from collections import Counter
 
-import pytest
-
 from tenantwatch.demo import Client, ProtocolError
 from tests.e2e.conftest import (
     SIDES,
