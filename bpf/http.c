@@ -97,17 +97,20 @@ struct tw_inflight {
 };
 
 struct tw_conn {
+	/* First, the fields of struct tw_conn_head (tw_abi.h), in its order. */
+	__u64 cur_key;          /* identity of the latest request (bytes are charged to it) */
+	__u64 conn_key;         /* identity the connection was counted under */
+	__u32 side;             /* TW_SIDE_* */
+	__u32 opened;           /* counted in conn_opened */
 	struct tw_parser req;   /* requests: read on server side, written on client side */
 	struct tw_parser resp;  /* responses: the other direction */
 	struct tw_inflight fifo[TW_FIFO];
-	__u64 cur_key;          /* identity of the latest request (bytes are charged to it) */
-	__u64 conn_key;         /* identity the connection was counted under */
 	__u32 fifo_head;        /* next to complete */
 	__u32 fifo_tail;        /* next free */
-	__u32 side;             /* TW_SIDE_* */
-	__u32 opened;           /* counted in conn_opened */
 	__u8 vbuf[2][TW_VALUE_MAX];
 };
+_Static_assert(__builtin_offsetof(struct tw_conn, opened) ==
+	       __builtin_offsetof(struct tw_conn_head, opened), "tw_conn_head is tw_conn's prefix");
 
 /* Syscall arguments between enter and exit. */
 struct tw_args {

@@ -84,6 +84,15 @@ struct tw_agg_val {
 	__u8 value[TW_VALUE_MAX];
 };
 
+/* The first fields of a tw_conns value.  User space reads them when it sweeps the
+ * connections of processes that exited without closing them, to count those closes. */
+struct tw_conn_head {
+	__u64 cur_key;
+	__u64 conn_key;   /* identity the connection was counted under */
+	__u32 side;       /* TW_SIDE_* */
+	__u32 opened;     /* 1 once counted in conn_opened */
+};
+
 /* A header name the parser acts on, keyed in tw_names by its seeded hash. */
 #define TW_NAME_IDENTITY 1
 #define TW_NAME_CONTENT_LENGTH 2

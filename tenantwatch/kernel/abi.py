@@ -81,6 +81,13 @@ class AggVal(ct.Structure):
     ]
 
 
+class ConnHead(ct.Structure):
+    """The prefix of a tw_conns value (struct tw_conn_head)."""
+
+    _fields_ = [("cur_key", ct.c_uint64), ("conn_key", ct.c_uint64), ("side", ct.c_uint32),
+                ("opened", ct.c_uint32)]
+
+
 NAME_IDENTITY: int = _D["TW_NAME_IDENTITY"]
 NAME_CONTENT_LENGTH: int = _D["TW_NAME_CONTENT_LENGTH"]
 NAME_TRANSFER_ENCODING: int = _D["TW_NAME_TRANSFER_ENCODING"]

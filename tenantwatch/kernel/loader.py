@@ -88,6 +88,9 @@ class HttpProbes:
         self._ctl = abi.Ctl()
         self._lost_seen: list[int] = [0] * len(abi.LOST_REASONS)
         self._batch_ok = True
+        self._user_lost: dict[str, int] = {}  # losses seen in user space, by reason
+        self._warned_targets = False
+        self._swept_closes: dict[tuple[int, int], int] = {}  # (conn_key, side) -> closes
         self.probes: dict[str, bool] = {}
 
     # ------------------------------------------------------------------ build
@@ -209,7 +212,14 @@ class HttpProbes:
         want = set(tgids)
         have = self.targets()
         for t in want - have:
-            table[ct.c_uint32(t)] = ct.c_uint32(1)
+            try:
+                table[ct.c_uint32(t)] = ct.c_uint32(1)
+            except Exception:  # noqa: BLE001 - bcc raises bare Exception (E2BIG: map full)
+                if not self._warned_targets:
+                    self._warned_targets = True
+                    log.warning("more target processes than the kernel's target map holds "
+                                "(TW_MAX_TARGETS); the rest are not traced")
+                self._user_lost["target_map_full"] = self._user_lost.get("target_map_full", 0) + 1
         for t in have - want:
             try:
                 del table[ct.c_uint32(t)]
@@ -218,14 +228,25 @@ class HttpProbes:
         return want - have, have - want
 
     def forget_connections(self, live_tgids: set[int]) -> int:
-        """Delete connection state of processes that are no longer traced."""
+        """Delete connection state of processes that are no longer traced.
+
+        A process that exits (or stops being a target) never calls close() on its sockets
+        in a way the probes see; its counted connections are closed here, so
+        connections_active does not drift up.
+        """
+        from bcc.libbcc import lib
+
         table = self._bpf[b"tw_conns"]
-        stale = [k for k in table if (k.value >> 32) not in live_tgids]
-        for k in stale:
-            try:
-                del table[k]
-            except KeyError:
-                pass
+        stale = [k.value for k in table if (k.value >> 32) not in live_tgids]
+        buf = ct.create_string_buffer(_value_size(table))
+        for key in stale:
+            k = ct.c_uint64(key)
+            if lib.bpf_lookup_elem(table.map_fd, ct.byref(k), buf) == 0:
+                head = abi.ConnHead.from_buffer_copy(buf.raw[: ct.sizeof(abi.ConnHead)])
+                if head.opened:
+                    slot = (int(head.conn_key), int(head.side))
+                    self._swept_closes[slot] = self._swept_closes.get(slot, 0) + 1
+            lib.bpf_delete_elem(table.map_fd, ct.byref(k))
         return len(stale)
 
     def connections(self) -> int:
@@ -244,10 +265,23 @@ class HttpProbes:
         rows = self._read_and_clear(table)
         self._insert_overflow(table)
         identities = tuple(_to_counts(k, v, len(self.bounds)) for k, v in rows
-                           if _has_counts(v))
+                           if _has_counts(v)) + self._take_swept_closes()
         return KernelTick(identities=identities, lost=self._lost_deltas(),
                           targets=len(self.targets()), probes=dict(self.probes),
                           monotonic_ns=time.monotonic_ns())
+
+    def _take_swept_closes(self) -> tuple[IdentityCounts, ...]:
+        nb = len(self.bounds) + 1
+        out = tuple(
+            IdentityCounts(
+                key=key, side=Side.SERVER if side == abi.SIDE_SERVER else Side.CLIENT,
+                raw_value=None, source_index=-1, flags=ValueFlag.NONE,
+                requests_by_class=(0,) * abi.NCLASS, request_heads=0, rx_bytes=0, tx_bytes=0,
+                latency_buckets=(0,) * nb, latency_sum_ns=0, connections_opened=0,
+                connections_closed=n)
+            for (key, side), n in self._swept_closes.items())
+        self._swept_closes.clear()
+        return out
 
     def _read_and_clear(self, table) -> list[tuple[abi.AggKey, abi.AggVal]]:
         if self._batch_ok:
@@ -274,6 +308,9 @@ class HttpProbes:
             self._lost_seen[i] = total
             if delta:
                 out[reason] = delta
+        for reason, n in self._user_lost.items():
+            out[reason] = out.get(reason, 0) + n
+        self._user_lost.clear()
         return out
 
     def close(self) -> None:
@@ -286,6 +323,15 @@ class HttpProbes:
                 self._bpf.cleanup()
             finally:
                 self._bpf = None
+
+
+def _value_size(table) -> int:
+    """A map's value size as the kernel has it (bcc's ctypes mangle 2-D arrays)."""
+    with open(f"/proc/self/fdinfo/{table.map_fd}") as f:
+        for line in f:
+            if line.startswith("value_size:"):
+                return int(line.split()[1])
+    raise KernelSupportError("cannot read the value size of a BPF map")
 
 
 def _copy(obj, cls):

@@ -135,3 +135,26 @@ def test_non_http_bytes_are_never_a_tenant(probes, server):
     tick = probes.drain()
     assert all(c.raw_value in (None, b"") for c in tick.identities)
     assert "resync" not in tick.lost
+
+
+def test_connections_of_an_exited_process_are_closed_by_the_sweep(probes):
+    proc = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+    port = int(proc.stdout.readline())
+    probes.set_targets({proc.pid})
+    probes.drain()
+    socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+    try:
+        for s in socks:
+            _exchange(s, _req("sweep"), 1)
+        time.sleep(0.1)
+        opened = sum(c.connections_opened for c in probes.drain().identities)
+        proc.kill()  # its sockets close without a close() the probes could see
+        proc.wait(5)
+        assert probes.forget_connections(set()) >= 3
+        closed = sum(c.connections_closed for c in probes.drain().identities)
+    finally:
+        for s in socks:
+            s.close()
+        probes.set_targets(set())
+    assert opened == 3
+    assert closed == 3

@@ -42,3 +42,14 @@ def test_drain_is_empty_without_traffic(probes):
     tick = probes.drain()
     assert tick.identities == () or all(c.request_heads == 0 for c in tick.identities)
     assert tick.targets == 0
+
+
+def test_more_targets_than_the_map_holds_are_counted_not_fatal(probes):
+    fake = set(range(10_000_000, 10_000_000 + 5000))  # ids no process has: the map does not care
+    try:
+        probes.set_targets(fake)
+        lost = probes.drain().lost
+        assert lost.get("target_map_full") == 5000 - 4096
+    finally:
+        probes.set_targets(set())
+    assert probes.targets() == set()
