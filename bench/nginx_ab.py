@@ -552,6 +552,8 @@ def summarize(runs: list[Run], no_daemon: bool) -> dict[str, Any]:
         "max_exact_over_nginx": max([r.exact_over_nginx for r in b
                                      if r.exact_over_nginx is not None], default=None),
         "other_counted": sum(r.daemon_other_counted or 0 for r in b),
+        "client_counted": sum(r.daemon_client_counted or 0 for r in b),
+        "server_counted": sum(r.daemon_counted or 0 for r in b),
         "events_lost": sum(r.daemon_events_lost or 0 for r in b),
         "socket_errors": sum(r.socket_errors for r in runs),
         "non_2xx": sum(r.non_2xx for r in runs),
@@ -593,6 +595,9 @@ def print_summary(s: dict[str, Any], runs: list[Run], no_daemon: bool) -> None:
           f"{fmt(s['max_exact_over_nginx'], '.5f')} (exact attribution: 1.00000 in every run)")
     print(f"other labels          {s['other_counted']} requests counted under tenants other than "
           f"t1..t4 (misattributed, or another nginx on this host)")
+    if s["client_counted"]:
+        print(f"upstream side         {s['client_counted']} requests nginx -> backend counted "
+              f"(client side), {s['server_counted']} client -> nginx (server side)")
     print(f"events lost           {s['events_lost']}")
     tenants: dict[str, int] = {}
     for r in runs:
