@@ -36,10 +36,15 @@
 /* Distinct identities per tick (both sides).  4096 covers max_tenants=1000 with
  * room for claimed junk values; a flood beyond it folds into __other__. */
 #define TW_MAX_IDENTITIES 4096
-/* Threads in a traced syscall at once. */
+/* Slots for syscall arguments (a power of two: the slot is tid & (N - 1)). */
 #define TW_MAX_THREADS 16384
 /* Traced processes. */
 #define TW_MAX_TARGETS 4096
+/* Words of the target bitmap: pid_max / 64, set by the loader from
+ * /proc/sys/kernel/pid_max (default: the kernel's largest pid_max, 2^22). */
+#ifndef TW_TARGET_WORDS
+#define TW_TARGET_WORDS 65536
+#endif
 
 /* Hide a value's known range from clang.  Without it clang folds
  * "i < MAX && i < n" (n <= MAX known) into "i != n", which the verifier cannot
@@ -87,6 +92,7 @@ struct tw_parser {
 	__u32 status;     /* response status */
 	__u32 after_skip; /* AFTER_* */
 	__u32 prev_identity; /* previous header line was an identity header (obs-fold) */
+	__u32 name0;      /* first byte of the header name, lowercased */
 };
 
 struct tw_inflight {
@@ -114,6 +120,7 @@ _Static_assert(__builtin_offsetof(struct tw_conn, opened) ==
 
 /* Syscall arguments between enter and exit. */
 struct tw_args {
+	__u64 id;      /* pid_tgid of the thread in the syscall; 0 when the slot is free */
 	__u64 buf;     /* user buffer, or iovec array */
 	__u64 iovcnt;  /* 0: plain buffer */
 	__u32 fd;
@@ -136,7 +143,7 @@ struct tw_job {
 	__u32 is_req;    /* parse with the request parser */
 	__u32 is_write;
 	__u32 tails;
-	__u32 _pad;
+	__u32 charged;   /* the syscall's bytes are already charged to an identity */
 };
 
 struct tw_iovec {
@@ -148,8 +155,16 @@ BPF_ARRAY(tw_ctl, struct tw_ctl, 1);
 /* Header names the parser cares about, by seeded name hash: identity sources,
  * content-length, transfer-encoding.  Filled by user space at load. */
 BPF_HASH(tw_names, __u64, struct tw_name, TW_MAX_SOURCES + 2);
+/* Traced processes: the hash is the set user space lists; the bitmap (bit tgid)
+ * answers "is this a target?" on every syscall of every process, which an array
+ * lookup does far cheaper than a hash lookup.  Both are written together. */
 BPF_HASH(tw_targets, __u32, __u32, TW_MAX_TARGETS);
-BPF_HASH(tw_args, __u64, struct tw_args, TW_MAX_THREADS);
+BPF_ARRAY(tw_target_bits, __u64, TW_TARGET_WORDS);
+/* Syscall arguments between enter and exit, one slot per thread id modulo
+ * TW_MAX_THREADS: an array slot is far cheaper than a hash update, lookup and
+ * delete per syscall.  Two traced threads whose ids share a slot and are in a
+ * syscall at once are detected (the id differs) and counted as args_map_full. */
+BPF_ARRAY(tw_args, struct tw_args, TW_MAX_THREADS);
 BPF_F_TABLE("hash", __u64, struct tw_conn, tw_conns, TW_MAX_CONNS, BPF_F_NO_PREALLOC);
 BPF_HASH(tw_agg0, struct tw_agg_key, struct tw_agg_val, TW_MAX_IDENTITIES);
 BPF_HASH(tw_agg1, struct tw_agg_key, struct tw_agg_val, TW_MAX_IDENTITIES);
@@ -177,7 +192,30 @@ static __always_inline void tw_lose(__u32 reason)
 static __always_inline int tw_is_target(void)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	return tw_targets.lookup(&tgid) != 0;
+	__u32 w = tgid >> 6;
+	__u64 *bits = tw_target_bits.lookup(&w);
+	return bits && ((*bits >> (tgid & 63)) & 1);
+}
+
+/* Add or remove a target in both the set and the bitmap.  The bitmap update is a
+ * plain read-modify-write (5.4 has no atomic OR): two forks racing on one word can
+ * lose a bit, which user space's rescan of the set restores within a second. */
+static __always_inline void tw_target_set(__u32 tgid, int on)
+{
+	__u32 one = 1;
+	if (on)
+		tw_targets.update(&tgid, &one);
+	else
+		tw_targets.delete(&tgid);
+	__u32 w = tgid >> 6;
+	__u64 *bits = tw_target_bits.lookup(&w);
+	if (!bits)
+		return;
+	__u64 bit = 1ull << (tgid & 63);
+	if (on)
+		*bits |= bit;
+	else
+		*bits &= ~bit;
 }
 
 /* ---------------------------------------------------------------- aggregates */
@@ -238,12 +276,27 @@ static __always_inline struct tw_agg_val *tw_agg_get(struct tw_ctl *ctl, __u64 k
 	return tw_agg_lookup(&k, active);
 }
 
+/* Charge the syscall's bytes to v, once per syscall: an entry already in hand saves
+ * tw_charge_bytes a second hash lookup. */
+static __always_inline void tw_charge(struct tw_agg_val *v, struct tw_job *j)
+{
+	if (!j || j->charged)
+		return;
+	j->charged = 1;
+	if (j->is_write)
+		__sync_fetch_and_add(&v->tx_bytes, j->total);
+	else
+		__sync_fetch_and_add(&v->rx_bytes, j->total);
+}
+
 static __always_inline void tw_count_end(struct tw_ctl *ctl, struct tw_conn *c, __u64 key,
-					 __u32 cls, __u64 lat_ns, int with_latency)
+					 __u32 cls, __u64 lat_ns, int with_latency,
+					 struct tw_job *j)
 {
 	struct tw_agg_val *v = tw_agg_get(ctl, key, c->side, c, &c->req, 0);
 	if (!v)
 		return;
+	tw_charge(v, j);
 	tw_barrier_var(cls);  /* clang knows cls < 6 from status / 100; the verifier does not */
 	if (cls < TW_NCLASS)
 		__sync_fetch_and_add(&v->req_by_class[cls], 1);
@@ -267,7 +320,7 @@ static __always_inline void tw_count_end(struct tw_ctl *ctl, struct tw_conn *c, 
 
 /* A request head has ended: key it by its identity and put it in flight. */
 static __always_inline void tw_request_done(struct tw_ctl *ctl, struct tw_conn *c,
-					    struct tw_parser *p, __u64 ts)
+					    struct tw_parser *p, __u64 ts, struct tw_job *j)
 {
 	__u64 key;
 	if (p->best_src < 0) {
@@ -293,6 +346,7 @@ static __always_inline void tw_request_done(struct tw_ctl *ctl, struct tw_conn *
 		v = tw_agg_get(ctl, key, c->side, c, p, 1);
 	}
 	if (v) {
+		tw_charge(v, j);
 		__sync_fetch_and_add(&v->heads, 1);
 		if (!c->opened) {
 			__sync_fetch_and_add(&v->conn_opened, 1);
@@ -304,7 +358,7 @@ static __always_inline void tw_request_done(struct tw_ctl *ctl, struct tw_conn *
 	__u32 tail = c->fifo_tail;
 	if (tail - c->fifo_head >= TW_FIFO) {
 		tw_lose(TW_LOST_PIPELINE_OVERFLOW);
-		tw_count_end(ctl, c, key, TW_CLASS_NONE, 0, 0);
+		tw_count_end(ctl, c, key, TW_CLASS_NONE, 0, 0, j);
 		return;
 	}
 	struct tw_inflight *f = &c->fifo[tail & (TW_FIFO - 1)];
@@ -316,7 +370,7 @@ static __always_inline void tw_request_done(struct tw_ctl *ctl, struct tw_conn *
 
 /* A response head has ended with p->status. Returns the M_HEAD flag of its request. */
 static __always_inline __u32 tw_response_done(struct tw_ctl *ctl, struct tw_conn *c,
-					      struct tw_parser *p, __u64 ts)
+					      struct tw_parser *p, __u64 ts, struct tw_job *j)
 {
 	__u32 status = p->status;
 	if (status >= 100 && status < 200 && status != 101)
@@ -330,7 +384,7 @@ static __always_inline __u32 tw_response_done(struct tw_ctl *ctl, struct tw_conn
 		cls = status / 100 - 1;
 	__u64 lat = ts > f->start_ns ? ts - f->start_ns : 0;
 	__u32 mflags = f->mflags;
-	tw_count_end(ctl, c, f->key, cls, lat, 1);
+	tw_count_end(ctl, c, f->key, cls, lat, 1, j);
 	c->fifo_head = head + 1;
 	return mflags;
 }
@@ -356,12 +410,12 @@ static __always_inline void tw_message_reset(struct tw_parser *p, int is_req)
 
 /* The head ended (blank line): count it and decide how its body ends. */
 static __always_inline void tw_head_end(struct tw_ctl *ctl, struct tw_conn *c,
-					struct tw_parser *p, int is_req, __u64 ts)
+					struct tw_parser *p, int is_req, struct tw_job *j)
 {
 	__u32 mflags = p->mflags;
 	__u64 clen = p->num;
 	if (is_req) {
-		tw_request_done(ctl, c, p, ts);
+		tw_request_done(ctl, c, p, j->ts_ns, j);
 		tw_message_reset(p, 1);
 		if (mflags & M_BAD_CLEN) {
 			/* Conflicting or malformed Content-Length: where the body ends is unknown. */
@@ -376,7 +430,7 @@ static __always_inline void tw_head_end(struct tw_ctl *ctl, struct tw_conn *c,
 		return;
 	}
 	__u32 status = p->status;
-	__u32 req_flags = tw_response_done(ctl, c, p, ts);
+	__u32 req_flags = tw_response_done(ctl, c, p, j->ts_ns, j);
 	tw_message_reset(p, 0);
 	if (status == 101) {
 		/* Upgraded (WebSocket ...): what follows is not HTTP/1.x. */
@@ -435,10 +489,14 @@ static __always_inline void tw_header_name(struct tw_ctl *ctl, struct tw_parser 
 					   __u32 side)
 {
 	__u64 h = p->h1;
+	__u32 len = p->pos;
 	p->hkind = H_OTHER;
 	p->cur_src = -1;
-	struct tw_name *nm = tw_names.lookup(&h);
-	if (nm && nm->len == p->pos) {
+	struct tw_name *nm = 0;
+	tw_barrier_var(len);
+	if (len <= TW_NAME_MAX && (ctl->name_first[len] & (1u << (p->name0 & 31))))
+		nm = tw_names.lookup(&h);
+	if (nm && nm->len == len) {
 		if (nm->kind == H_IDENTITY) {
 			__s32 src = nm->source[side & 1];
 			if (is_req && src >= 0) {
@@ -520,8 +578,8 @@ static __always_inline int tw_next_segment(struct tw_job *j)
 
 static __always_inline void tw_charge_bytes(struct tw_ctl *ctl, struct tw_conn *c, struct tw_job *j)
 {
-	if (!c->opened)
-		return;  /* bytes before the first request head have no tenant yet */
+	if (!c->opened || j->charged)
+		return;  /* no tenant yet (bytes before the first head), or already charged */
 	struct tw_agg_val *v = tw_agg_get(ctl, c->cur_key, c->side, c, &c->req, 0);
 	if (!v)
 		return;
@@ -598,15 +656,18 @@ int tw_parse(void *ctx)
 	__u32 used = n;
 	__u32 event = 0;
 	__u32 from = 0;
+	/* The state lives in a register inside the loop (no action reads p->state);
+	 * a store and reload per byte was the loop's critical path. */
+	__u32 state = p->state;
 	tw_barrier_var(n);
 	for (__u32 i = 0; i < TW_WINDOW; i++) {
 		if (i >= n)
 			break;
 		__u8 ch = buf[i];
 		__u32 cls = d->cls[ch] & (TW_NCLASSES - 1);
-		__u32 st = p->state & (TW_NSTATES - 1);
+		__u32 st = state & (TW_NSTATES - 1);
 		__u32 e = d->trans[st][cls];
-		p->state = e & 0xff;
+		state = e & 0xff;
 		__u32 act = (e >> TW_ACTION_SHIFT) & 0xff;
 		if (act == TW_A_NONE)
 			continue;  /* most bytes: a token, a target, an uninteresting value */
@@ -618,6 +679,7 @@ int tw_parse(void *ctx)
 		}
 		switch (act) {
 		case TW_A_NAME_FIRST:
+			p->name0 = d->lower[ch];
 			p->hkind = H_OTHER;
 			p->h1 = (ctl->seed1 ^ d->lower[ch]) * TW_FNV_PRIME1;
 			p->pos = 1;
@@ -664,10 +726,11 @@ int tw_parse(void *ctx)
 			break;
 		}
 	}
+	p->state = state;
 	j->seg_off += used;
 	j->remaining -= used;
 	if (event == TW_E_HEAD_END) {
-		tw_head_end(ctl, c, p, is_req, j->ts_ns);
+		tw_head_end(ctl, c, p, is_req, j);
 	} else if (event == TW_E_CHUNK_LINE) {
 		if (p->num == 0) {
 			p->state = TW_S_TS;  /* last chunk: trailers up to a blank line */
@@ -705,7 +768,7 @@ done:
 		if (is_req && p->state >= TW_S_HS && p->state <= TW_S_HLF) {
 			/* Cut inside a request's headers: count the request with the identity
 			 * seen so far (its response still completes it). */
-			tw_request_done(ctl, c, p, j->ts_ns);
+			tw_request_done(ctl, c, p, j->ts_ns, j);
 		}
 		p->state = TW_S_RESYNC;
 		p->skip = 0;
@@ -716,15 +779,40 @@ done:
 
 /* ---------------------------------------------------------------- syscalls */
 
+static __always_inline int tw_stash(__u32 fd, __u64 buf, __u64 iovcnt, __u32 is_write)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 slot = (__u32)id & (TW_MAX_THREADS - 1);
+	struct tw_args *a = tw_args.lookup(&slot);
+	if (!a)
+		return 0;
+	if (a->id && a->id != id)
+		tw_lose(TW_LOST_ARGS_MAP_FULL);  /* another traced thread holds the slot */
+	a->id = id;
+	a->buf = buf;
+	a->iovcnt = iovcnt;
+	a->fd = fd;
+	a->is_write = is_write;
+	return 0;
+}
+
+/* The arguments this thread stashed at syscall entry, taken out of its slot. */
+static __always_inline int tw_unstash(__u64 id, struct tw_args *out)
+{
+	__u32 slot = (__u32)id & (TW_MAX_THREADS - 1);
+	struct tw_args *a = tw_args.lookup(&slot);
+	if (!a || a->id != id)
+		return 0;
+	*out = *a;
+	a->id = 0;
+	return 1;
+}
+
 static __always_inline int tw_enter(__u32 fd, __u64 buf, __u64 iovcnt, __u32 is_write)
 {
 	if (!tw_is_target())
 		return 0;
-	__u64 id = bpf_get_current_pid_tgid();
-	struct tw_args a = {.buf = buf, .iovcnt = iovcnt, .fd = fd, .is_write = is_write};
-	if (tw_args.update(&id, &a) != 0)
-		tw_lose(TW_LOST_ARGS_MAP_FULL);
-	return 0;
+	return tw_stash(fd, buf, iovcnt, is_write);
 }
 
 static __always_inline int tw_enter_msg(__u32 fd, __u64 msg, __u32 is_write)
@@ -788,12 +876,8 @@ static __always_inline int tw_looks_like_status(__u64 buf)
 static __always_inline int tw_exit(void *ctx, long ret)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	struct tw_args *a = tw_args.lookup(&id);
-	if (!a)
-		return 0;
-	struct tw_args args = *a;
-	tw_args.delete(&id);
-	if (ret <= 0)
+	struct tw_args args;
+	if (!tw_unstash(id, &args) || ret <= 0)
 		return 0;
 	__u32 tgid = id >> 32;
 	__u64 ck = ((__u64)tgid << 32) | args.fd;
@@ -836,6 +920,7 @@ static __always_inline int tw_exit(void *ctx, long ret)
 	/* server side: requests are read; client side: requests are written */
 	j->is_req = (c->side == TW_SIDE_SERVER) ? !args.is_write : args.is_write;
 	j->tails = 0;
+	j->charged = 0;
 	struct tw_parser *p = j->is_req ? &c->req : &c->resp;
 	if (p->state == TW_S_RESYNC) {
 		/* Lost our place earlier: wait for a syscall that starts a message. */
@@ -872,24 +957,17 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendfile64)
 {
 	if (!tw_is_target())
 		return 0;
-	__u64 id = bpf_get_current_pid_tgid();
-	struct tw_args a = {.buf = 0, .iovcnt = 0, .fd = args->out_fd, .is_write = 1};
-	if (tw_args.update(&id, &a) != 0)
-		tw_lose(TW_LOST_ARGS_MAP_FULL);
-	return 0;
+	return tw_stash(args->out_fd, 0, 0, 1);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_exit_sendfile64)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	struct tw_args *a = tw_args.lookup(&id);
-	if (!a)
-		return 0;
-	__u32 fd = a->fd;
-	tw_args.delete(&id);
+	struct tw_args a;
 	long ret = args->ret;
-	if (ret <= 0)
+	if (!tw_unstash(id, &a) || ret <= 0)
 		return 0;
+	__u32 fd = a.fd;
 	__u64 ck = (id & 0xffffffff00000000ull) | fd;
 	struct tw_conn *c = tw_conns.lookup(&ck);
 	if (!c)
@@ -955,7 +1033,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close)
 			if (head == c->fifo_tail)
 				break;
 			struct tw_inflight *f = &c->fifo[head & (TW_FIFO - 1)];
-			tw_count_end(ctl, c, f->key, TW_CLASS_NONE, 0, 0);
+			tw_count_end(ctl, c, f->key, TW_CLASS_NONE, 0, 0, 0);
 			c->fifo_head = head + 1;
 		}
 		if (c->opened) {
@@ -975,9 +1053,7 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
 {
 	if (!tw_is_target())
 		return 0;
-	__u32 child = args->child_pid;
-	__u32 one = 1;
-	tw_targets.update(&child, &one);
+	tw_target_set(args->child_pid, 1);
 	return 0;
 }
 
@@ -1003,12 +1079,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 			break;
 		}
 	}
-	if (match) {
-		__u32 one = 1;
-		tw_targets.update(&tgid, &one);
-	} else {
-		tw_targets.delete(&tgid);
-	}
+	tw_target_set(tgid, match);
 	return 0;
 }
 
@@ -1017,7 +1088,6 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 	__u64 id = bpf_get_current_pid_tgid();
 	if ((__u32)id != (__u32)(id >> 32))
 		return 0;  /* a thread, not the process */
-	__u32 tgid = id >> 32;
-	tw_targets.delete(&tgid);
+	tw_target_set(id >> 32, 0);
 	return 0;
 }

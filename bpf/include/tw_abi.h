@@ -54,7 +54,7 @@
 #define TW_LOST_SCAN_BUDGET        2  /* bytes of a syscall left unparsed: over the tail-call budget */
 #define TW_LOST_PIPELINE_OVERFLOW  3  /* more than TW_FIFO requests in flight on one connection */
 #define TW_LOST_HASH_COLLISION     4  /* two values met on one key: counted as __invalid__ */
-#define TW_LOST_ARGS_MAP_FULL      5  /* syscall arguments not stashed: tw_args full */
+#define TW_LOST_ARGS_MAP_FULL      5  /* syscall arguments overwritten: two traced threads shared a tw_args slot */
 #define TW_LOST_READ_FAULT         6  /* user memory could not be read */
 #define TW_LOST_RESYNC             7  /* parser met bytes it cannot place and gave up on a connection */
 #define TW_LOST_MAX                8
@@ -113,6 +113,11 @@ struct tw_ctl {
 	__u32 nsources;
 	__u32 nbuckets;
 	__u32 ncomms;
+	/* Header names worth a tw_names lookup, by length: bit (first byte & 31) is set
+	 * when a name of that length starting with that byte (lowercased) is in tw_names.
+	 * Most header lines (Date, Server, User-Agent ...) then cost no hash lookup. */
+	__u32 name_first[TW_NAME_MAX + 1];
+	__u32 _pad;
 	__u8 comms[TW_MAX_COMMS][TW_COMM_LEN];
 };
 

@@ -106,5 +106,7 @@ class Ctl(ct.Structure):
         ("nsources", ct.c_uint32),
         ("nbuckets", ct.c_uint32),
         ("ncomms", ct.c_uint32),
+        ("name_first", ct.c_uint32 * (NAME_MAX + 1)),
+        ("_pad", ct.c_uint32),
         ("comms", (ct.c_uint8 * COMM_LEN) * MAX_COMMS),
     ]

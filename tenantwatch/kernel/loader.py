@@ -90,6 +90,8 @@ class HttpProbes:
         self._batch_ok = True
         self._user_lost: dict[str, int] = {}  # losses seen in user space, by reason
         self._warned_targets = False
+        self._target_words = (_pid_max() + 63) // 64
+        self._bits_written: dict[int, int] = {}  # bitmap words as last written
         self._swept_closes: dict[tuple[int, int], int] = {}  # (conn_key, side) -> closes
         self.probes: dict[str, bool] = {}
 
@@ -99,6 +101,7 @@ class HttpProbes:
         flags = [
             f"-I{bpf_dir() / 'include'}",
             f"-DTW_MAX_CONNS={int(self.max_connections)}",
+            f"-DTW_TARGET_WORDS={self._target_words}",
         ]
         if kernel_version() >= (5, 5):
             flags.append("-DTW_HAVE_PROBE_READ_USER=1")
@@ -165,6 +168,7 @@ class HttpProbes:
         c.nsources = len(self.sources)
         c.active = 0
         c.ncomms = len(self.process_names)
+        self._name_filter()
         for i, name in enumerate(self.process_names):
             raw = name.encode()[: abi.COMM_LEN - 1]
             for j in range(abi.COMM_LEN):
@@ -172,6 +176,12 @@ class HttpProbes:
 
     def _write_ctl(self) -> None:
         self._bpf[b"tw_ctl"][ct.c_int(0)] = self._ctl
+
+    def _name_filter(self) -> None:
+        """ctl.name_first: which (length, first byte) pairs are worth a tw_names lookup."""
+        names = ["content-length", "transfer-encoding"] + [s.header for s in self.sources]
+        for n in names:
+            self._ctl.name_first[len(n)] |= 1 << (ord(n[0].lower()) & 31)
 
     def _write_names(self) -> None:
         """tw_names: the header names the parser acts on, by seeded hash."""
@@ -225,7 +235,21 @@ class HttpProbes:
                 del table[ct.c_uint32(t)]
             except KeyError:
                 pass
+        self._write_target_bits(self.targets())
         return want - have, have - want
+
+    def _write_target_bits(self, tgids: set[int]) -> None:
+        """Make the kernel's target bitmap match the target set (changed words only)."""
+        words: dict[int, int] = {}
+        for t in tgids:
+            if t // 64 < self._target_words:
+                words[t // 64] = words.get(t // 64, 0) | (1 << (t % 64))
+        table = self._bpf[b"tw_target_bits"]
+        for w in set(words) | set(self._bits_written):
+            value = words.get(w, 0)
+            if self._bits_written.get(w) != value or value == 0:
+                table[ct.c_int(w)] = ct.c_uint64(value)
+        self._bits_written = {w: v for w, v in words.items() if v}
 
     def forget_connections(self, live_tgids: set[int]) -> int:
         """Delete connection state of processes that are no longer traced.
@@ -323,6 +347,14 @@ class HttpProbes:
                 self._bpf.cleanup()
             finally:
                 self._bpf = None
+
+
+def _pid_max() -> int:
+    try:
+        with open("/proc/sys/kernel/pid_max") as f:
+            return max(64, int(f.read()))
+    except (OSError, ValueError):
+        return 1 << 22  # the largest pid_max the kernel allows
 
 
 def _value_size(table) -> int:
