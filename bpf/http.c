@@ -659,6 +659,10 @@ int tw_parse(void *ctx)
 	/* The state lives in a register inside the loop (no action reads p->state);
 	 * a store and reload per byte was the loop's critical path. */
 	__u32 state = p->state;
+	/* The header-name hash and length also live in registers while a name is read
+	 * (p->h1/p->pos are written at the name's end, or when a window ends inside it). */
+	__u64 h = p->h1;
+	__u32 npos = p->pos & 0xffff;
 	tw_barrier_var(n);
 	for (__u32 i = 0; i < TW_WINDOW; i++) {
 		if (i >= n)
@@ -671,6 +675,11 @@ int tw_parse(void *ctx)
 		__u32 act = (e >> TW_ACTION_SHIFT) & 0xff;
 		if (act == TW_A_NONE)
 			continue;  /* most bytes: a token, a target, an uninteresting value */
+		if (act == TW_A_NAME) {  /* the next most common: a header-name byte */
+			h = (h ^ d->lower[ch]) * TW_FNV_PRIME1;
+			npos = (npos + 1) & 0xffff;
+			continue;
+		}
 		if (act >= TW_E_FIRST) {
 			event = act;
 			from = st;
@@ -681,15 +690,19 @@ int tw_parse(void *ctx)
 		case TW_A_NAME_FIRST:
 			p->name0 = d->lower[ch];
 			p->hkind = H_OTHER;
-			p->h1 = (ctl->seed1 ^ d->lower[ch]) * TW_FNV_PRIME1;
-			p->pos = 1;
-			break;
-		case TW_A_NAME:
-			p->h1 = (p->h1 ^ d->lower[ch]) * TW_FNV_PRIME1;
-			p->pos++;
+			h = (ctl->seed1 ^ d->lower[ch]) * TW_FNV_PRIME1;
+			npos = 1;
 			break;
 		case TW_A_NAME_END:
+			p->h1 = h;
+			p->pos = npos;
 			tw_header_name(ctl, p, is_req, c->side);
+			if (p->hkind == H_OTHER) {
+				/* Nothing to take from this value: skip to the line end with
+				 * no per-byte action (most header bytes end up here). */
+				p->prev_identity = 0;
+				state = TW_S_SKIP;
+			}
 			break;
 		case TW_A_VALUE_BAD:
 			p->vflags |= TW_F_BAD_BYTE;
@@ -727,6 +740,10 @@ int tw_parse(void *ctx)
 		}
 	}
 	p->state = state;
+	if (state == TW_S_HNAME) {
+		p->h1 = h;
+		p->pos = npos;
+	}
 	j->seg_off += used;
 	j->remaining -= used;
 	if (event == TW_E_HEAD_END) {

@@ -102,6 +102,7 @@ else
     apt_install "${pkgs[@]}"
     say "bpftool" "done (installed ${pkgs[*]})"
 fi
+bash "$REPO/scripts/install-prometheus.sh"
 
 # ---------------------------------------------------------------- kernel headers for bcc
 # bcc compiles against /lib/modules/$(uname -r)/build. When the running kernel has no headers

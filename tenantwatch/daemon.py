@@ -6,11 +6,14 @@ kernel (HttpProbes.drain) -> identity (IdentityResolver, inside the Aggregator)
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import platform
+import select
 import signal
 import socket
+import sys
 import threading
 import time
 from typing import Any
@@ -54,6 +57,20 @@ def sd_notify(message: str) -> bool:
         return False
 
 
+def watchdog_interval(env=None) -> float | None:
+    """Seconds between WATCHDOG=1 pings: half of $WATCHDOG_USEC (systemd's WatchdogSec=), or
+    None when no watchdog is set for this process ($WATCHDOG_PID names another one)."""
+    env = os.environ if env is None else env
+    pid = env.get("WATCHDOG_PID")
+    if pid and pid.strip() != str(os.getpid()):
+        return None
+    try:
+        usec = int(env.get("WATCHDOG_USEC", ""))
+    except ValueError:
+        return None
+    return usec / 2e6 if usec > 0 else None
+
+
 def kernel_sources(config: Config) -> list:
     """The identity sources as the kernel needs them (header names and sides)."""
     out = []
@@ -88,6 +105,10 @@ class Daemon:
         self._ticks = 0
         self._last_tick = time.monotonic()
         self._reload_requested = False
+        self._status = ""  # the STATUS= line last sent
+        self._status_note = ""  # appended to STATUS= (a rejected reload)
+        self._last_ping = 0.0
+        self._wake_fds: tuple[int, int] | None = None  # signal handlers -> run loop
 
     # ------------------------------------------------------------------ views
 
@@ -125,7 +146,31 @@ class Daemon:
         log.info("tenantwatch %s ready: %d probes, %d target processes, listening on %s:%s",
                  __version__, sum(self.probes.probes.values()), len(self.probes.targets()),
                  self.config.listen_host, self.api.port)
-        sd_notify("READY=1\nSTATUS=probes attached")
+        self._status = self.status_line()
+        sd_notify(f"READY=1\nSTATUS={self._status}")
+        self._last_ping = time.monotonic()
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS= (shown by `systemctl status`)."""
+        snap = self.aggregator.snapshot(self._ready)
+        attached = sum(1 for ok in snap.probes.values() if ok)
+        tenants = len({t.tenant for t in snap.tenants})
+        line = (f"{attached}/{len(snap.probes)} probes attached, {snap.targets} target processes, "
+                f"{tenants} tenants; listening on {self.config.listen_host}:{self.api.port}")
+        lost = sum(snap.events_lost.values())
+        if lost:
+            line += f"; {lost} events lost"
+        return line + (f"; {self._status_note}" if self._status_note else "")
+
+    def notify_alive(self) -> None:
+        """WATCHDOG=1, with STATUS= when the status line changed."""
+        msg = "WATCHDOG=1"
+        status = self.status_line()
+        if status != self._status:
+            self._status = status
+            msg += f"\nSTATUS={status}"
+        sd_notify(msg)
+        self._last_ping = time.monotonic()
 
     def _retarget(self) -> None:
         added, removed = self.probes.set_targets(self.scanner.scan()
@@ -147,40 +192,110 @@ class Daemon:
             self.probes.forget_connections(self.probes.targets())
         self.aggregator.apply(self.probes.drain())
         self._last_tick = time.monotonic()
-        sd_notify("WATCHDOG=1")
 
     def run(self) -> int:
+        self._wake_fds = os.pipe()
+        for fd in self._wake_fds:
+            os.set_blocking(fd, False)
         self._install_signals()
-        self.start()
         try:
-            while not self.stop_event.wait(self.config.capture.tick_seconds):
-                if self._reload_requested:
-                    self._reload_requested = False
-                    self.reload()
-                self.tick()
+            self.start()
+            self.loop()
         finally:
             self.shutdown()
+            for fd in self._wake_fds:
+                os.close(fd)
+            self._wake_fds = None
         return 0
 
-    def reload(self) -> None:
-        """SIGHUP: re-read the config; a bad one keeps the running config."""
-        if not self.config_path:
+    def loop(self) -> None:
+        """Tick every tick_seconds; ping the watchdog at least every WATCHDOG_USEC/2, also when
+        a tick is longer than that; reload on SIGHUP at once, not at the next tick."""
+        watchdog = watchdog_interval()
+        next_tick = time.monotonic() + self.config.capture.tick_seconds
+        while not self.stop_event.is_set():
+            wait = next_tick - time.monotonic()
+            if watchdog is not None:
+                wait = min(wait, self._last_ping + watchdog - time.monotonic())
+            self._sleep(max(0.0, wait))
+            if self.stop_event.is_set():
+                break
+            if self._reload_requested:
+                self._reload_requested = False
+                self.reload()
+            if time.monotonic() >= next_tick:
+                self.tick()
+                next_tick = time.monotonic() + self.config.capture.tick_seconds
+                self.notify_alive()
+            elif watchdog is not None and time.monotonic() >= self._last_ping + watchdog:
+                self.notify_alive()
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep until `seconds` passed or a signal handler woke the loop."""
+        if self._wake_fds is None:
+            self.stop_event.wait(seconds)
             return
+        r = self._wake_fds[0]
+        if select.select([r], [], [], seconds)[0]:
+            try:
+                while os.read(r, 64):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def _wakeup(self) -> None:
+        if self._wake_fds is not None:
+            try:
+                os.write(self._wake_fds[1], b"x")
+            except OSError:  # full pipe: the loop wakes anyway
+                pass
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config; a bad one keeps the running config.
+
+        log_level and log_format apply at once; any other changed key is named in the log as
+        needing a restart (probes, listen and the identity pipeline are built at start)."""
+        sd_notify("RELOADING=1\nSTATUS=reloading configuration")
+        try:
+            self._status_note = self._reload() or ""
+        finally:
+            self._status = self.status_line()
+            sd_notify(f"READY=1\nSTATUS={self._status}")
+
+    def _reload(self) -> str | None:
+        """Returns a note for the STATUS= line, or None."""
+        if not self.config_path:
+            log.warning("reload: no config file to re-read (started without --config or "
+                        "$TENANTWATCH_CONFIG); nothing changed")
+            return None
         try:
             new = load_config(self.config_path)
         except ConfigError as e:
             log.error("reload rejected, keeping the running config: %s", e)
-            return
-        if new == self.config:
+            return "last reload rejected, running the previous config (see the log)"
+        live = ("log_level", "log_format")
+        changed = [f.name for f in dataclasses.fields(new)
+                   if getattr(new, f.name) != getattr(self.config, f.name)]
+        applied = [k for k in changed if k in live]
+        pending = [k for k in changed if k not in live]
+        if applied:
+            apply_logging(new.log_format if "log_format" in applied else None, new.log_level)
+            self.config = dataclasses.replace(self.config, log_level=new.log_level,
+                                              log_format=new.log_format)
+        if not changed:
             log.info("reload: configuration unchanged")
-            return
-        log.warning("reload: configuration changed; restart tenantwatch to apply probe or "
-                    "listen changes (only the log level is applied live)")
-        logging.getLogger().setLevel(new.log_level.upper())
+        elif applied:
+            log.warning("reload: applied %s", ", ".join(
+                f"{k}={getattr(new, k)}" for k in applied))
+        if pending:
+            log.warning("reload: %s changed; restart tenantwatch to apply (the running daemon "
+                        "keeps the previous values)", ", ".join(pending))
+            return f"restart needed to apply {', '.join(pending)}"
+        return None
 
     def shutdown(self) -> None:
         """Final drain, detach everything, stop serving (idempotent)."""
-        sd_notify("STOPPING=1")
+        sd_notify("STOPPING=1\nSTATUS=stopping")
         if self.probes._bpf is not None:
             try:
                 self.aggregator.apply(self.probes.drain())
@@ -195,13 +310,31 @@ class Daemon:
         def stop(signum, _frame):
             log.info("signal %d: stopping", signum)
             self.stop_event.set()
+            self._wakeup()
 
         def hup(_signum, _frame):
             self._reload_requested = True
+            self._wakeup()
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, hup)
+
+
+def apply_logging(fmt: str | None, level: str) -> None:
+    """For a reload: set the root log level and, when `fmt` is given, the format of the stderr
+    handlers `tenantwatch run` installed (cli.setup_logging); no handler is replaced."""
+    from tenantwatch.cli import JsonFormatter
+
+    root = logging.getLogger()
+    root.setLevel(level.upper())
+    if fmt is None:
+        return
+    for h in root.handlers:
+        if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is sys.stderr:
+            # the text format of cli.setup_logging
+            h.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
+                "%(levelname)s %(name)s: %(message)s"))
 
 
 def _is_process(tgid: int) -> bool:
