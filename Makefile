@@ -7,7 +7,7 @@ UNIT_PY := $(if $(wildcard $(PY)),$(PY),/usr/bin/python3)
 RUFF    := $(if $(wildcard $(VENV)/bin/ruff),$(VENV)/bin/ruff,ruff)
 PYTEST_FLAGS := -q -p no:cacheprovider
 
-.PHONY: all help deps root demo test test-unit lint bench clean
+.PHONY: all help deps root demo test test-unit lint bench clean install uninstall
 
 all: help
 
@@ -19,6 +19,8 @@ help:
 	@echo "make lint       ruff"
 	@echo "make bench      deps, then bench/nginx_ab.py (root)"
 	@echo "make clean      remove caches and build artefacts (keeps .venv)"
+	@echo "make install    /opt/tenantwatch venv, unit, /etc/tenantwatch config if absent (root)"
+	@echo "make uninstall  remove what install put; PURGE=1 also config and state (root)"
 
 root:
 	@if [ "$$(id -u)" -ne 0 ]; then \
@@ -48,3 +50,11 @@ bench: deps
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -print0 | xargs -0 rm -rf
+
+# The scripts check for root themselves (TW_ROOT=DIR installs under DIR, for tests);
+# docs/operations.md. PURGE=1 on the command line reaches uninstall.sh through the environment.
+install:
+	bash scripts/install.sh
+
+uninstall:
+	bash scripts/uninstall.sh

@@ -218,6 +218,8 @@ static __always_inline void tw_target_set(__u32 tgid, int on)
 		*bits &= ~bit;
 }
 
+#include "cpu.c"
+
 /* ---------------------------------------------------------------- aggregates */
 
 static __always_inline struct tw_agg_val *tw_agg_lookup(struct tw_agg_key *k, __u32 active)
@@ -330,8 +332,8 @@ static __always_inline void tw_request_done(struct tw_ctl *ctl, struct tw_conn *
 	}
 	key = p->best_h1 * TW_FNV_PRIME2 + (__u64)(p->best_src + 2) * 0x100000001ull +
 	      (__u64)p->best_flags * 0x10001ull;
-	if (key <= TW_KEY_OVERFLOW)
-		key += 3;
+	if (key <= TW_KEY_RESERVED_MAX)
+		key += TW_KEY_RESERVED_MAX + 1;
 	struct tw_agg_val *v = tw_agg_get(ctl, key, c->side, c, p, 1);
 	if (v && (v->flags & TW_F_OVERFLOW))
 		key = TW_KEY_OVERFLOW;  /* the map is full: the overflow entry took it */
@@ -791,6 +793,7 @@ done:
 		p->skip = 0;
 	}
 	tw_charge_bytes(ctl, c, j);
+	tw_thread_set(c);  /* its CPU from now on goes to this connection's request */
 	return 0;
 }
 
@@ -1009,6 +1012,8 @@ static __always_inline int tw_reset_fd(__u32 fd, __u32 side)
 	__u64 ck = (bpf_get_current_pid_tgid() & 0xffffffff00000000ull) | fd;
 	tw_conns.delete(&ck);
 	tw_conn_new(ck, side);
+	if (side == TW_SIDE_SERVER)
+		tw_thread_set(0);  /* accepting is nobody's request yet */
 	return 0;
 }
 
@@ -1108,3 +1113,9 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 	tw_target_set(id >> 32, 0);
 	return 0;
 }
+
+/* ---------------------------------------------------------------- CPU (cpu.c) */
+
+TRACEPOINT_PROBE(sched, sched_switch) { return tw_sched_switch(args->next_pid); }
+TRACEPOINT_PROBE(sched, sched_wakeup) { return tw_wakeup(args->pid); }
+TRACEPOINT_PROBE(sched, sched_wakeup_new) { return tw_wakeup(args->pid); }

@@ -38,11 +38,14 @@
 #define TW_F_COLLISION   (1u << 4)
 #define TW_F_OVERFLOW    (1u << 5)
 #define TW_F_NO_IDENTITY (1u << 6)
+#define TW_F_UNATTRIBUTED (1u << 7)  /* the entry of TW_KEY_UNATTRIBUTED */
 
 /* Reserved aggregate keys.  Ordinary keys are 64-bit keyed hashes; the chance that
  * one equals these is 2^-63 and is handled like any other collision. */
 #define TW_KEY_COLLISION 1ull
 #define TW_KEY_OVERFLOW  2ull
+#define TW_KEY_UNATTRIBUTED 3ull  /* CPU of target threads with no current request */
+#define TW_KEY_RESERVED_MAX 3ull
 
 /* Sides (records.Side). */
 #define TW_SIDE_SERVER 0
@@ -57,7 +60,22 @@
 #define TW_LOST_ARGS_MAP_FULL      5  /* syscall arguments overwritten: two traced threads shared a tw_args slot */
 #define TW_LOST_READ_FAULT         6  /* user memory could not be read */
 #define TW_LOST_RESYNC             7  /* parser met bytes it cannot place and gave up on a connection */
-#define TW_LOST_MAX                8
+#define TW_LOST_CPU_MAP_FULL       8  /* CPU time folded into the overflow entry: tw_cpu full */
+#define TW_LOST_MAX                9
+
+/* Run-queue delay buckets (wakeup -> running of target threads): bounds in
+ * tw_ctl.runq_bounds_ns, exported as tenantwatch_runqueue_delay_seconds. */
+#define TW_RUNQ_BUCKETS 16
+
+/* CPU time per (identity, process, CPU, side) in one tick; double-buffered by the
+ * gen field (= tw_ctl.active) so user space drains a generation nobody writes. */
+struct tw_cpu_key {
+	__u64 key;    /* identity key as in tw_agg_key, or a TW_KEY_* */
+	__u32 tgid;
+	__u16 cpu;
+	__u8 side;
+	__u8 gen;
+};
 
 struct tw_agg_key {
 	__u64 key;   /* keyed hash of (value, source, flags); or a TW_KEY_* */
@@ -117,7 +135,8 @@ struct tw_ctl {
 	 * when a name of that length starting with that byte (lowercased) is in tw_names.
 	 * Most header lines (Date, Server, User-Agent ...) then cost no hash lookup. */
 	__u32 name_first[TW_NAME_MAX + 1];
-	__u32 _pad;
+	__u32 nrunq;        /* run-queue bounds in use */
+	__u64 runq_bounds_ns[TW_RUNQ_BUCKETS];
 	__u8 comms[TW_MAX_COMMS][TW_COMM_LEN];
 };
 

@@ -20,10 +20,20 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Callable, Protocol
 
-from tenantwatch.aggregation.records import Snapshot, TenantSideStats
-from tenantwatch.identity.records import TenantIdentity, Trust
+from tenantwatch.aggregation.records import (
+    CpuTick,
+    HostSample,
+    NodeTick,
+    Snapshot,
+    TenantSideStats,
+    TenantTick,
+    WorkerTick,
+)
+from tenantwatch.identity.records import OTHER, UNATTRIBUTED, TenantIdentity, Trust
+from tenantwatch.kernel.abi import KEY_OVERFLOW, KEY_UNATTRIBUTED
 from tenantwatch.kernel.records import (
     STATUS_CLASSES,
+    CpuCounts,
     IdentityCounts,
     KernelTick,
     Side,
@@ -63,6 +73,7 @@ class _Totals:
     latency_sum_ns: int = 0
     connections_opened: int = 0
     connections_closed: int = 0
+    cpu_ns: int = 0
 
     def __post_init__(self) -> None:
         if not self.latency_buckets:
@@ -110,6 +121,18 @@ def estimate_quantile(bounds: Sequence[float], cumulative: Sequence[int], q: flo
     return float(bounds[-1])
 
 
+@dataclass
+class _TickDeltas:
+    """What one apply() saw, for the NodeTick handed to detection."""
+
+    cpu: dict[str, float] = field(default_factory=dict)
+    requests: dict[str, int] = field(default_factory=dict)
+    latency: dict[str, list[int]] = field(default_factory=dict)
+    trusted: set[str] = field(default_factory=set)
+    workers: dict[int, dict[str, float]] = field(default_factory=dict)
+    cpus: dict[int, dict[str, float]] = field(default_factory=dict)
+
+
 def _sort_key(item: tuple[tuple[str, Side], _Totals]) -> tuple[str, str]:
     (tenant, side), _ = item
     return tenant, side.value
@@ -136,17 +159,28 @@ class Aggregator:
         self._targets = 0
         self._ticks = 0
         self._shape_warned = False
+        self._runq: tuple[tuple[float, ...], tuple[int, ...], int] = ((), (), 0)
+        self._psi: float | None = None
+        self._node: NodeTick | None = None
         self._latest: Snapshot = self._build_snapshot()
 
     @property
     def latency_bounds_seconds(self) -> tuple[float, ...]:
         return self._bounds
 
-    def apply(self, tick: KernelTick) -> None:
+    def apply(self, tick: KernelTick, host: HostSample | None = None,
+              interval_seconds: float = 1.0) -> None:
         """Fold one tick's deltas into the cumulative state, expire idle tenants, publish."""
         with self._lock:
+            per_tick = _TickDeltas()
             for counts in tick.identities:
-                self._fold(counts)
+                self._fold(counts, per_tick)
+            for cpu in tick.cpu:
+                self._fold_cpu(cpu, per_tick)
+            prev_runq = self._runq[1]
+            self._runq = (tick.runq_bounds_seconds, tick.runq_buckets, tick.runq_sum_ns)
+            self._psi = host.psi_some_avg10 if host else None
+            self._node = self._node_tick(tick, host, per_tick, prev_runq, interval_seconds)
             for reason, delta in tick.lost.items():
                 self._events_lost[reason] = self._events_lost.get(reason, 0) + delta
             self._probes = dict(tick.probes)
@@ -166,8 +200,77 @@ class Aggregator:
             return latest
         return dataclasses.replace(latest, ready=ready)
 
-    def _fold(self, c: IdentityCounts) -> None:
+    def node_tick(self) -> NodeTick | None:
+        """The last tick's deltas for detection (None before the first apply)."""
+        return self._node
+
+    def _fold_cpu(self, c: CpuCounts, per_tick: _TickDeltas) -> None:
+        if c.key == KEY_UNATTRIBUTED:
+            tenant = UNATTRIBUTED
+        elif c.key == KEY_OVERFLOW:
+            tenant = OTHER
+        else:  # a request's key: the resolver knows it from the request head
+            tenant = self._resolver.resolve(c.key, None, -1, ValueFlag.NONE, c.side).tenant
+        totals = self._totals_of(tenant, c.side)
+        totals.cpu_ns += c.ns
+        seconds = c.ns / NS_PER_SECOND
+        per_tick.cpu[tenant] = per_tick.cpu.get(tenant, 0.0) + seconds
+        w = per_tick.workers.setdefault(c.tgid, {})
+        w[tenant] = w.get(tenant, 0.0) + seconds
+        u = per_tick.cpus.setdefault(c.cpu, {})
+        u[tenant] = u.get(tenant, 0.0) + seconds
+
+    def _totals_of(self, tenant: str, side: Side) -> _Totals:
+        totals = self._totals.get((tenant, side))
+        if totals is None:
+            totals = _Totals(self._n_buckets)
+            self._totals[(tenant, side)] = totals
+        return totals
+
+    def _node_tick(self, tick: KernelTick, host: HostSample | None, d: _TickDeltas,
+                   prev_runq: tuple[int, ...], interval: float) -> NodeTick:
+        tenants = set(d.cpu) | set(d.requests)
+        runq_delta = tuple(b - a for a, b in zip(prev_runq, tick.runq_buckets)) \
+            if len(prev_runq) == len(tick.runq_buckets) else tick.runq_buckets
+        runq_p99 = None
+        if tick.runq_bounds_seconds and runq_delta and sum(runq_delta) > 0:
+            runq_p99 = estimate_quantile(tick.runq_bounds_seconds, _cumulative(runq_delta), 0.99)
+        busy = dict(host.cpu_busy_seconds) if host else {}
+        return NodeTick(
+            at=tick.monotonic_ns / NS_PER_SECOND,
+            interval_seconds=interval,
+            tenants=tuple(
+                TenantTick(tenant=t, trusted=t in d.trusted, cpu_seconds=d.cpu.get(t, 0.0),
+                           requests=d.requests.get(t, 0),
+                           latency_buckets=tuple(d.latency.get(t, [0] * self._n_buckets)))
+                for t in sorted(tenants)),
+            workers=tuple(
+                WorkerTick(tgid=tgid, cpu_seconds=sum(by.values()),
+                           by_tenant=MappingProxyType(dict(by)))
+                for tgid, by in sorted(d.workers.items())),
+            cpus=tuple(
+                CpuTick(cpu=cpu, busy_seconds=busy.get(cpu, 0.0),
+                        by_tenant=MappingProxyType(dict(d.cpus.get(cpu, {}))))
+                for cpu in sorted(set(busy) | set(d.cpus))),
+            latency_bounds=self._bounds,
+            psi_some_avg10=host.psi_some_avg10 if host else None,
+            runq_p99_seconds=runq_p99,
+            complete=not any(tick.lost.values()),
+        )
+
+    def _fold(self, c: IdentityCounts, per_tick: _TickDeltas | None = None) -> None:
         identity = self._resolver.resolve(c.key, c.raw_value, c.source_index, c.flags, c.side)
+        if per_tick is not None and c.side is Side.SERVER:
+            ended = sum(c.requests_by_class)
+            if ended:
+                per_tick.requests[identity.tenant] = per_tick.requests.get(identity.tenant, 0) \
+                    + ended
+            if len(c.latency_buckets) == self._n_buckets:
+                lat = per_tick.latency.setdefault(identity.tenant, [0] * self._n_buckets)
+                for i, n in enumerate(c.latency_buckets):
+                    lat[i] += n
+            if identity.trust is Trust.TRUSTED:
+                per_tick.trusted.add(identity.tenant)
         if identity.rejected_reason and c.request_heads:
             reason = identity.rejected_reason
             self._identity_rejected[reason] = self._identity_rejected.get(reason, 0) + (
@@ -215,6 +318,7 @@ class Aggregator:
                 connections_opened=t.connections_opened,
                 # closed > opened happens for connections that predate the daemon
                 connections_active=max(0, t.connections_opened - t.connections_closed),
+                cpu_seconds=t.cpu_ns / NS_PER_SECOND,
             )
             for (tenant, side), t in sorted(self._totals.items(), key=_sort_key)
         )
@@ -228,4 +332,8 @@ class Aggregator:
             ticks=self._ticks,
             ready=False,
             taken_at_unix=self._clock(),
+            runq_bounds_seconds=self._runq[0],
+            runq_buckets=_cumulative(self._runq[1]) if self._runq[1] else (),
+            runq_sum_seconds=self._runq[2] / NS_PER_SECOND,
+            psi_some_avg10=self._psi,
         )

@@ -22,6 +22,7 @@ class TenantSideStats:
     latency_sum_seconds: float
     connections_opened: int
     connections_active: int
+    cpu_seconds: float = 0.0  # gateway CPU charged to the tenant on this side, cumulative
 
     @property
     def requests(self) -> int:
@@ -41,3 +42,55 @@ class Snapshot:
     ticks: int
     ready: bool
     taken_at_unix: float
+    # Run-queue delay of gateway threads since start: bounds, cumulative buckets (+Inf last), sum.
+    runq_bounds_seconds: tuple[float, ...] = ()
+    runq_buckets: tuple[int, ...] = ()
+    runq_sum_seconds: float = 0.0
+    psi_some_avg10: float | None = None  # /proc/pressure/cpu, percent; None when unavailable
+
+
+@dataclass(frozen=True)
+class HostSample:
+    """What one tick saw of the machine outside the probes (aggregation/host.py reads it)."""
+
+    cpu_busy_seconds: Mapping[int, float]  # per CPU, busy time since the previous sample
+    psi_some_avg10: float | None  # /proc/pressure/cpu "some avg10" in percent
+
+
+# ---- per-tick deltas for detection (detection/ reads these; imports flow one way) ----
+
+
+@dataclass(frozen=True)
+class TenantTick:
+    tenant: str
+    trusted: bool
+    cpu_seconds: float  # gateway CPU charged to the tenant in this tick (all sides)
+    requests: int  # server-side requests that ended in this tick
+    latency_buckets: tuple[int, ...]  # server side, non-cumulative this tick, + a last +Inf slot
+
+
+@dataclass(frozen=True)
+class WorkerTick:
+    tgid: int
+    cpu_seconds: float  # all CPU of that gateway process this tick
+    by_tenant: Mapping[str, float]  # part of it charged to each tenant (__unattributed__ too)
+
+
+@dataclass(frozen=True)
+class CpuTick:
+    cpu: int
+    busy_seconds: float  # whole-machine busy time of that CPU this tick (/proc/stat)
+    by_tenant: Mapping[str, float]  # gateway time on that CPU charged to each tenant
+
+
+@dataclass(frozen=True)
+class NodeTick:
+    at: float  # monotonic seconds at the end of the tick
+    interval_seconds: float
+    tenants: tuple[TenantTick, ...]
+    workers: tuple[WorkerTick, ...]
+    cpus: tuple[CpuTick, ...]
+    latency_bounds: tuple[float, ...]
+    psi_some_avg10: float | None
+    runq_p99_seconds: float | None  # p99 run-queue delay of gateway threads this tick
+    complete: bool  # False when the kernel lost events this tick

@@ -126,6 +126,20 @@ class TenantCollector:
             "1 when the probe is attached, 0 when it is not",
             labels=["probe"],
         )
+        cpu = CounterMetricFamily(
+            PREFIX + "cpu_seconds_total",
+            "Gateway CPU time charged to the tenant (on-CPU time of target threads while they "
+            "worked on the tenant's requests; __unattributed__: no current request)",
+            labels=["tenant"],
+        )
+        runq = HistogramMetricFamily(
+            PREFIX + "runqueue_delay_seconds",
+            "Time gateway threads waited in the run queue between wakeup and running",
+        )
+        pressure = GaugeMetricFamily(
+            PREFIX + "node_cpu_pressure_ratio",
+            "Share of time some task waited for CPU over the last 10 s (PSI some avg10 / 100)",
+        )
         targets = GaugeMetricFamily(PREFIX + "targets", "Gateway processes traced now")
         ticks = CounterMetricFamily(
             PREFIX + "ticks_total", "Aggregation ticks completed since start"
@@ -143,6 +157,18 @@ class TenantCollector:
                 lost.add_metric([reason], n)
             for probe, attached in sorted(snap.probes.items()):
                 probes.add_metric([probe], 1 if attached else 0)
+            cpu_by_tenant: dict[str, float] = {}
+            for stats in snap.tenants:
+                cpu_by_tenant[stats.tenant] = cpu_by_tenant.get(stats.tenant, 0.0) + \
+                    stats.cpu_seconds
+            for tenant, seconds in sorted(cpu_by_tenant.items()):
+                cpu.add_metric([tenant], seconds)
+            if snap.runq_buckets and len(snap.runq_buckets) == len(snap.runq_bounds_seconds) + 1:
+                rq_bounds = [floatToGoString(b) for b in snap.runq_bounds_seconds] + ["+Inf"]
+                runq.add_metric([], buckets=list(zip(rq_bounds, snap.runq_buckets)),
+                                sum_value=snap.runq_sum_seconds)
+            if snap.psi_some_avg10 is not None:
+                pressure.add_metric([], snap.psi_some_avg10 / 100.0)
             targets.add_metric([], snap.targets)
             ticks.add_metric([], snap.ticks)
 
@@ -157,6 +183,9 @@ class TenantCollector:
             opened,
             rejected,
             lost,
+            cpu,
+            runq,
+            pressure,
             probes,
             targets,
             ticks,

@@ -33,6 +33,8 @@ MAX_COMMS: int = _D["TW_MAX_COMMS"]
 COMM_LEN: int = _D["TW_COMM_LEN"]
 KEY_COLLISION: int = _D["TW_KEY_COLLISION"]
 KEY_OVERFLOW: int = _D["TW_KEY_OVERFLOW"]
+KEY_UNATTRIBUTED: int = _D["TW_KEY_UNATTRIBUTED"]
+RUNQ_BUCKETS: int = _D["TW_RUNQ_BUCKETS"]
 VALUE_UNKNOWN = 0xFFFFFFFF
 SIDE_SERVER = 0
 SIDE_CLIENT = 1
@@ -56,6 +58,11 @@ def hash_name(name: str, seed1: int) -> int:
     for b in name.lower().encode("ascii"):
         h = ((h ^ b) * FNV_PRIME1) & MASK64
     return h
+
+
+class CpuKey(ct.Structure):
+    _fields_ = [("key", ct.c_uint64), ("tgid", ct.c_uint32), ("cpu", ct.c_uint16),
+                ("side", ct.c_uint8), ("gen", ct.c_uint8)]
 
 
 class AggKey(ct.Structure):
@@ -107,6 +114,7 @@ class Ctl(ct.Structure):
         ("nbuckets", ct.c_uint32),
         ("ncomms", ct.c_uint32),
         ("name_first", ct.c_uint32 * (NAME_MAX + 1)),
-        ("_pad", ct.c_uint32),
+        ("nrunq", ct.c_uint32),
+        ("runq_bounds_ns", ct.c_uint64 * RUNQ_BUCKETS),
         ("comms", (ct.c_uint8 * COMM_LEN) * MAX_COMMS),
     ]

@@ -21,9 +21,13 @@ from pathlib import Path
 
 from tenantwatch.errors import KernelSupportError, PermissionProblem
 from tenantwatch.kernel import abi, dfa
-from tenantwatch.kernel.records import IdentityCounts, KernelTick, Side, ValueFlag
+from tenantwatch.kernel.records import CpuCounts, IdentityCounts, KernelTick, Side, ValueFlag
 
 log = logging.getLogger(__name__)
+
+# Run-queue delay bounds: powers of 4 from 1 us to ~1 s (11 buckets of TW_RUNQ_BUCKETS):
+# wide enough to tell "scheduled at once" from "waited a whole time slice" and worse.
+RUNQ_BOUNDS_SECONDS = tuple(4**i / 1e6 for i in range(11))
 
 # After flipping the active aggregate map, wait this long before draining the old
 # one: a probe that read the old index finishes within microseconds (a full chain
@@ -100,6 +104,7 @@ class HttpProbes:
     def cflags(self) -> list[str]:
         flags = [
             f"-I{bpf_dir() / 'include'}",
+            f"-I{bpf_dir()}",
             f"-DTW_MAX_CONNS={int(self.max_connections)}",
             f"-DTW_TARGET_WORDS={self._target_words}",
         ]
@@ -110,9 +115,17 @@ class HttpProbes:
     def source_path(self) -> Path:
         return bpf_dir() / "http.c"
 
+    def source_text(self) -> str:
+        """bpf/http.c with its local `#include "X.c"` lines expanded.
+
+        bcc rewrites map syntax (`map.lookup(&k)`) and tracepoint argument structs only in
+        the main file it is given, so the concern files (cpu.c ...) are handed over inline.
+        """
+        return _expand_c_includes(self.source_path())
+
     def print_bpf(self) -> str:
         """The C text and flags as compiled (for --print-bpf)."""
-        return f"/* cflags: {' '.join(self.cflags())} */\n" + self.source_path().read_text()
+        return f"/* cflags: {' '.join(self.cflags())} */\n" + self.source_text()
 
     def load(self) -> None:
         """Compile, load and attach. Raises KernelSupportError / PermissionProblem."""
@@ -134,7 +147,7 @@ class HttpProbes:
                                      "run `tenantwatch doctor`") from e
         self._configure_ctl()
         try:
-            b = BPF(src_file=str(self.source_path()).encode(), cflags=self.cflags())
+            b = BPF(text=self.source_text().encode(), cflags=self.cflags())
         except Exception as e:  # bcc raises bare Exception for compile and load errors
             raise KernelSupportError(f"compiling or loading bpf/http.c failed: {e}; "
                                      "run `tenantwatch doctor`") from e
@@ -147,6 +160,8 @@ class HttpProbes:
             b[b"tw_dfa"][ct.c_int(0)] = dfa.dfa_struct()
             for m in (b"tw_agg0", b"tw_agg1"):
                 self._insert_overflow(b[m])
+            for gen in (0, 1):
+                b[b"tw_cpu"][abi.CpuKey(key=abi.KEY_OVERFLOW, gen=gen)] = ct.c_uint64(0)
         except Exception as e:
             self.close()
             raise KernelSupportError(f"setting up the BPF maps failed: {e}") from e
@@ -169,6 +184,9 @@ class HttpProbes:
         c.active = 0
         c.ncomms = len(self.process_names)
         self._name_filter()
+        c.nrunq = len(RUNQ_BOUNDS_SECONDS)
+        for i, bound in enumerate(RUNQ_BOUNDS_SECONDS):
+            c.runq_bounds_ns[i] = int(round(bound * 1e9))
         for i, name in enumerate(self.process_names):
             raw = name.encode()[: abi.COMM_LEN - 1]
             for j in range(abi.COMM_LEN):
@@ -290,9 +308,39 @@ class HttpProbes:
         self._insert_overflow(table)
         identities = tuple(_to_counts(k, v, len(self.bounds)) for k, v in rows
                            if _has_counts(v)) + self._take_swept_closes()
+        runq, runq_sum = self._runq_totals()
         return KernelTick(identities=identities, lost=self._lost_deltas(),
                           targets=len(self.targets()), probes=dict(self.probes),
-                          monotonic_ns=time.monotonic_ns())
+                          monotonic_ns=time.monotonic_ns(), cpu=self._drain_cpu(old),
+                          runq_bounds_seconds=RUNQ_BOUNDS_SECONDS, runq_buckets=runq,
+                          runq_sum_ns=runq_sum)
+
+    def _drain_cpu(self, gen: int) -> tuple[CpuCounts, ...]:
+        """Read and delete the CPU entries of the generation the kernel no longer writes."""
+        table = self._bpf[b"tw_cpu"]
+        out = []
+        for k, v in list(table.items()):
+            if k.gen != gen or not v.value:
+                continue
+            key = abi.CpuKey(key=k.key, tgid=k.tgid, cpu=k.cpu, side=k.side, gen=k.gen)
+            out.append(CpuCounts(key=int(k.key), tgid=int(k.tgid), cpu=int(k.cpu),
+                                 side=Side.SERVER if k.side == abi.SIDE_SERVER else Side.CLIENT,
+                                 ns=int(v.value)))
+            if k.key == abi.KEY_OVERFLOW and k.tgid == 0:
+                table[key] = ct.c_uint64(0)  # the overflow entry stays for the next full map
+            else:
+                try:
+                    del table[key]
+                except KeyError:
+                    pass
+        return tuple(out)
+
+    def _runq_totals(self) -> tuple[tuple[int, ...], int]:
+        table = self._bpf[b"tw_runq"]
+        n = len(RUNQ_BOUNDS_SECONDS)
+        buckets = tuple(sum(int(x) for x in table[ct.c_int(i)]) for i in range(n + 1))
+        total = sum(int(x) for x in table[ct.c_int(abi.RUNQ_BUCKETS + 1)])
+        return buckets, total
 
     def _take_swept_closes(self) -> tuple[IdentityCounts, ...]:
         nb = len(self.bounds) + 1
@@ -349,6 +397,14 @@ class HttpProbes:
                 self._bpf = None
 
 
+_C_INCLUDE = re.compile(r'^#include "(\w+\.c)"\s*$', re.MULTILINE)
+
+
+def _expand_c_includes(path: Path) -> str:
+    """Expand `#include "name.c"` (files beside path, one level) in place."""
+    return _C_INCLUDE.sub(lambda m: (path.parent / m.group(1)).read_text(), path.read_text())
+
+
 def _pid_max() -> int:
     try:
         with open("/proc/sys/kernel/pid_max") as f:
@@ -386,7 +442,7 @@ def _to_counts(k: abi.AggKey, v: abi.AggVal, nbounds: int) -> IdentityCounts:
         side=Side.SERVER if k.side == abi.SIDE_SERVER else Side.CLIENT,
         raw_value=raw,
         source_index=int(v.source),
-        flags=ValueFlag(v.flags & 0x7F),
+        flags=ValueFlag(v.flags & 0xFF),
         requests_by_class=tuple(int(x) for x in v.req_by_class),
         request_heads=int(v.heads),
         rx_bytes=int(v.rx_bytes),

@@ -25,6 +25,7 @@ class ValueFlag(enum.IntFlag):
     COLLISION = 1 << 4  # two different values met on one 64-bit key (second hash differed)
     OVERFLOW = 1 << 5  # the kernel's per-tick identity map was full: request folded here
     NO_IDENTITY = 1 << 6  # no configured source was present in the request
+    UNATTRIBUTED = 1 << 7  # CPU of target threads working on no request
 
 
 STATUS_CLASSES: tuple[str, ...] = ("1xx", "2xx", "3xx", "4xx", "5xx", "none")
@@ -54,6 +55,17 @@ class IdentityCounts:
 
 
 @dataclass(frozen=True)
+class CpuCounts:
+    """On-CPU time of one target process on one CPU charged to one identity, in one tick."""
+
+    key: int  # identity key (see IdentityCounts.key); abi.KEY_UNATTRIBUTED: no current request
+    tgid: int
+    cpu: int
+    side: Side
+    ns: int
+
+
+@dataclass(frozen=True)
 class KernelTick:
     """Everything drained from the kernel in one tick."""
 
@@ -62,3 +74,9 @@ class KernelTick:
     targets: int  # processes traced right now
     probes: Mapping[str, bool]  # probe name -> attached
     monotonic_ns: int
+    cpu: tuple[CpuCounts, ...] = ()
+    # Run-queue delay of target threads since the daemon started (cumulative totals):
+    # counts per bucket (non-cumulative across buckets, last is +Inf) and their sum.
+    runq_bounds_seconds: tuple[float, ...] = ()
+    runq_buckets: tuple[int, ...] = ()
+    runq_sum_ns: int = 0

@@ -35,6 +35,7 @@ EXPECTED_SAMPLE_NAMES = {
     "tenantwatch_connections_opened_total",
     "tenantwatch_identity_rejected_total",
     "tenantwatch_events_lost_total",
+    "tenantwatch_cpu_seconds_total",
     "tenantwatch_probe_attached",
     "tenantwatch_targets",
     "tenantwatch_ticks_total",
@@ -208,3 +209,20 @@ def test_registration_does_not_read_the_snapshot() -> None:
     assert calls == []
     with pytest.raises(ValueError):  # describe() exposes the names: duplicates are caught
         registry.register(TenantCollector(lambda: None, BUILD))
+
+
+def test_cpu_runqueue_and_pressure() -> None:
+    import dataclasses
+
+    from tenantwatch.kernel.records import Side
+
+    snap = make_snapshot()
+    tenants = tuple(dataclasses.replace(t, cpu_seconds=1.5 if t.side is Side.SERVER else 0.25)
+                    for t in snap.tenants)
+    snap = dataclasses.replace(snap, tenants=tenants, runq_bounds_seconds=(0.001, 0.01),
+                               runq_buckets=(3, 5, 6), runq_sum_seconds=0.02, psi_some_avg10=12.5)
+    _, samples = scrape(snap)
+    assert value(samples, "tenantwatch_cpu_seconds_total", tenant="acme") == 1.75  # both sides
+    assert value(samples, "tenantwatch_runqueue_delay_seconds_bucket", le="0.01") == 5
+    assert value(samples, "tenantwatch_runqueue_delay_seconds_count") == 6
+    assert value(samples, "tenantwatch_node_cpu_pressure_ratio") == 0.125

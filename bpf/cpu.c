@@ -1,0 +1,151 @@
+/* cpu.c: on-CPU time of target threads, charged to the tenant they work for.
+ * Included by http.c (one bcc module: the CPU probes read the connection state
+ * the HTTP probes keep).
+ *
+ * A target thread's current identity is the request of the connection of its
+ * latest traced syscall (set by tw_thread_set() from http.c).  On sched_switch,
+ * the slice that just ended is charged to that identity in tw_cpu0/1, keyed by
+ * (identity, process, CPU, side); a thread with no current request is charged to
+ * TW_KEY_UNATTRIBUTED, so the entries of a process add up to its CPU time.
+ * Wakeup -> running delays of target threads go to the tw_runq histogram.
+ *
+ * Cost: sched_switch runs for every context switch on the machine; for
+ * non-target tasks it is two array lookups and a timestamp.
+ */
+
+/* CPU entries per tick: identities x processes x CPUs.  16384 covers 1000 busy
+ * tenants on 8 workers over 2 CPUs with room; beyond it time folds into the
+ * overflow entry (lost cpu_map_full). */
+#define TW_MAX_CPU_ENTRIES 16384
+
+struct tw_thread {
+	__u64 id;        /* pid_tgid of the thread owning the slot, 0 free */
+	__u64 key;       /* identity it works for */
+	__u64 wake_ns;   /* last wakeup, 0 when not waiting */
+	__u32 side;
+	__u32 attributed; /* key is a request's identity (else TW_KEY_UNATTRIBUTED) */
+};
+
+BPF_ARRAY(tw_threads, struct tw_thread, TW_MAX_THREADS);
+BPF_PERCPU_ARRAY(tw_cpu_start, __u64, 1);  /* when the running task got this CPU */
+/* One map for both generations (tw_cpu_key.gen = tw_ctl.active): with two maps
+ * clang merges the two update calls into an indirect call the kernel rejects. */
+BPF_HASH(tw_cpu, struct tw_cpu_key, __u64, 2 * TW_MAX_CPU_ENTRIES);
+BPF_PERCPU_ARRAY(tw_runq, __u64, TW_RUNQ_BUCKETS + 2);  /* buckets, +Inf, sum_ns */
+
+static __always_inline struct tw_thread *tw_thread_slot(__u32 tid)
+{
+	__u32 slot = tid & (TW_MAX_THREADS - 1);
+	return tw_threads.lookup(&slot);
+}
+
+/* Called from http.c: the current thread now works for connection c (0: none). */
+static __always_inline void tw_thread_set(struct tw_conn *c)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct tw_thread *t = tw_thread_slot((__u32)id);
+	if (!t)
+		return;
+	if (t->id != id) {
+		t->id = id;
+		t->wake_ns = 0;
+	}
+	if (c && c->opened) {
+		t->key = c->cur_key;
+		t->side = c->side;
+		t->attributed = 1;
+	} else {
+		t->key = TW_KEY_UNATTRIBUTED;
+		t->side = TW_SIDE_SERVER;
+		t->attributed = 0;
+	}
+}
+
+static __always_inline void tw_cpu_charge(struct tw_ctl *ctl, struct tw_cpu_key *k, __u64 ns)
+{
+	k->gen = ctl->active & 1;
+	__u64 *v = tw_cpu.lookup(k);
+	if (!v) {
+		__u64 zero = 0;
+		tw_cpu.update(k, &zero);
+		v = tw_cpu.lookup(k);
+	}
+	if (!v) {
+		tw_lose(TW_LOST_CPU_MAP_FULL);
+		struct tw_cpu_key o = {.key = TW_KEY_OVERFLOW, .gen = k->gen};
+		v = tw_cpu.lookup(&o);
+		if (!v)
+			return;
+	}
+	__sync_fetch_and_add(v, ns);
+}
+
+/* sched_switch (the TRACEPOINT_PROBE lines live in http.c: bcc generates the
+ * tracepoint argument structs only for probes in the main file). */
+static __always_inline int tw_sched_switch(__u32 next_pid)
+{
+	__u32 zero = 0;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 *start = tw_cpu_start.lookup(&zero);
+	if (!start)
+		return 0;
+	__u64 began = *start;
+	*start = now;
+	struct tw_ctl *ctl = tw_ctl.lookup(&zero);
+	if (!ctl)
+		return 0;
+
+	/* The task leaving the CPU (the current task here) ran since `began`. */
+	if (began && now > began && tw_is_target()) {
+		__u64 id = bpf_get_current_pid_tgid();
+		struct tw_cpu_key k = {
+			.key = TW_KEY_UNATTRIBUTED,
+			.tgid = id >> 32,
+			.cpu = (__u16)bpf_get_smp_processor_id(),
+			.side = TW_SIDE_SERVER,
+		};
+		struct tw_thread *t = tw_thread_slot((__u32)id);
+		if (t && t->id == id && t->attributed) {
+			k.key = t->key;
+			k.side = (__u8)t->side;
+		}
+		tw_cpu_charge(ctl, &k, now - began);
+	}
+
+	/* The task getting the CPU: if it is a target thread that was woken up,
+	 * its wait in the run queue ends now. */
+	struct tw_thread *n = tw_thread_slot(next_pid);
+	if (!n || (__u32)n->id != next_pid || !n->wake_ns)
+		return 0;
+	__u64 delay = now > n->wake_ns ? now - n->wake_ns : 0;
+	n->wake_ns = 0;
+	__u32 nb = ctl->nrunq;
+	tw_barrier_var(nb);
+	__u32 idx = 0;
+	for (__u32 i = 0; i < TW_RUNQ_BUCKETS; i++) {
+		if (i >= nb)
+			break;
+		if (delay <= ctl->runq_bounds_ns[i])
+			break;
+		idx++;
+	}
+	tw_barrier_var(idx);
+	if (idx > TW_RUNQ_BUCKETS)
+		return 0;
+	__u64 *b = tw_runq.lookup(&idx);
+	if (b)
+		*b += 1;
+	__u32 sum_idx = TW_RUNQ_BUCKETS + 1;
+	__u64 *sum = tw_runq.lookup(&sum_idx);
+	if (sum)
+		*sum += delay;
+	return 0;
+}
+
+static __always_inline int tw_wakeup(__u32 pid)
+{
+	struct tw_thread *t = tw_thread_slot(pid);
+	if (t && (__u32)t->id == pid && t->id)
+		t->wake_ns = bpf_ktime_get_ns();
+	return 0;
+}

@@ -1,0 +1,104 @@
+"""The hotspot rule: a CPU or a gateway worker saturated, most of its time going to one tenant.
+
+Takes the ``WindowStats`` of the current window; gives the hotspots currently active and those
+raised or cleared by this evaluation, each a ``Hotspot`` with its evidence.  A worker is one
+gateway process (``WorkerTick``): its CPU over the window against the window's length.  A CPU is
+one logical CPU (``CpuTick``): its whole-machine busy time against the window's length, and the
+gateway time charged to the tenant on it against that busy time.  Reserved labels (``ignore``)
+never own a hotspot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from tenantwatch.detection.records import Hotspot
+from tenantwatch.detection.settings import DetectionSettings
+from tenantwatch.detection.window import Hysteresis, Latch, Usage, WindowStats
+
+HotspotKey = tuple[Literal["cpu", "worker"], str, str]  # (kind, id, tenant)
+_DIGITS = 6  # rounding of fractions and seconds in evidence
+
+
+@dataclass(frozen=True)
+class HotspotOutcome:
+    """What one evaluation of the rule found."""
+
+    active: tuple[Hotspot, ...]
+    changes: tuple[Hotspot, ...]
+    blocked: tuple[HotspotKey, ...]  # onsets complete but not raised: the window lost events
+
+
+class Hotspots:
+    """Per-(kind, id, tenant) hysteresis over "saturated and owned by one tenant"."""
+
+    def __init__(self, settings: DetectionSettings, ignore: frozenset[str]) -> None:
+        self.settings = settings
+        self.ignore = ignore
+        self._latches: Hysteresis[HotspotKey] = Hysteresis(settings.onset_windows,
+                                                           settings.clear_windows)
+
+    def evaluate(self, stats: WindowStats) -> HotspotOutcome:
+        moved = self._latches.update(self._candidates(stats), stats.at, may_raise=stats.complete)
+
+        def hotspot(key: HotspotKey, latch: Latch, active: bool) -> Hotspot:
+            kind, ident, tenant = key
+            evidence = self._evidence(key, stats, latch)
+            if not active:
+                evidence["duration_seconds"] = round(stats.at - latch.since, _DIGITS)
+            return Hotspot(kind, ident, tenant, active, latch.since if active else stats.at,
+                           evidence)
+
+        latches = sorted(self._latches.active(), key=lambda kv: _key_order(kv[0]))
+        active = [hotspot(k, latch, True) for k, latch in latches]
+        raised = set(moved.raised)
+        changes = [h for h in active if (h.kind, h.id, h.tenant) in raised]
+        changes += [hotspot(k, latch, False) for k, latch in moved.cleared]
+        return HotspotOutcome(tuple(active), tuple(sorted(changes, key=_order)), moved.blocked)
+
+    def _candidates(self, stats: WindowStats) -> list[HotspotKey]:
+        out: list[HotspotKey] = []
+        kinds: tuple[tuple[Literal["cpu", "worker"], Mapping[int, Usage]], ...] = (
+            ("cpu", stats.cpus), ("worker", stats.workers))
+        for kind, usages in kinds:
+            for ident in sorted(usages):
+                usage = usages[ident]
+                if stats.seconds <= 0 or usage.seconds < self.settings.hotspot_busy * stats.seconds:
+                    continue
+                owners = [(s, t) for t, s in usage.by_tenant.items() if t not in self.ignore]
+                if not owners:
+                    continue
+                seconds, tenant = max(owners, key=lambda o: (o[0], o[1]))
+                if seconds >= self.settings.hotspot_share * usage.seconds:
+                    out.append((kind, str(ident), tenant))
+        return out
+
+    def _evidence(self, key: HotspotKey, stats: WindowStats, latch: Latch) -> dict[str, Any]:
+        kind, ident, tenant = key
+        usages: Mapping[int, Usage] = stats.cpus if kind == "cpu" else stats.workers
+        usage = usages.get(int(ident), Usage(0.0, {}))
+        tenant_seconds = usage.by_tenant.get(tenant, 0.0)
+        return {
+            "busy": round(usage.seconds / stats.seconds, _DIGITS) if stats.seconds > 0 else 0.0,
+            "busy_seconds": round(usage.seconds, _DIGITS),
+            "tenant_seconds": round(tenant_seconds, _DIGITS),
+            "tenant_share": round(tenant_seconds / usage.seconds, _DIGITS)
+            if usage.seconds > 0 else 0.0,
+            "window_seconds": round(stats.seconds, _DIGITS),
+            "window_complete": stats.complete,
+            "incomplete_ticks": stats.incomplete_ticks,
+            "consecutive": latch.true_run,
+            "calm": latch.false_run,
+            "raised_at": latch.since,
+        }
+
+
+def _key_order(key: HotspotKey) -> tuple[str, int, str]:
+    kind, ident, tenant = key
+    return kind, int(ident), tenant
+
+
+def _order(h: Hotspot) -> tuple[str, int, str]:
+    return _key_order((h.kind, h.id, h.tenant))

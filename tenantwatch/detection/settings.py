@@ -1,0 +1,139 @@
+"""The ``detection:`` section of the config file -> a frozen ``DetectionSettings``.
+
+``parse_detection(value, field)`` takes the parsed YAML value of the section (None when the section
+is absent) and the section's dotted name; it gives ``DetectionSettings`` or raises
+``ConfigError(field, message)`` naming the offending key (``detection.share_factor``,
+``detection.quotas.acme``).  The reasoning behind every default is in docs/detection.md.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import Any
+
+from tenantwatch.errors import ConfigError
+from tenantwatch.identity.records import INVALID, OTHER, UNATTRIBUTED
+
+# Bounds of the knobs.  They reject values that cannot mean what the operator wants, nothing more.
+MAX_WINDOW_SECONDS = 600.0  # beyond 10 min a "window" is a trend, and detection is too slow to page
+MIN_WINDOW_SECONDS = 0.1  # the shortest capture.tick_seconds: a window holds at least one tick
+MAX_WINDOWS = 1000  # onset/clear counts: 1000 evaluations at 1 s ticks is over 16 min
+MAX_BASELINE_SECONDS = 86_400.0  # the ring holds one bucket vector per tick; a day at most
+MAX_SHARE_FACTOR = 100.0  # 100 x fair share already needs >= 100 tenants to be reachable
+MAX_P99_FACTOR = 1000.0
+MAX_LATENCY_SECONDS = 60.0  # no gateway histogram goes beyond this (capture buckets end at 10 s)
+MAX_VICTIM_MIN_REQUESTS = 1_000_000_000
+_RESERVED = (OTHER, INVALID, UNATTRIBUTED)
+
+
+@dataclass(frozen=True)
+class DetectionSettings:
+    """Thresholds of the noisy-neighbour and hotspot rules; see docs/detection.md for each."""
+
+    window_seconds: float = 5.0
+    onset_windows: int = 3
+    clear_windows: int = 5
+    min_share: float = 0.35
+    share_factor: float = 2.0
+    quotas: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    psi_threshold_percent: float = 10.0
+    runq_p99_threshold_seconds: float = 0.005
+    victim_p99_factor: float = 2.0
+    victim_min_p99_seconds: float = 0.002
+    victim_min_requests: int = 20
+    baseline_seconds: float = 60.0
+    hotspot_busy: float = 0.9
+    hotspot_share: float = 0.6
+
+
+def parse_detection(value: Any, field: str) -> DetectionSettings:
+    """Validate the ``detection`` section ``value`` (None -> all defaults) found at ``field``."""
+    if value is None:
+        return DetectionSettings()
+    if not isinstance(value, Mapping):
+        raise ConfigError(field, f"expected a mapping, got {_type_name(value)}")
+    known = tuple(f.name for f in fields(DetectionSettings))
+    _check_keys(value, known, field)
+    d = DetectionSettings()
+
+    def num(key: str, lo: float, hi: float, *, lo_open: bool = False) -> float:
+        return _number(value.get(key, getattr(d, key)), f"{field}.{key}", lo, hi, lo_open)
+
+    def integer(key: str, lo: int, hi: int) -> int:
+        return _int(value.get(key, getattr(d, key)), f"{field}.{key}", lo, hi)
+
+    window = num("window_seconds", MIN_WINDOW_SECONDS, MAX_WINDOW_SECONDS)
+    baseline = num("baseline_seconds", 1.0, MAX_BASELINE_SECONDS)
+    if baseline < window:
+        raise ConfigError(f"{field}.baseline_seconds", f"must be at least window_seconds "
+                          f"({window:g}): a baseline shorter than the window it judges is noise")
+    return DetectionSettings(
+        window_seconds=window,
+        onset_windows=integer("onset_windows", 1, MAX_WINDOWS),
+        clear_windows=integer("clear_windows", 1, MAX_WINDOWS),
+        min_share=num("min_share", 0.0, 1.0, lo_open=True),
+        share_factor=num("share_factor", 1.0, MAX_SHARE_FACTOR),
+        quotas=_quotas(value.get("quotas"), f"{field}.quotas"),
+        psi_threshold_percent=num("psi_threshold_percent", 0.0, 100.0, lo_open=True),
+        runq_p99_threshold_seconds=num("runq_p99_threshold_seconds", 0.0, MAX_LATENCY_SECONDS,
+                                       lo_open=True),
+        victim_p99_factor=num("victim_p99_factor", 1.0, MAX_P99_FACTOR, lo_open=True),
+        victim_min_p99_seconds=num("victim_min_p99_seconds", 0.0, MAX_LATENCY_SECONDS),
+        victim_min_requests=integer("victim_min_requests", 1, MAX_VICTIM_MIN_REQUESTS),
+        baseline_seconds=baseline,
+        hotspot_busy=num("hotspot_busy", 0.0, 1.0, lo_open=True),
+        # above one half, at most one tenant can own a CPU or a worker
+        hotspot_share=num("hotspot_share", 0.5, 1.0, lo_open=True),
+    )
+
+
+def _quotas(value: Any, field: str) -> Mapping[str, float]:
+    if value is None:
+        return MappingProxyType({})
+    if not isinstance(value, Mapping):
+        raise ConfigError(field, f"expected a mapping of tenant: share, got {_type_name(value)}")
+    out: dict[str, float] = {}
+    for tenant, quota in value.items():
+        f = f"{field}.{tenant}"
+        if not isinstance(tenant, str) or not tenant:
+            raise ConfigError(f, f"tenant names are non-empty strings, got {_type_name(tenant)}")
+        if tenant in _RESERVED:
+            raise ConfigError(f, f"{tenant} is a reserved label and is never flagged")
+        out[tenant] = _number(quota, f, 0.0, 1.0, lo_open=True)
+    return MappingProxyType(out)
+
+
+def _check_keys(m: Mapping[Any, Any], allowed: tuple[str, ...], field: str) -> None:
+    unknown = [str(k) for k in m if k not in allowed]
+    if not unknown:
+        return
+    close = difflib.get_close_matches(unknown[0], allowed, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(f"{field}.{unknown[0]}",
+                      f"unknown key {unknown[0]!r}{hint}; known: {', '.join(allowed)}")
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _int(value: Any, field: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(field, f"expected an integer, got {_type_name(value)}")
+    if not lo <= value <= hi:
+        raise ConfigError(field, f"must be in {lo}..{hi}, got {value}")
+    return value
+
+
+def _number(value: Any, field: str, lo: float, hi: float, lo_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(field, f"expected a number, got {_type_name(value)}")
+    low_ok = value > lo if lo_open else value >= lo
+    if not (math.isfinite(value) and low_ok and value <= hi):
+        span = f"({lo:g}, {hi:g}]" if lo_open else f"[{lo:g}, {hi:g}]"
+        raise ConfigError(field, f"must be a finite number in {span}, got {value}")
+    return float(value)

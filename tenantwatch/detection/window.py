@@ -1,0 +1,276 @@
+"""The sliding window, the latency baseline and the hysteresis latches the rules share.
+
+``Window`` keeps the ``NodeTick``s of the last ``window_seconds`` and sums them into a
+``WindowStats``; ``Baseline`` keeps per-tenant latency histograms of the last ``baseline_seconds``
+of calm ticks; ``Hysteresis`` turns a per-evaluation condition into raise/clear transitions.
+All three are plain in-memory state driven by the ticks' own clock (``NodeTick.at``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import accumulate
+from typing import Generic, TypeVar
+
+from tenantwatch.aggregation import estimate_quantile
+from tenantwatch.detection.records import NodeTick
+
+K = TypeVar("K", bound=Hashable)
+
+_EPSILON = 1e-9  # seconds; absorbs float error when comparing sums of tick intervals
+
+
+def p99(bounds: Sequence[float], buckets: Sequence[int]) -> float | None:
+    """p99 of non-cumulative ``buckets`` (one per bound + a last +Inf slot): the upper bound of
+    the bucket holding it (the highest finite bound when it is in +Inf), None when empty."""
+    return estimate_quantile(bounds, list(accumulate(buckets)), 0.99)
+
+
+@dataclass(frozen=True)
+class TenantWindow:
+    """One tenant's totals over the window."""
+
+    cpu_seconds: float
+    requests: int
+    trusted: bool  # at least one tick of the window said so
+    buckets: tuple[int, ...]  # non-cumulative, summed over the window
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Time of one worker or CPU over the window and the part charged to each tenant."""
+
+    seconds: float  # the worker's CPU time, or the CPU's busy time
+    by_tenant: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class WindowStats:
+    """Sums over the ticks of one window."""
+
+    at: float
+    seconds: float  # sum of the ticks' intervals
+    ticks: int
+    incomplete_ticks: int
+    bounds: tuple[float, ...]
+    tenants: Mapping[str, TenantWindow]
+    total_cpu_seconds: float  # all tenants, reserved labels included
+    total_requests: int
+    workers: Mapping[int, Usage]
+    cpus: Mapping[int, Usage]
+    psi_some_avg10: float | None  # of the latest tick
+    runq_p99_seconds: tuple[float | None, ...]  # one per tick, oldest first
+
+    @property
+    def complete(self) -> bool:
+        return self.incomplete_ticks == 0
+
+
+class Window:
+    """The ticks whose middle lies within the last ``seconds`` before the latest tick's end.
+
+    The middle, not the end, decides, so that jitter in the tick clock never lets a window of
+    5 s at 1 s ticks hold 6 ticks or 4.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._ticks: deque[NodeTick] = deque()
+
+    def __len__(self) -> int:
+        return len(self._ticks)
+
+    def clear(self) -> None:
+        self._ticks.clear()
+
+    def push(self, tick: NodeTick) -> None:
+        """Add the latest tick; a clock that goes back or stands still starts the window over."""
+        if self._ticks and tick.at <= self._ticks[-1].at:
+            self._ticks.clear()
+        self._ticks.append(tick)
+        start = tick.at - self.seconds
+        while self._ticks and self._ticks[0].at - self._ticks[0].interval_seconds / 2 <= start:
+            self._ticks.popleft()
+        if not self._ticks:  # an interval longer than the window: keep the latest tick anyway
+            self._ticks.append(tick)
+
+    def stats(self) -> WindowStats:
+        if not self._ticks:
+            raise ValueError("the window holds no tick yet")
+        latest = self._ticks[-1]
+        nbuckets = len(latest.latency_bounds) + 1
+        cpu: dict[str, float] = {}
+        requests: dict[str, int] = {}
+        trusted: dict[str, bool] = {}
+        buckets: dict[str, list[int]] = {}
+        workers: dict[int, _UsageSum] = {}
+        cpus: dict[int, _UsageSum] = {}
+        for tick in self._ticks:
+            for t in tick.tenants:
+                if len(t.latency_buckets) != nbuckets:
+                    raise ValueError(f"tenant {t.tenant!r} at {tick.at}: {len(t.latency_buckets)} "
+                                     f"latency buckets, expected {nbuckets}")
+                cpu[t.tenant] = cpu.get(t.tenant, 0.0) + t.cpu_seconds
+                requests[t.tenant] = requests.get(t.tenant, 0) + t.requests
+                trusted[t.tenant] = trusted.get(t.tenant, False) or t.trusted
+                acc = buckets.setdefault(t.tenant, [0] * nbuckets)
+                for i, n in enumerate(t.latency_buckets):
+                    acc[i] += n
+            for w in tick.workers:
+                workers.setdefault(w.tgid, _UsageSum()).add(w.cpu_seconds, w.by_tenant)
+            for c in tick.cpus:
+                cpus.setdefault(c.cpu, _UsageSum()).add(c.busy_seconds, c.by_tenant)
+        tenants = {name: TenantWindow(cpu[name], requests[name], trusted[name],
+                                      tuple(buckets[name])) for name in cpu}
+        return WindowStats(
+            at=latest.at,
+            seconds=sum(t.interval_seconds for t in self._ticks),
+            ticks=len(self._ticks),
+            incomplete_ticks=sum(1 for t in self._ticks if not t.complete),
+            bounds=tuple(latest.latency_bounds),
+            tenants=tenants,
+            total_cpu_seconds=sum(cpu.values()),
+            total_requests=sum(requests.values()),
+            workers={k: v.freeze() for k, v in workers.items()},
+            cpus={k: v.freeze() for k, v in cpus.items()},
+            psi_some_avg10=latest.psi_some_avg10,
+            runq_p99_seconds=tuple(t.runq_p99_seconds for t in self._ticks),
+        )
+
+
+@dataclass
+class _UsageSum:
+    seconds: float = 0.0
+    by_tenant: dict[str, float] = field(default_factory=dict)
+
+    def add(self, seconds: float, by_tenant: Mapping[str, float]) -> None:
+        self.seconds += seconds
+        for tenant, s in by_tenant.items():
+            self.by_tenant[tenant] = self.by_tenant.get(tenant, 0.0) + s
+
+    def freeze(self) -> Usage:
+        return Usage(self.seconds, dict(self.by_tenant))
+
+
+class Baseline:
+    """Per-tenant latency histograms summed over the last ``seconds`` of ticks that were added.
+
+    The caller adds only calm ticks, so time spent in an incident does not age the baseline out:
+    it is frozen until calm ticks come again.  Running sums keep ``p99()`` O(buckets).
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._ring: deque[tuple[float, dict[str, tuple[int, ...]]]] = deque()
+        self._covered = 0.0
+        self._sums: dict[str, list[int]] = {}
+
+    def clear(self) -> None:
+        self._ring.clear()
+        self._covered = 0.0
+        self._sums.clear()
+
+    @property
+    def covered_seconds(self) -> float:
+        return self._covered
+
+    def add(self, interval_seconds: float, buckets: Mapping[str, Sequence[int]]) -> None:
+        """Add one tick's non-cumulative buckets per tenant; tenants without requests are skipped."""
+        entry = {t: tuple(b) for t, b in buckets.items() if any(b)}
+        self._ring.append((interval_seconds, entry))
+        self._covered += interval_seconds
+        for tenant, b in entry.items():
+            acc = self._sums.setdefault(tenant, [0] * len(b))
+            for i, n in enumerate(b):
+                acc[i] += n
+        while len(self._ring) > 1 and self._covered - self._ring[0][0] >= self.seconds - _EPSILON:
+            old_interval, old = self._ring.popleft()
+            self._covered -= old_interval
+            for tenant, b in old.items():
+                acc = self._sums[tenant]
+                for i, n in enumerate(b):
+                    acc[i] -= n
+                if not any(acc):
+                    del self._sums[tenant]
+
+    def requests(self, tenant: str) -> int:
+        return sum(self._sums.get(tenant, ()))
+
+    def p99(self, bounds: Sequence[float], tenant: str) -> float | None:
+        b = self._sums.get(tenant)
+        return None if b is None else p99(bounds, b)
+
+
+@dataclass
+class Latch:
+    """Hysteresis state of one key."""
+
+    active: bool = False
+    since: float = 0.0  # when the key was last raised (active) or cleared
+    true_run: int = 0  # consecutive evaluations with the condition true
+    false_run: int = 0  # consecutive evaluations with the condition false
+
+
+@dataclass(frozen=True)
+class Transitions(Generic[K]):
+    """What one ``Hysteresis.update`` changed."""
+
+    raised: tuple[K, ...]
+    cleared: tuple[tuple[K, Latch], ...]  # (key, its latch just before it cleared)
+    blocked: tuple[K, ...]  # would have been raised, but raising was not allowed
+
+
+class Hysteresis(Generic[K]):
+    """Raise a key after ``onset`` consecutive true evaluations, clear it after ``clear`` false.
+
+    Keys are tracked only while active or while their condition holds, so memory follows the
+    number of suspects, not the number of tenants ever seen.
+    """
+
+    def __init__(self, onset: int, clear: int) -> None:
+        self.onset = onset
+        self.clear = clear
+        self._latches: dict[K, Latch] = {}
+
+    def latch(self, key: K) -> Latch | None:
+        return self._latches.get(key)
+
+    def active(self) -> Iterable[tuple[K, Latch]]:
+        return ((k, v) for k, v in self._latches.items() if v.active)
+
+    def pending(self) -> Iterable[tuple[K, Latch]]:
+        return ((k, v) for k, v in self._latches.items() if not v.active and v.true_run > 0)
+
+    def update(self, true_keys: Collection[K], at: float, may_raise: bool) -> Transitions[K]:
+        """One evaluation: ``true_keys`` hold their condition now, every other key does not.
+
+        Keys are visited in a fixed order (tracked ones first, then ``true_keys`` in the order
+        given), so the transitions come out in the same order for the same inputs.
+        """
+        raised: list[K] = []
+        cleared: list[tuple[K, Latch]] = []
+        blocked: list[K] = []
+        true_set = set(true_keys)
+        for key in list(dict.fromkeys([*self._latches, *true_keys])):
+            latch = self._latches.setdefault(key, Latch())
+            if key in true_set:
+                latch.true_run += 1
+                latch.false_run = 0
+            else:
+                latch.true_run = 0
+                latch.false_run += 1
+            if not latch.active and latch.true_run >= self.onset:
+                if may_raise:
+                    latch.active, latch.since = True, at
+                    raised.append(key)
+                else:
+                    blocked.append(key)
+            elif latch.active and latch.false_run >= self.clear:
+                cleared.append((key, dataclasses.replace(latch)))
+                latch.active, latch.since = False, at
+            if not latch.active and latch.true_run == 0:
+                del self._latches[key]
+        return Transitions(tuple(raised), tuple(cleared), tuple(blocked))
