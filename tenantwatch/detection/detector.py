@@ -14,12 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from tenantwatch.detection.hotspot import Hotspots
-from tenantwatch.detection.noisy import (
-    MAX_VICTIMS_IN_EVIDENCE,
-    Contention,
-    NoisyNeighbours,
-    assess_contention,
-)
+from tenantwatch.detection.noisy import MAX_VICTIMS_IN_EVIDENCE, Contention, NoisyNeighbours
 from tenantwatch.detection.records import Change, DetectionResult, NodeTick
 from tenantwatch.detection.settings import DetectionSettings
 from tenantwatch.detection.window import Baseline, Window, WindowStats
@@ -56,8 +51,8 @@ class Detector:
             self._bounds = bounds
         self._window.push(tick)
         stats = self._window.stats()
-        contention = assess_contention(stats, self._baseline, self.settings, self.ignore)
-        noisy = self._noisy.evaluate(stats, contention)
+        noisy = self._noisy.evaluate(stats, self._baseline)
+        contention = noisy.contention
         hotspots = self._hotspots.evaluate(stats)
         baseline_fed = self._noisy.calm
         if baseline_fed:
@@ -108,7 +103,13 @@ def _contention(stats: WindowStats, c: Contention, flagged: frozenset[str], base
 
 
 def _check(tick: NodeTick) -> None:
+    """Refuse a malformed tick before it enters any state, so the next good one still works."""
     if not (math.isfinite(tick.at) and math.isfinite(tick.interval_seconds)
             and tick.interval_seconds > 0):
         raise ValueError(f"tick at {tick.at}: needs a finite time and a positive interval, "
                          f"got interval {tick.interval_seconds}")
+    nbuckets = len(tick.latency_bounds) + 1
+    for t in tick.tenants:
+        if len(t.latency_buckets) != nbuckets:
+            raise ValueError(f"tenant {t.tenant!r} at {tick.at}: {len(t.latency_buckets)} latency "
+                             f"buckets, expected {nbuckets} (the bounds and +Inf)")

@@ -32,7 +32,11 @@ class HotspotOutcome:
 
 
 class Hotspots:
-    """Per-(kind, id, tenant) hysteresis over "saturated and owned by one tenant"."""
+    """Per-(kind, id, tenant) hysteresis over "saturated and owned by one tenant".
+
+    An active hotspot is judged at the thresholds times ``release_factor``, so that a worker
+    hovering at the busy threshold does not raise and clear in turn.
+    """
 
     def __init__(self, settings: DetectionSettings, ignore: frozenset[str]) -> None:
         self.settings = settings
@@ -59,20 +63,24 @@ class Hotspots:
         return HotspotOutcome(tuple(active), tuple(sorted(changes, key=_order)), moved.blocked)
 
     def _candidates(self, stats: WindowStats) -> list[HotspotKey]:
+        """Keys hot now: at the raise thresholds, or times release_factor for active ones."""
+        s = self.settings
+        held = {k for k, _ in self._latches.active()}
         out: list[HotspotKey] = []
         kinds: tuple[tuple[Literal["cpu", "worker"], Mapping[int, Usage]], ...] = (
             ("cpu", stats.cpus), ("worker", stats.workers))
         for kind, usages in kinds:
             for ident in sorted(usages):
                 usage = usages[ident]
-                if stats.seconds <= 0 or usage.seconds < self.settings.hotspot_busy * stats.seconds:
+                if stats.seconds <= 0 or usage.seconds <= 0:
                     continue
-                owners = [(s, t) for t, s in usage.by_tenant.items() if t not in self.ignore]
-                if not owners:
-                    continue
-                seconds, tenant = max(owners, key=lambda o: (o[0], o[1]))
-                if seconds >= self.settings.hotspot_share * usage.seconds:
-                    out.append((kind, str(ident), tenant))
+                busy = usage.seconds / stats.seconds
+                for tenant in sorted(t for t in usage.by_tenant if t not in self.ignore):
+                    key: HotspotKey = (kind, str(ident), tenant)
+                    scale = s.release_factor if key in held else 1.0
+                    share = usage.by_tenant[tenant] / usage.seconds
+                    if busy >= scale * s.hotspot_busy and share >= scale * s.hotspot_share:
+                        out.append(key)
         return out
 
     def _evidence(self, key: HotspotKey, stats: WindowStats, latch: Latch) -> dict[str, Any]:

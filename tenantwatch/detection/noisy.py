@@ -58,12 +58,17 @@ class Contention:
 
 
 def assess_contention(stats: WindowStats, baseline: Baseline, settings: DetectionSettings,
-                      ignore: frozenset[str]) -> Contention:
-    """PSI, run-queue delay and victims of the window, judged against ``settings``."""
+                      ignore: frozenset[str], scale: float = 1.0) -> Contention:
+    """PSI, run-queue delay and victims of the window, judged against ``settings``.
+
+    ``scale`` (the release factor, for flags already raised) lowers the PSI, run-queue and
+    victim-factor thresholds; the victim factor never goes below 1.
+    """
     psi = (stats.psi_some_avg10 is not None
-           and stats.psi_some_avg10 >= settings.psi_threshold_percent)
+           and stats.psi_some_avg10 >= scale * settings.psi_threshold_percent)
     over = sum(1 for r in stats.runq_p99_seconds
-               if r is not None and r >= settings.runq_p99_threshold_seconds)
+               if r is not None and r >= scale * settings.runq_p99_threshold_seconds)
+    factor = max(1.0, scale * settings.victim_p99_factor)
     victims: dict[str, Victim] = {}
     for tenant in sorted(stats.tenants):
         w = stats.tenants[tenant]
@@ -75,7 +80,7 @@ def assess_contention(stats: WindowStats, baseline: Baseline, settings: Detectio
         now = p99(stats.bounds, w.buckets)
         if before is None or now is None or before <= 0:
             continue
-        if now >= settings.victim_p99_factor * before and now >= settings.victim_min_p99_seconds:
+        if now >= factor * before and now >= settings.victim_min_p99_seconds:
             victims[tenant] = Victim(tenant, before, now, w.requests)
     return Contention(psi, 2 * over >= stats.ticks and over > 0, over, victims)
 
@@ -84,6 +89,7 @@ def assess_contention(stats: WindowStats, baseline: Baseline, settings: Detectio
 class NoisyOutcome:
     """What one evaluation of the rule found."""
 
+    contention: Contention  # at the raise thresholds
     flagged: tuple[Verdict, ...]  # active flags, by tenant
     changes: tuple[Verdict, ...]  # raised or cleared now
     pending: Mapping[str, int]  # tenant -> consecutive heavy-and-contended evaluations so far
@@ -91,7 +97,11 @@ class NoisyOutcome:
 
 
 class NoisyNeighbours:
-    """Per-tenant hysteresis over "heavy and contended"."""
+    """Per-tenant hysteresis over "heavy and contended".
+
+    A tenant already flagged is judged at its thresholds times ``release_factor``, so that a
+    share or a PSI hovering at the threshold does not raise and clear the flag in turn.
+    """
 
     def __init__(self, settings: DetectionSettings, ignore: frozenset[str]) -> None:
         self.settings = settings
@@ -104,14 +114,26 @@ class NoisyNeighbours:
         return not any(True for _ in self._latches.active()) and \
             not any(True for _ in self._latches.pending())
 
-    def evaluate(self, stats: WindowStats, contention: Contention) -> NoisyOutcome:
-        shares = _Shares(stats, self.settings, self.ignore)
-        suspects = [t for t in sorted(stats.tenants)
-                    if t not in self.ignore and shares.heavy(t) and contention.reasons(t)]
+    def evaluate(self, stats: WindowStats, baseline: Baseline) -> NoisyOutcome:
+        s = self.settings
+        shares = _Shares(stats, s, self.ignore)
+        strict = assess_contention(stats, baseline, s, self.ignore)
+        held = {t for t, _ in self._latches.active()}
+        lenient = assess_contention(stats, baseline, s, self.ignore, s.release_factor) \
+            if held else strict
+
+        def suspect(tenant: str) -> bool:
+            if tenant in held:
+                return shares.heavy(tenant, s.release_factor) and bool(lenient.reasons(tenant))
+            return shares.heavy(tenant) and bool(strict.reasons(tenant))
+
+        suspects = [t for t in sorted(stats.tenants) if t not in self.ignore and suspect(t)]
         moved = self._latches.update(suspects, stats.at, may_raise=stats.complete)
 
         def verdict(tenant: str, latch: Latch, active: bool) -> Verdict:
-            evidence = self._evidence(tenant, stats, shares, contention, latch)
+            scale = s.release_factor if tenant in held else 1.0
+            evidence = self._evidence(tenant, stats, shares, lenient if tenant in held else strict,
+                                      latch, scale)
             if not active:
                 evidence["duration_seconds"] = round(stats.at - latch.since, _DIGITS)
             return Verdict(tenant, active=active, since=latch.since if active else stats.at,
@@ -122,11 +144,12 @@ class NoisyNeighbours:
         changes = [v for v in flagged if v.tenant in moved.raised]
         changes += [verdict(t, latch, False) for t, latch in moved.cleared]
         pending = {t: latch.true_run for t, latch in sorted(self._latches.pending(), key=_first)}
-        return NoisyOutcome(tuple(flagged), tuple(sorted(changes, key=lambda v: v.tenant)),
-                            pending, moved.blocked)
+        return NoisyOutcome(strict, tuple(flagged),
+                            tuple(sorted(changes, key=lambda v: v.tenant)), pending, moved.blocked)
 
     def _evidence(self, tenant: str, stats: WindowStats, shares: _Shares, contention: Contention,
-                  latch: Latch) -> dict[str, Any]:
+                  latch: Latch, scale: float) -> dict[str, Any]:
+        """``contention`` and ``scale`` are the ones the tenant was judged by in this update."""
         victims = contention.victims_of(tenant)
         latest_runq = stats.runq_p99_seconds[-1] if stats.runq_p99_seconds else None
         w = stats.tenants.get(tenant)
@@ -136,7 +159,9 @@ class NoisyNeighbours:
             "fair_share": round(shares.fair_share(tenant), _DIGITS),
             "quota": self.settings.quotas.get(tenant),
             "threshold": round(shares.threshold(tenant), _DIGITS),
-            "heavy": shares.heavy(tenant),
+            "hold_threshold": round(self.settings.release_factor * shares.threshold(tenant),
+                                    _DIGITS),
+            "heavy": shares.heavy(tenant, scale),
             "contention": contention.reasons(tenant),
             "window_seconds": round(stats.seconds, _DIGITS),
             "window_complete": stats.complete,
@@ -187,8 +212,9 @@ class _Shares:
             return s.share_factor * s.quotas[tenant]
         return max(s.min_share, s.share_factor * self.fair_share(tenant))
 
-    def heavy(self, tenant: str) -> bool:
-        return self.share(tenant) > 0 and self.share(tenant) >= self.threshold(tenant)
+    def heavy(self, tenant: str, scale: float = 1.0) -> bool:
+        share = self.share(tenant)
+        return share > 0 and share >= scale * self.threshold(tenant)
 
 
 def _first(item: tuple[str, Latch]) -> str:

@@ -1,9 +1,10 @@
 """Records crossing the detection stage: per-tick inputs (``NodeTick``) and verdicts out.
 
-The daemon builds one ``NodeTick`` per tick from the aggregation deltas, /proc/stat and
-/proc/pressure/cpu; ``Detector.update`` gives back one ``DetectionResult``.  Everything here is
-immutable; ``evidence`` and ``contention`` hold only JSON types (dict, list, str, int, float, bool,
-None) so that the daemon can log them as they are.
+The inputs are the aggregation stage's per-tick records (``Aggregator.node_tick()``), re-exported
+here so that detection has one name for them and imports keep flowing one way;
+``Detector.update`` gives back one ``DetectionResult``.  Everything here is immutable;
+``evidence`` and ``contention`` hold only JSON types (dict, list, str, int, float, bool, None) so
+that the daemon can log them as they are.
 """
 
 from __future__ import annotations
@@ -12,53 +13,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
+from tenantwatch.aggregation.records import CpuTick, NodeTick, TenantTick, WorkerTick
+
+__all__ = [
+    "NOISY_NEIGHBOUR", "Change", "CpuTick", "DetectionResult", "Hotspot", "NodeTick", "TenantTick",
+    "Verdict", "WorkerTick",
+]
+
 NOISY_NEIGHBOUR = "noisy_neighbour"
-
-
-@dataclass(frozen=True)
-class TenantTick:
-    """What one tenant did in one tick."""
-
-    tenant: str
-    trusted: bool
-    cpu_seconds: float  # gateway CPU charged to the tenant in this tick (all sides)
-    requests: int  # server-side requests that ended in this tick
-    # server-side, non-cumulative counts this tick, aligned with NodeTick.latency_bounds + a
-    # last +Inf slot
-    latency_buckets: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class WorkerTick:
-    """CPU of one gateway process (worker) in one tick."""
-
-    tgid: int
-    cpu_seconds: float  # all CPU of that gateway process this tick
-    by_tenant: Mapping[str, float]  # part of it charged to each tenant ("__unattributed__" included)
-
-
-@dataclass(frozen=True)
-class CpuTick:
-    """One CPU in one tick."""
-
-    cpu: int
-    busy_seconds: float  # whole-machine busy time of that CPU this tick (/proc/stat), any process
-    by_tenant: Mapping[str, float]  # gateway time on that CPU charged to each tenant
-
-
-@dataclass(frozen=True)
-class NodeTick:
-    """Everything detection looks at for one tick of the node."""
-
-    at: float  # monotonic seconds at the end of the tick
-    interval_seconds: float
-    tenants: tuple[TenantTick, ...]
-    workers: tuple[WorkerTick, ...]
-    cpus: tuple[CpuTick, ...]
-    latency_bounds: tuple[float, ...]
-    psi_some_avg10: float | None  # /proc/pressure/cpu "some avg10" in percent, None when unavailable
-    runq_p99_seconds: float | None  # p99 run-queue delay of gateway threads this tick
-    complete: bool  # False when the kernel lost events this tick
 
 
 @dataclass(frozen=True)
@@ -66,10 +28,11 @@ class Verdict:
     """A tenant flagged as a noisy neighbour (active) or a flag that has just been cleared.
 
     ``since`` is when the flag was raised (active) or cleared (inactive).  ``evidence`` keys:
-    share, request_share, fair_share, quota, threshold, heavy, contention (list of "psi", "runq",
-    "victims"), window_seconds, window_complete, psi_some_avg10, runq_p99_seconds,
-    runq_ticks_over, victims ([{tenant, p99_before, p99_now, requests}]), victims_total,
-    consecutive, calm, trusted, raised_at; clears add duration_seconds.
+    share, request_share, fair_share, quota, threshold, hold_threshold, heavy, contention (list
+    of "psi", "runq", "victims"), window_seconds, window_complete, incomplete_ticks,
+    psi_some_avg10, runq_p99_seconds, runq_ticks_over, victims ([{tenant, p99_before, p99_now,
+    requests}]), victims_total, consecutive, calm, trusted, raised_at; clears add
+    duration_seconds.
     """
 
     tenant: str
@@ -90,7 +53,7 @@ class Hotspot:
 
     ``id`` is the CPU number or the worker's tgid, as a string.  ``evidence`` keys: busy (fraction
     of the window), busy_seconds, tenant_seconds, tenant_share, window_seconds, window_complete,
-    consecutive, calm, raised_at; clears add duration_seconds.
+    incomplete_ticks, consecutive, calm, raised_at; clears add duration_seconds.
     """
 
     kind: Literal["cpu", "worker"]

@@ -21,6 +21,7 @@ from tenantwatch.identity.records import INVALID, OTHER, UNATTRIBUTED
 # Bounds of the knobs.  They reject values that cannot mean what the operator wants, nothing more.
 MAX_WINDOW_SECONDS = 600.0  # beyond 10 min a "window" is a trend, and detection is too slow to page
 MIN_WINDOW_SECONDS = 0.1  # the shortest capture.tick_seconds: a window holds at least one tick
+MIN_RELEASE_FACTOR = 0.5  # lower, and a flag raised at 2x fair share would hold at 1x: for ever
 MAX_WINDOWS = 1000  # onset/clear counts: 1000 evaluations at 1 s ticks is over 16 min
 MAX_BASELINE_SECONDS = 86_400.0  # the ring holds one bucket vector per tick; a day at most
 MAX_SHARE_FACTOR = 100.0  # 100 x fair share already needs >= 100 tenants to be reachable
@@ -37,6 +38,7 @@ class DetectionSettings:
     window_seconds: float = 5.0
     onset_windows: int = 3
     clear_windows: int = 5
+    release_factor: float = 0.9
     min_share: float = 0.35
     share_factor: float = 2.0
     quotas: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
@@ -75,6 +77,7 @@ def parse_detection(value: Any, field: str) -> DetectionSettings:
         window_seconds=window,
         onset_windows=integer("onset_windows", 1, MAX_WINDOWS),
         clear_windows=integer("clear_windows", 1, MAX_WINDOWS),
+        release_factor=num("release_factor", MIN_RELEASE_FACTOR, 1.0),
         min_share=num("min_share", 0.0, 1.0, lo_open=True),
         share_factor=num("share_factor", 1.0, MAX_SHARE_FACTOR),
         quotas=_quotas(value.get("quotas"), f"{field}.quotas"),

@@ -9,6 +9,7 @@ All three are plain in-memory state driven by the ticks' own clock (``NodeTick.a
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections import deque
 from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -98,33 +99,30 @@ class Window:
             self._ticks.append(tick)
 
     def stats(self) -> WindowStats:
+        """Sums over the window; every tick must have the same bounds (the caller checks)."""
         if not self._ticks:
             raise ValueError("the window holds no tick yet")
         latest = self._ticks[-1]
-        nbuckets = len(latest.latency_bounds) + 1
         cpu: dict[str, float] = {}
         requests: dict[str, int] = {}
         trusted: dict[str, bool] = {}
-        buckets: dict[str, list[int]] = {}
+        buckets: dict[str, tuple[int, ...]] = {}
         workers: dict[int, _UsageSum] = {}
         cpus: dict[int, _UsageSum] = {}
         for tick in self._ticks:
             for t in tick.tenants:
-                if len(t.latency_buckets) != nbuckets:
-                    raise ValueError(f"tenant {t.tenant!r} at {tick.at}: {len(t.latency_buckets)} "
-                                     f"latency buckets, expected {nbuckets}")
                 cpu[t.tenant] = cpu.get(t.tenant, 0.0) + t.cpu_seconds
                 requests[t.tenant] = requests.get(t.tenant, 0) + t.requests
                 trusted[t.tenant] = trusted.get(t.tenant, False) or t.trusted
-                acc = buckets.setdefault(t.tenant, [0] * nbuckets)
-                for i, n in enumerate(t.latency_buckets):
-                    acc[i] += n
+                acc = buckets.get(t.tenant)
+                buckets[t.tenant] = t.latency_buckets if acc is None else \
+                    tuple(map(operator.add, acc, t.latency_buckets))
             for w in tick.workers:
                 workers.setdefault(w.tgid, _UsageSum()).add(w.cpu_seconds, w.by_tenant)
             for c in tick.cpus:
                 cpus.setdefault(c.cpu, _UsageSum()).add(c.busy_seconds, c.by_tenant)
-        tenants = {name: TenantWindow(cpu[name], requests[name], trusted[name],
-                                      tuple(buckets[name])) for name in cpu}
+        tenants = {name: TenantWindow(cpu[name], requests[name], trusted[name], buckets[name])
+                   for name in cpu}
         return WindowStats(
             at=latest.at,
             seconds=sum(t.interval_seconds for t in self._ticks),
@@ -155,45 +153,59 @@ class _UsageSum:
         return Usage(self.seconds, dict(self.by_tenant))
 
 
+# The baseline ring holds this many slots, each summing baseline_seconds / BASELINE_SLOTS of calm
+# ticks.  Memory is O(slots x tenants with requests x buckets) whatever the tick length: with
+# 1000 busy tenants and 17 buckets, ~13 x 1000 x 17 ints.  12 slots of 5 s at the default 60 s:
+# the baseline covers 60..65 s, and ages out 5 s at a time.
+BASELINE_SLOTS = 12
+
+
 class Baseline:
     """Per-tenant latency histograms summed over the last ``seconds`` of ticks that were added.
 
     The caller adds only calm ticks, so time spent in an incident does not age the baseline out:
-    it is frozen until calm ticks come again.  Running sums keep ``p99()`` O(buckets).
+    it is frozen until calm ticks come again.  Ticks are summed into ``BASELINE_SLOTS`` slots
+    (plus the one filling up); running sums keep ``p99()`` O(buckets).
     """
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self._ring: deque[tuple[float, dict[str, tuple[int, ...]]]] = deque()
-        self._covered = 0.0
-        self._sums: dict[str, list[int]] = {}
+        self.slot_seconds = seconds / BASELINE_SLOTS
+        self._ring: deque[_Slot] = deque()  # full slots, oldest first
+        self._open = _Slot()
+        self._sums: dict[str, list[int]] = {}  # over the ring and the open slot
 
     def clear(self) -> None:
         self._ring.clear()
-        self._covered = 0.0
+        self._open = _Slot()
         self._sums.clear()
 
     @property
     def covered_seconds(self) -> float:
-        return self._covered
+        return sum(slot.seconds for slot in self._ring) + self._open.seconds
 
     def add(self, interval_seconds: float, buckets: Mapping[str, Sequence[int]]) -> None:
-        """Add one tick's non-cumulative buckets per tenant; tenants without requests are skipped."""
-        entry = {t: tuple(b) for t, b in buckets.items() if any(b)}
-        self._ring.append((interval_seconds, entry))
-        self._covered += interval_seconds
-        for tenant, b in entry.items():
-            acc = self._sums.setdefault(tenant, [0] * len(b))
-            for i, n in enumerate(b):
-                acc[i] += n
-        while len(self._ring) > 1 and self._covered - self._ring[0][0] >= self.seconds - _EPSILON:
-            old_interval, old = self._ring.popleft()
-            self._covered -= old_interval
-            for tenant, b in old.items():
-                acc = self._sums[tenant]
-                for i, n in enumerate(b):
-                    acc[i] -= n
-                if not any(acc):
+        """Add one tick's non-cumulative buckets per tenant (tenants without requests skipped)."""
+        self._open.seconds += interval_seconds
+        for tenant, b in buckets.items():
+            if not any(b):
+                continue
+            for sums in (self._open.buckets, self._sums):
+                acc = sums.get(tenant)
+                sums[tenant] = list(b) if acc is None else list(map(operator.add, acc, b))
+        if self._open.seconds < self.slot_seconds - _EPSILON:
+            return
+        self._ring.append(self._open)
+        self._open = _Slot()
+        covered = self.covered_seconds
+        while len(self._ring) > 1 and covered - self._ring[0].seconds >= self.seconds - _EPSILON:
+            old = self._ring.popleft()
+            covered -= old.seconds
+            for tenant, b in old.buckets.items():
+                acc = list(map(operator.sub, self._sums[tenant], b))
+                if any(acc):
+                    self._sums[tenant] = acc
+                else:
                     del self._sums[tenant]
 
     def requests(self, tenant: str) -> int:
@@ -202,6 +214,12 @@ class Baseline:
     def p99(self, bounds: Sequence[float], tenant: str) -> float | None:
         b = self._sums.get(tenant)
         return None if b is None else p99(bounds, b)
+
+
+@dataclass
+class _Slot:
+    seconds: float = 0.0
+    buckets: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass

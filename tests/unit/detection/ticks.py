@@ -7,7 +7,14 @@ import random
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from tenantwatch.detection import CpuTick, DetectionResult, Detector, NodeTick, TenantTick, WorkerTick
+from tenantwatch.detection import (
+    CpuTick,
+    DetectionResult,
+    Detector,
+    NodeTick,
+    TenantTick,
+    WorkerTick,
+)
 
 # The daemon's default bounds (config.DEFAULT_LATENCY_BUCKETS): p99 is read at their resolution.
 BOUNDS: tuple[float, ...] = (
