@@ -64,12 +64,13 @@ import math
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable
 
 import yaml
 
+from tenantwatch.detection.settings import DetectionSettings, parse_detection
 from tenantwatch.errors import ConfigError
 from tenantwatch.identity.records import INVALID, OTHER, UNATTRIBUTED
 from tenantwatch.kernel.records import Side
@@ -190,6 +191,7 @@ class Config:
     capture: Capture
     log_format: str = "text"
     log_level: str = "info"
+    detection: DetectionSettings = field(default_factory=DetectionSettings)
 
     @property
     def listen_host(self) -> str:
@@ -260,8 +262,8 @@ def parse_config(data: Any, env: Mapping[str, str] = os.environ) -> Config:
     """Validate already-parsed YAML ``data`` with the environment overrides applied."""
     _warn_unknown_env(env)
     top = _mapping(data, "<file>")
-    _check_keys(top, ("listen", "targets", "tenancy", "enforcement", "capture", "log_format",
-                      "log_level"), "")
+    _check_keys(top, ("listen", "targets", "tenancy", "enforcement", "capture", "detection",
+                      "log_format", "log_level"), "")
     listen, field = _pick(top, "listen", "", DEFAULT_LISTEN, env, ENV_LISTEN)
     listen = _str(listen, field)
     _split_listen(listen, field)
@@ -275,6 +277,7 @@ def parse_config(data: Any, env: Mapping[str, str] = os.environ) -> Config:
         capture=_parse_capture(top.get("capture"), "capture", env),
         log_format=_choice(log_format, LOG_FORMATS, field),
         log_level=_choice(_lower(log_level), LOG_LEVELS, level_field),
+        detection=parse_detection(top.get("detection"), "detection"),
     )
 
 

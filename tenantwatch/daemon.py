@@ -7,6 +7,7 @@ kernel (HttpProbes.drain) -> identity (IdentityResolver, inside the Aggregator)
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import platform
@@ -22,10 +23,13 @@ from prometheus_client import CollectorRegistry
 
 from tenantwatch import __version__
 from tenantwatch.aggregation import Aggregator
+from tenantwatch.aggregation.host import HostSampler
 from tenantwatch.aggregation.records import Snapshot
 from tenantwatch.config import Config, load_config
+from tenantwatch.detection import DetectionResult, Detector
 from tenantwatch.errors import ConfigError
 from tenantwatch.exporters import ApiServer, TenantCollector
+from tenantwatch.exporters.detection import DetectionCollector, hotspots_payload
 from tenantwatch.identity import IdentityResolver
 from tenantwatch.kernel.loader import HttpProbes, KernelSource
 from tenantwatch.kernel.records import Side
@@ -96,11 +100,18 @@ class Daemon:
         self.scanner = ProcessScanner([t.process for t in config.targets])
         self.resolver = IdentityResolver(config.tenancy)
         self.aggregator = Aggregator(self.resolver, config.capture.latency_buckets)
+        self.host = HostSampler()
+        default = config.tenancy.default
+        self.detector = Detector(config.detection, ignore={default} if default else ())
+        self.detection: DetectionResult | None = None
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(TenantCollector(self.snapshot, {
             "version": __version__, "kernel": platform.release()}))
+        self.registry.register(DetectionCollector(lambda: self.detection))
         self.api = ApiServer(config.listen_host, config.listen_port, self.snapshot, self.health,
-                             self.registry)
+                             self.registry,
+                             extra_routes={"/api/v1/hotspots":
+                                           lambda: hotspots_payload(self.detection)})
         self._ready = False
         self._ticks = 0
         self._last_tick = time.monotonic()
@@ -190,7 +201,13 @@ class Daemon:
             self._retarget()
         if self._ticks % SWEEP_EVERY_TICKS == 0:
             self.probes.forget_connections(self.probes.targets())
-        self.aggregator.apply(self.probes.drain())
+        self.aggregator.apply(self.probes.drain(), self.host.sample(),
+                              self.config.capture.tick_seconds)
+        node = self.aggregator.node_tick()
+        if node is not None:
+            self.detection = self.detector.update(node)
+            for change in self.detection.changes:  # one structured line per change
+                log.warning("detection %s", json.dumps(change.as_dict(), sort_keys=True))
         self._last_tick = time.monotonic()
 
     def run(self) -> int:

@@ -186,7 +186,7 @@ class HttpProbes:
         self._name_filter()
         c.nrunq = len(RUNQ_BOUNDS_SECONDS)
         for i, bound in enumerate(RUNQ_BOUNDS_SECONDS):
-            c.runq_bounds_ns[i] = int(round(bound * 1e9))
+            c.runq_bounds_ns[i] = round(bound * 1e9)
         for i, name in enumerate(self.process_names):
             raw = name.encode()[: abi.COMM_LEN - 1]
             for j in range(abi.COMM_LEN):
