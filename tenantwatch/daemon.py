@@ -153,7 +153,7 @@ class Daemon:
         self._retarget()
         self.api.start()
         self._ready = True
-        self.aggregator.apply(self.probes.drain())
+        self._apply()
         log.info("tenantwatch %s ready: %d probes, %d target processes, listening on %s:%s",
                  __version__, sum(self.probes.probes.values()), len(self.probes.targets()),
                  self.config.listen_host, self.api.port)
@@ -201,6 +201,11 @@ class Daemon:
             self._retarget()
         if self._ticks % SWEEP_EVERY_TICKS == 0:
             self.probes.forget_connections(self.probes.targets())
+        self._apply()
+        self._last_tick = time.monotonic()
+
+    def _apply(self) -> None:
+        """Drain the kernel once and run the stages after it."""
         self.aggregator.apply(self.probes.drain(), self.host.sample(),
                               self.config.capture.tick_seconds)
         node = self.aggregator.node_tick()
@@ -208,7 +213,6 @@ class Daemon:
             self.detection = self.detector.update(node)
             for change in self.detection.changes:  # one structured line per change
                 log.warning("detection %s", json.dumps(change.as_dict(), sort_keys=True))
-        self._last_tick = time.monotonic()
 
     def run(self) -> int:
         self._wake_fds = os.pipe()
