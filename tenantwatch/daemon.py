@@ -28,7 +28,7 @@ from tenantwatch.aggregation.records import Snapshot
 from tenantwatch.config import Config, load_config
 from tenantwatch.detection import DetectionResult, Detector
 from tenantwatch.errors import ConfigError
-from tenantwatch.exporters import ApiServer, TenantCollector
+from tenantwatch.exporters import ApiServer, TenantCollector, tenants_payload
 from tenantwatch.exporters.detection import DetectionCollector, hotspots_payload
 from tenantwatch.identity import IdentityResolver
 from tenantwatch.kernel.loader import HttpProbes, KernelSource
@@ -110,8 +110,10 @@ class Daemon:
         self.registry.register(DetectionCollector(lambda: self.detection))
         self.api = ApiServer(config.listen_host, config.listen_port, self.snapshot, self.health,
                              self.registry,
-                             extra_routes={"/api/v1/hotspots":
-                                           lambda: hotspots_payload(self.detection)})
+                             extra_routes={
+                                 "/api/v1/hotspots": lambda: hotspots_payload(self.detection),
+                                 "/api/v1/tenants": self._tenants_doc,
+                             })
         self._ready = False
         self._ticks = 0
         self._last_tick = time.monotonic()
@@ -144,6 +146,20 @@ class Daemon:
             "identity_rejected": dict(snap.identity_rejected),
             "drain_path": self.probes.drain_path,
         }
+
+    def _tenants_doc(self) -> tuple[int, dict[str, Any]]:
+        """/api/v1/tenants: the aggregation snapshot plus CPU shares and detection flags."""
+        doc = tenants_payload(self.snapshot())
+        result = self.detection
+        flags: dict[str, list[str]] = {}
+        if result is not None:
+            doc["cpu_share"] = dict(result.shares)
+            for v in result.noisy:
+                flags.setdefault(v.tenant, []).append("NOISY")
+            for h in result.hotspots:
+                flags.setdefault(h.tenant, []).append(f"HOT:{h.kind}{h.id}")
+        doc["flags"] = flags
+        return 200, doc
 
     # ------------------------------------------------------------------ lifecycle
 

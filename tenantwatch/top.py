@@ -122,7 +122,11 @@ def render_table(
         "P50 MS",
         "P99 MS",
         "ACTIVE",
+        "CPU%",
+        "FLAGS",
     ]
+    shares: Mapping[str, float] = payload.get("cpu_share", {}) or {}
+    flags: Mapping[str, list] = payload.get("flags", {}) or {}
     rows: list[list[str]] = []
     for t in tenants:
         by_class = t.get("requests_by_class", {})
@@ -139,6 +143,8 @@ def render_table(
                 _ms(t.get("latency_p50_seconds")),
                 _ms(t.get("latency_p99_seconds")),
                 str(t.get("connections_active", 0)),
+                f"{100 * shares[t['tenant']]:.1f}" if t["tenant"] in shares else "-",
+                ",".join(flags.get(t["tenant"], [])),
             ]
         )
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]

@@ -81,14 +81,25 @@ def test_render_table_columns_and_values() -> None:
         "P99",
         "MS",
         "ACTIVE",
+        "CPU%",
+        "FLAGS",
     ]
     assert "identity rejected: 4" in table and "events lost: 2" in table
-    # no previous payload: no rate, sorted by total requests
+    # no previous payload: no rate, sorted by total requests; no CPU share or flags yet
     assert rows(table) == [
-        ["acme", "server", "-", "10", "7", "2", "1", "10.0", "100", "3"],
-        ["acme", "client", "-", "9", "9", "0", "0", "10.0", "10.0", "2"],
-        ["globex", "server", "-", "3", "3", "0", "0", "1.0", "1.0", "0"],
+        ["acme", "server", "-", "10", "7", "2", "1", "10.0", "100", "3", "-"],
+        ["acme", "client", "-", "9", "9", "0", "0", "10.0", "10.0", "2", "-"],
+        ["globex", "server", "-", "3", "3", "0", "0", "1.0", "1.0", "0", "-"],
     ]
+
+
+def test_render_table_shows_cpu_share_and_flags() -> None:
+    payload = dict(tenants_payload(make_snapshot()))
+    payload["cpu_share"] = {"acme": 0.8125, "globex": 0.1}
+    payload["flags"] = {"acme": ["NOISY", "HOT:worker42"]}
+    got = {r[0] + "/" + r[1]: r[10:] for r in rows(render_table(payload))}
+    assert got["acme/server"] == ["81.2", "NOISY,HOT:worker42"]
+    assert got["globex/server"] == ["10.0"]
 
 
 def test_render_table_rate_from_the_daemons_timestamps() -> None:

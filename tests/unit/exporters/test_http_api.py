@@ -30,6 +30,7 @@ TENANT_KEYS = {
     "latency_sum_seconds",
     "connections_active",
     "connections_opened",
+    "cpu_seconds",
 }
 
 
