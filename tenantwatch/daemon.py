@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from tenantwatch import __version__
 from tenantwatch.aggregation import Aggregator
+from tenantwatch.aggregation.backends import BackendCpuReader
 from tenantwatch.aggregation.host import HostSampler
 from tenantwatch.aggregation.records import Snapshot
 from tenantwatch.config import Config, load_config
@@ -100,7 +101,7 @@ class Daemon:
         self.scanner = ProcessScanner([t.process for t in config.targets])
         self.resolver = IdentityResolver(config.tenancy)
         self.aggregator = Aggregator(self.resolver, config.capture.latency_buckets)
-        self.host = HostSampler()
+        self.host = HostSampler(backends=BackendCpuReader(config.enforcement.cgroup))
         default = config.tenancy.default
         self.detector = Detector(config.detection, ignore={default} if default else ())
         self.detection: DetectionResult | None = None
@@ -222,7 +223,7 @@ class Daemon:
 
     def _apply(self) -> None:
         """Drain the kernel once and run the stages after it."""
-        self.aggregator.apply(self.probes.drain(), self.host.sample(),
+        self.aggregator.apply(self.probes.drain(), self.host.sample(self.resolver.tenants()),
                               self.config.capture.tick_seconds)
         node = self.aggregator.node_tick()
         if node is not None:

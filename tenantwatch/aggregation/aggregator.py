@@ -21,6 +21,7 @@ from types import MappingProxyType
 from typing import Callable, Protocol
 
 from tenantwatch.aggregation.records import (
+    BackendUsage,
     CpuTick,
     HostSample,
     NodeTick,
@@ -161,6 +162,7 @@ class Aggregator:
         self._shape_warned = False
         self._runq: tuple[tuple[float, ...], tuple[int, ...], int] = ((), (), 0)
         self._psi: float | None = None
+        self._backends: dict[str, BackendUsage] = {}
         self._node: NodeTick | None = None
         self._latest: Snapshot = self._build_snapshot()
 
@@ -177,6 +179,8 @@ class Aggregator:
                 self._fold(counts, per_tick)
             for cpu in tick.cpu:
                 self._fold_cpu(cpu, per_tick)
+            if host is not None:
+                self._fold_backends(host, per_tick)
             prev_runq = self._runq[1]
             self._runq = (tick.runq_bounds_seconds, tick.runq_buckets, tick.runq_sum_ns)
             self._psi = host.psi_some_avg10 if host else None
@@ -219,6 +223,15 @@ class Aggregator:
         w[tenant] = w.get(tenant, 0.0) + seconds
         u = per_tick.cpus.setdefault(c.cpu, {})
         u[tenant] = u.get(tenant, 0.0) + seconds
+
+    def _fold_backends(self, host: HostSample, per_tick: _TickDeltas) -> None:
+        """A tenant's own backend cgroup is part of its cost: its CPU delta joins the tick's."""
+        for tenant, usage in host.backends.items():
+            before = self._backends.get(tenant)
+            if before is not None and usage.usage_seconds >= before.usage_seconds:
+                delta = usage.usage_seconds - before.usage_seconds
+                per_tick.cpu[tenant] = per_tick.cpu.get(tenant, 0.0) + delta
+        self._backends = dict(host.backends)
 
     def _totals_of(self, tenant: str, side: Side) -> _Totals:
         totals = self._totals.get((tenant, side))
@@ -336,4 +349,5 @@ class Aggregator:
             runq_buckets=_cumulative(self._runq[1]) if self._runq[1] else (),
             runq_sum_seconds=self._runq[2] / NS_PER_SECOND,
             psi_some_avg10=self._psi,
+            backends=MappingProxyType(dict(self._backends)),
         )

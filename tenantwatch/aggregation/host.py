@@ -7,24 +7,29 @@ or an empty mapping, never an exception in the tick.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
+from tenantwatch.aggregation.backends import BackendCpuReader
 from tenantwatch.aggregation.records import HostSample
 
 USER_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 class HostSampler:
-    """Reads /proc/stat and /proc/pressure/cpu; busy time is the delta since the last call."""
+    """Reads /proc/stat and /proc/pressure/cpu (busy time is the delta since the last call) and,
+    with a BackendCpuReader, the tenants' own backend cgroups."""
 
-    def __init__(self, proc: str = "/proc") -> None:
+    def __init__(self, proc: str = "/proc", backends: BackendCpuReader | None = None) -> None:
         self.proc = proc
+        self.backends = backends
         self._last: dict[int, int] = {}
 
-    def sample(self) -> HostSample:
+    def sample(self, tenants: Iterable[str] = ()) -> HostSample:
         busy_now = self._busy_ticks()
         delta = {cpu: max(0, t - self._last.get(cpu, t)) / USER_HZ for cpu, t in busy_now.items()}
         self._last = busy_now
-        return HostSample(cpu_busy_seconds=delta, psi_some_avg10=self._psi())
+        backends = self.backends.read(tenants) if self.backends is not None else {}
+        return HostSample(cpu_busy_seconds=delta, psi_some_avg10=self._psi(), backends=backends)
 
     def _busy_ticks(self) -> dict[int, int]:
         out: dict[int, int] = {}

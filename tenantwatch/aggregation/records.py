@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tenantwatch.kernel.records import Side
 
@@ -47,6 +47,17 @@ class Snapshot:
     runq_buckets: tuple[int, ...] = ()
     runq_sum_seconds: float = 0.0
     psi_some_avg10: float | None = None  # /proc/pressure/cpu, percent; None when unavailable
+    backends: Mapping[str, BackendUsage] = field(default_factory=dict)  # tenant's own cgroup
+
+
+@dataclass(frozen=True)
+class BackendUsage:
+    """Cumulative counters of one tenant's own backend cgroup (aggregation/backends.py)."""
+
+    usage_seconds: float
+    throttled_seconds: float
+    nr_throttled: int
+    cgroup_version: int
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,7 @@ class HostSample:
 
     cpu_busy_seconds: Mapping[int, float]  # per CPU, busy time since the previous sample
     psi_some_avg10: float | None  # /proc/pressure/cpu "some avg10" in percent
+    backends: Mapping[str, BackendUsage] = field(default_factory=dict)  # cumulative, by tenant
 
 
 # ---- per-tick deltas for detection (detection/ reads these; imports flow one way) ----

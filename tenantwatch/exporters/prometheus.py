@@ -140,6 +140,16 @@ class TenantCollector:
             PREFIX + "node_cpu_pressure_ratio",
             "Share of time some task waited for CPU over the last 10 s (PSI some avg10 / 100)",
         )
+        backend_cpu = CounterMetricFamily(
+            PREFIX + "backend_cpu_seconds_total",
+            "CPU time of the tenant's own backend cgroup (enforcement.cgroup), when it exists",
+            labels=["tenant"],
+        )
+        backend_throttled = CounterMetricFamily(
+            PREFIX + "backend_cpu_throttled_seconds_total",
+            "Time the tenant's own backend cgroup was throttled by its CPU limit",
+            labels=["tenant"],
+        )
         targets = GaugeMetricFamily(PREFIX + "targets", "Gateway processes traced now")
         ticks = CounterMetricFamily(
             PREFIX + "ticks_total", "Aggregation ticks completed since start"
@@ -167,6 +177,9 @@ class TenantCollector:
                 rq_bounds = [floatToGoString(b) for b in snap.runq_bounds_seconds] + ["+Inf"]
                 runq.add_metric([], buckets=list(zip(rq_bounds, snap.runq_buckets)),
                                 sum_value=snap.runq_sum_seconds)
+            for tenant, usage in sorted(snap.backends.items()):
+                backend_cpu.add_metric([tenant], usage.usage_seconds)
+                backend_throttled.add_metric([tenant], usage.throttled_seconds)
             if snap.psi_some_avg10 is not None:
                 pressure.add_metric([], snap.psi_some_avg10 / 100.0)
             targets.add_metric([], snap.targets)
@@ -186,6 +199,8 @@ class TenantCollector:
             cpu,
             runq,
             pressure,
+            backend_cpu,
+            backend_throttled,
             probes,
             targets,
             ticks,
