@@ -27,8 +27,8 @@ def test_backend_usage_matches_the_process_cpu_time():
     made = [CPU / name, CPUACCT / name]
     for d in made:
         d.mkdir()
-    proc = subprocess.Popen([sys.executable, "-c", "import time\nt=time.time()\n"
-                             "while time.time()-t<1.0: pass"])
+    burn = "import time\nt = time.time()\nwhile time.time() - t < 1.0: pass"
+    proc = subprocess.Popen([sys.executable, "-c", burn])
     try:
         for d in made:
             (d / "cgroup.procs").write_text(str(proc.pid))
