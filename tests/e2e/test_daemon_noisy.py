@@ -97,7 +97,7 @@ class Load:
         except Exception as e:  # noqa: BLE001 - reported by the test
             self.errors.append((tenant, repr(e)))
 
-    def __enter__(self) -> "Load":  # noqa: PYI034
+    def __enter__(self) -> Load:  # noqa: PYI034
         for t in self.threads:
             t.start()
         return self
