@@ -652,6 +652,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--path", default="/direct",
                    help="request path: /direct is answered by nginx itself, / proxies to the "
                         "Python backend (which then is the bottleneck) [/direct]")
+    p.add_argument("--upstream", choices=("python", "nginx"), default="python",
+                   help="what / proxies to: the Python backend, or a second, untraced nginx "
+                        "(named tw-bench-upstream) answering /up itself: a proxying gateway "
+                        "with a fast upstream, use with --path /up [python]")
     p.add_argument("--warmup", type=float, default=2, help="seconds of wrk before round 1 [2]")
     p.add_argument("--json", metavar="FILE", help="write runs and summary as JSON")
     p.add_argument("--tenantwatch", metavar="PATH", default=default_tenantwatch(),
@@ -701,15 +705,27 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmpdir)
         backend = Backend()
         gateway: NginxGateway | None = None
+        upstream: NginxGateway | None = None
         stats_was: str | None = None
         try:
             if args.bpf_stats:
                 stats_was = BPF_STATS_SYSCTL.read_text().strip()
                 BPF_STATS_SYSCTL.write_text("1\n")
             backend.start()
+            upstream_port = backend.port
+            if args.upstream == "nginx":
+                # A second nginx under another name (comm), so the daemon does not trace it.
+                link = tmp / "tw-bench-upstream"
+                link.symlink_to(Path(shutil.which("nginx") or "/usr/sbin/nginx").resolve())
+                upstream = NginxGateway(
+                    tmp / "upstream", free_port(), backend.port, workers=1, nginx=str(link),
+                    extra_server='        location = /up { return 200 "ok\\n"; }\n'
+                                 "        access_log off;")
+                upstream.start()
+                upstream_port = upstream.listen_port
             listen = free_port()
             gateway = NginxGateway(
-                tmp / "nginx", listen, backend.port, workers=args.workers,
+                tmp / "nginx", listen, upstream_port, workers=args.workers,
                 extra_server="        access_log off;" if args.no_access_log else "",
             )
             gateway.start()
@@ -750,6 +766,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if gateway is not None:
                 gateway.stop()
+            if upstream is not None:
+                upstream.stop()
             backend.stop()
             if stats_was is not None:
                 BPF_STATS_SYSCTL.write_text(stats_was + "\n")
