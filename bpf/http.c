@@ -93,11 +93,14 @@ struct tw_parser {
 	__u32 after_skip; /* AFTER_* */
 	__u32 prev_identity; /* previous header line was an identity header (obs-fold) */
 	__u32 name0;      /* first byte of the header name, lowercased */
+	__u32 _pad0;
+	__u64 method;     /* packed method bytes of the current request */
 };
 
 struct tw_inflight {
 	__u64 key;
 	__u64 start_ns;
+	__u64 method;   /* packed method bytes (for slow-request events) */
 	__u32 mflags;
 	__u32 _pad;
 };
@@ -178,6 +181,17 @@ BPF_PERCPU_ARRAY(tw_val_tmpl, struct tw_agg_val, 1);
 BPF_PERCPU_ARRAY(tw_conn_tmpl, struct tw_conn, 1);
 BPF_ARRAY(tw_dfa, struct tw_dfa, 1);
 BPF_PROG_ARRAY(tw_progs, 1);
+struct tw_rate {
+	__u64 window_ns;
+	__u64 sent;
+};
+BPF_PERCPU_ARRAY(tw_slow_rate, struct tw_rate, 1);
+#ifdef TW_HAVE_RINGBUF
+/* 64 KiB: ~1300 events of 48 bytes between two polls (one per tick). */
+BPF_RINGBUF_OUTPUT(tw_slow_events, 16);
+#else
+BPF_PERF_OUTPUT(tw_slow_events);
+#endif
 
 #define TW_FNV_PRIME1 0x100000001b3ull
 #define TW_FNV_PRIME2 0x9e3779b97f4a7c15ull
@@ -367,11 +381,41 @@ static __always_inline void tw_request_done(struct tw_ctl *ctl, struct tw_conn *
 	f->key = key;
 	f->start_ns = ts;
 	f->mflags = p->mflags;
+	f->method = p->method;
 	c->fifo_tail = tail + 1;
 }
 
 /* A response head has ended with p->status. Returns the M_HEAD flag of its request. */
-static __always_inline __u32 tw_response_done(struct tw_ctl *ctl, struct tw_conn *c,
+/* A slow request: one event to user space (a trace span), rate-limited per CPU. */
+static __always_inline void tw_slow(void *ctx, struct tw_ctl *ctl, struct tw_conn *c,
+				    struct tw_inflight *f, __u64 lat, __u32 status)
+{
+	__u32 zero = 0;
+	struct tw_rate *r = tw_slow_rate.lookup(&zero);
+	if (!r)
+		return;
+	__u64 now = bpf_ktime_get_ns();
+	if (now - r->window_ns >= 1000000000ull) {
+		r->window_ns = now;
+		r->sent = 0;
+	}
+	if (r->sent >= ctl->slow_per_cpu_per_sec) {
+		tw_lose(TW_LOST_SLOW_RATE_LIMITED);
+		return;
+	}
+	r->sent++;
+	struct tw_slow_event e = {
+		.key = f->key, .start_ns = f->start_ns, .latency_ns = lat, .method = f->method,
+		.tgid = bpf_get_current_pid_tgid() >> 32, .side = c->side, .status = status,
+	};
+#ifdef TW_HAVE_RINGBUF
+	tw_slow_events.ringbuf_output(&e, sizeof(e), 0);
+#else
+	tw_slow_events.perf_submit(ctx, &e, sizeof(e));
+#endif
+}
+
+static __always_inline __u32 tw_response_done(void *ctx, struct tw_ctl *ctl, struct tw_conn *c,
 					      struct tw_parser *p, __u64 ts, struct tw_job *j)
 {
 	__u32 status = p->status;
@@ -387,6 +431,8 @@ static __always_inline __u32 tw_response_done(struct tw_ctl *ctl, struct tw_conn
 	__u64 lat = ts > f->start_ns ? ts - f->start_ns : 0;
 	__u32 mflags = f->mflags;
 	tw_count_end(ctl, c, f->key, cls, lat, 1, j);
+	if (ctl->slow_ns && lat >= ctl->slow_ns)
+		tw_slow(ctx, ctl, c, f, lat, status);
 	c->fifo_head = head + 1;
 	return mflags;
 }
@@ -411,7 +457,7 @@ static __always_inline void tw_message_reset(struct tw_parser *p, int is_req)
 }
 
 /* The head ended (blank line): count it and decide how its body ends. */
-static __always_inline void tw_head_end(struct tw_ctl *ctl, struct tw_conn *c,
+static __always_inline void tw_head_end(void *ctx, struct tw_ctl *ctl, struct tw_conn *c,
 					struct tw_parser *p, int is_req, struct tw_job *j)
 {
 	__u32 mflags = p->mflags;
@@ -432,7 +478,7 @@ static __always_inline void tw_head_end(struct tw_ctl *ctl, struct tw_conn *c,
 		return;
 	}
 	__u32 status = p->status;
-	__u32 req_flags = tw_response_done(ctl, c, p, j->ts_ns, j);
+	__u32 req_flags = tw_response_done(ctx, ctl, c, p, j->ts_ns, j);
 	tw_message_reset(p, 0);
 	if (status == 101) {
 		/* Upgraded (WebSocket ...): what follows is not HTTP/1.x. */
@@ -723,6 +769,7 @@ int tw_parse(void *ctx)
 			p->word = (p->word << 8) | ch;
 			break;
 		case TW_A_METHOD_END:
+			p->method = p->word;
 			if (p->word == 0x48454144ull)  /* "HEAD" */
 				p->mflags |= M_HEAD;
 			break;
@@ -749,7 +796,7 @@ int tw_parse(void *ctx)
 	j->seg_off += used;
 	j->remaining -= used;
 	if (event == TW_E_HEAD_END) {
-		tw_head_end(ctl, c, p, is_req, j);
+		tw_head_end(ctx, ctl, c, p, is_req, j);
 	} else if (event == TW_E_CHUNK_LINE) {
 		if (p->num == 0) {
 			p->state = TW_S_TS;  /* last chunk: trailers up to a blank line */

@@ -61,7 +61,8 @@
 #define TW_LOST_READ_FAULT         6  /* user memory could not be read */
 #define TW_LOST_RESYNC             7  /* parser met bytes it cannot place and gave up on a connection */
 #define TW_LOST_CPU_MAP_FULL       8  /* CPU time folded into the overflow entry: tw_cpu full */
-#define TW_LOST_MAX                9
+#define TW_LOST_SLOW_RATE_LIMITED  9  /* a slow request not sent as an event: over the rate */
+#define TW_LOST_MAX               10
 
 /* Run-queue delay buckets (wakeup -> running of target threads): bounds in
  * tw_ctl.runq_bounds_ns, exported as tenantwatch_runqueue_delay_seconds. */
@@ -137,7 +138,23 @@ struct tw_ctl {
 	__u32 name_first[TW_NAME_MAX + 1];
 	__u32 nrunq;        /* run-queue bounds in use */
 	__u64 runq_bounds_ns[TW_RUNQ_BUCKETS];
+	__u64 slow_ns;      /* a request at least this slow is sent to user space (0: none) */
+	__u32 slow_per_cpu_per_sec;  /* rate limit of those events, per CPU */
+	__u32 _pad;
 	__u8 comms[TW_MAX_COMMS][TW_COMM_LEN];
+};
+
+/* One sampled slow request (a trace span in user space): rate-limited, never one
+ * per request in steady state. */
+struct tw_slow_event {
+	__u64 key;         /* identity key, as in tw_agg_key */
+	__u64 start_ns;    /* request head seen (bpf_ktime_get_ns, CLOCK_MONOTONIC) */
+	__u64 latency_ns;  /* until the response head */
+	__u64 method;      /* up to 8 method bytes, packed big-endian ("GET" = 0x474554) */
+	__u32 tgid;
+	__u32 side;        /* TW_SIDE_* */
+	__u32 status;
+	__u32 _pad;
 };
 
 #endif /* TW_ABI_H */

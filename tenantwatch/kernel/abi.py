@@ -65,6 +65,12 @@ class CpuKey(ct.Structure):
                 ("side", ct.c_uint8), ("gen", ct.c_uint8)]
 
 
+class SlowEvent(ct.Structure):
+    _fields_ = [("key", ct.c_uint64), ("start_ns", ct.c_uint64), ("latency_ns", ct.c_uint64),
+                ("method", ct.c_uint64), ("tgid", ct.c_uint32), ("side", ct.c_uint32),
+                ("status", ct.c_uint32), ("_pad", ct.c_uint32)]
+
+
 class AggKey(ct.Structure):
     _fields_ = [("key", ct.c_uint64), ("side", ct.c_uint32), ("_pad", ct.c_uint32)]
 
@@ -116,5 +122,8 @@ class Ctl(ct.Structure):
         ("name_first", ct.c_uint32 * (NAME_MAX + 1)),
         ("nrunq", ct.c_uint32),
         ("runq_bounds_ns", ct.c_uint64 * RUNQ_BUCKETS),
+        ("slow_ns", ct.c_uint64),
+        ("slow_per_cpu_per_sec", ct.c_uint32),
+        ("_pad", ct.c_uint32),
         ("comms", (ct.c_uint8 * COMM_LEN) * MAX_COMMS),
     ]

@@ -21,7 +21,14 @@ from pathlib import Path
 
 from tenantwatch.errors import KernelSupportError, PermissionProblem
 from tenantwatch.kernel import abi, dfa
-from tenantwatch.kernel.records import CpuCounts, IdentityCounts, KernelTick, Side, ValueFlag
+from tenantwatch.kernel.records import (
+    CpuCounts,
+    IdentityCounts,
+    KernelTick,
+    Side,
+    SlowRequest,
+    ValueFlag,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +84,8 @@ class HttpProbes:
         process_names: Sequence[str],
         latency_bounds_seconds: Sequence[float],
         max_connections: int = 65536,
+        slow_request_seconds: float = 0.0,
+        slow_requests_per_cpu_per_second: int = 20,
     ) -> None:
         if len(sources) > abi.MAX_SOURCES:
             raise ValueError(f"at most {abi.MAX_SOURCES} sources")
@@ -88,6 +97,10 @@ class HttpProbes:
         self.process_names = tuple(process_names)
         self.bounds = tuple(latency_bounds_seconds)
         self.max_connections = max_connections
+        self.slow_ns = round(slow_request_seconds * 1e9)
+        self.slow_rate = slow_requests_per_cpu_per_second
+        self._slow: list[SlowRequest] = []
+        self._ringbuf = kernel_version() >= (5, 8)
         self._bpf = None
         self._ctl = abi.Ctl()
         self._lost_seen: list[int] = [0] * len(abi.LOST_REASONS)
@@ -110,6 +123,8 @@ class HttpProbes:
         ]
         if kernel_version() >= (5, 5):
             flags.append("-DTW_HAVE_PROBE_READ_USER=1")
+        if self._ringbuf:
+            flags.append("-DTW_HAVE_RINGBUF=1")
         return flags
 
     def source_path(self) -> Path:
@@ -162,6 +177,10 @@ class HttpProbes:
                 self._insert_overflow(b[m])
             for gen in (0, 1):
                 b[b"tw_cpu"][abi.CpuKey(key=abi.KEY_OVERFLOW, gen=gen)] = ct.c_uint64(0)
+            if self._ringbuf:
+                b[b"tw_slow_events"].open_ring_buffer(self._on_slow)
+            else:
+                b[b"tw_slow_events"].open_perf_buffer(self._on_slow, page_cnt=16)
         except Exception as e:
             self.close()
             raise KernelSupportError(f"setting up the BPF maps failed: {e}") from e
@@ -184,6 +203,8 @@ class HttpProbes:
         c.active = 0
         c.ncomms = len(self.process_names)
         self._name_filter()
+        c.slow_ns = self.slow_ns
+        c.slow_per_cpu_per_sec = self.slow_rate
         c.nrunq = len(RUNQ_BOUNDS_SECONDS)
         for i, bound in enumerate(RUNQ_BOUNDS_SECONDS):
             c.runq_bounds_ns[i] = round(bound * 1e9)
@@ -313,7 +334,29 @@ class HttpProbes:
                           targets=len(self.targets()), probes=dict(self.probes),
                           monotonic_ns=time.monotonic_ns(), cpu=self._drain_cpu(old),
                           runq_bounds_seconds=RUNQ_BOUNDS_SECONDS, runq_buckets=runq,
-                          runq_sum_ns=runq_sum)
+                          runq_sum_ns=runq_sum, slow=self._poll_slow())
+
+    def _on_slow(self, _ctx, data, _size) -> int:
+        e = ct.cast(data, ct.POINTER(abi.SlowEvent)).contents
+        method = int(e.method).to_bytes(8, "big").lstrip(b"\0").decode("ascii", "replace")
+        self._slow.append(SlowRequest(
+            key=int(e.key), side=Side.SERVER if e.side == abi.SIDE_SERVER else Side.CLIENT,
+            start_monotonic_ns=int(e.start_ns), latency_ns=int(e.latency_ns), method=method,
+            status=int(e.status), tgid=int(e.tgid)))
+        return 0
+
+    def _poll_slow(self) -> tuple[SlowRequest, ...]:
+        if self._ringbuf:
+            self._bpf.ring_buffer_consume()
+        else:
+            self._bpf.perf_buffer_poll(timeout=0)
+        out = tuple(self._slow)
+        self._slow.clear()
+        return out
+
+    @property
+    def event_path(self) -> str:
+        return "ring buffer" if self._ringbuf else "perf buffer"
 
     def _drain_cpu(self, gen: int) -> tuple[CpuCounts, ...]:
         """Read and delete the CPU entries of the generation the kernel no longer writes."""

@@ -66,6 +66,19 @@ class CpuCounts:
 
 
 @dataclass(frozen=True)
+class SlowRequest:
+    """One request slower than capture.slow_request_seconds (sampled, rate-limited)."""
+
+    key: int
+    side: Side
+    start_monotonic_ns: int  # CLOCK_MONOTONIC, as time.monotonic_ns()
+    latency_ns: int
+    method: str
+    status: int
+    tgid: int
+
+
+@dataclass(frozen=True)
 class KernelTick:
     """Everything drained from the kernel in one tick."""
 
@@ -80,3 +93,4 @@ class KernelTick:
     runq_bounds_seconds: tuple[float, ...] = ()
     runq_buckets: tuple[int, ...] = ()
     runq_sum_ns: int = 0
+    slow: tuple[SlowRequest, ...] = ()

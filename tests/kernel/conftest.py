@@ -18,6 +18,8 @@ def probes():
                  KernelSource("x-tenant-id", (Side.SERVER,))],
         process_names=["python3-twsrv"],
         latency_bounds_seconds=(0.001, 0.01, 0.1, 1.0),
+        slow_request_seconds=0.05,
+        slow_requests_per_cpu_per_second=5,
     )
     p.load()
     yield p
