@@ -42,6 +42,10 @@ Keys [default]:
     tick_seconds    how often the kernel aggregates are read, 0.1..60 [1]
     max_connections sockets tracked in the kernel, 1024..1048576 [65536]
     rescan_seconds  how often /proc is scanned for new target processes, 0.1..3600 [1]
+    slow_request_seconds  requests at least this slow are sent to user space as events
+                    (trace spans), 0 = never, 0..3600 [0.5]
+    slow_requests_per_second  rate limit of those events per CPU, 1..100000 [20]
+  detection:        noisy-neighbour and hotspot rules: see docs/detection.md
 
 Environment (wins over the file; an empty value counts as unset):
 
@@ -178,6 +182,8 @@ class Capture:
     tick_seconds: float = 1.0
     max_connections: int = 65536
     rescan_seconds: float = 1.0
+    slow_request_seconds: float = 0.5  # requests at least this slow become trace spans; 0: off
+    slow_requests_per_second: int = 20  # per CPU; the rest is counted (slow_rate_limited)
 
 
 @dataclass(frozen=True)
@@ -453,8 +459,8 @@ def _parse_enforcement(value: Any, field: str, env: Mapping[str, str]) -> Enforc
 
 def _parse_capture(value: Any, field: str, env: Mapping[str, str]) -> Capture:
     m = _mapping(value, field)
-    _check_keys(m, ("latency_buckets", "tick_seconds", "max_connections", "rescan_seconds"),
-                field)
+    _check_keys(m, ("latency_buckets", "tick_seconds", "max_connections", "rescan_seconds",
+                    "slow_request_seconds", "slow_requests_per_second"), field)
     f = f"{field}.latency_buckets"
     items = _list(m.get("latency_buckets", DEFAULT_LATENCY_BUCKETS), f)
     if not 1 <= len(items) <= MAX_LATENCY_BUCKETS:
@@ -474,6 +480,10 @@ def _parse_capture(value: Any, field: str, env: Mapping[str, str]) -> Capture:
                              1024, 1048576),
         rescan_seconds=_number(m.get("rescan_seconds", 1.0), f"{field}.rescan_seconds",
                                0.1, 3600.0),
+        slow_request_seconds=_number(m.get("slow_request_seconds", 0.5),
+                                     f"{field}.slow_request_seconds", 0.0, 3600.0),
+        slow_requests_per_second=_int(m.get("slow_requests_per_second", 20),
+                                      f"{field}.slow_requests_per_second", 1, 100000),
     )
 
 

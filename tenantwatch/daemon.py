@@ -97,6 +97,8 @@ class Daemon:
             process_names=[t.process for t in config.targets],
             latency_bounds_seconds=config.capture.latency_buckets,
             max_connections=config.capture.max_connections,
+            slow_request_seconds=config.capture.slow_request_seconds,
+            slow_requests_per_cpu_per_second=config.capture.slow_requests_per_second,
         )
         self.scanner = ProcessScanner([t.process for t in config.targets])
         self.resolver = IdentityResolver(config.tenancy)
