@@ -25,6 +25,7 @@ from tenantwatch.aggregation.records import (
     CpuTick,
     HostSample,
     NodeTick,
+    SlowSpan,
     Snapshot,
     TenantSideStats,
     TenantTick,
@@ -163,6 +164,7 @@ class Aggregator:
         self._runq: tuple[tuple[float, ...], tuple[int, ...], int] = ((), (), 0)
         self._psi: float | None = None
         self._backends: dict[str, BackendUsage] = {}
+        self._slow: tuple[SlowSpan, ...] = ()
         self._node: NodeTick | None = None
         self._latest: Snapshot = self._build_snapshot()
 
@@ -181,6 +183,7 @@ class Aggregator:
                 self._fold_cpu(cpu, per_tick)
             if host is not None:
                 self._fold_backends(host, per_tick)
+            self._slow = self._resolve_slow(tick)
             prev_runq = self._runq[1]
             self._runq = (tick.runq_bounds_seconds, tick.runq_buckets, tick.runq_sum_ns)
             self._psi = host.psi_some_avg10 if host else None
@@ -203,6 +206,22 @@ class Aggregator:
         if latest.ready == ready:
             return latest
         return dataclasses.replace(latest, ready=ready)
+
+    def slow_spans(self) -> tuple[SlowSpan, ...]:
+        """The slow requests the last tick brought, with their tenants."""
+        return self._slow
+
+    def _resolve_slow(self, tick: KernelTick) -> tuple[SlowSpan, ...]:
+        if not tick.slow:
+            return ()
+        # CLOCK_MONOTONIC (kernel) -> wall clock, through one pair of readings
+        offset = time.time() - time.monotonic()
+        return tuple(
+            SlowSpan(tenant=self._resolver.resolve(s.key, None, -1, ValueFlag.NONE, s.side).tenant,
+                     side=s.side, method=s.method, status=s.status,
+                     start_unix=s.start_monotonic_ns / NS_PER_SECOND + offset,
+                     duration_seconds=s.latency_ns / NS_PER_SECOND, tgid=s.tgid)
+            for s in tick.slow)
 
     def node_tick(self) -> NodeTick | None:
         """The last tick's deltas for detection (None before the first apply)."""

@@ -69,6 +69,19 @@ class HostSample:
     backends: Mapping[str, BackendUsage] = field(default_factory=dict)  # cumulative, by tenant
 
 
+@dataclass(frozen=True)
+class SlowSpan:
+    """A sampled slow request, resolved to its tenant (a trace span for the exporters)."""
+
+    tenant: str
+    side: Side
+    method: str
+    status: int
+    start_unix: float
+    duration_seconds: float
+    tgid: int
+
+
 # ---- per-tick deltas for detection (detection/ reads these; imports flow one way) ----
 
 

@@ -11,7 +11,7 @@ import pytest
 from tenantwatch.aggregation import Aggregator, estimate_quantile
 from tenantwatch.aggregation.records import Snapshot, TenantSideStats
 from tenantwatch.identity.records import INVALID, TenantIdentity, Trust
-from tenantwatch.kernel.records import STATUS_CLASSES, Side, ValueFlag
+from tenantwatch.kernel.records import STATUS_CLASSES, KernelTick, Side, ValueFlag
 from tests.unit.aggregation.fakes import BOUNDS, FakeResolver, make_counts, make_tick
 
 ACME = TenantIdentity("acme", Trust.CLAIMED)
@@ -260,3 +260,21 @@ def test_all_status_classes_are_present() -> None:
     agg, _ = make_aggregator(k1=ACME)
     agg.apply(make_tick(make_counts(1, opened=1)))
     assert tuple(stats(agg.snapshot(False), "acme").requests_by_class) == STATUS_CLASSES
+
+
+def test_slow_requests_resolve_to_their_tenant_with_wall_clock_times() -> None:
+    import time as _time
+
+    from tenantwatch.kernel.records import SlowRequest
+
+    agg = Aggregator(FakeResolver({7: TenantIdentity("acme", Trust.CLAIMED)}), BOUNDS)
+    now_ns = _time.monotonic_ns()
+    tick = KernelTick(identities=(), lost={}, targets=1, probes={}, monotonic_ns=now_ns,
+                      slow=(SlowRequest(key=7, side=Side.SERVER, start_monotonic_ns=now_ns,
+                                        latency_ns=750_000_000, method="GET", status=504,
+                                        tgid=42),))
+    agg.apply(tick)
+    (span,) = agg.slow_spans()
+    assert (span.tenant, span.method, span.status, span.tgid) == ("acme", "GET", 504, 42)
+    assert span.duration_seconds == 0.75
+    assert abs(span.start_unix - _time.time()) < 5
