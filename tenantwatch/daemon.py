@@ -115,7 +115,7 @@ class Daemon:
                              self.registry,
                              extra_routes={
                                  "/api/v1/hotspots": lambda: hotspots_payload(self.detection),
-                                 "/api/v1/tenants": self._tenants_doc,
+                                 "/api/v1/tenants": self.tenants_document,
                              })
         self._ready = False
         self._ticks = 0
@@ -150,7 +150,7 @@ class Daemon:
             "drain_path": self.probes.drain_path,
         }
 
-    def _tenants_doc(self) -> tuple[int, dict[str, Any]]:
+    def tenants_document(self) -> tuple[int, dict[str, Any]]:
         """/api/v1/tenants: the aggregation snapshot plus CPU shares and detection flags."""
         doc = tenants_payload(self.snapshot())
         result = self.detection

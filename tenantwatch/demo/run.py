@@ -66,7 +66,6 @@ def _traffic(port: int, stop: threading.Event) -> None:
 
 def run_demo(duration: float | None = None) -> int:
     from tenantwatch.daemon import Daemon
-    from tenantwatch.exporters import tenants_payload
     from tenantwatch.top import render_table
 
     api_port = _free_port()
@@ -94,7 +93,7 @@ def run_demo(duration: float | None = None) -> int:
             while not stop.is_set():
                 time.sleep(daemon.config.capture.tick_seconds)
                 daemon.tick()
-                payload = tenants_payload(daemon.snapshot())
+                _, payload = daemon.tenants_document()
                 table = render_table(payload, previous)
                 previous = payload
                 sys.stdout.write("\033[2J\033[H" if sys.stdout.isatty() else "\n")

@@ -1,0 +1,468 @@
+"""OpenTelemetry exporter: the latest Snapshot as OTLP/HTTP (protobuf) metrics.
+
+Takes: a callable returning the latest ``Snapshot`` (or None before the first tick), an optional
+endpoint, an export interval and extra resource attributes.  Gives: a background
+``PeriodicExportingMetricReader`` (opentelemetry-sdk) that reads the Snapshot through observable
+instruments and pushes it with ``OTLPMetricExporter`` (HTTP/protobuf).
+
+Names and attributes mirror the Prometheus exporter (exporters/prometheus.py); the mapping table is
+in docs/opentelemetry.md.  The standard ``OTEL_*`` variables win over the arguments:
+``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_ENDPOINT`` over ``endpoint``,
+``OTEL_METRIC_EXPORT_INTERVAL`` over ``interval_seconds``, ``OTEL_SERVICE_NAME`` /
+``OTEL_RESOURCE_ATTRIBUTES`` over the default and given resource attributes.
+
+Nothing runs before ``start()``: no thread, no socket.  Export failures (collector down, bad
+answers, a failing snapshot getter) are logged, never raised into the caller.  The SDK needs the
+``otel`` extra (``pip install 'tenantwatch[otel]'``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import platform
+import socket
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Callable
+
+from tenantwatch import __version__
+from tenantwatch.aggregation.records import Snapshot
+from tenantwatch.kernel.records import STATUS_CLASSES, Side
+
+try:
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.metrics import CallbackOptions, Observation
+    from opentelemetry.sdk.metrics import (
+        Counter,
+        Histogram,
+        MeterProvider,
+        ObservableCounter,
+        ObservableGauge,
+        ObservableUpDownCounter,
+        UpDownCounter,
+    )
+    from opentelemetry.sdk.metrics.export import (
+        AggregationTemporality,
+        PeriodicExportingMetricReader,
+    )
+    from opentelemetry.sdk.metrics.view import View
+    from opentelemetry.sdk.resources import OTELResourceDetector, Resource
+except ImportError as e:  # the optional extra is not installed
+    _IMPORT_ERROR: ImportError | None = e
+else:
+    _IMPORT_ERROR = None
+
+log = logging.getLogger(__name__)
+
+METER_NAME = "tenantwatch"
+PREFIX = "tenantwatch."
+METRICS_PATH = "/v1/metrics"
+
+# Every series is bounded upstream (tenancy.max_tenants, at most 100000, plus reserved labels);
+# the SDK's default of 2000 attribute sets per instrument would fold real tenants into
+# otel.metric.overflow, so the limit is raised above anything the daemon can produce.
+CARDINALITY_LIMIT = 1_000_000
+# Tenants the SDK still holds state for although they left the Snapshot (it never forgets an
+# attribute set of a cumulative instrument); past this many the MeterProvider is rebuilt.
+DEFAULT_MAX_STALE_TENANTS = 1000
+
+ENV_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
+ENV_METRICS_ENDPOINT = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
+ENV_INTERVAL = "OTEL_METRIC_EXPORT_INTERVAL"
+ENV_SDK_DISABLED = "OTEL_SDK_DISABLED"
+ENV_METRICS_EXPORTER = "OTEL_METRICS_EXPORTER"
+ENV_TEMPORALITY = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE"
+ENV_PROTOCOLS = ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+
+_SIDE_NAME: Mapping[Side, str] = {Side.SERVER: "http.server", Side.CLIENT: "http.client"}
+
+
+def otel_disabled(env: Mapping[str, str] | None = None) -> bool:
+    """True when the standard variables switch metrics export off (OTEL_SDK_DISABLED=true or
+    OTEL_METRICS_EXPORTER=none)."""
+    env = os.environ if env is None else env
+    if env.get(ENV_SDK_DISABLED, "").strip().lower() == "true":
+        return True
+    return env.get(ENV_METRICS_EXPORTER, "").strip().lower() == "none"
+
+
+def otel_requested(endpoint: str | None = None, env: Mapping[str, str] | None = None) -> bool:
+    """Whether the daemon should build an OtelMetricsExporter at all: a configured endpoint or
+    one of the OTLP endpoint variables, unless OTEL_SDK_DISABLED / OTEL_METRICS_EXPORTER=none."""
+    env = os.environ if env is None else env
+    if otel_disabled(env):
+        return False
+    return bool(endpoint or env.get(ENV_ENDPOINT) or env.get(ENV_METRICS_ENDPOINT))
+
+
+def metrics_url(endpoint: str) -> str:
+    """A base URL (like OTEL_EXPORTER_OTLP_ENDPOINT) -> the /v1/metrics URL; a URL that already
+    ends in /v1/metrics is kept."""
+    url = endpoint.strip()
+    if url.rstrip("/").endswith(METRICS_PATH):
+        return url.rstrip("/")
+    return url.rstrip("/") + METRICS_PATH
+
+
+class OtelMetricsExporter:
+    """Pushes the latest Snapshot over OTLP/HTTP every ``interval_seconds`` once started."""
+
+    def __init__(
+        self,
+        get_snapshot: Callable[[], Snapshot | None],
+        *,
+        endpoint: str | None = None,
+        interval_seconds: float = 10.0,
+        resource_attributes: Mapping[str, str] | None = None,
+        max_stale_tenants: int = DEFAULT_MAX_STALE_TENANTS,
+    ) -> None:
+        if _IMPORT_ERROR is not None:
+            raise ImportError(
+                "OpenTelemetry export needs opentelemetry-sdk and "
+                "opentelemetry-exporter-otlp-proto-http: pip install 'tenantwatch[otel]' "
+                f"({_IMPORT_ERROR})"
+            ) from _IMPORT_ERROR
+        if not interval_seconds > 0:
+            raise ValueError(f"interval_seconds must be > 0, got {interval_seconds!r}")
+        self._get_snapshot = get_snapshot
+        self._endpoint = endpoint
+        self._interval_seconds = float(interval_seconds)
+        self._resource_attributes = dict(resource_attributes or {})
+        self._max_stale = max(0, int(max_stale_tenants))
+        self._lock = threading.Lock()  # _provider, _closed, _started
+        self._provider: Any = None  # MeterProvider once started
+        self._started = False
+        self._closed = False
+        self._seen_lock = threading.Lock()
+        self._seen: set[str] = set()  # tenants observed since the provider was built
+        self._recycling = False
+        self.recycles = 0  # MeterProviders rebuilt to drop stale tenants (for tests and logs)
+        self._snapshot_failing = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def running(self) -> bool:
+        with self._lock:
+            return self._provider is not None
+
+    def start(self) -> bool:
+        """Build the MeterProvider and its export thread.  False (logged) when the SDK refused
+        the setup or the OTEL_* variables disable export; never raises for export problems."""
+        with self._lock:
+            if self._started or self._closed:
+                return self._provider is not None
+            self._started = True
+            if otel_disabled():
+                log.info("OpenTelemetry metrics disabled by %s / %s", ENV_SDK_DISABLED,
+                         ENV_METRICS_EXPORTER)
+                return False
+            try:
+                self._provider = self._build_provider()
+            except Exception:
+                log.exception("cannot start the OpenTelemetry metrics exporter; continuing "
+                              "without it")
+                return False
+            return True
+
+    def shutdown(self, timeout_seconds: float = 5.0) -> None:
+        """Final collect and export, then stop the thread; idempotent, never raises.  Waits at
+        most about ``timeout_seconds`` (also when the collector is down)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            provider, self._provider = self._provider, None
+        if provider is None:
+            return
+        try:
+            provider.shutdown(timeout_millis=max(0.0, timeout_seconds) * 1000.0)
+        except Exception:
+            log.exception("OpenTelemetry metrics exporter shutdown failed")
+
+    # ------------------------------------------------------------------ setup
+
+    def _exporter_endpoint(self) -> str | None:
+        """The URL to give OTLPMetricExporter: None when a variable sets it (the SDK reads it)."""
+        if os.environ.get(ENV_METRICS_ENDPOINT) or os.environ.get(ENV_ENDPOINT):
+            return None
+        return metrics_url(self._endpoint) if self._endpoint else None
+
+    def _interval_millis(self) -> float | None:
+        """None when OTEL_METRIC_EXPORT_INTERVAL is set (the SDK reads it)."""
+        raw = os.environ.get(ENV_INTERVAL)
+        if raw:
+            try:
+                if float(raw) > 0:
+                    return None
+            except ValueError:
+                pass
+            log.warning("ignoring %s=%r (not a positive number of milliseconds)", ENV_INTERVAL,
+                        raw)
+        return self._interval_seconds * 1000.0
+
+    def resource(self) -> Any:
+        """service.name=tenantwatch, service.version, host.name, os.*; then the given
+        attributes; OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME win over both."""
+        attrs: dict[str, str] = {
+            "service.name": "tenantwatch",
+            "service.version": __version__,
+            "host.name": socket.gethostname(),
+            "os.type": platform.system().lower(),
+            "os.version": platform.release(),
+        }
+        attrs.update(self._resource_attributes)
+        return Resource.create(attrs).merge(OTELResourceDetector().detect())
+
+    def _build_provider(self) -> Any:
+        for name in ENV_PROTOCOLS:
+            proto = os.environ.get(name, "").strip().lower()
+            if proto and proto != "http/protobuf":
+                log.warning("%s=%s: tenantwatch only speaks OTLP over http/protobuf", name, proto)
+                break
+        if os.environ.get(ENV_TEMPORALITY, "").strip().lower() == "delta":
+            log.warning("%s=delta ignored: tenantwatch exports cumulative sums (its counters "
+                        "are totals since start; see docs/opentelemetry.md)", ENV_TEMPORALITY)
+        exporter = OTLPMetricExporter(
+            endpoint=self._exporter_endpoint(),
+            preferred_temporality=dict.fromkeys(
+                (Counter, UpDownCounter, Histogram, ObservableCounter, ObservableUpDownCounter,
+                 ObservableGauge),
+                AggregationTemporality.CUMULATIVE,
+            ),
+        )
+        reader, views = _reader(exporter, self._interval_millis())
+        provider = MeterProvider(resource=self.resource(), metric_readers=[reader],
+                                 views=views)
+        self._register(provider.get_meter(METER_NAME, __version__))
+        log.info("OpenTelemetry metrics: OTLP/HTTP to %s every %.3g s",
+                 getattr(exporter, "_endpoint", "?"),
+                 getattr(reader, "_export_interval_millis", 0.0) / 1000.0)
+        return provider
+
+    def _register(self, meter: Any) -> None:
+        def counter(name: str, unit: str, description: str,
+                    fn: Callable[[Snapshot], Iterable[Observation]]) -> None:
+            meter.create_observable_counter(PREFIX + name, callbacks=[self._callback(fn)],
+                                            unit=unit, description=description)
+
+        def gauge(name: str, unit: str, description: str,
+                  fn: Callable[[Snapshot], Iterable[Observation]]) -> None:
+            meter.create_observable_gauge(PREFIX + name, callbacks=[self._callback(fn)],
+                                          unit=unit, description=description)
+
+        for side, name in _SIDE_NAME.items():
+            counter(f"{name}.requests", "{request}",
+                    f"HTTP requests completed on the gateway's {side.value} side, by status class",
+                    _requests(side))
+            counter(f"{name}.request.duration.sum", "s",
+                    f"Sum of request head -> response head times on the gateway's {side.value} "
+                    "side (the Prometheus histogram's _sum)", _duration_sum(side))
+            counter(f"{name}.request.duration.count", "{request}",
+                    f"Requests with a latency sample on the gateway's {side.value} side "
+                    "(the Prometheus histogram's _count)", _duration_count(side))
+        counter("http.server.received", "By",
+                "Bytes the gateway received from clients on server-side connections",
+                _server_bytes(rx=True))
+        counter("http.server.sent", "By",
+                "Bytes the gateway sent to clients on server-side connections",
+                _server_bytes(rx=False))
+        gauge("connections.active", "{connection}",
+              "Connections open now (opened minus closed since start, at least 0)",
+              _connections(active=True))
+        counter("connections.opened", "{connection}",
+                "Connections opened (server: accepted by the gateway, client: opened by it)",
+                _connections(active=False))
+        counter("cpu", "s", "Gateway CPU time charged to the tenant (__unattributed__: no "
+                "current request)", _cpu)
+        counter("identity.rejected", "{request}",
+                "Requests whose identity value was rejected or folded, by reason",
+                _by_reason("identity_rejected"))
+        counter("events.lost", "{event}",
+                "Kernel events or counts lost before reaching user space, by reason",
+                _by_reason("events_lost"))
+        counter("runqueue.delay.sum", "s", "Sum of run-queue delays of gateway threads",
+                _runq_sum)
+        counter("runqueue.delay.count", "{wakeup}", "Run-queue delays measured", _runq_count)
+        gauge("node.cpu.pressure", "1",
+              "Share of time some task waited for CPU over the last 10 s (PSI some avg10 / 100)",
+              _pressure)
+        gauge("probe.attached", "{probe}", "1 when the probe is attached, 0 when it is not",
+              _probes)
+        gauge("targets", "{process}", "Gateway processes traced now",
+              lambda s: [Observation(s.targets)])
+        counter("ticks", "{tick}", "Aggregation ticks completed since start",
+                lambda s: [Observation(s.ticks)])
+
+    # ------------------------------------------------------------------ collection
+
+    def _callback(self, fn: Callable[[Snapshot], Iterable[Observation]]
+                  ) -> Callable[[CallbackOptions], Iterator[Observation]]:
+        def callback(_options: CallbackOptions) -> Iterator[Observation]:
+            snap = self._snapshot()
+            if snap is None:
+                return iter(())
+            try:
+                return iter(list(fn(snap)))
+            except Exception:
+                log.exception("cannot build OpenTelemetry observations")
+                return iter(())
+        return callback
+
+    def _snapshot(self) -> Snapshot | None:
+        try:
+            snap = self._get_snapshot()
+        except Exception:
+            if not self._snapshot_failing:  # once per failure streak, not once per instrument
+                log.exception("cannot read the latest snapshot; exporting nothing this time")
+            self._snapshot_failing = True
+            return None
+        if self._snapshot_failing:
+            log.info("snapshot readable again; OpenTelemetry export resumed")
+            self._snapshot_failing = False
+        if snap is not None:
+            self._note_tenants(snap)
+        return snap
+
+    def _note_tenants(self, snap: Snapshot) -> None:
+        """Track tenants the SDK holds state for; rebuild the provider when too many are gone."""
+        live = {t.tenant for t in snap.tenants}
+        with self._seen_lock:
+            self._seen |= live
+            stale = len(self._seen) - len(live)
+            if self._recycling or stale <= self._max_stale:
+                return
+            self._recycling = True
+        log.info("OpenTelemetry: %d tenants left since the exporter was (re)built; rebuilding it "
+                 "to free their series", stale)
+        threading.Thread(target=self._recycle, name="tenantwatch-otel-recycle",
+                         daemon=True).start()
+
+    def _recycle(self) -> None:
+        """Final export from the old provider, then a fresh one (not from its own thread)."""
+        try:
+            with self._lock:
+                if self._closed or self._provider is None:
+                    return
+                old = self._provider
+                try:
+                    old.shutdown(timeout_millis=5000)
+                except Exception:
+                    log.exception("OpenTelemetry: shutting down the old provider failed")
+                with self._seen_lock:
+                    self._seen = set()
+                try:
+                    self._provider = self._build_provider()
+                except Exception:
+                    self._provider = None
+                    log.exception("OpenTelemetry: cannot rebuild the exporter; export stopped")
+                    return
+                self.recycles += 1
+        finally:
+            with self._seen_lock:
+                self._recycling = False
+
+
+def _reader(exporter: Any, interval_millis: float | None) -> tuple[Any, list[Any]]:
+    """A PeriodicExportingMetricReader with CARDINALITY_LIMIT, whichever way this SDK version
+    takes it (reader argument, else a View); older SDKs have no limit at all."""
+    params = inspect.signature(PeriodicExportingMetricReader.__init__).parameters
+    if "cardinality_limits" in params:
+        limits = dict.fromkeys((ObservableCounter, ObservableGauge), CARDINALITY_LIMIT)
+        return PeriodicExportingMetricReader(exporter, export_interval_millis=interval_millis,
+                                             cardinality_limits=limits), []
+    views: list[Any] = []
+    if "aggregation_cardinality_limit" in inspect.signature(View.__init__).parameters:
+        views = [View(instrument_name=PREFIX + "*",
+                      aggregation_cardinality_limit=CARDINALITY_LIMIT)]
+    else:
+        log.info("this opentelemetry-sdk cannot raise its cardinality limit; if it enforces one, "
+                 "series past it are exported as otel.metric.overflow=true (upgrade the SDK)")
+    return PeriodicExportingMetricReader(exporter, export_interval_millis=interval_millis), views
+
+
+# ---------------------------------------------------------------- Snapshot -> observations
+
+
+def _requests(side: Side) -> Callable[[Snapshot], Iterator[Observation]]:
+    def fn(snap: Snapshot) -> Iterator[Observation]:
+        for s in snap.tenants:
+            if s.side is side:
+                for status_class in STATUS_CLASSES:
+                    yield Observation(s.requests_by_class.get(status_class, 0),
+                                      {"tenant": s.tenant, "status_class": status_class})
+    return fn
+
+
+def _duration_sum(side: Side) -> Callable[[Snapshot], Iterator[Observation]]:
+    def fn(snap: Snapshot) -> Iterator[Observation]:
+        n = len(snap.latency_bounds_seconds) + 1
+        for s in snap.tenants:
+            if s.side is side and len(s.latency_buckets) == n:
+                yield Observation(float(s.latency_sum_seconds), {"tenant": s.tenant})
+    return fn
+
+
+def _duration_count(side: Side) -> Callable[[Snapshot], Iterator[Observation]]:
+    def fn(snap: Snapshot) -> Iterator[Observation]:
+        n = len(snap.latency_bounds_seconds) + 1
+        for s in snap.tenants:
+            if s.side is side and len(s.latency_buckets) == n:
+                yield Observation(s.latency_buckets[-1], {"tenant": s.tenant})  # +Inf bucket
+    return fn
+
+
+def _server_bytes(rx: bool) -> Callable[[Snapshot], Iterator[Observation]]:
+    def fn(snap: Snapshot) -> Iterator[Observation]:
+        for s in snap.tenants:
+            if s.side is Side.SERVER:
+                yield Observation(s.rx_bytes if rx else s.tx_bytes, {"tenant": s.tenant})
+    return fn
+
+
+def _connections(active: bool) -> Callable[[Snapshot], Iterator[Observation]]:
+    def fn(snap: Snapshot) -> Iterator[Observation]:
+        for s in snap.tenants:
+            yield Observation(s.connections_active if active else s.connections_opened,
+                              {"tenant": s.tenant, "side": s.side.value})
+    return fn
+
+
+def _cpu(snap: Snapshot) -> Iterator[Observation]:
+    by_tenant: dict[str, float] = {}
+    for s in snap.tenants:
+        by_tenant[s.tenant] = by_tenant.get(s.tenant, 0.0) + s.cpu_seconds
+    for tenant, seconds in sorted(by_tenant.items()):
+        yield Observation(float(seconds), {"tenant": tenant})
+
+
+def _by_reason(field: str) -> Callable[[Snapshot], Iterator[Observation]]:
+    def fn(snap: Snapshot) -> Iterator[Observation]:
+        for reason, n in sorted(getattr(snap, field).items()):
+            yield Observation(n, {"reason": reason})
+    return fn
+
+
+def _runq_ok(snap: Snapshot) -> bool:
+    return bool(snap.runq_buckets) and len(snap.runq_buckets) == len(snap.runq_bounds_seconds) + 1
+
+
+def _runq_sum(snap: Snapshot) -> list[Observation]:
+    return [Observation(float(snap.runq_sum_seconds))] if _runq_ok(snap) else []
+
+
+def _runq_count(snap: Snapshot) -> list[Observation]:
+    return [Observation(snap.runq_buckets[-1])] if _runq_ok(snap) else []
+
+
+def _pressure(snap: Snapshot) -> list[Observation]:
+    if snap.psi_some_avg10 is None:
+        return []
+    return [Observation(snap.psi_some_avg10 / 100.0)]
+
+
+def _probes(snap: Snapshot) -> Iterator[Observation]:
+    for probe, attached in sorted(snap.probes.items()):
+        yield Observation(1 if attached else 0, {"probe": probe})
