@@ -46,6 +46,11 @@ Keys [default]:
                     (trace spans), 0 = never, 0..3600 [0.5]
     slow_requests_per_second  rate limit of those events per CPU, 1..100000 [20]
   detection:        noisy-neighbour and hotspot rules: see docs/detection.md
+  otel:             OpenTelemetry export, off unless an endpoint is given here or in
+                    OTEL_EXPORTER_OTLP_(METRICS_|TRACES_)ENDPOINT (docs/opentelemetry.md)
+    endpoint        base URL of an OTLP/HTTP receiver, e.g. http://collector:4318 [null]
+    interval_seconds metrics export interval, 0.1..3600 [10]
+    resource_attributes  extra resource attributes {str: str} [{}]
 
 Environment (wins over the file; an empty value counts as unset):
 
@@ -168,10 +173,31 @@ class Tenancy:
 
 @dataclass(frozen=True)
 class Enforcement:
-    """Whether and where CPU caps are applied."""
+    """Whether, where and how CPU caps are applied (docs/enforcement.md).
+
+    ``root`` is the directory every mapped cgroup must resolve strictly below; empty means the
+    template's directory before {tenant}.  Amounts are in cores.  ``placement`` is an
+    enforcement.settings.Placement or None.
+    """
 
     mode: str  # off | dry-run | enforce
     cgroup: str  # path template containing {tenant}
+    root: str = ""
+    floor: float = 0.1
+    max_step: float = 0.5
+    cooldown_seconds: float = 30.0
+    calm_seconds: float = 60.0
+    lease_ttl_seconds: float = 120.0
+    keep_on_exit: bool = False
+    state_file: str = "/var/lib/tenantwatch/caps.json"
+    audit_log: str = "/var/lib/tenantwatch/audit.jsonl"
+    quotas: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    placement: Any = None
+
+    def __post_init__(self) -> None:
+        if not self.root:
+            prefix = self.cgroup.split("{tenant}", 1)[0]
+            object.__setattr__(self, "root", os.path.dirname(prefix) or "/")
 
 
 @dataclass(frozen=True)
@@ -187,6 +213,15 @@ class Capture:
 
 
 @dataclass(frozen=True)
+class Otel:
+    """OpenTelemetry export (off unless an endpoint is set here or in OTEL_EXPORTER_OTLP_*)."""
+
+    endpoint: str | None = None
+    interval_seconds: float = 10.0
+    resource_attributes: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated configuration."""
 
@@ -198,6 +233,7 @@ class Config:
     log_format: str = "text"
     log_level: str = "info"
     detection: DetectionSettings = field(default_factory=DetectionSettings)
+    otel: Otel = field(default_factory=Otel)
 
     @property
     def listen_host(self) -> str:
@@ -269,7 +305,7 @@ def parse_config(data: Any, env: Mapping[str, str] = os.environ) -> Config:
     _warn_unknown_env(env)
     top = _mapping(data, "<file>")
     _check_keys(top, ("listen", "targets", "tenancy", "enforcement", "capture", "detection",
-                      "log_format", "log_level"), "")
+                      "otel", "log_format", "log_level"), "")
     listen, field = _pick(top, "listen", "", DEFAULT_LISTEN, env, ENV_LISTEN)
     listen = _str(listen, field)
     _split_listen(listen, field)
@@ -284,6 +320,27 @@ def parse_config(data: Any, env: Mapping[str, str] = os.environ) -> Config:
         log_format=_choice(log_format, LOG_FORMATS, field),
         log_level=_choice(_lower(log_level), LOG_LEVELS, level_field),
         detection=parse_detection(top.get("detection"), "detection"),
+        otel=_parse_otel(top.get("otel"), "otel"),
+    )
+
+
+def _parse_otel(value: Any, field: str) -> Otel:
+    if value is None:
+        return Otel()
+    m = _mapping(value, field)
+    _check_keys(m, ("endpoint", "interval_seconds", "resource_attributes"), field)
+    endpoint = m.get("endpoint")
+    if endpoint is not None:
+        endpoint = _str(endpoint, f"{field}.endpoint")
+        if not re.match(r"^https?://", endpoint):
+            raise ConfigError(f"{field}.endpoint", f"must be an http(s) URL, got {endpoint!r}")
+    attrs = _mapping(m.get("resource_attributes", {}), f"{field}.resource_attributes")
+    return Otel(
+        endpoint=endpoint,
+        interval_seconds=_number(m.get("interval_seconds", 10.0), f"{field}.interval_seconds",
+                                 0.1, 3600.0),
+        resource_attributes=MappingProxyType(
+            {str(k): _str(v, f"{field}.resource_attributes.{k}") for k, v in attrs.items()}),
     )
 
 
@@ -444,17 +501,69 @@ def _parse_jwt(value: Any, field: str) -> Mapping[str, Any]:
 
 
 def _parse_enforcement(value: Any, field: str, env: Mapping[str, str]) -> Enforcement:
+    from tenantwatch.enforcement.settings import (
+        parse_cores,
+        parse_placement,
+        parse_quotas,
+    )
+
     m = _mapping(value, field)
-    _check_keys(m, ("mode", "cgroup"), field)
+    _check_keys(m, ("mode", "cgroup", "root", "floor", "max_step", "cooldown_seconds",
+                    "calm_seconds", "lease_ttl_seconds", "keep_on_exit", "state_file",
+                    "audit_log", "quotas", "placement"), field)
     mode, mode_field = _pick(m, "mode", field, "dry-run", env, ENV_ENFORCEMENT_MODE)
     if mode is False:  # YAML 1.1 reads an unquoted `off` as false
         mode = "off"
-    cgroup = _str(m.get("cgroup", DEFAULT_CGROUP), f"{field}.cgroup")
+    placement = parse_placement(m.get("placement"), f"{field}.placement")
+    default_cgroup = DEFAULT_CGROUP if placement is None else \
+        f"{placement.delegated_root}/tenant-{{tenant}}"
+    cgroup = _str(m.get("cgroup", default_cgroup), f"{field}.cgroup")
     if "{tenant}" not in cgroup:
         raise ConfigError(f"{field}.cgroup", "must contain {tenant}")
     if not cgroup.startswith("/"):
         raise ConfigError(f"{field}.cgroup", "must be an absolute path")
-    return Enforcement(mode=_choice(_lower(mode), ENFORCEMENT_MODES, mode_field), cgroup=cgroup)
+    prefix = os.path.dirname(cgroup.split("{tenant}", 1)[0]) or "/"
+    root = os.path.normpath(_str(m.get("root", prefix), f"{field}.root"))
+    if not root.startswith("/") or root == "/":
+        raise ConfigError(f"{field}.root", f"must be an absolute directory other than /, got "
+                          f"{root!r}")
+    if os.path.commonpath([os.path.normpath(prefix), root]) != root:
+        raise ConfigError(f"{field}.root", f"the cgroup template's directory {prefix} is not "
+                          f"under {root}")
+    if placement is not None and \
+            os.path.commonpath([os.path.normpath(prefix), placement.delegated_root]) \
+            != placement.delegated_root:
+        raise ConfigError(f"{field}.cgroup", f"with placement, the template must be under "
+                          f"placement.delegated_root ({placement.delegated_root})")
+    for key in ("state_file", "audit_log"):
+        path = _str(m.get(key, getattr(Enforcement, key)), f"{field}.{key}")
+        if not path.startswith("/"):
+            raise ConfigError(f"{field}.{key}", "must be an absolute path")
+    floor = parse_cores(m.get("floor", 0.1), f"{field}.floor")
+    quotas = parse_quotas(m.get("quotas"), f"{field}.quotas")
+    for tenant, cores in quotas.items():
+        if cores < floor:
+            raise ConfigError(f"{field}.quotas.{tenant}", f"{cores:g} cores is below "
+                              f"{field}.floor ({floor:g})")
+    return Enforcement(
+        mode=_choice(_lower(mode), ENFORCEMENT_MODES, mode_field), cgroup=cgroup, root=root,
+        floor=floor,
+        # "no step larger than half the current quota": 0.5 is the most a step may take.
+        max_step=_number(m.get("max_step", 0.5), f"{field}.max_step", 0.01, 0.5),
+        cooldown_seconds=_number(m.get("cooldown_seconds", 30.0), f"{field}.cooldown_seconds",
+                                 0.0, 86400.0),
+        calm_seconds=_number(m.get("calm_seconds", 60.0), f"{field}.calm_seconds", 1.0,
+                             86400.0),
+        # At least 2 s: a lease is renewed once half of it is left, at most once a tick (<= 1 s
+        # ticks renew in time; longer ticks want a longer TTL, see docs/enforcement.md).
+        lease_ttl_seconds=_number(m.get("lease_ttl_seconds", 120.0),
+                                  f"{field}.lease_ttl_seconds", 2.0, 7 * 86400.0),
+        keep_on_exit=_bool(m.get("keep_on_exit", False), f"{field}.keep_on_exit"),
+        state_file=m.get("state_file", Enforcement.state_file),
+        audit_log=m.get("audit_log", Enforcement.audit_log),
+        quotas=quotas,
+        placement=placement,
+    )
 
 
 def _parse_capture(value: Any, field: str, env: Mapping[str, str]) -> Capture:

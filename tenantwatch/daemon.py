@@ -31,6 +31,8 @@ from tenantwatch.detection import DetectionResult, Detector
 from tenantwatch.errors import ConfigError
 from tenantwatch.exporters import ApiServer, TenantCollector, tenants_payload
 from tenantwatch.exporters.detection import DetectionCollector, hotspots_payload
+from tenantwatch.exporters.otel import OtelMetricsExporter, otel_requested
+from tenantwatch.exporters.otel_traces import OtelSpanExporter, traces_requested
 from tenantwatch.identity import IdentityResolver
 from tenantwatch.kernel.loader import HttpProbes, KernelSource
 from tenantwatch.kernel.records import Side
@@ -117,6 +119,14 @@ class Daemon:
                                  "/api/v1/hotspots": lambda: hotspots_payload(self.detection),
                                  "/api/v1/tenants": self.tenants_document,
                              })
+        otel = config.otel
+        self.otel_metrics = OtelMetricsExporter(
+            self.snapshot, endpoint=otel.endpoint, interval_seconds=otel.interval_seconds,
+            resource_attributes=otel.resource_attributes) if otel_requested(otel.endpoint) else None
+        self.otel_spans = OtelSpanExporter(
+            endpoint=otel.endpoint, resource_attributes=otel.resource_attributes) \
+            if traces_requested(otel.endpoint) and config.capture.slow_request_seconds > 0 \
+            else None
         self._ready = False
         self._ticks = 0
         self._last_tick = time.monotonic()
@@ -173,6 +183,9 @@ class Daemon:
         self.api.start()
         self._ready = True
         self._apply()
+        for exporter in (self.otel_metrics, self.otel_spans):
+            if exporter is not None and not exporter.start():
+                log.error("OpenTelemetry export could not start; continuing without it")
         log.info("tenantwatch %s ready: %d probes, %d target processes, listening on %s:%s",
                  __version__, sum(self.probes.probes.values()), len(self.probes.targets()),
                  self.config.listen_host, self.api.port)
@@ -227,6 +240,8 @@ class Daemon:
         """Drain the kernel once and run the stages after it."""
         self.aggregator.apply(self.probes.drain(), self.host.sample(self.resolver.tenants()),
                               self.config.capture.tick_seconds)
+        if self.otel_spans is not None:
+            self.otel_spans.export(self.aggregator.slow_spans())
         node = self.aggregator.node_tick()
         if node is not None:
             self.detection = self.detector.update(node)
@@ -341,6 +356,9 @@ class Daemon:
                 self.aggregator.apply(self.probes.drain())
             except Exception:  # the final flush must not block the detach
                 log.exception("final drain failed")
+        for exporter in (self.otel_metrics, self.otel_spans):
+            if exporter is not None:
+                exporter.shutdown()  # final export; never raises
         self.probes.close()
         self.api.stop()
         self._ready = False
