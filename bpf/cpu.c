@@ -91,12 +91,10 @@ static __always_inline int tw_sched_switch(__u32 next_pid)
 		return 0;
 	__u64 began = *start;
 	*start = now;
-	struct tw_ctl *ctl = tw_ctl.lookup(&zero);
-	if (!ctl)
-		return 0;
+	struct tw_ctl *ctl = 0;
 
 	/* The task leaving the CPU (the current task here) ran since `began`. */
-	if (began && now > began && tw_is_target()) {
+	if (began && now > began && tw_is_target() && (ctl = tw_ctl.lookup(&zero))) {
 		__u64 id = bpf_get_current_pid_tgid();
 		struct tw_cpu_key k = {
 			.key = TW_KEY_UNATTRIBUTED,
@@ -119,6 +117,10 @@ static __always_inline int tw_sched_switch(__u32 next_pid)
 		return 0;
 	__u64 delay = now > n->wake_ns ? now - n->wake_ns : 0;
 	n->wake_ns = 0;
+	if (!ctl)
+		ctl = tw_ctl.lookup(&zero);
+	if (!ctl)
+		return 0;
 	__u32 nb = ctl->nrunq;
 	tw_barrier_var(nb);
 	__u32 idx = 0;
