@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tenantwatch.kernel.loader import HttpProbes, KernelSource  # noqa: E402
-from tenantwatch.kernel.records import Side  # noqa: E402
+from tenantwatch.kernel.loader import HttpProbes, KernelSource
+from tenantwatch.kernel.records import Side
 
 PING_NAME = "tw-pingpong"
 
