@@ -128,6 +128,7 @@ class _TickDeltas:
     """What one apply() saw, for the NodeTick handed to detection."""
 
     cpu: dict[str, float] = field(default_factory=dict)
+    trusted_cpu: dict[str, float] = field(default_factory=dict)
     requests: dict[str, int] = field(default_factory=dict)
     latency: dict[str, list[int]] = field(default_factory=dict)
     trusted: set[str] = field(default_factory=set)
@@ -228,16 +229,20 @@ class Aggregator:
         return self._node
 
     def _fold_cpu(self, c: CpuCounts, per_tick: _TickDeltas) -> None:
+        trusted = False
         if c.key == KEY_UNATTRIBUTED:
             tenant = UNATTRIBUTED
         elif c.key == KEY_OVERFLOW:
             tenant = OTHER
         else:  # a request's key: the resolver knows it from the request head
-            tenant = self._resolver.resolve(c.key, None, -1, ValueFlag.NONE, c.side).tenant
+            identity = self._resolver.resolve(c.key, None, -1, ValueFlag.NONE, c.side)
+            tenant, trusted = identity.tenant, identity.trust is Trust.TRUSTED
         totals = self._totals_of(tenant, c.side)
         totals.cpu_ns += c.ns
         seconds = c.ns / NS_PER_SECOND
         per_tick.cpu[tenant] = per_tick.cpu.get(tenant, 0.0) + seconds
+        if trusted:
+            per_tick.trusted_cpu[tenant] = per_tick.trusted_cpu.get(tenant, 0.0) + seconds
         w = per_tick.workers.setdefault(c.tgid, {})
         w[tenant] = w.get(tenant, 0.0) + seconds
         u = per_tick.cpus.setdefault(c.cpu, {})
@@ -250,6 +255,8 @@ class Aggregator:
             if before is not None and usage.usage_seconds >= before.usage_seconds:
                 delta = usage.usage_seconds - before.usage_seconds
                 per_tick.cpu[tenant] = per_tick.cpu.get(tenant, 0.0) + delta
+                # the operator mapped that cgroup to the tenant: its cost is trusted
+                per_tick.trusted_cpu[tenant] = per_tick.trusted_cpu.get(tenant, 0.0) + delta
         self._backends = dict(host.backends)
 
     def _totals_of(self, tenant: str, side: Side) -> _Totals:
@@ -274,7 +281,8 @@ class Aggregator:
             tenants=tuple(
                 TenantTick(tenant=t, trusted=t in d.trusted, cpu_seconds=d.cpu.get(t, 0.0),
                            requests=d.requests.get(t, 0),
-                           latency_buckets=tuple(d.latency.get(t, [0] * self._n_buckets)))
+                           latency_buckets=tuple(d.latency.get(t, [0] * self._n_buckets)),
+                           trusted_cpu_seconds=d.trusted_cpu.get(t, 0.0))
                 for t in sorted(tenants)),
             workers=tuple(
                 WorkerTick(tgid=tgid, cpu_seconds=sum(by.values()),
@@ -292,6 +300,9 @@ class Aggregator:
 
     def _fold(self, c: IdentityCounts, per_tick: _TickDeltas | None = None) -> None:
         identity = self._resolver.resolve(c.key, c.raw_value, c.source_index, c.flags, c.side)
+        if per_tick is not None and identity.trust is Trust.TRUSTED and (
+                c.request_heads or any(c.requests_by_class)):
+            per_tick.trusted.add(identity.tenant)  # either side: the trusted source is upstream
         if per_tick is not None and c.side is Side.SERVER:
             ended = sum(c.requests_by_class)
             if ended:
@@ -301,8 +312,6 @@ class Aggregator:
                 lat = per_tick.latency.setdefault(identity.tenant, [0] * self._n_buckets)
                 for i, n in enumerate(c.latency_buckets):
                     lat[i] += n
-            if identity.trust is Trust.TRUSTED:
-                per_tick.trusted.add(identity.tenant)
         if identity.rejected_reason and c.request_heads:
             reason = identity.rejected_reason
             self._identity_rejected[reason] = self._identity_rejected.get(reason, 0) + (

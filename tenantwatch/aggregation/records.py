@@ -92,6 +92,9 @@ class TenantTick:
     cpu_seconds: float  # gateway CPU charged to the tenant in this tick (all sides)
     requests: int  # server-side requests that ended in this tick
     latency_buckets: tuple[int, ...]  # server side, non-cumulative this tick, + a last +Inf slot
+    # the part of cpu_seconds charged under trusted identities (the gateway's validated header,
+    # a verified token) or to the tenant's own backend cgroup: what enforcement may act on
+    trusted_cpu_seconds: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -153,6 +153,8 @@ class NoisyNeighbours:
         victims = contention.victims_of(tenant)
         latest_runq = stats.runq_p99_seconds[-1] if stats.runq_p99_seconds else None
         w = stats.tenants.get(tenant)
+        trusted_share = shares.share(tenant) * (w.trusted_cpu_seconds / w.cpu_seconds) \
+            if w and w.cpu_seconds > 0 else 0.0
         return {
             "share": round(shares.share(tenant), _DIGITS),
             "request_share": round(shares.request_share(tenant), _DIGITS),
@@ -173,7 +175,10 @@ class NoisyNeighbours:
             "victims_total": len(victims),
             "consecutive": latch.true_run,
             "calm": latch.false_run,
-            "trusted": bool(w and w.trusted),
+            # Enforcement may act only when the tenant is heavy on trusted CPU alone: forged
+            # load under a claimed header naming the tenant must not make it cappable.
+            "trusted_share": round(trusted_share, _DIGITS),
+            "trusted": bool(w and w.trusted) and trusted_share >= shares.threshold(tenant),
             "raised_at": latch.since,
         }
 

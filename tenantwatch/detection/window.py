@@ -38,6 +38,7 @@ class TenantWindow:
     requests: int
     trusted: bool  # at least one tick of the window said so
     buckets: tuple[int, ...]  # non-cumulative, summed over the window
+    trusted_cpu_seconds: float = 0.0  # the part of cpu_seconds under trusted identities
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ class Window:
         cpu: dict[str, float] = {}
         requests: dict[str, int] = {}
         trusted: dict[str, bool] = {}
+        trusted_cpu: dict[str, float] = {}
         buckets: dict[str, tuple[int, ...]] = {}
         workers: dict[int, _UsageSum] = {}
         cpus: dict[int, _UsageSum] = {}
@@ -114,6 +116,7 @@ class Window:
                 cpu[t.tenant] = cpu.get(t.tenant, 0.0) + t.cpu_seconds
                 requests[t.tenant] = requests.get(t.tenant, 0) + t.requests
                 trusted[t.tenant] = trusted.get(t.tenant, False) or t.trusted
+                trusted_cpu[t.tenant] = trusted_cpu.get(t.tenant, 0.0) + t.trusted_cpu_seconds
                 acc = buckets.get(t.tenant)
                 buckets[t.tenant] = t.latency_buckets if acc is None else \
                     tuple(map(operator.add, acc, t.latency_buckets))
@@ -121,7 +124,8 @@ class Window:
                 workers.setdefault(w.tgid, _UsageSum()).add(w.cpu_seconds, w.by_tenant)
             for c in tick.cpus:
                 cpus.setdefault(c.cpu, _UsageSum()).add(c.busy_seconds, c.by_tenant)
-        tenants = {name: TenantWindow(cpu[name], requests[name], trusted[name], buckets[name])
+        tenants = {name: TenantWindow(cpu[name], requests[name], trusted[name], buckets[name],
+                                      trusted_cpu[name])
                    for name in cpu}
         return WindowStats(
             at=latest.at,

@@ -14,8 +14,6 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-import pytest
-
 from tenantwatch.aggregation import Aggregator
 from tenantwatch.aggregation.records import HostSample
 from tenantwatch.config import parse_config
@@ -111,11 +109,6 @@ def test_control_the_same_load_under_the_gateways_trusted_header_is_capped(
     assert list(e.caps_in_force()) == ["victim"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known gap upstream of enforcement: the aggregator merges a tenant's trusted and claimed "
-    "identities into one label and marks it trusted when any request was, so forged requests "
-    "naming a tenant that also has a little trusted traffic make it heavy *and* trusted; "
-    "detection needs the trusted part of the CPU (see the enforcement report)"))
 def test_forged_load_on_top_of_a_little_trusted_traffic_never_caps(tmp_path: Path) -> None:
     e, out = run(tmp_path, [(GATEWAY, b"victim", 0.05), (CLAIMED, b"victim", 1.4)])
     assert out["changed"] == set() and e.caps_in_force() == {}
