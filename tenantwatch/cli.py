@@ -1,4 +1,4 @@
-"""Command line: tenantwatch run|doctor|check-config|top|status|demo|version.
+"""Command line: tenantwatch run|doctor|check-config|top|status|demo|release-caps|version.
 
 Exit codes: 0 ok; 1 runtime failure (probes could not attach: see `doctor`);
 2 usage; 78 bad configuration (EX_CONFIG, systemd's RestartPreventExitStatus);
@@ -123,6 +123,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(duration=args.duration)
 
 
+def cmd_release_caps(args: argparse.Namespace) -> int:
+    """Restore every CPU cap recorded in the state file (for ExecStopPost= after a crash)."""
+    from tenantwatch.config import DEFAULT_CGROUP, Enforcement
+    from tenantwatch.enforcement import release_all
+
+    setup_logging(args.log_format or "text", "info")
+    try:
+        e = _load(args).enforcement
+    except ConfigError as err:  # a broken config must not leave caps behind
+        log.warning("release-caps: %s; using the default state file and root", err)
+        e = Enforcement("off", DEFAULT_CGROUP)
+    if e.keep_on_exit and os.environ.get("SERVICE_RESULT") == "success" and not args.force:
+        print(json.dumps({"kept": True}))
+        return 0  # kept on purpose; the next start adopts or restores them
+    r = release_all(args.state_file or e.state_file, args.root or e.root)
+    print(json.dumps({"restored": r.restored, "gone": r.gone, "replaced": r.replaced,
+                      "failed": dict(r.failed), "error": r.error}))
+    return r.exit_code  # 0: nothing of ours left in force; 1: something is
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     print(f"tenantwatch {__version__} (kernel {platform.release()}, python "
           f"{platform.python_version()})")
@@ -164,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="local nginx gateway + tenants + tenantwatch, until Ctrl-C")
     d.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     d.set_defaults(func=cmd_demo)
+    rc = sub.add_parser("release-caps", help="restore every CPU cap tenantwatch recorded "
+                        "(independent of the daemon; for ExecStopPost=)")
+    rc.add_argument("--state-file", help="[enforcement.state_file]")
+    rc.add_argument("--root", help="[enforcement.root]")
+    rc.add_argument("--force", action="store_true", help="also when keep_on_exit is set")
+    rc.set_defaults(func=cmd_release_caps)
     sub.add_parser("version", help="print the version").set_defaults(func=cmd_version)
     return p
 

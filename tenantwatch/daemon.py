@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import platform
+import re
 import select
 import signal
 import socket
@@ -28,9 +29,11 @@ from tenantwatch.aggregation.host import HostSampler
 from tenantwatch.aggregation.records import Snapshot
 from tenantwatch.config import Config, load_config
 from tenantwatch.detection import DetectionResult, Detector
+from tenantwatch.enforcement import AuditLog, Enforcer, Placer, StateStore
 from tenantwatch.errors import ConfigError
 from tenantwatch.exporters import ApiServer, TenantCollector, tenants_payload
 from tenantwatch.exporters.detection import DetectionCollector, hotspots_payload
+from tenantwatch.exporters.enforcement import EnforcementCollector
 from tenantwatch.exporters.otel import OtelMetricsExporter, otel_requested
 from tenantwatch.exporters.otel_traces import OtelSpanExporter, traces_requested
 from tenantwatch.identity import IdentityResolver
@@ -109,15 +112,29 @@ class Daemon:
         default = config.tenancy.default
         self.detector = Detector(config.detection, ignore={default} if default else ())
         self.detection: DetectionResult | None = None
+        e = config.enforcement
+        self.placer = None
+        if e.placement is not None:
+            pattern = re.compile(config.tenancy.pattern)
+            self.placer = Placer(e.placement, e.cgroup, gateway_pids=self._gateway_pids,
+                                 valid_tenant=lambda t: bool(pattern.fullmatch(t)),
+                                 dry_run=e.mode != "enforce")
+        self.enforcer = Enforcer(
+            e, state_store=StateStore(e.state_file), audit_log=AuditLog(e.audit_log),
+            gateway_pids=self._gateway_pids,
+            tenant_of_pid=self.placer.tenant_of_pid if self.placer else None,
+            protected={default} if default else ())
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(TenantCollector(self.snapshot, {
             "version": __version__, "kernel": platform.release()}))
         self.registry.register(DetectionCollector(lambda: self.detection))
+        self.registry.register(EnforcementCollector(self.enforcer.payload))
         self.api = ApiServer(config.listen_host, config.listen_port, self.snapshot, self.health,
                              self.registry,
                              extra_routes={
                                  "/api/v1/hotspots": lambda: hotspots_payload(self.detection),
                                  "/api/v1/tenants": self.tenants_document,
+                                 "/api/v1/caps": lambda: (200, self.enforcer.payload()),
                              })
         otel = config.otel
         self.otel_metrics = OtelMetricsExporter(
@@ -179,6 +196,7 @@ class Daemon:
     def start(self) -> None:
         """Attach probes, serve HTTP, then say READY (in that order)."""
         self.probes.load()
+        self.enforcer.start()  # reconcile caps left by an earlier run (state file)
         self._retarget()
         self.api.start()
         self._ready = True
@@ -215,7 +233,16 @@ class Daemon:
         sd_notify(msg)
         self._last_ping = time.monotonic()
 
+    def _gateway_pids(self) -> set:
+        """Every traced gateway process: a cgroup holding one is never capped."""
+        pids = set(self.scanner.scan())
+        if self.probes._bpf is not None:
+            pids |= self.probes.targets()
+        return pids
+
     def _retarget(self) -> None:
+        if self.placer is not None:
+            self.placer.place()
         added, removed = self.probes.set_targets(self.scanner.scan()
                                                  | self._kernel_added_alive())
         if added or removed:
@@ -247,6 +274,9 @@ class Daemon:
             self.detection = self.detector.update(node)
             for change in self.detection.changes:  # one structured line per change
                 log.warning("detection %s", json.dumps(change.as_dict(), sort_keys=True))
+            snap = self.aggregator.snapshot(self._ready)
+            self.enforcer.tick(self.detection,
+                               {t: b.usage_seconds for t, b in snap.backends.items()})
 
     def run(self) -> int:
         self._wake_fds = os.pipe()
@@ -351,6 +381,10 @@ class Daemon:
     def shutdown(self) -> None:
         """Final drain, detach everything, stop serving (idempotent)."""
         sd_notify("STOPPING=1\nSTATUS=stopping")
+        try:
+            self.enforcer.stop()  # restores the original limits unless keep_on_exit
+        except Exception:
+            log.exception("restoring CPU caps failed; run `tenantwatch release-caps`")
         if self.probes._bpf is not None:
             try:
                 self.aggregator.apply(self.probes.drain())
