@@ -409,9 +409,11 @@ static __always_inline void tw_slow(void *ctx, struct tw_ctl *ctl, struct tw_con
 		.tgid = bpf_get_current_pid_tgid() >> 32, .side = c->side, .status = status,
 	};
 #ifdef TW_HAVE_RINGBUF
-	tw_slow_events.ringbuf_output(&e, sizeof(e), 0);
+	if (tw_slow_events.ringbuf_output(&e, sizeof(e), 0) != 0)
+		tw_lose(TW_LOST_SLOW_BUFFER_FULL);
 #else
-	tw_slow_events.perf_submit(ctx, &e, sizeof(e));
+	if (tw_slow_events.perf_submit(ctx, &e, sizeof(e)) != 0)
+		tw_lose(TW_LOST_SLOW_BUFFER_FULL);
 #endif
 }
 

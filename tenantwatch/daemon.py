@@ -114,7 +114,7 @@ class Daemon:
         self.detection: DetectionResult | None = None
         e = config.enforcement
         self.placer = None
-        if e.placement is not None:
+        if e.placement is not None and e.mode != "off":
             pattern = re.compile(config.tenancy.pattern)
             self.placer = Placer(e.placement, e.cgroup, gateway_pids=self._gateway_pids,
                                  valid_tenant=lambda t: bool(pattern.fullmatch(t)),
@@ -137,9 +137,14 @@ class Daemon:
                                  "/api/v1/caps": lambda: (200, self.enforcer.payload()),
                              })
         otel = config.otel
-        self.otel_metrics = OtelMetricsExporter(
-            self.snapshot, endpoint=otel.endpoint, interval_seconds=otel.interval_seconds,
-            resource_attributes=otel.resource_attributes) if otel_requested(otel.endpoint) else None
+        self.otel_metrics = None
+        if otel_requested(otel.endpoint):
+            try:
+                self.otel_metrics = OtelMetricsExporter(
+                    self.snapshot, endpoint=otel.endpoint, interval_seconds=otel.interval_seconds,
+                    resource_attributes=otel.resource_attributes)
+            except ImportError as err:
+                log.error("OpenTelemetry export requested but unavailable: %s", err)
         self.otel_spans = OtelSpanExporter(
             endpoint=otel.endpoint, resource_attributes=otel.resource_attributes) \
             if traces_requested(otel.endpoint) and config.capture.slow_request_seconds > 0 \
@@ -390,6 +395,8 @@ class Daemon:
                 self.aggregator.apply(self.probes.drain())
             except Exception:  # the final flush must not block the detach
                 log.exception("final drain failed")
+        if self.otel_spans is not None:
+            self.otel_spans.export(self.aggregator.slow_spans())  # the final drain's
         for exporter in (self.otel_metrics, self.otel_spans):
             if exporter is not None:
                 exporter.shutdown()  # final export; never raises

@@ -62,7 +62,8 @@
 #define TW_LOST_RESYNC             7  /* parser met bytes it cannot place and gave up on a connection */
 #define TW_LOST_CPU_MAP_FULL       8  /* CPU time folded into the overflow entry: tw_cpu full */
 #define TW_LOST_SLOW_RATE_LIMITED  9  /* a slow request not sent as an event: over the rate */
-#define TW_LOST_MAX               10
+#define TW_LOST_SLOW_BUFFER_FULL  10  /* a slow-request event did not fit the ring/perf buffer */
+#define TW_LOST_MAX               11
 
 /* Run-queue delay buckets (wakeup -> running of target threads): bounds in
  * tw_ctl.runq_bounds_ns, exported as tenantwatch_runqueue_delay_seconds. */

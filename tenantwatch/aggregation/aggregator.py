@@ -45,6 +45,8 @@ from tenantwatch.kernel.records import (
 log = logging.getLogger(__name__)
 
 NS_PER_SECOND = 1_000_000_000
+# Losses of sampled events (slow-request spans): no count is missing, the window stays complete.
+SAMPLING_LOSSES = frozenset({"slow_rate_limited", "slow_buffer_full"})
 
 
 class Resolver(Protocol):
@@ -295,7 +297,8 @@ class Aggregator:
             latency_bounds=self._bounds,
             psi_some_avg10=host.psi_some_avg10 if host else None,
             runq_p99_seconds=runq_p99,
-            complete=not any(tick.lost.values()),
+            complete=not any(n for reason, n in tick.lost.items()
+                             if reason not in SAMPLING_LOSSES),
         )
 
     def _fold(self, c: IdentityCounts, per_tick: _TickDeltas | None = None) -> None:

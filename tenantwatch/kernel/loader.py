@@ -107,6 +107,7 @@ class HttpProbes:
         self._batch_ok = True
         self._user_lost: dict[str, int] = {}  # losses seen in user space, by reason
         self._warned_targets = False
+        self._untraced: set[int] = set()  # processes that did not fit tw_targets
         self._target_words = (_pid_max() + 63) // 64
         self._bits_written: dict[int, int] = {}  # bitmap words as last written
         self._swept_closes: dict[tuple[int, int], int] = {}  # (conn_key, side) -> closes
@@ -268,12 +269,16 @@ class HttpProbes:
                     self._warned_targets = True
                     log.warning("more target processes than the kernel's target map holds "
                                 "(TW_MAX_TARGETS); the rest are not traced")
-                self._user_lost["target_map_full"] = self._user_lost.get("target_map_full", 0) + 1
+                if t not in self._untraced:  # counted once per process, not per rescan
+                    self._untraced.add(t)
+                    self._user_lost["target_map_full"] = \
+                        self._user_lost.get("target_map_full", 0) + 1
         for t in have - want:
             try:
                 del table[ct.c_uint32(t)]
             except KeyError:
                 pass
+        self._untraced &= want  # forget processes that are gone or no longer wanted
         self._write_target_bits(self.targets())
         return want - have, have - want
 
