@@ -16,6 +16,7 @@ help:
 	@echo "make demo       deps, then .venv/bin/tenantwatch demo (root)"
 	@echo "make test       deps, then the whole test suite (root)"
 	@echo "make test-unit  unit tests only (no root, no deps step)"
+	@echo "make test-kernels  deps + qemu and Debian kernels, then the kernel matrix (5.10, 6.1, this one) (root)"
 	@echo "make lint       ruff"
 	@echo "make bench      deps, then bench/nginx_ab.py (root)"
 	@echo "make clean      remove caches and build artefacts (keeps .venv)"
@@ -37,6 +38,13 @@ demo: deps
 # pytest's exit code goes through as is: 5 (nothing collected) fails the target.
 test: deps
 	$(PY) -m pytest $(PYTEST_FLAGS) tests
+
+# The kernel matrix (docs/kernels.md): Debian's 5.10 and 6.1 in qemu guests, and this machine's
+# kernel directly. TW_VM_KERNELS=6.1 (comma-separated) picks kernels; prints the result table.
+.PHONY: test-kernels
+test-kernels: deps
+	bash scripts/install-vm-deps.sh
+	TW_VM_IN_TEST=1 $(PY) -m pytest $(PYTEST_FLAGS) -rs tests/vm
 
 test-unit:
 	$(UNIT_PY) -m pytest $(PYTEST_FLAGS) tests/unit

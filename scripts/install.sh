@@ -7,8 +7,6 @@
 #   /usr/local/bin/tenantwatch                -> /opt/tenantwatch/venv/bin/tenantwatch
 #   /usr/share/tenantwatch/bpf                the BPF C sources (kernel/loader.py compiles them)
 #   /etc/systemd/system/tenantwatch.service   the unit (overwritten: local changes go in drop-ins)
-#   /etc/systemd/system/tenantwatch.service.d/50-kernel-before-5.8.conf
-#                                             only on kernels < 5.8 (CAP_SYS_ADMIN), removed on newer
 #   /etc/tenantwatch/tenantwatch.yaml         examples/tenantwatch.yaml, only when there is none:
 #                                             an operator's config is never overwritten
 #   /var/lib/tenantwatch                      state (also the unit's StateDirectory=)
@@ -16,23 +14,20 @@
 # Running it again upgrades in place. It does not enable or start the service.
 #
 # Environment:
-#   TW_ROOT            install under this directory instead of / (tests). A venv is not
-#                      relocatable, so this is a test root, not a packaging DESTDIR.
-#   TW_KERNEL_RELEASE  kernel release that decides the < 5.8 drop-in [uname -r]
+#   TW_ROOT  install under this directory instead of / (tests). A venv is not relocatable, so
+#            this is a test root, not a packaging DESTDIR.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ROOT="${TW_ROOT:-}"
 ROOT="${ROOT%/}"
 SYS_PY=/usr/bin/python3   # not the `python3` on PATH: bcc is a package of the system Python
-KREL="${TW_KERNEL_RELEASE:-$(uname -r)}"
 
 VENV="$ROOT/opt/tenantwatch/venv"
 BIN_LINK="$ROOT/usr/local/bin/tenantwatch"
 SHARE="$ROOT/usr/share/tenantwatch"
 UNIT_DIR="$ROOT/etc/systemd/system"
 UNIT="$UNIT_DIR/tenantwatch.service"
-DROPIN="$UNIT_DIR/tenantwatch.service.d/50-kernel-before-5.8.conf"
 CONF_DIR="$ROOT/etc/tenantwatch"
 CONF="$CONF_DIR/tenantwatch.yaml"
 STATE="$ROOT/var/lib/tenantwatch"
@@ -82,32 +77,16 @@ mkdir -p "$SHARE"
 cp -r "$REPO/bpf" "$SHARE/bpf"
 find "$SHARE/bpf" -type d -exec chmod 0755 {} +
 find "$SHARE/bpf" -type f -exec chmod 0644 {} +
+# also beside the venv (share/tenantwatch/bpf): found without TENANTWATCH_BPF_DIR wherever
+# the tree is installed (kernel/paths.py)
+mkdir -p "$VENV/share/tenantwatch"
+rm -rf "$VENV/share/tenantwatch/bpf"
+cp -r "$SHARE/bpf" "$VENV/share/tenantwatch/bpf"
 say "bpf sources" "done ($SHARE/bpf)"
 
 # ---------------------------------------------------------------- systemd unit
 install -D -m 0644 "$REPO/systemd/tenantwatch.service" "$UNIT"
 say "unit" "done ($UNIT)"
-# Kernels < 5.8 have no CAP_BPF / CAP_PERFMON: bpf() and perf_event_open() need CAP_SYS_ADMIN.
-major="${KREL%%.*}"
-minor="${KREL#*.}"
-minor="${minor%%[!0-9]*}"
-if [ "${major:-0}" -lt 5 ] || { [ "${major:-0}" -eq 5 ] && [ "${minor:-0}" -lt 8 ]; }; then
-    mkdir -p "$(dirname "$DROPIN")"
-    cat > "$DROPIN" <<EOF
-# Written by tenantwatch's scripts/install.sh for kernel $KREL: kernels older than 5.8 have no
-# CAP_BPF / CAP_PERFMON, so loading BPF programs and opening perf events need CAP_SYS_ADMIN.
-# Removed by the next install on a 5.8+ kernel.
-[Service]
-CapabilityBoundingSet=CAP_SYS_ADMIN
-EOF
-    say "unit drop-in" "done ($DROPIN: kernel $KREL < 5.8 needs CAP_SYS_ADMIN)"
-elif [ -e "$DROPIN" ]; then
-    rm -f "$DROPIN"
-    rmdir "$(dirname "$DROPIN")" 2>/dev/null || true
-    say "unit drop-in" "done (removed $DROPIN: kernel $KREL >= 5.8)"
-else
-    say "unit drop-in" "ok (none needed on kernel $KREL)"
-fi
 
 # ---------------------------------------------------------------- config and state
 mkdir -p "$CONF_DIR"
@@ -120,7 +99,8 @@ fi
 install -d -m 0750 "$STATE"
 say "state directory" "done ($STATE)"
 
-if ! "$VENV/bin/tenantwatch" check-config --config "$CONF" >/dev/null; then
+# Under TW_ROOT the package must find the staged BPF sources, not /usr/share's.
+if ! TENANTWATCH_BPF_DIR="$SHARE/bpf" "$VENV/bin/tenantwatch" check-config --config "$CONF" >/dev/null; then
     echo "install: warning: $CONF is not valid: $VENV/bin/tenantwatch check-config --config $CONF" >&2
 fi
 

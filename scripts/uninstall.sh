@@ -2,11 +2,12 @@
 # Remove what scripts/install.sh put in place (`make uninstall`; docs/operations.md).
 #
 # Stops and disables the service first where systemd runs. Keeps the operator's config
-# (/etc/tenantwatch) and any state left in /var/lib/tenantwatch, unless PURGE=1.
+# (/etc/tenantwatch, drop-ins in /etc/systemd/system/tenantwatch.service.d) and any state left
+# in /var/lib/tenantwatch, unless PURGE=1.
 #
 # Environment:
 #   TW_ROOT  the root install.sh used [/]
-#   PURGE=1  also remove /etc/tenantwatch and /var/lib/tenantwatch
+#   PURGE=1  also remove /etc/tenantwatch, the unit's drop-ins and /var/lib/tenantwatch
 set -euo pipefail
 
 ROOT="${TW_ROOT:-}"
@@ -17,7 +18,7 @@ OPT="$ROOT/opt/tenantwatch"
 BIN_LINK="$ROOT/usr/local/bin/tenantwatch"
 SHARE="$ROOT/usr/share/tenantwatch"
 UNIT="$ROOT/etc/systemd/system/tenantwatch.service"
-DROPIN="$ROOT/etc/systemd/system/tenantwatch.service.d/50-kernel-before-5.8.conf"
+DROPINS="$ROOT/etc/systemd/system/tenantwatch.service.d"
 CONF_DIR="$ROOT/etc/tenantwatch"
 STATE="$ROOT/var/lib/tenantwatch"
 
@@ -55,16 +56,17 @@ else
     say "command" "ok (no $BIN_LINK)"
 fi
 remove "$UNIT" "unit"
-remove "$DROPIN" "unit drop-in"
-rmdir "$(dirname "$DROPIN")" 2>/dev/null || true
+# Drop-ins (tenantwatch.service.d/) are the operator's configuration: kept unless PURGE=1.
 remove "$SHARE" "bpf sources"
 remove "$OPT" "package"
 
 if [ "$PURGE" = "1" ]; then
     remove "$CONF_DIR" "config"
+    remove "$DROPINS" "unit drop-ins"
     remove "$STATE" "state directory"
 else
     [ -e "$CONF_DIR" ] && say "config" "kept ($CONF_DIR; PURGE=1 removes it)"
+    [ -e "$DROPINS" ] && say "unit drop-ins" "kept ($DROPINS; PURGE=1 removes it)"
     if [ -d "$STATE" ] && rmdir "$STATE" 2>/dev/null; then
         say "state directory" "done (removed empty $STATE)"
     elif [ -e "$STATE" ]; then

@@ -164,6 +164,7 @@ def check_kernel(env: _Env) -> list[Result]:
             results.append(Result(OK, f"  {name} (>= {need_s}): available ({used})"))
         else:
             results.append(Result(INFO, f"  {name} (>= {need_s}): not available ({fallback})"))
+    results.append(Result(INFO, "  tested kernels: see docs/kernels.md"))
     return results
 
 

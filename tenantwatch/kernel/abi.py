@@ -9,7 +9,13 @@ import ctypes as ct
 import re
 from pathlib import Path
 
-ABI_HEADER = Path(__file__).resolve().parents[2] / "bpf" / "include" / "tw_abi.h"
+from tenantwatch.kernel.paths import bpf_dir_candidates, find_bpf_dir
+
+_BPF = find_bpf_dir()
+if _BPF is None:
+    raise ImportError("bpf/include/tw_abi.h not found: set TENANTWATCH_BPF_DIR "
+                      "(searched: " + ", ".join(str(c) for c in bpf_dir_candidates()) + ")")
+ABI_HEADER = _BPF / "include" / "tw_abi.h"
 
 
 def _defines(path: Path) -> dict:

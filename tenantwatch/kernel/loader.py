@@ -21,6 +21,7 @@ from pathlib import Path
 
 from tenantwatch.errors import KernelSupportError, PermissionProblem
 from tenantwatch.kernel import abi, dfa
+from tenantwatch.kernel.paths import find_bpf_dir
 from tenantwatch.kernel.records import (
     CpuCounts,
     IdentityCounts,
@@ -46,13 +47,10 @@ TRACEFS_DIRS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 
 def bpf_dir() -> Path:
     """Where the .c files are: $TENANTWATCH_BPF_DIR, the source tree, or the installed share."""
-    env = os.environ.get("TENANTWATCH_BPF_DIR")
-    candidates = [Path(env)] if env else []
-    candidates += [Path(__file__).resolve().parents[2] / "bpf", Path("/usr/share/tenantwatch/bpf")]
-    for c in candidates:
-        if (c / "http.c").is_file():
-            return c
-    raise KernelSupportError("bpf/http.c not found (set TENANTWATCH_BPF_DIR)")
+    found = find_bpf_dir()
+    if found is None:
+        raise KernelSupportError("bpf/http.c not found (set TENANTWATCH_BPF_DIR)")
+    return found
 
 
 def kernel_version(release: str | None = None) -> tuple[int, int]:

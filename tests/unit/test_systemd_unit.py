@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tenantwatch.cli import EX_CONFIG
+from tenantwatch.cli import EX_CONFIG, build_parser
 from tests.conftest import require
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,10 +25,11 @@ INSTALL = REPO / "scripts" / "install.sh"
 
 # Measured with systemd 252 (Debian 12); docs/operations.md records it. Lower is better: lower
 # this when the unit gets tighter, and never raise it without saying why in the docs.
-MAX_EXPOSURE = 2.5
+MAX_EXPOSURE = 3.2
 
 # CapabilityBoundingSet may hold only these (the unit comments why each is there or not).
-ALLOWED_CAPS = {"CAP_BPF", "CAP_PERFMON"}
+# CAP_SYS_ADMIN: Debian/Ubuntu kernels (perf_event_paranoid=3) and kernels older than 5.8.
+ALLOWED_CAPS = {"CAP_BPF", "CAP_PERFMON", "CAP_SYS_ADMIN"}
 
 
 def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
@@ -100,7 +101,7 @@ def test_hardening_that_conventions_require(service):
 def test_capability_bounding_set_is_tight(service):
     caps = set(" ".join(service["CapabilityBoundingSet"]).split())
     assert {"CAP_BPF", "CAP_PERFMON"} <= caps
-    assert caps <= ALLOWED_CAPS, f"not needed on 5.8+, see the unit's comments: {caps - ALLOWED_CAPS}"
+    assert caps <= ALLOWED_CAPS, f"see the unit's comments: {caps - ALLOWED_CAPS}"
     assert one(service, "AmbientCapabilities") == ""
 
 
@@ -122,27 +123,34 @@ def test_syscall_filter_allows_bpf_and_perf_event_open(service):
     assert not {"bpf", "perf_event_open", "@privileged", "@debug"} & set(denied)
 
 
-def test_no_exec_stop_post_until_the_command_exists(service):
-    """DESIGN.md section 6: releasing caps will be an ExecStopPost=; only a comment for now."""
-    assert "ExecStopPost" not in service
-    assert "# Planned (DESIGN.md section 6" in UNIT.read_text()
+def test_exec_stop_post_releases_caps_with_a_command_that_exists(service):
+    """DESIGN.md section 6: caps left by a daemon that died are restored after every stop."""
+    assert one(service, "ExecStopPost") == (
+        "/usr/local/bin/tenantwatch release-caps --config /etc/tenantwatch/tenantwatch.yaml")
+    args = build_parser().parse_args(
+        ["release-caps", "--config", "/etc/tenantwatch/tenantwatch.yaml"])
+    assert args.func.__name__ == "cmd_release_caps"
+    # it writes the cgroup tree and reads the state file: both writable in the sandbox
+    assert one(service, "StateDirectory") == "tenantwatch"
+    assert any(p.lstrip("-") == "/sys/fs/cgroup"
+               for p in " ".join(service["ReadWritePaths"]).split())
 
 
 # ---------------------------------------------------------------- systemd-analyze
 
 
 def test_systemd_analyze_verify_is_clean(tmp_path):
-    """verify checks that ExecStart= is executable; /usr/local/bin/tenantwatch exists only after
-    `make install`, so a copy of the unit points at a stand-in. verify exits 0 even on unknown
-    keys and bad values ("ignoring"), so its output must be empty too."""
+    """verify checks that every Exec*= command is executable; /usr/local/bin/tenantwatch exists
+    only after `make install`, so a copy of the unit points at a stand-in. verify exits 0 even on
+    unknown keys and bad values ("ignoring"), so its output must be empty too."""
     exe = systemd_analyze()
     stand_in = tmp_path / "tenantwatch"
     stand_in.write_text("#!/bin/sh\nexit 0\n")
     stand_in.chmod(0o755)
     unit = tmp_path / "tenantwatch.service"
-    text, n = re.subn(r"^ExecStart=/usr/local/bin/tenantwatch ", f"ExecStart={stand_in} ",
+    text, n = re.subn(r"^(Exec\w+=)/usr/local/bin/tenantwatch ", rf"\g<1>{stand_in} ",
                       UNIT.read_text(), flags=re.MULTILINE)
-    assert n == 1
+    assert n == 2  # ExecStart, ExecStopPost
     unit.write_text(text)
     r = subprocess.run([exe, "verify", str(unit)], capture_output=True, text=True,
                        timeout=60, check=False)
