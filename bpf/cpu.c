@@ -125,6 +125,7 @@ static __always_inline int tw_sched_switch(__u32 next_pid)
 	tw_barrier_var(nb);
 	__u32 idx = 0;
 	for (__u32 i = 0; i < TW_RUNQ_BUCKETS; i++) {
+		tw_barrier_var(i);  /* keep the i < TW_* exit: 6.1 cannot bound i == n */
 		if (i >= nb)
 			break;
 		if (delay <= ctl->runq_bounds_ns[i])

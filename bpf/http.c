@@ -322,6 +322,7 @@ static __always_inline void tw_count_end(struct tw_ctl *ctl, struct tw_conn *c, 
 	tw_barrier_var(n);
 	__u32 idx = 0;
 	for (__u32 i = 0; i < TW_MAX_BUCKETS; i++) {
+		tw_barrier_var(i);  /* keep the i < TW_* exit: 6.1 cannot bound i == n */
 		if (i >= n)
 			break;
 		if (lat_ns <= ctl->bounds_ns[i])
@@ -578,7 +579,9 @@ static __always_inline void tw_value_byte(struct tw_conn *c, struct tw_parser *p
 	if (kind == H_IDENTITY) {
 		__u32 n = p->vlen;
 		if (n < TW_VALUE_MAX) {
-			c->vbuf[p->vcur & 1][n & (TW_VALUE_MAX - 1)] = ch;
+			__u32 j = n;
+			tw_barrier_var(j);  /* keep the mask: 6.1 reloads n from an unbounded spill */
+			c->vbuf[p->vcur & 1][j & (TW_VALUE_MAX - 1)] = ch;
 			p->h1 = (p->h1 ^ ch) * TW_FNV_PRIME1;
 			p->h2 = (p->h2 ^ ch) * TW_FNV_PRIME2 + 1;
 			p->vlen = n + 1;
@@ -715,6 +718,7 @@ int tw_parse(void *ctx)
 	__u32 npos = p->pos & 0xffff;
 	tw_barrier_var(n);
 	for (__u32 i = 0; i < TW_WINDOW; i++) {
+		tw_barrier_var(i);  /* keep the i < TW_* exit: 6.1 cannot bound i == n */
 		if (i >= n)
 			break;
 		__u8 ch = buf[i];
@@ -1142,6 +1146,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 	__u32 n = ctl->ncomms;
 	tw_barrier_var(n);
 	for (__u32 i = 0; i < TW_MAX_COMMS; i++) {
+		tw_barrier_var(i);  /* keep the i < TW_* exit: 6.1 cannot bound i == n */
 		if (i >= n)
 			break;
 		__u64 *want = (__u64 *)ctl->comms[i];

@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 # wide enough to tell "scheduled at once" from "waited a whole time slice" and worse.
 RUNQ_BOUNDS_SECONDS = tuple(4**i / 1e6 for i in range(11))
 
+# Bytes parsed per tw_parse run, tried in order: 256 verifies in ~600k instructions on 6.18;
+# the 6.1 and 5.10 verifiers refuse it (E2BIG) and take 64 (tested in VMs, tests/vm), which
+# makes one syscall parse up to 2 KiB of message heads instead of 8 KiB (docs/limits.md).
+PARSE_WINDOWS = (256, 64)
+
 # After flipping the active aggregate map, wait this long before draining the old
 # one: a probe that read the old index finishes within microseconds (a full chain
 # of 33 tail calls parses at most 8 KiB), so 10 ms is a wide grace period.
@@ -110,6 +115,7 @@ class HttpProbes:
         self._bits_written: dict[int, int] = {}  # bitmap words as last written
         self._swept_closes: dict[tuple[int, int], int] = {}  # (conn_key, side) -> closes
         self.probes: dict[str, bool] = {}
+        self.window = PARSE_WINDOWS[0]  # bytes per tw_parse run, as loaded
 
     # ------------------------------------------------------------------ build
 
@@ -160,14 +166,28 @@ class HttpProbes:
                                      "python3-bpfcc; a venv needs --system-site-packages); "
                                      "run `tenantwatch doctor`") from e
         self._configure_ctl()
-        try:
-            b = BPF(text=self.source_text().encode(), cflags=self.cflags())
-        except Exception as e:  # bcc raises bare Exception for compile and load errors
-            raise KernelSupportError(f"compiling or loading bpf/http.c failed: {e}; "
-                                     "run `tenantwatch doctor`") from e
+        b = parse = None
+        for window in PARSE_WINDOWS:
+            try:
+                b = BPF(text=self.source_text().encode(),
+                        cflags=self.cflags() + [f"-DTW_WINDOW={window}"])
+            except Exception as e:  # bcc raises bare Exception for compile and load errors
+                raise KernelSupportError(f"compiling or loading bpf/http.c failed: {e}; "
+                                         "run `tenantwatch doctor`") from e
+            try:
+                parse = b.load_func(b"tw_parse", BPF.TRACEPOINT)
+                self.window = window
+                break
+            except Exception as e:  # noqa: BLE001 - E2BIG on older verifiers: smaller window
+                log.info("tw_parse with a %d-byte window was refused (%s); trying smaller",
+                         window, e)
+                b.cleanup()
+                b = None
+        if b is None or parse is None:
+            raise KernelSupportError("the kernel's verifier refused tw_parse at every window "
+                                     f"size {PARSE_WINDOWS}; run `tenantwatch doctor`")
         self._bpf = b
         try:
-            parse = b.load_func(b"tw_parse", BPF.TRACEPOINT)
             b[b"tw_progs"][ct.c_int(0)] = ct.c_int(parse.fd)
             self._write_ctl()
             self._write_names()
