@@ -156,5 +156,5 @@ def test_connections_of_an_exited_process_are_closed_by_the_sweep(probes):
         for s in socks:
             s.close()
         probes.set_targets(set())
-    assert opened == 3
-    assert closed == 3
+    assert opened >= 3  # our three (another traced connection may have come along)
+    assert closed == opened  # every connection it had open is closed by the sweep
