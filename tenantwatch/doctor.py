@@ -156,7 +156,8 @@ def check_kernel(env: _Env) -> list[Result]:
          "falls back to bpf_probe_read"),
         ((5, 6), "batch map operations", "used to drain counters",
          "falls back to a per-key drain"),
-        ((5, 8), "BPF ring buffer", "not used: counters are drained from maps", "not used"),
+        ((5, 8), "BPF ring buffer", "used for slow-request events",
+         "slow-request events go through a perf buffer instead"),
     )
     for need, name, used, fallback in features:
         need_s = f"{need[0]}.{need[1]}"
