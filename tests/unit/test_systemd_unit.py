@@ -25,7 +25,7 @@ INSTALL = REPO / "scripts" / "install.sh"
 
 # Measured with systemd 252 (Debian 12); docs/operations.md records it. Lower is better: lower
 # this when the unit gets tighter, and never raise it without saying why in the docs.
-MAX_EXPOSURE = 3.2
+MAX_EXPOSURE = 2.8
 
 # CapabilityBoundingSet may hold only these (the unit comments why each is there or not).
 # CAP_SYS_ADMIN: Debian/Ubuntu kernels (perf_event_paranoid=3) and kernels older than 5.8.
@@ -96,6 +96,9 @@ def test_hardening_that_conventions_require(service):
     assert one(service, "StateDirectory") == "tenantwatch"
     assert one(service, "ProtectHome") == "yes"
     assert one(service, "PrivateTmp") == "yes"
+    # beyond CONVENTIONS, checked with bcc and cgroup writes under systemd 252 (docs/operations.md)
+    assert one(service, "ProtectKernelTunables") == "yes"
+    assert one(service, "PrivateMounts") == "yes"
 
 
 def test_capability_bounding_set_is_tight(service):
