@@ -73,7 +73,13 @@ def mkcg(made: list[Path], *rel: str) -> tuple[Path, Path]:
 
 def burn(*extra: str) -> subprocess.Popen:
     code = f"import time\nt = time.time()\nwhile time.time() - t < {BURN_SECONDS}: pass"
-    return subprocess.Popen([sys.executable, "-c", code, *extra])
+    proc = subprocess.Popen([sys.executable, "-c", code, *extra])
+    # Popen may return (vfork) before the kernel has set up the new program's arguments:
+    # /proc/PID/cmdline reads empty for that moment, and a selector would not match yet.
+    deadline = time.monotonic() + 5
+    while not Path(f"/proc/{proc.pid}/cmdline").read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return proc
 
 
 def usage_ns(acct: Path) -> int:
