@@ -121,18 +121,7 @@ static __always_inline int tw_sched_switch(__u32 next_pid)
 		ctl = tw_ctl.lookup(&zero);
 	if (!ctl)
 		return 0;
-	__u32 nb = ctl->nrunq;
-	tw_barrier_var(nb);
-	__u32 idx = 0;
-	for (__u32 i = 0; i < TW_RUNQ_BUCKETS; i++) {
-		tw_barrier_var(i);  /* keep the i < TW_* exit: 6.1 cannot bound i == n */
-		if (i >= nb)
-			break;
-		if (delay <= ctl->runq_bounds_ns[i])
-			break;
-		idx++;
-	}
-	tw_barrier_var(idx);
+	__u32 idx = TW_BUCKET_INDEX(delay, ctl->runq_bounds_ns, ctl->nrunq, TW_RUNQ_BUCKETS);
 	if (idx > TW_RUNQ_BUCKETS)
 		return 0;
 	__u64 *b = tw_runq.lookup(&idx);

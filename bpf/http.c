@@ -46,6 +46,26 @@
 #define TW_TARGET_WORDS 65536
 #endif
 
+/* Index of the first bound >= value among the first n of bounds[max]; n when none
+ * (the +Inf slot).  A macro, not a function: both histograms (latency here, run-queue
+ * delay in cpu.c) need their array's constant size for the verifier.  The barriers keep
+ * the i < max exit (6.1 cannot bound "i == n") and hide the result's range from clang. */
+#define TW_BUCKET_INDEX(value, bounds, n, max) ({				\
+	__u32 __n = (n);							\
+	tw_barrier_var(__n);							\
+	__u32 __idx = 0;							\
+	for (__u32 __i = 0; __i < (max); __i++) {				\
+		tw_barrier_var(__i);						\
+		if (__i >= __n)							\
+			break;							\
+		if ((value) <= (bounds)[__i])					\
+			break;							\
+		__idx++;							\
+	}									\
+	tw_barrier_var(__idx);							\
+	__idx;									\
+})
+
 /* Hide a value's known range from clang.  Without it clang folds
  * "i < MAX && i < n" (n <= MAX known) into "i != n", which the verifier cannot
  * bound: it then walks i past MAX. */
@@ -318,18 +338,7 @@ static __always_inline void tw_count_end(struct tw_ctl *ctl, struct tw_conn *c, 
 		__sync_fetch_and_add(&v->req_by_class[cls], 1);
 	if (!with_latency)
 		return;
-	__u32 n = ctl->nbuckets;
-	tw_barrier_var(n);
-	__u32 idx = 0;
-	for (__u32 i = 0; i < TW_MAX_BUCKETS; i++) {
-		tw_barrier_var(i);  /* keep the i < TW_* exit: 6.1 cannot bound i == n */
-		if (i >= n)
-			break;
-		if (lat_ns <= ctl->bounds_ns[i])
-			break;
-		idx++;
-	}
-	tw_barrier_var(idx);
+	__u32 idx = TW_BUCKET_INDEX(lat_ns, ctl->bounds_ns, ctl->nbuckets, TW_MAX_BUCKETS);
 	if (idx <= TW_MAX_BUCKETS)
 		__sync_fetch_and_add(&v->lat_buckets[idx], 1);
 	__sync_fetch_and_add(&v->lat_sum_ns, lat_ns);

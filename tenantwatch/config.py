@@ -79,6 +79,8 @@ from typing import Any, Callable
 
 import yaml
 
+from tenantwatch.checks import int_in_range as _int
+from tenantwatch.checks import type_name as _type_name
 from tenantwatch.detection.settings import DetectionSettings, parse_detection
 from tenantwatch.errors import ConfigError
 from tenantwatch.identity.records import INVALID, OTHER, UNATTRIBUTED
@@ -637,9 +639,6 @@ def _check_keys(m: Mapping[str, Any], allowed: Iterable[str], field: str) -> Non
                       f"{noun} {', '.join(parts)}; known: {', '.join(allowed)}")
 
 
-def _type_name(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
 
 def _mapping(value: Any, field: str) -> Mapping[str, Any]:
     if value is None:
@@ -672,13 +671,6 @@ def _bool(value: Any, field: str) -> bool:
         raise ConfigError(field, f"expected true or false, got {_type_name(value)}")
     return value
 
-
-def _int(value: Any, field: str, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(field, f"expected an integer, got {_type_name(value)}")
-    if not lo <= value <= hi:
-        raise ConfigError(field, f"must be in {lo}..{hi}, got {value}")
-    return value
 
 
 def _number(value: Any, field: str, lo: float, hi: float) -> float:

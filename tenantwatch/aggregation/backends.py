@@ -17,8 +17,8 @@ import time
 from collections.abc import Iterable
 
 from tenantwatch.aggregation.records import BackendUsage
+from tenantwatch.cgroups import v1_siblings
 
-V1_CPU_MOUNTS = ("cpu", "cpu,cpuacct", "cpuacct,cpu", "cpuacct")
 # Existence of a tenant's cgroup is re-checked this often, not every tick.
 EXISTS_TTL_SECONDS = 10.0
 
@@ -58,29 +58,20 @@ class BackendCpuReader:
             return BackendUsage(stat["usage_usec"] / 1e6, stat.get("throttled_usec", 0) / 1e6,
                                 stat.get("nr_throttled", 0), 2)
         usage_ns = None
-        for candidate in [path] + _v1_siblings(path):
+        for candidate in [path] + v1_siblings(path):
             usage_ns = _int(os.path.join(candidate, "cpuacct.usage"))
             if usage_ns is not None:
                 break
         if usage_ns is None:
             return None
         if stat is None:
-            for candidate in _v1_siblings(path):
+            for candidate in v1_siblings(path):
                 stat = _kv(os.path.join(candidate, "cpu.stat"))
                 if stat is not None:
                     break
         stat = stat or {}
         return BackendUsage(usage_ns / 1e9, stat.get("throttled_time", 0) / 1e9,
                             stat.get("nr_throttled", 0), 1)
-
-
-def _v1_siblings(path: str) -> list[str]:
-    parts = path.split(os.sep)
-    for i, part in enumerate(parts):
-        if part in V1_CPU_MOUNTS and i > 0 and parts[i - 1] == "cgroup":
-            return [os.sep.join(parts[:i] + [m] + parts[i + 1:]) for m in V1_CPU_MOUNTS
-                    if m != part]
-    return []
 
 
 def _kv(path: str) -> dict[str, int] | None:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
+from tenantwatch.checks import int_in_range as _int
+from tenantwatch.checks import type_name as _type_name
 from tenantwatch.errors import ConfigError
 from tenantwatch.identity.records import INVALID, OTHER, UNATTRIBUTED
 
@@ -120,16 +122,6 @@ def _check_keys(m: Mapping[Any, Any], allowed: tuple[str, ...], field: str) -> N
                       f"unknown key {unknown[0]!r}{hint}; known: {', '.join(allowed)}")
 
 
-def _type_name(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _int(value: Any, field: str, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(field, f"expected an integer, got {_type_name(value)}")
-    if not lo <= value <= hi:
-        raise ConfigError(field, f"must be in {lo}..{hi}, got {value}")
-    return value
 
 
 def _number(value: Any, field: str, lo: float, hi: float, lo_open: bool = False) -> float:

@@ -17,6 +17,7 @@ import errno
 import os
 from abc import ABC, abstractmethod
 
+from tenantwatch.cgroups import v1_siblings
 from tenantwatch.enforcement.errors import (
     CgroupMissing,
     EnforcementError,
@@ -29,7 +30,6 @@ from tenantwatch.enforcement.records import CpuLimit
 MIN_QUOTA_US = 1000
 # v1 and v2 share the default period.
 DEFAULT_PERIOD_US = 100_000
-V1_CPU_MOUNTS = ("cpu", "cpu,cpuacct", "cpuacct,cpu", "cpuacct")
 # Subtree walks for procs(): a tenant's slice holds services, rarely deeper than a few levels;
 # the bound keeps a pathological tree from stalling a tick.
 MAX_PROCS_DIRS = 4096
@@ -221,17 +221,6 @@ class V1Writer(CgroupWriter):
 def quota_us(cores: float, period_us: int) -> int:
     """The CFS quota for ``cores`` at ``period_us``, never below the kernel's minimum."""
     return max(MIN_QUOTA_US, round(cores * period_us))
-
-
-def v1_siblings(path: str) -> list[str]:
-    """The same relative path under the other v1 cpu/cpuacct mounts (…/cgroup/cpu/x ->
-    …/cgroup/cpuacct/x, …/cgroup/cpu,cpuacct/x, …)."""
-    parts = path.split(os.sep)
-    for i, part in enumerate(parts):
-        if part in V1_CPU_MOUNTS and i > 0 and parts[i - 1] == "cgroup":
-            return [os.sep.join(parts[:i] + [m] + parts[i + 1:]) for m in V1_CPU_MOUNTS
-                    if m != part]
-    return []
 
 
 def _error(e: OSError, path: str) -> EnforcementError:

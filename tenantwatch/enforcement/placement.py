@@ -22,7 +22,8 @@ import os
 from collections.abc import Iterable
 from typing import Callable
 
-from tenantwatch.enforcement.cgroupfs import v1_siblings, within_root
+from tenantwatch.cgroups import v1_siblings
+from tenantwatch.enforcement.cgroupfs import within_root
 from tenantwatch.enforcement.settings import Placement
 from tenantwatch.identity.records import INVALID, OTHER, UNATTRIBUTED
 

@@ -8,33 +8,18 @@ built fresh at each scrape so tenants and hotspots that went away disappear.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from typing import Any, Callable
+from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 from tenantwatch.detection import DetectionResult
+from tenantwatch.exporters.state import StateCollector
 
 log = logging.getLogger(__name__)
 
 
-class DetectionCollector(Collector):
+class DetectionCollector(StateCollector):
     """Builds the detection families from the latest DetectionResult at each scrape."""
-
-    def __init__(self, get_result: Callable[[], DetectionResult | None]) -> None:
-        self._get_result = get_result
-
-    def describe(self) -> list:
-        return self._families(None)
-
-    def collect(self) -> Iterator:
-        try:
-            result = self._get_result()
-        except Exception:  # a scrape must not fail because detection did
-            log.exception("cannot read the detection result")
-            result = None
-        yield from self._families(result)
 
     @staticmethod
     def _families(result: DetectionResult | None) -> list:

@@ -8,31 +8,19 @@ tenantwatch_enforcement_refusals_total{reason} (one series per reason, zeros inc
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
-from typing import Any, Callable
+from collections.abc import Mapping
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 from tenantwatch.enforcement import REFUSAL_REASONS
+from tenantwatch.exporters.state import StateCollector
 
 log = logging.getLogger(__name__)
 
 
-class EnforcementCollector(Collector):
-    def __init__(self, get_payload: Callable[[], Mapping[str, Any]]) -> None:
-        self._get_payload = get_payload
-
-    def describe(self) -> list:
-        return self._families(None)
-
-    def collect(self) -> Iterator:
-        try:
-            doc = self._get_payload()
-        except Exception:  # a scrape must not fail because enforcement did
-            log.exception("cannot read the enforcement state")
-            doc = None
-        yield from self._families(doc)
+class EnforcementCollector(StateCollector):
+    """Builds the enforcement families from Enforcer.payload() at each scrape."""
 
     @staticmethod
     def _families(doc: Mapping[str, Any] | None) -> list:
