@@ -23,8 +23,8 @@
 #ifndef TW_MAX_CONNS
 #define TW_MAX_CONNS 65536
 #endif
-/* Bytes parsed per tw_parse run.  Verification costs ~2.4k instructions per byte
- * of window (measured, kernel 6.18): 256 -> ~600k of the 1M limit, 512 fails.
+/* Bytes parsed per tw_parse run.  Verification costs ~3.5k instructions per byte
+ * of window (measured, kernel 6.18): 256 -> ~900k of the 1M limit, 512 fails.
  * A power of two so the index can be masked. */
 #ifndef TW_WINDOW
 #define TW_WINDOW 256
@@ -113,7 +113,7 @@ struct tw_parser {
 	__u32 after_skip; /* AFTER_* */
 	__u32 prev_identity; /* previous header line was an identity header (obs-fold) */
 	__u32 name0;      /* first byte of the header name, lowercased */
-	__u32 _pad0;
+	__u32 vtoken;     /* the current identity header is a bearer token (tw_token reads it) */
 	__u64 method;     /* packed method bytes of the current request */
 };
 
@@ -167,7 +167,25 @@ struct tw_job {
 	__u32 is_write;
 	__u32 tails;
 	__u32 charged;   /* the syscall's bytes are already charged to an identity */
+	__u32 mode;      /* program for the next window: TW_PROG_* */
+	__u32 emit;      /* a new token to send (tw_token_emit) before parsing on */
+	__u64 emit_key;  /* its identity key */
+	__u32 emit_len;  /* its length */
+	__u32 _pad;
 };
+
+/* Programs in tw_progs. */
+#define TW_PROG_PARSE 0  /* tw_parse: the HTTP/1.x DFA */
+#define TW_PROG_TOKEN 1  /* tw_token: the bytes of a bearer token value */
+#define TW_PROG_EMIT  2  /* tw_token_emit: send a new token to user space */
+#define TW_NPROGS     3
+/* A token already sent is sent again after this long (user space may have forgotten it). */
+#define TW_TOKEN_RESEND_NS 60000000000ull
+/* Connections in the middle of a token value at once (tw_tokbufs). */
+#define TW_MAX_TOKEN_CONNS 1024
+/* Distinct tokens remembered as sent (tw_tok_seen). */
+#define TW_MAX_TOKENS_SEEN 16384
+
 
 struct tw_iovec {
 	__u64 base;
@@ -200,17 +218,28 @@ BPF_PERCPU_ARRAY(tw_scratch, struct tw_window, 1);
 BPF_PERCPU_ARRAY(tw_val_tmpl, struct tw_agg_val, 1);
 BPF_PERCPU_ARRAY(tw_conn_tmpl, struct tw_conn, 1);
 BPF_ARRAY(tw_dfa, struct tw_dfa, 1);
-BPF_PROG_ARRAY(tw_progs, 1);
+BPF_PROG_ARRAY(tw_progs, TW_NPROGS);
+/* The bytes of the token value a connection is reading (tw_token writes them, tw_token_emit
+ * sends them).  LRU: a connection idle in the middle of a token may lose them, which is
+ * detected (len) and counted as lost(token_incomplete). */
+BPF_F_TABLE("lru_hash", __u64, struct tw_token_event, tw_tokbufs, TW_MAX_TOKEN_CONNS, 0);
+BPF_PERCPU_ARRAY(tw_tok_tmpl, struct tw_token_event, 1);
+/* Tokens sent to user space: identity key -> when (bpf_ktime_get_ns). */
+BPF_F_TABLE("lru_hash", __u64, __u64, tw_tok_seen, TW_MAX_TOKENS_SEEN, 0);
 struct tw_rate {
 	__u64 window_ns;
 	__u64 sent;
 };
 BPF_PERCPU_ARRAY(tw_slow_rate, struct tw_rate, 1);
+BPF_PERCPU_ARRAY(tw_tok_rate, struct tw_rate, 1);
 #ifdef TW_HAVE_RINGBUF
 /* 64 KiB: ~1300 events of 48 bytes between two polls (one per tick). */
 BPF_RINGBUF_OUTPUT(tw_slow_events, 16);
+/* 1 MiB: ~250 new tokens of up to 4 KiB between two polls. */
+BPF_RINGBUF_OUTPUT(tw_token_events, 256);
 #else
 BPF_PERF_OUTPUT(tw_slow_events);
+BPF_PERF_OUTPUT(tw_token_events);
 #endif
 
 #define TW_FNV_PRIME1 0x100000001b3ull
@@ -269,12 +298,11 @@ static __always_inline void tw_agg_fill(struct tw_agg_val *t, struct tw_conn *c,
 	t->flags = p->best_flags;
 	t->hash2 = p->best_h2;
 	if (p->best_src >= 0 && !(p->best_flags & TW_F_COLLISION)) {
-		__u32 len = p->best_len;
-		if (len > TW_VALUE_MAX)
-			len = TW_VALUE_MAX;
+		/* The first TW_VALUE_MAX bytes; value_len is the whole length (a bearer token
+		 * longer than that reaches user space as a struct tw_token_event). */
 		__u32 b = (p->vcur ^ 1) & 1;
 		__builtin_memcpy(t->value, c->vbuf[b], TW_VALUE_MAX);
-		t->value_len = len;
+		t->value_len = p->best_len;
 	} else {
 		t->value_len = 0;
 	}
@@ -381,6 +409,15 @@ static __always_inline void tw_request_done(struct tw_ctl *ctl, struct tw_conn *
 		}
 	}
 	c->cur_key = key;
+	if (p->best_len > TW_VALUE_MAX && p->best_src >= 0 && key > TW_KEY_RESERVED_MAX &&
+	    ((ctl->token_sources >> (p->best_src & 31)) & 1) &&
+	    !(p->best_flags & (TW_F_DUPLICATE | TW_F_FOLDED | TW_F_BAD_BYTE | TW_F_TOO_LONG |
+			       TW_F_COLLISION))) {
+		/* A long bearer token: user space gets it whole, once (tw_token_emit). */
+		j->emit = 1;
+		j->emit_key = key;
+		j->emit_len = p->best_len;
+	}
 	__u32 tail = c->fifo_tail;
 	if (tail - c->fifo_head >= TW_FIFO) {
 		tw_lose(TW_LOST_PIPELINE_OVERFLOW);
@@ -562,6 +599,7 @@ static __always_inline void tw_header_name(struct tw_ctl *ctl, struct tw_parser 
 			if (is_req && src >= 0) {
 				p->hkind = H_IDENTITY;
 				p->cur_src = src;
+				p->vtoken = (ctl->token_sources >> (src & 31)) & 1;
 			}
 		} else if (nm->kind == H_CLEN) {
 			p->hkind = H_CLEN;
@@ -578,6 +616,8 @@ static __always_inline void tw_header_name(struct tw_ctl *ctl, struct tw_parser 
 	p->h2 = ctl->seed2;
 	p->vlen = 0;
 	p->vflags = 0;
+	if (p->hkind != H_IDENTITY)
+		p->vtoken = 0;
 }
 
 /* One byte of a header value, for the kind of header it is. */
@@ -699,6 +739,10 @@ int tw_parse(void *ctx)
 	}
 	if (j->remaining == 0 || p->skip)
 		goto done;
+	if (p->state == TW_S_HTOK) {
+		j->mode = TW_PROG_TOKEN;  /* inside a bearer token value: tw_token reads it */
+		goto done;
+	}
 
 	__u64 avail = j->seg_len - j->seg_off;
 	if (avail > j->remaining)
@@ -765,6 +809,9 @@ int tw_parse(void *ctx)
 				 * no per-byte action (most header bytes end up here). */
 				p->prev_identity = 0;
 				state = TW_S_SKIP;
+			} else if (p->vtoken) {
+				/* A bearer token value follows: the next byte hands it to tw_token. */
+				state = TW_S_HTOK;
 			}
 			break;
 		case TW_A_VALUE_BAD:
@@ -808,6 +855,12 @@ int tw_parse(void *ctx)
 		p->h1 = h;
 		p->pos = npos;
 	}
+	if (event == TW_E_TOKEN) {
+		/* The byte that raised it is the token's: tw_token reads from there. */
+		used -= 1;
+		p->state = TW_S_HTOK;
+		j->mode = TW_PROG_TOKEN;
+	}
 	j->seg_off += used;
 	j->remaining -= used;
 	if (event == TW_E_HEAD_END) {
@@ -837,12 +890,16 @@ int tw_parse(void *ctx)
 	}
 
 done:
-	if (j->remaining > 0) {
+	if (j->remaining > 0 || j->emit) {
 		if (j->tails < TW_MAX_TAILS) {
 			j->tails++;
-			tw_progs.call(ctx, 0);
+			tw_progs.call(ctx, j->emit ? TW_PROG_EMIT : (j->mode & 3));
 			/* only reached when the tail call failed */
 		}
+		j->emit = 0;
+		j->mode = TW_PROG_PARSE;
+		if (j->remaining == 0)
+			goto charge;
 		/* The rest of this syscall was not parsed: the parser is out of step
 		 * with the stream until a syscall starts a new message (tw_exit). */
 		tw_lose(TW_LOST_SCAN_BUDGET);
@@ -854,8 +911,171 @@ done:
 		p->state = TW_S_RESYNC;
 		p->skip = 0;
 	}
+charge:
 	tw_charge_bytes(ctl, c, j);
 	tw_thread_set(c);  /* its CPU from now on goes to this connection's request */
+	return 0;
+}
+
+/* The bytes of a bearer token value (the header line of a jwt source), up to the CR or
+ * LF that ends it, which is left to tw_parse: hashed like any identity value, the first
+ * TW_VALUE_MAX kept for the aggregate entry, all of them (up to TW_TOKEN_MAX) kept in
+ * the connection's tw_tokbufs entry for tw_token_emit.  A loop with no DFA: far fewer
+ * instructions per byte than tw_parse, so a token costs less than other header bytes. */
+int tw_token(void *ctx)
+{
+	__u32 zero = 0;
+	struct tw_job *j = tw_jobs.lookup(&zero);
+	if (!j)
+		return 0;
+	__u64 ck = j->conn;
+	struct tw_conn *c = tw_conns.lookup(&ck);
+	if (!c)
+		return 0;
+	struct tw_parser *p = j->is_req ? &c->req : &c->resp;
+	struct tw_window *win = tw_scratch.lookup(&zero);
+	if (!win)
+		return 0;
+	struct tw_token_event *tb = tw_tokbufs.lookup(&ck);
+	if (!tb) {
+		struct tw_token_event *t = tw_tok_tmpl.lookup(&zero);
+		if (!t)
+			return 0;
+		t->len = 0;
+		tw_tokbufs.update(&ck, t);
+		tb = tw_tokbufs.lookup(&ck);
+		if (!tb)
+			return 0;
+	}
+	j->mode = TW_PROG_TOKEN;
+	for (int s = 0; s < 4; s++) {  /* an empty iovec segment or two */
+		if (j->seg_len - j->seg_off > 0 || !tw_next_segment(j))
+			break;
+	}
+	__u64 avail = j->seg_len - j->seg_off;
+	if (avail > j->remaining)
+		avail = j->remaining;
+	__u32 n = avail > TW_WINDOW ? TW_WINDOW : (__u32)avail;
+	if (n == 0) {
+		j->mode = TW_PROG_PARSE;
+		goto next;
+	}
+	if (tw_read_user(win->b, n & (TW_WINDOW - 1) ? n & (TW_WINDOW - 1) : TW_WINDOW,
+			 (void *)(j->buf + j->seg_off)) != 0) {
+		tw_lose(TW_LOST_READ_FAULT);
+		j->remaining = 0;
+		j->mode = TW_PROG_PARSE;
+		goto next;
+	}
+	/* Leading whitespace is kept as part of the token (user space strips it): one
+	 * branch less per byte.  No per-byte check depends on the length so far, so the
+	 * verifier sees one state per byte: the room left bounds the loop instead. */
+	__u32 start = p->vlen;
+	__u32 room = start < TW_TOKEN_MAX ? TW_TOKEN_MAX - start : 0;
+	__u32 m = n < room ? n : room;
+	__u64 h1 = p->h1, h2 = p->h2;
+	__u32 used = m;
+	int ended = 0;
+	tw_barrier_var(m);
+	for (__u32 i = 0; i < TW_WINDOW; i++) {
+		tw_barrier_var(i);
+		if (i >= m)
+			break;
+		__u8 ch = win->b[i];
+		if (ch == '\r' || ch == '\n') {
+			used = i;  /* the line end is tw_parse's */
+			ended = 1;
+			break;
+		}
+		tb->b[(start + i) & (TW_TOKEN_MAX - 1)] = ch;
+		h1 = (h1 ^ ch) * TW_FNV_PRIME1;
+		h2 = (h2 ^ ch) * TW_FNV_PRIME2 + 1;
+	}
+	__u32 vlen = start + used;
+	p->vlen = vlen;
+	p->h1 = h1;
+	p->h2 = h2;
+	tb->len = vlen;
+	if (start < TW_VALUE_MAX)  /* the aggregate entry's copy: the first TW_VALUE_MAX bytes */
+		__builtin_memcpy(c->vbuf[p->vcur & 1], tb->b, TW_VALUE_MAX);
+	if (ended || used == room) {
+		if (!ended)
+			p->vflags |= TW_F_TOO_LONG;  /* tw_parse skips the rest of the line */
+		p->state = vlen ? TW_S_HVAL : TW_S_HOWS;
+		j->mode = TW_PROG_PARSE;
+	} else {
+		p->state = TW_S_HTOK;  /* the value goes on in the next window or syscall */
+	}
+	j->seg_off += used;
+	j->remaining -= used;
+next:
+	if (j->tails < TW_MAX_TAILS) {
+		j->tails++;
+		tw_progs.call(ctx, j->mode & 3);
+	}
+	/* The tail call failed: count it like tw_parse's out-of-budget case. */
+	j->mode = TW_PROG_PARSE;
+	if (j->remaining > 0) {
+		tw_lose(TW_LOST_SCAN_BUDGET);
+		p->state = TW_S_RESYNC;
+		p->skip = 0;
+	}
+	return 0;
+}
+
+/* Send a long bearer token to user space, once per distinct token (tw_tok_seen) and
+ * rate-limited per CPU, then parse on. */
+int tw_token_emit(void *ctx)
+{
+	__u32 zero = 0;
+	struct tw_job *j = tw_jobs.lookup(&zero);
+	if (!j)
+		return 0;
+	struct tw_ctl *ctl = tw_ctl.lookup(&zero);
+	if (!ctl)
+		return 0;
+	__u64 ck = j->conn;
+	struct tw_conn *c = tw_conns.lookup(&ck);
+	j->emit = 0;
+	__u64 key = j->emit_key;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 *sent = tw_tok_seen.lookup(&key);
+	if (sent && now - *sent < TW_TOKEN_RESEND_NS)
+		goto next;  /* user space has it */
+	struct tw_token_event *tb = tw_tokbufs.lookup(&ck);
+	if (!c || !tb || tb->len != j->emit_len) {
+		tw_lose(TW_LOST_TOKEN_INCOMPLETE);
+		goto next;
+	}
+	struct tw_rate *r = tw_tok_rate.lookup(&zero);
+	if (!r)
+		goto next;
+	if (now - r->window_ns >= 1000000000ull) {
+		r->window_ns = now;
+		r->sent = 0;
+	}
+	if (r->sent >= ctl->token_per_cpu_per_sec) {
+		tw_lose(TW_LOST_TOKEN_RATE_LIMITED);
+		goto next;
+	}
+	r->sent++;
+	tb->key = key;
+	tb->side = c->side;
+#ifdef TW_HAVE_RINGBUF
+	int err = tw_token_events.ringbuf_output(tb, sizeof(*tb), 0);
+#else
+	int err = tw_token_events.perf_submit(ctx, tb, sizeof(*tb));
+#endif
+	if (err != 0) {
+		tw_lose(TW_LOST_TOKEN_BUFFER_FULL);
+		goto next;
+	}
+	tw_tok_seen.update(&key, &now);
+next:
+	if (j->tails < TW_MAX_TAILS) {
+		j->tails++;
+		tw_progs.call(ctx, TW_PROG_PARSE);
+	}
 	return 0;
 }
 
@@ -1003,6 +1223,8 @@ static __always_inline int tw_exit(void *ctx, long ret)
 	j->is_req = (c->side == TW_SIDE_SERVER) ? !args.is_write : args.is_write;
 	j->tails = 0;
 	j->charged = 0;
+	j->mode = TW_PROG_PARSE;
+	j->emit = 0;
 	struct tw_parser *p = j->is_req ? &c->req : &c->resp;
 	if (p->state == TW_S_RESYNC) {
 		/* Lost our place earlier: wait for a syscall that starts a message. */

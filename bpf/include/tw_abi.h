@@ -12,6 +12,11 @@
  * 128 keeps the aggregate key entry at one cache-friendly size; longer values are
  * flagged TW_F_TOO_LONG and land in __invalid__. */
 #define TW_VALUE_MAX 128
+/* Longest bearer token (the value of a jwt source) the kernel hashes whole and
+ * hands to user space; longer values are flagged TW_F_TOO_LONG.  Only the first
+ * TW_VALUE_MAX bytes go into the aggregate entry: the whole token reaches user space
+ * once per distinct token (struct tw_token_event), not per request. */
+#define TW_TOKEN_MAX 4096
 /* Configured identity sources; one kernel slot each (config.MAX_SOURCES). */
 #define TW_MAX_SOURCES 8
 /* Header names compared in the kernel; longer names can never be identity headers. */
@@ -63,7 +68,10 @@
 #define TW_LOST_CPU_MAP_FULL       8  /* CPU time folded into the overflow entry: tw_cpu full */
 #define TW_LOST_SLOW_RATE_LIMITED  9  /* a slow request not sent as an event: over the rate */
 #define TW_LOST_SLOW_BUFFER_FULL  10  /* a slow-request event did not fit the ring/perf buffer */
-#define TW_LOST_MAX               11
+#define TW_LOST_TOKEN_RATE_LIMITED 11 /* a new token not sent to user space: over the rate */
+#define TW_LOST_TOKEN_BUFFER_FULL 12  /* a new token did not fit the ring/perf buffer */
+#define TW_LOST_TOKEN_INCOMPLETE  13  /* a token's bytes were not all captured (buffer evicted) */
+#define TW_LOST_MAX               14
 
 /* Run-queue delay buckets (wakeup -> running of target threads): bounds in
  * tw_ctl.runq_bounds_ns, exported as tenantwatch_runqueue_delay_seconds. */
@@ -141,6 +149,8 @@ struct tw_ctl {
 	__u64 runq_bounds_ns[TW_RUNQ_BUCKETS];
 	__u64 slow_ns;      /* a request at least this slow is sent to user space (0: none) */
 	__u32 slow_per_cpu_per_sec;  /* rate limit of those events, per CPU */
+	__u32 token_sources;         /* bit i: source i is a bearer token (jwt) */
+	__u32 token_per_cpu_per_sec; /* rate limit of token events, per CPU */
 	__u32 _pad;
 	__u8 comms[TW_MAX_COMMS][TW_COMM_LEN];
 };
@@ -156,6 +166,15 @@ struct tw_slow_event {
 	__u32 side;        /* TW_SIDE_* */
 	__u32 status;
 	__u32 _pad;
+};
+
+/* A bearer token seen for the first time (or again after TW_TOKEN_RESEND_NS): its
+ * whole value, so user space can verify it once and map its identity key. */
+struct tw_token_event {
+	__u64 key;         /* identity key, as in tw_agg_key */
+	__u32 len;         /* bytes in b */
+	__u32 side;        /* TW_SIDE_* */
+	__u8 b[TW_TOKEN_MAX];
 };
 
 #endif /* TW_ABI_H */

@@ -38,18 +38,19 @@
 #define TW_S_HOWS 29
 #define TW_S_HVAL 30
 #define TW_S_HCR 31
-#define TW_S_SKIP 32
-#define TW_S_HLF 33
-#define TW_S_CS 34
-#define TW_S_CSCR 35
-#define TW_S_CEXT 36
-#define TW_S_CCRLF 37
-#define TW_S_TS 38
-#define TW_S_TL 39
-#define TW_S_DEAD 40
-#define TW_S_UNTIL_CLOSE 41
-#define TW_S_HDONE 42
-#define TW_S_RESYNC 43
+#define TW_S_HTOK 32
+#define TW_S_SKIP 33
+#define TW_S_HLF 34
+#define TW_S_CS 35
+#define TW_S_CSCR 36
+#define TW_S_CEXT 37
+#define TW_S_CCRLF 38
+#define TW_S_TS 39
+#define TW_S_TL 40
+#define TW_S_DEAD 41
+#define TW_S_UNTIL_CLOSE 42
+#define TW_S_HDONE 43
+#define TW_S_RESYNC 44
 
 #define TW_C_OTHER 0
 #define TW_C_CR 1
@@ -91,6 +92,7 @@
 #define TW_E_CHUNK_LINE 17
 #define TW_E_MESSAGE_END 18
 #define TW_E_DEAD 19
+#define TW_E_TOKEN 20
 #define TW_ACTION_SHIFT 8
 
 struct tw_dfa {

@@ -31,6 +31,7 @@ def _defines(path: Path) -> dict:
 
 _D = _defines(ABI_HEADER)
 VALUE_MAX: int = _D["TW_VALUE_MAX"]
+TOKEN_MAX: int = _D["TW_TOKEN_MAX"]
 MAX_SOURCES: int = _D["TW_MAX_SOURCES"]
 NAME_MAX: int = _D["TW_NAME_MAX"]
 MAX_BUCKETS: int = _D["TW_MAX_BUCKETS"]
@@ -75,6 +76,13 @@ class SlowEvent(ct.Structure):
     _fields_ = [("key", ct.c_uint64), ("start_ns", ct.c_uint64), ("latency_ns", ct.c_uint64),
                 ("method", ct.c_uint64), ("tgid", ct.c_uint32), ("side", ct.c_uint32),
                 ("status", ct.c_uint32), ("_pad", ct.c_uint32)]
+
+
+class TokenEvent(ct.Structure):
+    """A bearer token sent whole, once per distinct token (struct tw_token_event)."""
+
+    _fields_ = [("key", ct.c_uint64), ("len", ct.c_uint32), ("side", ct.c_uint32),
+                ("b", ct.c_uint8 * TOKEN_MAX)]
 
 
 class AggKey(ct.Structure):
@@ -130,6 +138,8 @@ class Ctl(ct.Structure):
         ("runq_bounds_ns", ct.c_uint64 * RUNQ_BUCKETS),
         ("slow_ns", ct.c_uint64),
         ("slow_per_cpu_per_sec", ct.c_uint32),
+        ("token_sources", ct.c_uint32),
+        ("token_per_cpu_per_sec", ct.c_uint32),
         ("_pad", ct.c_uint32),
         ("comms", (ct.c_uint8 * COMM_LEN) * MAX_COMMS),
     ]

@@ -75,8 +75,8 @@ def char_class(b: int) -> int:
 STATE_NAMES = [
     "RQ0", "METHOD", "TARGET0", "TARGET", "V0", "V1", "V2", "V3", "V4", "V5", "V6", "V7", "V8",
     "V9", "RS0", "R1", "R2", "R3", "R4", "R5", "R6", "R7", "R8", "ST0", "ST1", "ST2", "LREST",
-    "HS", "HNAME", "HOWS", "HVAL", "HCR", "SKIP", "HLF", "CS", "CSCR", "CEXT", "CCRLF", "TS",
-    "TL", "DEAD", "UNTIL_CLOSE", "HDONE", "RESYNC",
+    "HS", "HNAME", "HOWS", "HVAL", "HCR", "HTOK", "SKIP", "HLF", "CS", "CSCR", "CEXT", "CCRLF",
+    "TS", "TL", "DEAD", "UNTIL_CLOSE", "HDONE", "RESYNC",
 ]
 S: dict[str, int] = {n: i for i, n in enumerate(STATE_NAMES)}
 assert len(STATE_NAMES) <= NSTATES
@@ -104,6 +104,7 @@ E_HEAD_END = 16
 E_CHUNK_LINE = 17
 E_MESSAGE_END = 18
 E_DEAD = 19
+E_TOKEN = 20  # a bearer token value starts (or goes on): tw_token reads it, from this byte
 ACTION_SHIFT = 8
 
 TOKEN = (C_OTHER, C_H, C_T, C_P, C_DOT, C_ONE, C_DIGIT, C_UHEX, C_UPPER, C_LHEX)
@@ -169,6 +170,9 @@ def _build() -> list[list[int]]:
     on("HCR", (C_LF,), "HS", A_LINE_END)
     on("HCR", VISIBLE + (C_CTL, C_SP, C_HTAB), "HVAL", A_VALUE_BAD)
     on("HCR", (C_CR,), "HCR", A_BAD)
+    # HTOK: tw_parse set it after the name of a bearer-token header (or tw_token, when a
+    # window ended inside the value); any byte hands the value to tw_token.
+    on("HTOK", ALL, "HTOK", E_TOKEN)
     on("SKIP", ALL, "SKIP")
     on("SKIP", (C_LF,), "HS")
     on("HLF", (C_LF,), "HDONE", E_HEAD_END)

@@ -15,7 +15,8 @@ import platform
 import re
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 # wide enough to tell "scheduled at once" from "waited a whole time slice" and worse.
 RUNQ_BOUNDS_SECONDS = tuple(4**i / 1e6 for i in range(11))
 
-# Bytes parsed per tw_parse run, tried in order: 256 verifies in ~600k instructions on 6.18;
+# Bytes parsed per tw_parse run, tried in order: 256 verifies in ~900k instructions on 6.18;
 # the 6.1 and 5.10 verifiers refuse it (E2BIG) and take 64 (tested in VMs, tests/vm), which
 # makes one syscall parse up to 2 KiB of message heads instead of 8 KiB (docs/limits.md).
 PARSE_WINDOWS = (256, 64)
@@ -46,6 +47,8 @@ PARSE_WINDOWS = (256, 64)
 # one: a probe that read the old index finishes within microseconds (a full chain
 # of 33 tail calls parses at most 8 KiB), so 10 ms is a wide grace period.
 FLIP_GRACE_SECONDS = 0.01
+# Whole bearer tokens kept in user space (up to TOKEN_MAX bytes each: at most 16 MiB).
+MAX_TOKENS = 4096
 
 TRACEFS_DIRS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 
@@ -76,6 +79,7 @@ class KernelSource:
 
     header: str  # lowercase header name
     sides: tuple[Side, ...]  # where it applies
+    token: bool = False  # a bearer token (jwt source): up to TOKEN_MAX bytes, sent whole
 
 
 class HttpProbes:
@@ -89,6 +93,7 @@ class HttpProbes:
         max_connections: int = 65536,
         slow_request_seconds: float = 0.0,
         slow_requests_per_cpu_per_second: int = 20,
+        tokens_per_cpu_per_second: int = 100,
     ) -> None:
         if len(sources) > abi.MAX_SOURCES:
             raise ValueError(f"at most {abi.MAX_SOURCES} sources")
@@ -103,6 +108,11 @@ class HttpProbes:
         self.slow_ns = round(slow_request_seconds * 1e9)
         self.slow_rate = slow_requests_per_cpu_per_second
         self._slow: list[SlowRequest] = []
+        self.token_rate = tokens_per_cpu_per_second
+        # Whole bearer tokens by identity key, most recently sent last (the kernel sends a
+        # token again after a minute, so an evicted one comes back).
+        self._tokens: OrderedDict[int, bytes] = OrderedDict()
+        self.tokens_received = 0  # token events, all time
         self._ringbuf = kernel_version() >= (5, 8)
         self._bpf = None
         self._ctl = abi.Ctl()
@@ -176,6 +186,8 @@ class HttpProbes:
                                          "run `tenantwatch doctor`") from e
             try:
                 parse = b.load_func(b"tw_parse", BPF.TRACEPOINT)
+                more = [b.load_func(name, BPF.TRACEPOINT) for name in (b"tw_token",
+                                                                     b"tw_token_emit")]
                 self.window = window
                 break
             except Exception as e:  # noqa: BLE001 - E2BIG on older verifiers: smaller window
@@ -188,7 +200,8 @@ class HttpProbes:
                                      f"size {PARSE_WINDOWS}; run `tenantwatch doctor`")
         self._bpf = b
         try:
-            b[b"tw_progs"][ct.c_int(0)] = ct.c_int(parse.fd)
+            for i, fn in enumerate([parse, *more]):
+                b[b"tw_progs"][ct.c_int(i)] = ct.c_int(fn.fd)
             self._write_ctl()
             self._write_names()
             b[b"tw_dfa"][ct.c_int(0)] = dfa.dfa_struct()
@@ -198,8 +211,10 @@ class HttpProbes:
                 b[b"tw_cpu"][abi.CpuKey(key=abi.KEY_OVERFLOW, gen=gen)] = ct.c_uint64(0)
             if self._ringbuf:
                 b[b"tw_slow_events"].open_ring_buffer(self._on_slow)
+                b[b"tw_token_events"].open_ring_buffer(self._on_token)
             else:
                 b[b"tw_slow_events"].open_perf_buffer(self._on_slow, page_cnt=16)
+                b[b"tw_token_events"].open_perf_buffer(self._on_token, page_cnt=64)
         except Exception as e:
             self.close()
             raise KernelSupportError(f"setting up the BPF maps failed: {e}") from e
@@ -224,6 +239,8 @@ class HttpProbes:
         self._name_filter()
         c.slow_ns = self.slow_ns
         c.slow_per_cpu_per_sec = self.slow_rate
+        c.token_per_cpu_per_sec = self.token_rate
+        c.token_sources = sum(1 << i for i, s in enumerate(self.sources) if s.token)
         c.nrunq = len(RUNQ_BOUNDS_SECONDS)
         for i, bound in enumerate(RUNQ_BOUNDS_SECONDS):
             c.runq_bounds_ns[i] = round(bound * 1e9)
@@ -347,17 +364,18 @@ class HttpProbes:
         self._ctl.active = old ^ 1
         self._write_ctl()
         time.sleep(FLIP_GRACE_SECONDS)
+        slow = self._poll_events()  # first: the tokens the drained entries need
         table = b[b"tw_agg1" if old else b"tw_agg0"]
         rows = self._read_and_clear(table)
         self._insert_overflow(table)
-        identities = tuple(_to_counts(k, v, len(self.bounds)) for k, v in rows
+        identities = tuple(_to_counts(k, v, len(self.bounds), self._tokens) for k, v in rows
                            if _has_counts(v)) + self._take_swept_closes()
         runq, runq_sum = self._runq_totals()
         return KernelTick(identities=identities, lost=self._lost_deltas(),
                           targets=len(self.targets()), probes=dict(self.probes),
                           monotonic_ns=time.monotonic_ns(), cpu=self._drain_cpu(old),
                           runq_bounds_seconds=RUNQ_BOUNDS_SECONDS, runq_buckets=runq,
-                          runq_sum_ns=runq_sum, slow=self._poll_slow())
+                          runq_sum_ns=runq_sum, slow=slow)
 
     def _on_slow(self, _ctx, data, _size) -> int:
         e = ct.cast(data, ct.POINTER(abi.SlowEvent)).contents
@@ -368,7 +386,19 @@ class HttpProbes:
             status=int(e.status), tgid=int(e.tgid)))
         return 0
 
-    def _poll_slow(self) -> tuple[SlowRequest, ...]:
+    def _on_token(self, _ctx, data, _size) -> int:
+        e = ct.cast(data, ct.POINTER(abi.TokenEvent)).contents
+        n = min(int(e.len), abi.TOKEN_MAX)
+        key = int(e.key)
+        self.tokens_received += 1
+        self._tokens[key] = ct.string_at(ct.addressof(e.b), n)
+        self._tokens.move_to_end(key)
+        while len(self._tokens) > MAX_TOKENS:
+            self._tokens.popitem(last=False)
+        return 0
+
+    def _poll_events(self) -> tuple[SlowRequest, ...]:
+        """Consume the slow-request and token events; gives the slow requests."""
         if self._ringbuf:
             self._bpf.ring_buffer_consume()
         else:
@@ -499,10 +529,19 @@ def _has_counts(v: abi.AggVal) -> bool:
                 or v.conn_closed)
 
 
-def _to_counts(k: abi.AggKey, v: abi.AggVal, nbounds: int) -> IdentityCounts:
+def _to_counts(k: abi.AggKey, v: abi.AggVal, nbounds: int,
+               tokens: Mapping[int, bytes] | None = None) -> IdentityCounts:
     raw: bytes | None = None
-    if v.value_len != abi.VALUE_UNKNOWN:
-        raw = bytes(v.value[: min(v.value_len, abi.VALUE_MAX)])
+    if v.value_len == abi.VALUE_UNKNOWN:
+        pass
+    elif v.value_len <= abi.VALUE_MAX:
+        raw = bytes(v.value[: v.value_len])
+    else:  # a bearer token longer than the entry holds: whole from a token event, if any
+        raw = (tokens or {}).get(int(k.key))
+        if raw is not None and len(raw) != v.value_len:
+            raw = None
+    if raw is not None:
+        raw = raw.lstrip(b" \t")  # a token's value starts after the name's ':' (OWS kept)
     return IdentityCounts(
         key=int(k.key),
         side=Side.SERVER if k.side == abi.SIDE_SERVER else Side.CLIENT,

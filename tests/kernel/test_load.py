@@ -15,8 +15,8 @@ def test_every_program_loads_and_every_tracepoint_attaches(probes):
     declared = re.findall(r"TRACEPOINT_PROBE\((\w+),\s*(\w+)\)", (BPF_DIR / "http.c").read_text())
     assert len(probes.probes) == len(declared) > 20
     assert all(probes.probes.values()), [p for p, ok in probes.probes.items() if not ok]
-    # tw_parse is loaded separately and sits in the tail-call array.
-    assert len(list(probes._bpf[b"tw_progs"].items())) == 1
+    # tw_parse, tw_token and tw_token_emit are loaded separately: the tail-call array.
+    assert len(list(probes._bpf[b"tw_progs"].items())) == 3
 
 
 def _sizes(table) -> tuple:
@@ -32,6 +32,7 @@ def test_abi_sizes_match_the_compiled_maps(probes):
     assert _sizes(b[b"tw_ctl"])[1] == ct.sizeof(abi.Ctl)
     assert _sizes(b[b"tw_names"])[1] == ct.sizeof(abi.Name)
     assert _sizes(b[b"tw_dfa"])[1] == ct.sizeof(dfa.Dfa)
+    assert _sizes(b[b"tw_tokbufs"])[1] == ct.sizeof(abi.TokenEvent)
 
 
 def test_generated_dfa_header_is_current():
