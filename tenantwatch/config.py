@@ -20,8 +20,13 @@ Keys [default]:
       header: NAME      a request header (RFC 7230 token, <= MAX_HEADER_NAME chars, any case)
       host: TEMPLATE    the Host header, e.g. "{tenant}.api.example.com"; an optional :port and a
                         trailing dot are tolerated
-      jwt: {...}        claim of the bearer token in Authorization: claim [tenant_id], jwks_file,
-                        pem_file, algorithms, audience, issuer, leeway_seconds
+      jwt: {...}        claim of the bearer token in Authorization: claim [tenant_id]; keys from
+                        at most one of jwks_file, jwks_url (refetched every
+                        jwks_refresh_seconds, 10..86400 [300]) or pem_file; algorithms (one
+                        family: RS*/PS*, ES*, EdDSA or HS*; HS* only from a JWKS oct key)
+                        [[RS256]], audience, issuer (exact match), leeway_seconds 0..3600 [0].
+                        With keys the token is verified and its claim is trusted; without any
+                        key source the claim is read unverified and stays claimed
       and optionally
       side          server (connections the target accepted) | client (ones it opened) [both]
       trusted       header sources only: the gateway wrote the value after validating the
@@ -477,28 +482,68 @@ def _parse_source(value: Any, field: str) -> Source:
 
 
 def _parse_jwt(value: Any, field: str) -> Mapping[str, Any]:
+    """A jwt source's settings; with no key source the claim is read unverified (CLAIMED)."""
+    from tenantwatch.identity.jwks import FAMILY_OF, MIN_REFRESH_SECONDS
+
     m = _mapping(value, field)
-    _check_keys(m, ("claim", "jwks_file", "pem_file", "algorithms", "audience", "issuer",
-                    "leeway_seconds"), field)
+    _check_keys(m, ("claim", "jwks_file", "jwks_url", "jwks_refresh_seconds", "pem_file",
+                    "algorithms", "audience", "issuer", "leeway_seconds"), field)
     out = {"claim": _str(m.get("claim", "tenant_id"), f"{field}.claim")}
     if not out["claim"]:
         raise ConfigError(f"{field}.claim", "must not be empty")
-    for key in ("jwks_file", "pem_file", "issuer"):
+    for key in ("jwks_file", "jwks_url", "pem_file", "issuer"):
         if key in m:
             out[key] = _str(m[key], f"{field}.{key}")
+            if not out[key]:
+                raise ConfigError(f"{field}.{key}", "must not be empty")
+    given = [k for k in ("jwks_file", "jwks_url", "pem_file") if k in out]
+    if len(given) > 1:
+        raise ConfigError(f"{field}.{given[1]}", f"at most one of jwks_file, jwks_url, "
+                          f"pem_file (got {', '.join(given)})")
+    for key in ("jwks_file", "pem_file"):
+        if key in out and not out[key].startswith("/"):
+            raise ConfigError(f"{field}.{key}", "must be an absolute path")
+    if "jwks_url" in out:
+        url = out["jwks_url"]
+        if not re.match(r"https?://[^/?#\s]+", url):
+            raise ConfigError(f"{field}.jwks_url", f"must be an http(s) URL, got {url!r}")
+        host = re.sub(r"^https?://([^@/]*@)?", "", url).split("/")[0].rsplit(":", 1)[0]
+        if url.startswith("http://") and host not in ("localhost", "127.0.0.1", "[::1]"):
+            log.warning("%s.jwks_url: plain http: whoever can alter the response can make any "
+                        "token verify (use https)", field)
+    if "jwks_refresh_seconds" in m:
+        if "jwks_url" not in out:
+            raise ConfigError(f"{field}.jwks_refresh_seconds", "only applies with jwks_url")
+        out["jwks_refresh_seconds"] = _number(m["jwks_refresh_seconds"],
+                                              f"{field}.jwks_refresh_seconds",
+                                              MIN_REFRESH_SECONDS, 86400)
     if "audience" in m:
         aud = m["audience"]
         out["audience"] = (tuple(_str(a, f"{field}.audience[{i}]") for i, a in
                                  enumerate(_list(aud, f"{field}.audience")))
                            if isinstance(aud, list) else _str(aud, f"{field}.audience"))
+        if not out["audience"]:
+            raise ConfigError(f"{field}.audience", "must not be empty")
     if "algorithms" in m:
         algs = _list(m["algorithms"], f"{field}.algorithms")
         if not algs:
             raise ConfigError(f"{field}.algorithms", "must not be empty")
         out["algorithms"] = tuple(_choice(a, JWT_ALGORITHMS, f"{field}.algorithms[{i}]")
                                   for i, a in enumerate(algs))
+        families = sorted({FAMILY_OF[a] for a in out["algorithms"]})
+        if len(families) > 1:
+            raise ConfigError(f"{field}.algorithms", "must all be of one family (RS*/PS*, "
+                              f"ES*, EdDSA or HS*), got {', '.join(out['algorithms'])}: "
+                              "mixing families lets a key be read the wrong way")
+        if families == ["oct"] and "pem_file" in out:
+            raise ConfigError(f"{field}.algorithms", "HS* needs a shared secret from a JWKS "
+                              "oct key (jwks_file or jwks_url), never pem_file")
     if "leeway_seconds" in m:
         out["leeway_seconds"] = _number(m["leeway_seconds"], f"{field}.leeway_seconds", 0, 3600)
+    checks = [k for k in ("algorithms", "audience", "issuer", "leeway_seconds") if k in out]
+    if checks and not given:
+        log.warning("%s: %s set but no jwks_file, jwks_url or pem_file: the token is NOT "
+                    "verified and its claim stays claimed", field, ", ".join(checks))
     return MappingProxyType(out)
 
 

@@ -37,6 +37,7 @@ from tenantwatch.exporters.enforcement import EnforcementCollector
 from tenantwatch.exporters.otel import OtelMetricsExporter, otel_requested
 from tenantwatch.exporters.otel_traces import OtelSpanExporter, traces_requested
 from tenantwatch.identity import IdentityResolver
+from tenantwatch.identity.jwt_verifier import build_verifiers, total_counts
 from tenantwatch.kernel.loader import HttpProbes, KernelSource
 from tenantwatch.kernel.records import Side
 from tenantwatch.kernel.targets import ProcessScanner
@@ -86,7 +87,7 @@ def kernel_sources(config: Config) -> list:
     out = []
     for s in config.tenancy.sources:
         sides = (s.side,) if s.side is not None else (Side.SERVER, Side.CLIENT)
-        out.append(KernelSource(header=s.header, sides=tuple(sides)))
+        out.append(KernelSource(header=s.header, sides=tuple(sides), token=s.kind == "jwt"))
     return out
 
 
@@ -106,7 +107,8 @@ class Daemon:
             slow_requests_per_cpu_per_second=config.capture.slow_requests_per_second,
         )
         self.scanner = ProcessScanner([t.process for t in config.targets])
-        self.resolver = IdentityResolver(config.tenancy)
+        self.verifiers = build_verifiers(config.tenancy.sources)  # jwt sources with keys
+        self.resolver = IdentityResolver(config.tenancy, verifiers=self.verifiers)
         self.aggregator = Aggregator(self.resolver, config.capture.latency_buckets)
         self.host = HostSampler(backends=BackendCpuReader(config.enforcement.cgroup))
         default = config.tenancy.default
@@ -126,7 +128,8 @@ class Daemon:
             protected={default} if default else ())
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(TenantCollector(self.snapshot, {
-            "version": __version__, "kernel": platform.release()}))
+            "version": __version__, "kernel": platform.release()},
+            jwt_counts=(lambda: total_counts(self.verifiers)) if self.verifiers else None))
         self.registry.register(DetectionCollector(lambda: self.detection))
         self.registry.register(EnforcementCollector(self.enforcer.payload))
         self.api = ApiServer(config.listen_host, config.listen_port, self.snapshot, self.health,
@@ -200,6 +203,8 @@ class Daemon:
 
     def start(self) -> None:
         """Attach probes, serve HTTP, then say READY (in that order)."""
+        for verifier in self.verifiers.values():  # key files now (JwksError); URLs in background
+            verifier.start()
         self.probes.load()
         self.enforcer.start()  # reconcile caps left by an earlier run (state file)
         self._retarget()
@@ -401,6 +406,8 @@ class Daemon:
             if exporter is not None:
                 exporter.shutdown()  # final export; never raises
         self.probes.close()
+        for verifier in self.verifiers.values():
+            verifier.stop()
         self.api.stop()
         self._ready = False
         log.info("tenantwatch stopped")

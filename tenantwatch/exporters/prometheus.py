@@ -1,7 +1,7 @@
 """Prometheus exporter: a custom collector that turns the latest Snapshot into metric families.
 
-Takes: a callable returning the latest ``Snapshot`` (or None before the first tick) and the build
-labels.  Gives: fresh metric families at every scrape (names in docs / CONVENTIONS.md "Metrics").
+Takes: a callable returning the latest ``Snapshot`` (or None before the first tick), the build
+labels and, optionally, a callable returning the JWT verifier counts by result.  Gives: fresh metric families at every scrape (names in docs / CONVENTIONS.md "Metrics").
 
 The client library's labelled metrics keep every label set forever; building the per-tenant
 families here at scrape time means a tenant the aggregator expired disappears from /metrics.
@@ -41,8 +41,10 @@ class TenantCollector:
         self,
         get_snapshot: Callable[[], Snapshot | None],
         build_info: Mapping[str, str],
+        jwt_counts: Callable[[], Mapping[str, int]] | None = None,
     ) -> None:
         self._get_snapshot = get_snapshot
+        self._jwt_counts = jwt_counts  # identity.jwt_verifier.total_counts; None: no verifier
         self._build_info: tuple[tuple[str, str], ...] = tuple(
             (str(k), str(v)) for k, v in build_info.items()
         )
@@ -116,6 +118,11 @@ class TenantCollector:
             "Requests whose identity value was rejected or folded, by reason",
             labels=["reason"],
         )
+        jwt_verify = CounterMetricFamily(
+            PREFIX + "jwt_verify_total",
+            "Bearer tokens verified (each distinct token once per cache lifetime), by result",
+            labels=["result"],
+        )
         lost = CounterMetricFamily(
             PREFIX + "events_lost_total",
             "Kernel events or counts lost before reaching user space, by reason",
@@ -163,6 +170,9 @@ class TenantCollector:
                 opened.add_metric([stats.tenant, stats.side.value], stats.connections_opened)
             for reason, n in sorted(snap.identity_rejected.items()):
                 rejected.add_metric([reason], n)
+            if self._jwt_counts is not None:
+                for result, n in sorted(self._jwt_counts().items()):
+                    jwt_verify.add_metric([result], n)
             for reason, n in sorted(snap.events_lost.items()):
                 lost.add_metric([reason], n)
             for probe, attached in sorted(snap.probes.items()):
@@ -195,6 +205,7 @@ class TenantCollector:
             active,
             opened,
             rejected,
+            jwt_verify,
             lost,
             cpu,
             runq,

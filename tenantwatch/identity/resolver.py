@@ -8,9 +8,17 @@ or a reserved bucket (__other__, __invalid__, __unattributed__) with the reason 
 Bounds (DESIGN.md section 4): labels match tenancy.pattern (and the allow-list, when set); at most
 tenancy.max_tenants distinct real labels are admitted at once, idle ones are forgotten by expire();
 the key -> value cache is an LRU of cache_size entries.  A flood of distinct values therefore
-costs O(cache_size + max_tenants) memory, whatever its size.  Pure, deterministic, O(1) per call
+costs O(cache_size + max_tenants) memory, whatever its size.  Deterministic, O(1) per call
 (a regex match on a value of bounded length); it counts nothing, the aggregator counts requests
 per rejected_reason (REJECT_REASONS lists every value it can take).
+
+A jwt source with a key source has a JwtVerifier (jwt_verifier.py): its token is TRUSTED only
+when it verifies, any failure is __invalid__ "jwt" (the verifier counts the detail).  A verified
+outcome holds until the verifier's answer expires (the token's exp, at most CACHE_SECONDS); the
+key is then verified again from the kept token, so an expired token stops being trusted.  A
+token rejected for a reason that can pass later (unknown kid, keys not loaded yet) is kept in a
+small LRU of MAX_PENDING_TOKENS and tried again; other rejections are final for the key.  A jwt
+source without keys is read unverified and is CLAIMED, as before.
 """
 
 from __future__ import annotations
@@ -18,9 +26,11 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Callable, Union
 
 from tenantwatch.identity.records import INVALID, OTHER, UNATTRIBUTED, TenantIdentity, Trust
@@ -28,6 +38,7 @@ from tenantwatch.kernel.records import Side, ValueFlag
 
 if TYPE_CHECKING:  # config imports this package; keep the import one-way at run time
     from tenantwatch.config import Source, Tenancy
+    from tenantwatch.identity.jwt_verifier import JwtVerifier
 
 # Flags that make a value unusable, in the order their reason is reported.
 _FLAG_REASONS = (
@@ -47,7 +58,7 @@ REJECT_REASONS = (
     "duplicate", "folded", "bad_byte", "too_long", "collision",  # __invalid__: kernel flags
     "bad_source",  # __invalid__: source index or side the configuration does not have
     "host_mismatch",  # __invalid__: Host does not fit the host template
-    "jwt",  # __invalid__: no bearer JWT with a string claim
+    "jwt",  # __invalid__: no bearer JWT with a string claim, or it did not verify
     "pattern",  # __invalid__: not ASCII, or does not match tenancy.pattern
     "not_allowed",  # __invalid__: not in the tenancy.tenants allow-list
     "max_tenants",  # __other__: a new tenant beyond tenancy.max_tenants
@@ -60,28 +71,51 @@ _NO_SOURCE = -2  # _Entry.source_index of a verdict that does not depend on the 
 
 # A label waiting for admission (str) or a final verdict (TenantIdentity).
 _Outcome = Union[str, TenantIdentity]
+_JWT_REJECTED = TenantIdentity(INVALID, Trust.NONE, "jwt")
+
+# Tokens kept to retry after a rejection that can pass later (unknown kid while a rotated key
+# set is fetched, no key set yet at start).  Anyone can make up a kid, so these are held apart
+# from the key cache and bounded: 1024 x 8 KiB (the longest token) = 8 MiB at worst.
+MAX_PENDING_TOKENS = 1024
 
 
 class _Entry:
     """What user space knows about one kernel key: its value and the last outcome computed."""
 
-    __slots__ = ("outcome", "source_index", "value")
+    __slots__ = ("outcome", "recheck_at", "source_index", "value")
 
-    def __init__(self, value: str | None, source_index: int, outcome: _Outcome) -> None:
+    def __init__(self, value: str | None, source_index: int, outcome: _Outcome,
+                 recheck_at: float = math.inf) -> None:
         self.value = value  # stripped ASCII value; None when undecodable or permanently rejected
         self.source_index = source_index
         self.outcome = outcome
+        self.recheck_at = recheck_at  # resolver clock; a verified jwt outcome expires then
 
 
 class IdentityResolver:
     """Maps kernel identity keys to tenant labels, within the bounds of a Tenancy."""
 
     def __init__(self, tenancy: Tenancy, cache_size: int = 65536,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 verifiers: Mapping[int, JwtVerifier] | None = None) -> None:
+        """``verifiers``: a JwtVerifier per jwt source index that names keys (jwt_verifier.
+        build_verifiers); the caller starts and stops them."""
         if cache_size < 1:
             raise ValueError("cache_size must be positive")
         self._tenancy = tenancy
         self._sources: tuple[Source, ...] = tenancy.sources
+        self._verifiers: dict[int, JwtVerifier] = dict(verifiers or {})
+        for i, s in enumerate(tenancy.sources):
+            keyed = s.kind == "jwt" and any(
+                k in (s.jwt or {}) for k in ("jwks_file", "jwks_url", "pem_file"))
+            if keyed and i not in self._verifiers:
+                raise ValueError(f"jwt source {i} names keys but has no verifier")
+        for i in self._verifiers:
+            if not (0 <= i < len(tenancy.sources) and tenancy.sources[i].kind == "jwt"):
+                raise ValueError(f"verifier for source {i}, which is not a jwt source")
+        self._trust = tuple(Trust.TRUSTED if s.trusted or i in self._verifiers else Trust.CLAIMED
+                            for i, s in enumerate(tenancy.sources))
+        self._pending: OrderedDict[int, str] = OrderedDict()  # key -> token to retry, LRU
         self._host_regexes = tuple(s.host_regex() if s.kind == "host" else None
                                    for s in tenancy.sources)
         self._pattern = re.compile(tenancy.pattern)
@@ -129,12 +163,14 @@ class IdentityResolver:
             self._cache.move_to_end(key)
             if entry.source_index not in (source_index, _NO_SOURCE):
                 entry.source_index = source_index
-                entry.outcome = self._label(entry.value, source_index)
+                self._relabel(key, entry, entry.value)
+            else:
+                self._recheck(key, entry)
         else:
             entry = self._learn(key, raw_value, source_index)
         if isinstance(entry.outcome, TenantIdentity):
             return entry.outcome
-        return self._admit(entry.outcome, Trust.TRUSTED if source.trusted else Trust.CLAIMED)
+        return self._admit(entry.outcome, self._trust[source_index])
 
     def expire(self) -> tuple[str, ...]:
         """Forget tenants not returned for tenancy.idle_seconds; returns them, oldest first."""
@@ -159,10 +195,10 @@ class IdentityResolver:
         if entry is None:
             return TenantIdentity(UNATTRIBUTED, Trust.NONE, "unknown_key")
         self._cache.move_to_end(key)
+        self._recheck(key, entry)
         if isinstance(entry.outcome, TenantIdentity):
             return entry.outcome
-        source = self._sources[entry.source_index]
-        return self._admit(entry.outcome, Trust.TRUSTED if source.trusted else Trust.CLAIMED)
+        return self._admit(entry.outcome, self._trust[entry.source_index])
 
     def _store(self, key: int, entry: _Entry) -> None:
         self._cache[key] = entry
@@ -176,11 +212,51 @@ class IdentityResolver:
         except UnicodeDecodeError:
             value = None
         if 0 <= source_index < len(self._sources):
-            entry = _Entry(value, source_index, self._label(value, source_index))
+            entry = _Entry(value, source_index, TenantIdentity(INVALID, Trust.NONE, "pattern"))
+            # a verifier counts a non-ASCII token as malformed: hand it the bytes
+            self._relabel(key, entry, value if value is not None else raw_value)
         else:  # flagged request without a source: keep the value, label it on the next hit
             entry = _Entry(value, _UNRESOLVED, TenantIdentity(INVALID, Trust.NONE, "bad_source"))
         self._store(key, entry)
         return entry
+
+    def _recheck(self, key: int, entry: _Entry) -> None:
+        """Verify a jwt outcome again once the verifier's answer for it has expired."""
+        if self._clock() < entry.recheck_at:
+            return
+        token = entry.value if entry.value is not None else self._pending.pop(key, None)
+        if token is None:  # the pending token was evicted: nothing left to verify
+            entry.outcome, entry.recheck_at = _JWT_REJECTED, math.inf
+            return
+        self._relabel(key, entry, token)
+
+    def _relabel(self, key: int, entry: _Entry, value: str | bytes | None) -> None:
+        """Label ``value`` by the entry's source; keep a jwt token only while it may change."""
+        source_index = entry.source_index
+        verifier = self._verifiers.get(source_index)
+        if verifier is None or value is None:
+            text = value if isinstance(value, str) else None
+            entry.outcome, entry.recheck_at = self._label(text, source_index), math.inf
+            return
+        result = verifier.verify(value)
+        if result.tenant is None or isinstance(value, bytes):
+            entry.outcome = _JWT_REJECTED
+            entry.value = None
+            if isinstance(value, str) and math.isfinite(result.ttl_seconds):
+                # may pass later (unknown kid, no keys yet): retry from _pending
+                entry.recheck_at = self._clock() + result.ttl_seconds
+                self._pending[key] = value
+                self._pending.move_to_end(key)
+                if len(self._pending) > MAX_PENDING_TOKENS:
+                    self._pending.popitem(last=False)
+            else:
+                entry.recheck_at = math.inf
+            return
+        entry.outcome = self._bound(result.tenant)
+        if isinstance(entry.outcome, TenantIdentity):  # the claim fails the bounds: final
+            entry.value, entry.recheck_at = None, math.inf
+        else:
+            entry.value, entry.recheck_at = value, self._clock() + result.ttl_seconds
 
     def _label(self, value: str | None, source_index: int) -> _Outcome:
         """The candidate label of ``value`` read by source ``source_index``, or a rejection."""
@@ -198,6 +274,10 @@ class IdentityResolver:
             value = _unverified_claim(value, claim)
             if value is None:
                 return TenantIdentity(INVALID, Trust.NONE, "jwt")
+        return self._bound(value)
+
+    def _bound(self, value: str) -> _Outcome:
+        """``value`` as a label, or why it cannot be one (reserved, pattern, allow-list)."""
         if value in _RESERVED or not self._pattern.fullmatch(value):
             return TenantIdentity(INVALID, Trust.NONE, "pattern")
         if self._allowed and value not in self._allowed:

@@ -564,3 +564,73 @@ def test_two_sources_on_one_header_and_side_are_rejected(items: tuple) -> None:
         parse_config(_sources(*items), env={})
     assert e.value.field == "tenancy.sources[1]"
     assert "only the first would ever match" in e.value.message
+
+
+# --- jwt verification settings (issue 5) -----------------------------------------------------
+
+
+def _jwt(**settings: Any) -> dict:
+    return with_("tenancy.sources", [{"jwt": settings}])
+
+
+def test_jwt_key_sources_parse() -> None:
+    url = parse(_jwt(jwks_url="https://idp.example/.well-known/jwks.json",
+                     jwks_refresh_seconds=60, algorithms=["ES256", "ES384"],
+                     audience="api", issuer="https://idp.example/")).tenancy.sources[0]
+    assert dict(url.jwt or {}) == {
+        "claim": "tenant_id", "jwks_url": "https://idp.example/.well-known/jwks.json",
+        "jwks_refresh_seconds": 60.0, "algorithms": ("ES256", "ES384"), "audience": "api",
+        "issuer": "https://idp.example/"}
+    assert url.trusted is False  # trust comes from verification, not configuration
+    hs = parse(_jwt(jwks_file="/etc/tw/jwks.json", algorithms=["HS256", "HS512"]))
+    assert (hs.tenancy.sources[0].jwt or {})["algorithms"] == ("HS256", "HS512")
+    rsa = parse(_jwt(pem_file="/etc/tw/idp.pem", algorithms=["RS256", "PS256"]))
+    assert (rsa.tenancy.sources[0].jwt or {})["pem_file"] == "/etc/tw/idp.pem"
+
+
+@pytest.mark.parametrize(("settings", "field", "words"), [
+    ({"jwks_file": "/a", "pem_file": "/b"}, "pem_file", "at most one of"),
+    ({"jwks_file": "/a", "jwks_url": "https://x/j"}, "jwks_url", "at most one of"),
+    ({"jwks_url": "https://x/j", "pem_file": "/b"}, "pem_file", "at most one of"),
+    ({"jwks_file": "jwks.json"}, "jwks_file", "absolute"),
+    ({"pem_file": ""}, "pem_file", "empty"),
+    ({"jwks_url": "ftp://idp/jwks"}, "jwks_url", "http(s) URL"),
+    ({"jwks_url": "https://"}, "jwks_url", "http(s) URL"),
+    ({"jwks_url": 5}, "jwks_url", "string"),
+    ({"jwks_url": "https://x/j", "jwks_refresh_seconds": 5}, "jwks_refresh_seconds", "10..86400"),
+    ({"jwks_url": "https://x/j", "jwks_refresh_seconds": "5m"}, "jwks_refresh_seconds",
+     "number"),
+    ({"jwks_file": "/a", "jwks_refresh_seconds": 60}, "jwks_refresh_seconds", "jwks_url"),
+    ({"jwks_file": "/a", "algorithms": ["RS256", "HS256"]}, "algorithms", "one family"),
+    ({"jwks_file": "/a", "algorithms": ["ES256", "EdDSA"]}, "algorithms", "one family"),
+    ({"jwks_file": "/a", "algorithms": ["PS256", "ES256"]}, "algorithms", "one family"),
+    ({"pem_file": "/a", "algorithms": ["HS256"]}, "algorithms", "oct key"),
+    ({"jwks_file": "/a", "algorithms": ["none"]}, "algorithms[0]", "one of"),
+    ({"jwks_file": "/a", "audience": []}, "audience", "empty"),
+    ({"jwks_file": "/a", "issuer": ""}, "issuer", "empty"),
+    ({"jwks_file": "/a", "jwks_uri": "https://x"}, "jwks_uri", "did you mean 'jwks_url'"),
+])
+def test_jwt_key_errors_name_the_field(settings: dict, field: str, words: str) -> None:
+    e = error_of(_jwt(**settings))
+    assert e.field == f"tenancy.sources[0].jwt.{field}"
+    assert words in e.message
+
+
+def test_jwt_checks_without_keys_warn(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="tenantwatch.config"):
+        src = parse(_jwt(issuer="https://idp", algorithms=["RS256"])).tenancy.sources[0]
+    assert src.trusted is False
+    assert "NOT verified" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tenantwatch.config"):
+        parse(_jwt(claim="org"))
+    assert caplog.text == ""
+
+
+def test_jwt_plain_http_url_warns_unless_loopback(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="tenantwatch.config"):
+        parse(_jwt(jwks_url="http://127.0.0.1:8080/jwks"))
+    assert caplog.text == ""
+    with caplog.at_level(logging.WARNING, logger="tenantwatch.config"):
+        parse(_jwt(jwks_url="http://idp.example/jwks"))
+    assert "plain http" in caplog.text
