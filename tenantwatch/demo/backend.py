@@ -2,11 +2,19 @@
 
 `Backend.received` is the ground truth for the gateway -> upstream side: how many requests arrived
 carrying each `X-Tenant-Context` value (the header nginx sets from its tenant `map`).
+
+A GET with `Upgrade: websocket` is answered with `101 Switching Protocols` (RFC 6455 handshake) and
+the connection then echoes every data frame back, unmasked, until a close frame or EOF.  The
+upgrade request is counted in `received` like any request; `websockets` counts the sessions by
+X-Tenant-Context and `websockets_active` those still open.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import socket
+import struct
 import threading
 import time
 from collections import Counter
@@ -19,6 +27,41 @@ if TYPE_CHECKING:
 CONTEXT_HEADER = "X-Tenant-Context"
 MAX_SLEEP_MS = 5000
 MAX_BODY = 16 * 1024 * 1024
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
+WS_MAX_FRAME = 16 * 1024 * 1024
+
+
+def websocket_accept(key: str) -> str:
+    """Sec-WebSocket-Accept for a Sec-WebSocket-Key: base64(sha1(key + GUID))."""
+    return base64.b64encode(hashlib.sha1((key + WS_GUID).encode("latin-1")).digest()).decode()
+
+
+def websocket_frame(opcode: int, payload: bytes, mask: bytes | None = None,
+                    fin: bool = True) -> bytes:
+    """One RFC 6455 frame; `mask` (4 bytes) masks the payload, as a client must."""
+    head = bytearray([(0x80 if fin else 0) | (opcode & 0x0F)])
+    mbit = 0x80 if mask is not None else 0
+    n = len(payload)
+    if n < 126:
+        head.append(mbit | n)
+    elif n < 1 << 16:
+        head.append(mbit | 126)
+        head += struct.pack("!H", n)
+    else:
+        head.append(mbit | 127)
+        head += struct.pack("!Q", n)
+    if mask is None:
+        return bytes(head) + payload
+    return bytes(head) + mask + websocket_mask(payload, mask)
+
+
+def websocket_mask(payload: bytes, mask: bytes) -> bytes:
+    """XOR with the 4-byte masking key (masking and unmasking are the same)."""
+    if not payload:
+        return b""
+    key = (mask * (len(payload) // 4 + 1))[: len(payload)]
+    return (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(
+        len(payload), "big")
 
 
 class _Server(ThreadingHTTPServer):
@@ -81,6 +124,10 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length > 0 else b""
 
     def _handle(self) -> None:
+        if (self.command == "GET"
+                and (self.headers.get("Upgrade") or "").strip().lower() == "websocket"):
+            self._websocket()
+            return
         try:
             self._read_body()
         except ValueError:
@@ -122,6 +169,58 @@ class _Handler(BaseHTTPRequestHandler):
         if not no_body:
             self.wfile.write(body)
 
+    def _websocket(self) -> None:
+        """RFC 6455 server handshake, then echo frames until close or EOF."""
+        context = self.headers.get(CONTEXT_HEADER)
+        owner = self.server.owner
+        owner._count(context)
+        key = (self.headers.get("Sec-WebSocket-Key") or "").strip()
+        if not key or self.headers.get("Sec-WebSocket-Version", "").strip() != "13":
+            self.close_connection = True
+            self._respond(400, b"bad websocket handshake\n")
+            return
+        self.close_connection = True  # after the session, never another HTTP request
+        self.send_response(101, "Switching Protocols")
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", websocket_accept(key))
+        self.end_headers()
+        owner._ws_session(context, +1)
+        try:
+            self._echo_frames()
+        except (OSError, ValueError):
+            pass
+        finally:
+            owner._ws_session(context, -1)
+
+    def _echo_frames(self) -> None:
+        read = self.rfile.read
+        while True:
+            head = read(2)
+            if len(head) < 2:
+                return
+            opcode = head[0] & 0x0F
+            n = head[1] & 0x7F
+            if n == 126:
+                n = struct.unpack("!H", read(2))[0]
+            elif n == 127:
+                n = struct.unpack("!Q", read(8))[0]
+            if n > WS_MAX_FRAME:
+                raise ValueError("frame too large")
+            mask = read(4) if head[1] & 0x80 else None
+            payload = read(n)
+            if len(payload) < n:
+                return
+            if mask is not None:
+                payload = websocket_mask(payload, mask)
+            if opcode == 0x8:  # close: answer with the same code, then end
+                self.wfile.write(websocket_frame(0x8, payload[:125]))
+                return
+            if opcode == 0x9:  # ping -> pong
+                self.wfile.write(websocket_frame(0xA, payload))
+            elif opcode != 0xA:  # data (text, binary, continuation): echo it, unmasked
+                self.wfile.write(websocket_frame(opcode, payload, fin=bool(head[0] & 0x80)))
+
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _handle
 
 
@@ -139,6 +238,8 @@ class Backend:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._received: Counter = Counter()
+        self._websockets: Counter = Counter()
+        self._ws_active = 0
 
     @property
     def port(self) -> int:
@@ -160,13 +261,32 @@ class Backend:
         with self._lock:
             return sum(self._received.values())
 
+    @property
+    def websockets(self) -> Counter:
+        """WebSocket sessions accepted (101 sent), per X-Tenant-Context value."""
+        with self._lock:
+            return Counter(self._websockets)
+
+    @property
+    def websockets_active(self) -> int:
+        """WebSocket sessions whose echo loop is still running."""
+        with self._lock:
+            return self._ws_active
+
     def reset(self) -> None:
         with self._lock:
             self._received.clear()
+            self._websockets.clear()
 
     def _count(self, context: str | None) -> None:
         with self._lock:
             self._received[context] += 1
+
+    def _ws_session(self, context: str | None, change: int) -> None:
+        with self._lock:
+            if change > 0:
+                self._websockets[context] += 1
+            self._ws_active += change
 
     def start(self) -> Backend:
         if self._server is not None:

@@ -139,6 +139,8 @@ class NginxGateway:
     """nginx (master + `workers` workers) on `host:listen_port`, proxying to `upstream_port`.
 
     `extra_http` is inserted into the http block, `extra_server` into the server block.
+    `location /ws` proxies WebSocket upgrades (Upgrade/Connection passed on) with the same
+    X-Tenant-Context as `/`.
     """
 
     def __init__(
@@ -210,6 +212,13 @@ http {{
         "~^[a-zA-Z0-9-]+$" $http_x_tenant_id;
     }}
 
+    # WebSocket (location /ws): "upgrade" upstream when the client asked for one, else
+    # "" (keep-alive to the upstream stays possible).
+    map $http_upgrade $tw_connection_upgrade {{
+        default upgrade;
+        "" "";
+    }}
+
     upstream tw_backend {{
         server {self.upstream_host}:{self.upstream_port};
         keepalive 16;
@@ -232,6 +241,16 @@ http {{
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header X-Tenant-Context $tenant_root;
+            proxy_pass http://tw_backend;
+        }}
+
+        location /ws {{
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $tw_connection_upgrade;
+            proxy_set_header X-Tenant-Context $tenant_root;
+            proxy_read_timeout 300s;
+            proxy_send_timeout 300s;
             proxy_pass http://tw_backend;
         }}
 
