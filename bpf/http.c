@@ -137,6 +137,8 @@ struct tw_conn {
 	__u32 fifo_head;        /* next to complete */
 	__u32 fifo_tail;        /* next free */
 	__u8 vbuf[2][TW_VALUE_MAX];
+	__u32 adopted;          /* first seen mid-stream (tw_exit), not at accept/connect */
+	__u32 tls;              /* TLS: parsed from SSL_read/SSL_write (tls.c), never from syscalls */
 };
 _Static_assert(__builtin_offsetof(struct tw_conn, opened) ==
 	       __builtin_offsetof(struct tw_conn_head, opened), "tw_conn_head is tw_conn's prefix");
@@ -219,6 +221,10 @@ BPF_PERCPU_ARRAY(tw_val_tmpl, struct tw_agg_val, 1);
 BPF_PERCPU_ARRAY(tw_conn_tmpl, struct tw_conn, 1);
 BPF_ARRAY(tw_dfa, struct tw_dfa, 1);
 BPF_PROG_ARRAY(tw_progs, TW_NPROGS);
+/* The same programs loaded as kprobe-type for the TLS uprobes (a tail call needs the
+ * caller's program type): the loader copies the TW_TAIL_PROGRAMS section with
+ * tw_progs_k in place of tw_progs when TLS capture is on. */
+BPF_PROG_ARRAY(tw_progs_k, TW_NPROGS);
 /* The bytes of the token value a connection is reading (tw_token writes them, tw_token_emit
  * sends them).  LRU: a connection idle in the middle of a token may lose them, which is
  * detected (len) and counted as lost(token_incomplete). */
@@ -377,6 +383,8 @@ static __always_inline void tw_request_done(struct tw_ctl *ctl, struct tw_conn *
 					    struct tw_parser *p, __u64 ts, struct tw_job *j)
 {
 	__u64 key;
+	if (c->adopted)
+		p->best_flags |= TW_F_ADOPTED;
 	if (p->best_src < 0) {
 		p->best_flags |= TW_F_NO_IDENTITY;
 		p->best_h1 = 0;
@@ -480,6 +488,18 @@ static __always_inline __u32 tw_response_done(void *ctx, struct tw_ctl *ctl, str
 	__u64 lat = ts > f->start_ns ? ts - f->start_ns : 0;
 	__u32 mflags = f->mflags;
 	tw_count_end(ctl, c, f->key, cls, lat, 1, j);
+	if (status == 101 && c->opened && c->conn_key != f->key) {
+		/* Upgraded (WebSocket): from now on the connection is the upgrade's tenant's,
+		 * not the tenant of an earlier keep-alive request on it.  Moved as a close under
+		 * the old identity and an open under the new one. */
+		struct tw_agg_val *old = tw_agg_get(ctl, c->conn_key, c->side, c, &c->req, 0);
+		if (old)
+			__sync_fetch_and_add(&old->conn_closed, 1);
+		struct tw_agg_val *nv = tw_agg_get(ctl, f->key, c->side, c, &c->req, 0);
+		if (nv)
+			__sync_fetch_and_add(&nv->conn_opened, 1);
+		c->conn_key = f->key;
+	}
 	if (ctl->slow_ns && lat >= ctl->slow_ns)
 		tw_slow(ctx, ctl, c, f, lat, status);
 	c->fifo_head = head + 1;
@@ -691,6 +711,7 @@ static __always_inline void tw_charge_bytes(struct tw_ctl *ctl, struct tw_conn *
 		__sync_fetch_and_add(&v->rx_bytes, j->total);
 }
 
+/* TW_TAIL_PROGRAMS_BEGIN (tenantwatch/kernel/loader.py copies this section for TLS) */
 /* The parser: one window of the current job, then a tail call to itself. */
 int tw_parse(void *ctx)
 {
@@ -1079,6 +1100,8 @@ next:
 	return 0;
 }
 
+/* TW_TAIL_PROGRAMS_END */
+
 /* ---------------------------------------------------------------- syscalls */
 
 static __always_inline int tw_stash(__u32 fd, __u64 buf, __u64 iovcnt, __u32 is_write)
@@ -1175,6 +1198,8 @@ static __always_inline int tw_looks_like_status(__u64 buf)
 	return (w & 0xffffffffffffffull) == 0x2e312f50545448ull;  /* little-endian */
 }
 
+#include "tls.c"
+
 static __always_inline int tw_exit(void *ctx, long ret)
 {
 	__u64 id = bpf_get_current_pid_tgid();
@@ -1195,6 +1220,8 @@ static __always_inline int tw_exit(void *ctx, long ret)
 		first_len = v.len;
 	}
 	struct tw_conn *c = tw_conns.lookup(&ck);
+	if (tw_ssl_syscall(id, ck, c))
+		return 0;  /* TLS records: the plaintext is parsed at SSL_read/SSL_write (tls.c) */
 	if (!c) {
 		/* Unknown fd (a file, a pipe, or a connection older than the daemon): track it
 		 * only when it carries a request head; the direction gives the side. */
@@ -1203,6 +1230,7 @@ static __always_inline int tw_exit(void *ctx, long ret)
 		c = tw_conn_new(ck, args.is_write ? TW_SIDE_CLIENT : TW_SIDE_SERVER);
 		if (!c)
 			return 0;
+		c->adopted = 1;
 	}
 	__u32 zero = 0;
 	struct tw_job *j = tw_jobs.lookup(&zero);

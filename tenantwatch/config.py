@@ -50,6 +50,10 @@ Keys [default]:
     slow_request_seconds  requests at least this slow are sent to user space as events
                     (trace spans), 0 = never, 0..3600 [0.5]
     slow_requests_per_second  rate limit of those events per CPU, 1..100000 [20]
+    tls             HTTP inside TLS through uprobes on the targets' libssl (SSL_read,
+                    SSL_write and their _ex forms) [true]
+    tokens_per_second  new bearer tokens (jwt sources) sent to user space per CPU,
+                    1..100000 [100]
   detection:        noisy-neighbour and hotspot rules: see docs/detection.md
   otel:             OpenTelemetry export, off unless an endpoint is given here or in
                     OTEL_EXPORTER_OTLP_(METRICS_|TRACES_)ENDPOINT (docs/opentelemetry.md)
@@ -217,6 +221,8 @@ class Capture:
     rescan_seconds: float = 1.0
     slow_request_seconds: float = 0.5  # requests at least this slow become trace spans; 0: off
     slow_requests_per_second: int = 20  # per CPU; the rest is counted (slow_rate_limited)
+    tls: bool = True  # uprobes on the targets' libssl
+    tokens_per_second: int = 100  # per CPU; the rest is counted (token_rate_limited)
 
 
 @dataclass(frozen=True)
@@ -616,7 +622,8 @@ def _parse_enforcement(value: Any, field: str, env: Mapping[str, str]) -> Enforc
 def _parse_capture(value: Any, field: str, env: Mapping[str, str]) -> Capture:
     m = _mapping(value, field)
     _check_keys(m, ("latency_buckets", "tick_seconds", "max_connections", "rescan_seconds",
-                    "slow_request_seconds", "slow_requests_per_second"), field)
+                    "slow_request_seconds", "slow_requests_per_second", "tls",
+                    "tokens_per_second"), field)
     f = f"{field}.latency_buckets"
     items = _list(m.get("latency_buckets", DEFAULT_LATENCY_BUCKETS), f)
     if not 1 <= len(items) <= MAX_LATENCY_BUCKETS:
@@ -640,6 +647,9 @@ def _parse_capture(value: Any, field: str, env: Mapping[str, str]) -> Capture:
                                      f"{field}.slow_request_seconds", 0.0, 3600.0),
         slow_requests_per_second=_int(m.get("slow_requests_per_second", 20),
                                       f"{field}.slow_requests_per_second", 1, 100000),
+        tls=_bool(m.get("tls", True), f"{field}.tls"),
+        tokens_per_second=_int(m.get("tokens_per_second", 100), f"{field}.tokens_per_second",
+                               1, 100000),
     )
 
 

@@ -105,6 +105,8 @@ class Daemon:
             max_connections=config.capture.max_connections,
             slow_request_seconds=config.capture.slow_request_seconds,
             slow_requests_per_cpu_per_second=config.capture.slow_requests_per_second,
+            tokens_per_cpu_per_second=config.capture.tokens_per_second,
+            tls=config.capture.tls,
         )
         self.scanner = ProcessScanner([t.process for t in config.targets])
         self.verifiers = build_verifiers(config.tenancy.sources)  # jwt sources with keys

@@ -491,6 +491,43 @@ def check_psi(env: _Env) -> list[Result]:
     return [Result(OK, f"PSI: {path} readable")]
 
 
+# ---------------------------------------------------------------------------- TLS
+
+# Gateways whose TLS the doctor looks at (the config's targets are not read here).
+TLS_GATEWAYS = ("nginx", "envoy", "haproxy", "caddy", "traefik")
+
+
+def check_tls(env: _Env) -> list[Result]:
+    from tenantwatch.kernel.tls import ssl_libraries, static_tls
+
+    found: dict[str, list[Result]] = {}  # by executable: one line per gateway binary
+    for name in _listdir(env.proc):
+        if not name.isdigit():
+            continue
+        try:
+            with open(env.proc_path(name, "comm"), encoding="utf-8") as f:
+                comm = f.read().strip()
+            exe = os.readlink(env.proc_path(name, "exe"))
+        except OSError:
+            continue
+        if comm not in TLS_GATEWAYS or exe in found:
+            continue
+        why = static_tls(int(name), env.proc)
+        libs = sorted(lib.path.split("/root", 1)[-1] for lib in ssl_libraries(int(name),
+                                                                            env.proc))
+        if why:
+            found[exe] = [Result(WARN, f"TLS: {comm} (pid {name}): {why}; unsupported",
+                                 ["terminate TLS in front of it, or trace its plaintext side "
+                                  "(HTTP to its upstreams) only"])]
+        elif libs:
+            found[exe] = [Result(OK, f"TLS: {comm} (pid {name}) maps {', '.join(libs)}: "
+                                     "its TLS traffic is captured through uprobes")]
+    if not found:
+        return [Result(INFO, "TLS: no running gateway process (" + ", ".join(TLS_GATEWAYS)
+                       + ") to check")]
+    return [r for results in found.values() for r in results]
+
+
 # ---------------------------------------------------------------------------- 10. memlock
 
 
@@ -542,6 +579,7 @@ CHECKS: tuple[tuple[str, Callable[[_Env], list[Result]]], ...] = (
     ("BTF", check_btf),
     ("cgroups", check_cgroups),
     ("PSI", check_psi),
+    ("TLS", check_tls),
     ("memlock", check_memlock),
     ("bpftool", check_bpftool),
 )

@@ -44,6 +44,10 @@
 #define TW_F_OVERFLOW    (1u << 5)
 #define TW_F_NO_IDENTITY (1u << 6)
 #define TW_F_UNATTRIBUTED (1u << 7)  /* the entry of TW_KEY_UNATTRIBUTED */
+/* The request is on a connection first seen mid-stream (opened before the daemon, or its
+ * accept/connect not seen): after a WebSocket upgrade or inside a body, bytes that look like
+ * a request line may be anybody's payload, so no value on it is ever trusted. */
+#define TW_F_ADOPTED     (1u << 8)
 
 /* Reserved aggregate keys.  Ordinary keys are 64-bit keyed hashes; the chance that
  * one equals these is 2^-63 and is handled like any other collision. */
@@ -71,7 +75,8 @@
 #define TW_LOST_TOKEN_RATE_LIMITED 11 /* a new token not sent to user space: over the rate */
 #define TW_LOST_TOKEN_BUFFER_FULL 12  /* a new token did not fit the ring/perf buffer */
 #define TW_LOST_TOKEN_INCOMPLETE  13  /* a token's bytes were not all captured (buffer evicted) */
-#define TW_LOST_MAX               14
+#define TW_LOST_TLS_NO_FD         14  /* TLS plaintext whose socket is not known yet: not parsed */
+#define TW_LOST_MAX               15
 
 /* Run-queue delay buckets (wakeup -> running of target threads): bounds in
  * tw_ctl.runq_bounds_ns, exported as tenantwatch_runqueue_delay_seconds. */

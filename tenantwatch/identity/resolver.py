@@ -82,10 +82,11 @@ MAX_PENDING_TOKENS = 1024
 class _Entry:
     """What user space knows about one kernel key: its value and the last outcome computed."""
 
-    __slots__ = ("outcome", "recheck_at", "source_index", "value")
+    __slots__ = ("adopted", "outcome", "recheck_at", "source_index", "value")
 
     def __init__(self, value: str | None, source_index: int, outcome: _Outcome,
-                 recheck_at: float = math.inf) -> None:
+                 recheck_at: float = math.inf, adopted: bool = False) -> None:
+        self.adopted = adopted  # seen on a connection first met mid-stream: never trusted
         self.value = value  # stripped ASCII value; None when undecodable or permanently rejected
         self.source_index = source_index
         self.outcome = outcome
@@ -168,9 +169,10 @@ class IdentityResolver:
                 self._recheck(key, entry)
         else:
             entry = self._learn(key, raw_value, source_index)
+            entry.adopted = bool(flags & ValueFlag.ADOPTED)
         if isinstance(entry.outcome, TenantIdentity):
             return entry.outcome
-        return self._admit(entry.outcome, self._trust[source_index])
+        return self._admit(entry.outcome, self._trust_of(entry, source_index))
 
     def expire(self) -> tuple[str, ...]:
         """Forget tenants not returned for tenancy.idle_seconds; returns them, oldest first."""
@@ -198,7 +200,14 @@ class IdentityResolver:
         self._recheck(key, entry)
         if isinstance(entry.outcome, TenantIdentity):
             return entry.outcome
-        return self._admit(entry.outcome, self._trust[entry.source_index])
+        return self._admit(entry.outcome, self._trust_of(entry, entry.source_index))
+
+    def _trust_of(self, entry: _Entry, source_index: int) -> Trust:
+        """The source's trust, except on an adopted connection: a connection the kernel first
+        met mid-stream (opened before the daemon) may carry anybody's bytes that look like a
+        request head (a WebSocket frame, a body), so nothing on it is trusted."""
+        trust = self._trust[source_index]
+        return Trust.CLAIMED if entry.adopted and trust is Trust.TRUSTED else trust
 
     def _store(self, key: int, entry: _Entry) -> None:
         self._cache[key] = entry

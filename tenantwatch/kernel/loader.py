@@ -31,6 +31,7 @@ from tenantwatch.kernel.records import (
     SlowRequest,
     ValueFlag,
 )
+from tenantwatch.kernel.tls import TlsProbes
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ class HttpProbes:
         slow_request_seconds: float = 0.0,
         slow_requests_per_cpu_per_second: int = 20,
         tokens_per_cpu_per_second: int = 100,
+        tls: bool = False,
     ) -> None:
         if len(sources) > abi.MAX_SOURCES:
             raise ValueError(f"at most {abi.MAX_SOURCES} sources")
@@ -126,6 +128,8 @@ class HttpProbes:
         self._swept_closes: dict[tuple[int, int], int] = {}  # (conn_key, side) -> closes
         self.probes: dict[str, bool] = {}
         self.window = PARSE_WINDOWS[0]  # bytes per tw_parse run, as loaded
+        self.tls = tls  # uprobes on the targets' libssl (SSL_read/SSL_write ...)
+        self._tls: TlsProbes | None = None
 
     # ------------------------------------------------------------------ build
 
@@ -140,6 +144,8 @@ class HttpProbes:
             flags.append("-DTW_HAVE_PROBE_READ_USER=1")
         if self._ringbuf:
             flags.append("-DTW_HAVE_RINGBUF=1")
+        if self.tls:
+            flags.append("-DTW_HAVE_TLS=1")
         return flags
 
     def source_path(self) -> Path:
@@ -151,7 +157,8 @@ class HttpProbes:
         bcc rewrites map syntax (`map.lookup(&k)`) and tracepoint argument structs only in
         the main file it is given, so the concern files (cpu.c ...) are handed over inline.
         """
-        return _expand_c_includes(self.source_path())
+        text = _expand_c_includes(self.source_path())
+        return _with_kprobe_copies(text) if self.tls else text
 
     def print_bpf(self) -> str:
         """The C text and flags as compiled (for --print-bpf)."""
@@ -186,8 +193,10 @@ class HttpProbes:
                                          "run `tenantwatch doctor`") from e
             try:
                 parse = b.load_func(b"tw_parse", BPF.TRACEPOINT)
-                more = [b.load_func(name, BPF.TRACEPOINT) for name in (b"tw_token",
-                                                                     b"tw_token_emit")]
+                more = [b.load_func(name, BPF.TRACEPOINT) for name in TAIL_PROGRAMS[1:]]
+                # TLS: the same programs as kprobe type, for the uprobes' tail calls.
+                kprobe = [b.load_func(name + b"_k", BPF.KPROBE) for name in TAIL_PROGRAMS] \
+                    if self.tls else []
                 self.window = window
                 break
             except Exception as e:  # noqa: BLE001 - E2BIG on older verifiers: smaller window
@@ -199,9 +208,13 @@ class HttpProbes:
             raise KernelSupportError("the kernel's verifier refused tw_parse at every window "
                                      f"size {PARSE_WINDOWS}; run `tenantwatch doctor`")
         self._bpf = b
+        if self.tls:
+            self._tls = TlsProbes(b)
         try:
             for i, fn in enumerate([parse, *more]):
                 b[b"tw_progs"][ct.c_int(i)] = ct.c_int(fn.fd)
+            for i, fn in enumerate(kprobe):
+                b[b"tw_progs_k"][ct.c_int(i)] = ct.c_int(fn.fd)
             self._write_ctl()
             self._write_names()
             b[b"tw_dfa"][ct.c_int(0)] = dfa.dfa_struct()
@@ -315,6 +328,10 @@ class HttpProbes:
                 pass
         self._untraced &= want  # forget processes that are gone or no longer wanted
         self._write_target_bits(self.targets())
+        # TLS: only new processes can map a libssl file without probes (a restarted gateway,
+        # or one started after an upgrade replaced the file).
+        if self._tls is not None and self._tls.attach((want - have) - self._untraced):
+            self.probes["uprobe:libssl"] = True
         return want - have, have - want
 
     def _write_target_bits(self, tgids: set[int]) -> None:
@@ -494,6 +511,22 @@ class HttpProbes:
 
 
 _C_INCLUDE = re.compile(r'^#include "(\w+\.c)"\s*$', re.MULTILINE)
+# The programs in tw_progs, by index (bpf/http.c TW_PROG_*).
+TAIL_PROGRAMS = (b"tw_parse", b"tw_token", b"tw_token_emit")
+_TAIL_BEGIN = "/* TW_TAIL_PROGRAMS_BEGIN"
+_TAIL_END = "/* TW_TAIL_PROGRAMS_END */"
+
+
+def _with_kprobe_copies(text: str) -> str:
+    """http.c with a second copy of its tail-called programs, named NAME_k and calling
+    through tw_progs_k: a tail call must stay within one program type, and the TLS uprobes
+    are kprobe-type while the syscall tracepoints are tracepoint-type."""
+    start, end = text.index(_TAIL_BEGIN), text.index(_TAIL_END)
+    copy = text[start:end].replace("tw_progs.call(", "tw_progs_k.call(")
+    for name in TAIL_PROGRAMS:
+        copy = re.sub(rf"^int {name.decode()}\(", f"int {name.decode()}_k(", copy,
+                      flags=re.MULTILINE)
+    return text[:end] + copy + text[end:]
 
 
 def _expand_c_includes(path: Path) -> str:
@@ -547,7 +580,7 @@ def _to_counts(k: abi.AggKey, v: abi.AggVal, nbounds: int,
         side=Side.SERVER if k.side == abi.SIDE_SERVER else Side.CLIENT,
         raw_value=raw,
         source_index=int(v.source),
-        flags=ValueFlag(v.flags & 0xFF),
+        flags=ValueFlag(v.flags & 0x1FF),
         requests_by_class=tuple(int(x) for x in v.req_by_class),
         request_heads=int(v.heads),
         rx_bytes=int(v.rx_bytes),

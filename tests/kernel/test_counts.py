@@ -158,3 +158,35 @@ def test_connections_of_an_exited_process_are_closed_by_the_sweep(probes):
         probes.set_targets(set())
     assert opened >= 3  # our three (another traced connection may have come along)
     assert closed == opened  # every connection it had open is closed by the sweep
+
+
+def test_a_connection_first_seen_mid_stream_is_flagged_adopted(probes):
+    """A connection whose accept was not seen (opened before the daemon) is tracked from its
+    first request head, flagged ADOPTED: its values are never trusted (a WebSocket frame or a
+    body can look like a request head)."""
+    from tenantwatch.kernel.records import ValueFlag
+
+    proc = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        old = socket.create_connection(("127.0.0.1", port))
+        _exchange(old, _req("before"), 1)  # not traced yet: the accept is never seen
+        probes.set_targets({proc.pid})
+        probes.drain()
+        with old, socket.create_connection(("127.0.0.1", port)) as new:
+            for _ in range(3):
+                _exchange(old, _req("adopted"), 1)
+                _exchange(new, _req("accepted"), 1)
+        time.sleep(0.1)
+        tick = probes.drain()
+    finally:
+        proc.kill()
+        proc.wait(5)
+        probes.set_targets(set())
+    flags = {}
+    for c in tick.identities:
+        if c.side.value == "server" and c.requests_by_class[1]:
+            flags[c.raw_value] = (flags.get(c.raw_value, (0, ValueFlag.NONE))[0]
+                                  + c.requests_by_class[1], c.flags)
+    assert flags[b"adopted"] == (3, ValueFlag.ADOPTED)
+    assert flags[b"accepted"] == (3, ValueFlag.NONE)

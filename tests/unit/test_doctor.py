@@ -569,3 +569,37 @@ def test_bpftool_missing_is_info(machine: Machine, monkeypatch: pytest.MonkeyPat
     (machine.root / "usr" / "sbin" / "bpftool").chmod(0o755)
     _, text = machine.run()
     assert "[ ok ] bpftool: /usr/sbin/bpftool (used by tests)" in text
+
+
+# ---------------------------------------------------------------------- TLS
+
+
+def _gateway(machine: Machine, pid: int, comm: str, exe_bytes: bytes, maps: str) -> None:
+    d = machine.proc / str(pid)
+    d.mkdir(parents=True)
+    (d / "comm").write_text(comm + "\n")
+    (d / "maps").write_text(maps)
+    exe = machine.root / "bin" / f"{comm}-{pid}"
+    exe.parent.mkdir(parents=True, exist_ok=True)
+    exe.write_bytes(exe_bytes)
+    (d / "exe").symlink_to(exe)
+    lib = d / "root" / "usr" / "lib" / "libssl.so.3"
+    lib.parent.mkdir(parents=True)
+    lib.write_bytes(b"\x7fELF")
+
+
+def test_tls_reports_libssl_and_a_statically_linked_gateway(machine: Machine) -> None:
+    _gateway(machine, 4242, "nginx", b"\x7fELF nginx",
+             "7f00-7f01 r-xp 00000000 08:01 123 /usr/lib/libssl.so.3\n")
+    _gateway(machine, 4343, "envoy", b"\x7fELF ... BoringSSL ... SSL_CTX_new",
+             "7f00-7f01 r-xp 00000000 08:01 9 /usr/lib/libc.so.6\n")
+    rc, text = machine.run()
+    assert rc == 0
+    assert "[ ok ] TLS: nginx (pid 4242) maps /usr/lib/libssl.so.3" in text
+    assert "[warn] TLS: envoy (pid 4343):" in text and "BoringSSL statically" in text
+
+
+def test_tls_without_a_gateway_is_info(machine: Machine) -> None:
+    rc, text = machine.run()
+    assert rc == 0
+    assert "[info] TLS: no running gateway process" in text

@@ -90,6 +90,19 @@ def test_trusted_source_gives_trusted() -> None:
         TenantIdentity("acme", Trust.TRUSTED)
 
 
+def test_a_trusted_source_on_an_adopted_connection_is_only_claimed() -> None:
+    """A connection first met mid-stream may carry anybody's request-like bytes (a WebSocket
+    frame): its values never become trusted, also when the key comes back without a value."""
+    r = resolver()
+    assert r.resolve(12, b"acme", TRUSTED_SRC, F.ADOPTED, Side.CLIENT) == \
+        TenantIdentity("acme", Trust.CLAIMED)
+    assert r.resolve(12, None, TRUSTED_SRC, F.NONE, Side.CLIENT) == \
+        TenantIdentity("acme", Trust.CLAIMED)
+    assert r.resolve(13, b"acme", TRUSTED_SRC, F.NONE, Side.CLIENT) == \
+        TenantIdentity("acme", Trust.TRUSTED)
+    assert claimed(r, 14, b"beta", F.ADOPTED) == TenantIdentity("beta", Trust.CLAIMED)
+
+
 @pytest.mark.parametrize("raw", [b"acme ", b"acme\t", b"acme \t \t"])
 def test_trailing_whitespace_is_stripped(raw: bytes) -> None:
     assert claimed(resolver(), 1, raw) == TenantIdentity("acme", Trust.CLAIMED)
