@@ -334,8 +334,9 @@ def test_http_inside_frames_is_never_parsed(e2e_gateway, fresh_backend, daemon, 
 
 # ---------------------------------------------------------------------------- known gaps
 #
-# What the issue asks that the kernel does not do yet.  Strict xfail: each asserts the wanted
-# behaviour, so the day bpf/http.c is fixed these XPASS and fail until the marker is removed.
+# An upgrade moves the connection to the upgrade's tenant (the 101 branch of tw_response_done).
+# What the issue asks that the kernel does not do yet is a strict xfail: it asserts the wanted
+# behaviour, so the day bpf/http.c is fixed it XPASSes and fails until the marker is removed.
 
 
 def labels_with(m: Metrics, value: str) -> list[tuple[str, dict]]:
@@ -351,10 +352,6 @@ def wait_targets_traced(daemon, timeout: float = 5.0) -> None:
         time.sleep(0.1)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bpf/http.c: a connection belongs to the tenant of its first request head (tw_request_done "
-    "sets c->conn_key once); the 101 branch of tw_head_end does not move it to the upgrade's "
-    "tenant, so connections_active keeps counting it under the earlier tenant"))
 def test_upgrade_after_keepalive_request_of_another_tenant(e2e_gateway, fresh_backend, daemon,
                                                            tally, prefix, sessions):
     """One client connection: a plain request of tenant A, then the upgrade of tenant B.  The
@@ -375,10 +372,6 @@ def test_upgrade_after_keepalive_request_of_another_tenant(e2e_gateway, fresh_ba
     assert (ws_value(m, ACTIVE, a, "server"), ws_value(m, ACTIVE, b, "server")) == (0, 1)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bpf/http.c: nginx takes an idle keepalive upstream connection for the upgrade; that "
-    "connection belongs to the tenant of its first request (c->conn_key), and the 101 branch of "
-    "tw_head_end does not move it, so the client-side connections_active is the earlier tenant's"))
 def test_upgrade_on_pooled_upstream_connection(make_gateway, daemon, fresh_backend, tally, prefix,
                                                sessions):
     """One nginx worker: a plain request of tenant P leaves one idle upstream connection in the
@@ -403,7 +396,9 @@ def test_upgrade_on_pooled_upstream_connection(make_gateway, daemon, fresh_backe
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "bpf/http.c tw_exit: an fd the daemon does not know (a connection opened before it started) "
     "is adopted at the first syscall whose buffer starts like a request line; on a WebSocket "
-    "opened before the start, a frame payload that starts a read is such a buffer"))
+    "opened before the start, a frame payload that starts a read is such a buffer.  Such a "
+    "connection is flagged ADOPTED, so the forged value is only ever claimed, never trusted "
+    "(tests/kernel/test_counts.py, tests/unit/identity/test_resolver.py), but it is counted"))
 def test_frames_on_websocket_opened_before_daemon_start(e2e_gateway, fresh_backend,
                                                         daemon_factory, prefix, sessions):
     """A session opened before a daemon (re)start: its frames are never requests for that
