@@ -139,6 +139,10 @@ struct tw_conn {
 	__u8 vbuf[2][TW_VALUE_MAX];
 	__u32 adopted;          /* first seen mid-stream (tw_exit), not at accept/connect */
 	__u32 tls;              /* TLS: parsed from SSL_read/SSL_write (tls.c), never from syscalls */
+	__u32 h2;               /* HTTP/2 (the client preface was seen): bytes go to tw_h2 */
+	__u32 h2seq[2];         /* next tw_h2_event seq, by is_req */
+	__u32 _pad;
+	__u8 h2hdr[2][32];      /* a frame header being collected, by is_req (9 bytes used) */
 };
 _Static_assert(__builtin_offsetof(struct tw_conn, opened) ==
 	       __builtin_offsetof(struct tw_conn_head, opened), "tw_conn_head is tw_conn's prefix");
@@ -180,7 +184,10 @@ struct tw_job {
 #define TW_PROG_PARSE 0  /* tw_parse: the HTTP/1.x DFA */
 #define TW_PROG_TOKEN 1  /* tw_token: the bytes of a bearer token value */
 #define TW_PROG_EMIT  2  /* tw_token_emit: send a new token to user space */
-#define TW_NPROGS     3
+#define TW_PROG_H2    3  /* tw_h2: HTTP/2 frames, DATA payloads skipped */
+#define TW_NPROGS     4
+/* Byte ranges (skip, copy, header) tw_h2 handles per run. */
+#define TW_H2_PIECES 24
 /* A token already sent is sent again after this long (user space may have forgotten it). */
 #define TW_TOKEN_RESEND_NS 60000000000ull
 /* Connections in the middle of a token value at once (tw_tokbufs). */
@@ -247,6 +254,13 @@ BPF_RINGBUF_OUTPUT(tw_token_events, 256);
 BPF_PERF_OUTPUT(tw_slow_events);
 BPF_PERF_OUTPUT(tw_token_events);
 #endif
+#ifdef TW_HAVE_RINGBUF
+/* 4 MiB: HTTP/2 header bytes between two polls (about 40k requests of ~100 bytes). */
+BPF_RINGBUF_OUTPUT(tw_h2_events, 1024);
+#else
+BPF_PERF_OUTPUT(tw_h2_events);
+#endif
+BPF_PERCPU_ARRAY(tw_h2_scratch, struct tw_h2_event, 1);
 
 #define TW_FNV_PRIME1 0x100000001b3ull
 #define TW_FNV_PRIME2 0x9e3779b97f4a7c15ull
@@ -711,6 +725,28 @@ static __always_inline void tw_charge_bytes(struct tw_ctl *ctl, struct tw_conn *
 		__sync_fetch_and_add(&v->rx_bytes, j->total);
 }
 
+/* Send the bytes gathered in ev (or a close) as one tw_h2_event; the seq advances even when
+ * the buffer is full, so user space sees the gap. */
+static __always_inline void tw_h2_flush(void *ctx, struct tw_h2_event *ev, struct tw_conn *c,
+					__u32 d)
+{
+	ev->seq = c->h2seq[d & 1];
+	c->h2seq[d & 1] = ev->seq + 1;
+	__u32 size = ev->len & (2 * TW_H2_CHUNK - 1);
+	size += __builtin_offsetof(struct tw_h2_event, b);
+	tw_barrier_var(size);
+	if (size > sizeof(*ev))
+		size = sizeof(*ev);
+#ifdef TW_HAVE_RINGBUF
+	int err = tw_h2_events.ringbuf_output(ev, size, 0);
+#else
+	int err = tw_h2_events.perf_submit(ctx, ev, size);
+#endif
+	if (err != 0)
+		tw_lose(TW_LOST_H2_BUFFER_FULL);
+	ev->len = 0;
+}
+
 /* TW_TAIL_PROGRAMS_BEGIN (tenantwatch/kernel/loader.py copies this section for TLS) */
 /* The parser: one window of the current job, then a tail call to itself. */
 int tw_parse(void *ctx)
@@ -1100,6 +1136,128 @@ next:
 	return 0;
 }
 
+/* HTTP/2: walk the frames of the job's bytes.  A DATA frame's payload is skipped by
+ * arithmetic; frame headers and every other payload (HEADERS, CONTINUATION, SETTINGS,
+ * RST_STREAM ...) are copied into tw_h2_events for user space, which splits the frames and
+ * decodes HPACK (tenantwatch/h2).  The state between syscalls: p->skip (DATA payload left),
+ * p->num (other payload left), p->pos and c->h2hdr (a frame header cut by a syscall). */
+int tw_h2(void *ctx)
+{
+	__u32 zero = 0;
+	struct tw_job *j = tw_jobs.lookup(&zero);
+	if (!j)
+		return 0;
+	__u64 ck = j->conn;
+	struct tw_conn *c = tw_conns.lookup(&ck);
+	if (!c)
+		return 0;
+	__u32 d = j->is_req & 1;
+	struct tw_parser *p = d ? &c->req : &c->resp;
+	struct tw_h2_event *ev = tw_h2_scratch.lookup(&zero);
+	if (!ev)
+		return 0;
+	ev->conn = ck;
+	ev->ts_ns = j->ts_ns;
+	ev->side = c->side;
+	ev->is_req = d;
+	ev->flags = 0;
+	ev->len = 0;
+	if (c->h2 == 2)
+		j->remaining = 0;  /* cut earlier: the frames cannot be found again */
+	for (int it = 0; it < TW_H2_PIECES; it++) {
+		if (j->remaining == 0)
+			break;
+		__u64 avail = j->seg_len - j->seg_off;
+		if (avail > j->remaining)
+			avail = j->remaining;
+		if (avail == 0) {
+			if (!tw_next_segment(j)) {
+				j->remaining = 0;
+				break;
+			}
+			continue;
+		}
+		if (p->skip) {  /* a DATA payload (or the rest of the preface) */
+			__u64 take = p->skip < avail ? p->skip : avail;
+			p->skip -= take;
+			j->seg_off += take;
+			j->remaining -= take;
+			continue;
+		}
+		__u32 off = ev->len;
+		if (off >= TW_H2_CHUNK) {
+			tw_h2_flush(ctx, ev, c, d);
+			continue;
+		}
+		if (p->num) {  /* a payload user space needs: copy it */
+			__u64 take = p->num < avail ? p->num : avail;
+			if (take > TW_H2_CHUNK - 1)
+				take = TW_H2_CHUNK - 1;
+			__u32 t = take;
+			tw_barrier_var(t);
+			t &= TW_H2_CHUNK - 1;
+			if (t == 0)
+				break;
+			if (tw_read_user(ev->b + (off & (TW_H2_CHUNK - 1)), t,
+					 (void *)(j->buf + j->seg_off)) != 0) {
+				tw_lose(TW_LOST_READ_FAULT);
+				j->remaining = 0;
+				break;
+			}
+			ev->len = off + t;
+			p->num -= t;
+			j->seg_off += t;
+			j->remaining -= t;
+			continue;
+		}
+		/* A frame header: 9 bytes, maybe cut by the end of a syscall. */
+		__u32 pos = p->pos;
+		if (pos > 8)
+			pos = 0;
+		__u32 need = 9 - pos;
+		__u32 t = avail < need ? (__u32)avail : need;
+		tw_barrier_var(t);
+		t &= 15;
+		if (t == 0)
+			break;
+		if (tw_read_user(&c->h2hdr[d][pos & 15], t, (void *)(j->buf + j->seg_off)) != 0) {
+			tw_lose(TW_LOST_READ_FAULT);
+			j->remaining = 0;
+			break;
+		}
+		j->seg_off += t;
+		j->remaining -= t;
+		pos += t;
+		if (pos < 9) {
+			p->pos = pos;
+			continue;
+		}
+		p->pos = 0;
+		__u8 *h = c->h2hdr[d];
+		__builtin_memcpy(ev->b + (off & (TW_H2_CHUNK - 1)), h, 9);
+		ev->len = off + 9;
+		__u64 flen = ((__u64)h[0] << 16) | ((__u64)h[1] << 8) | h[2];
+		if (h[3] == 0)
+			p->skip = flen;  /* DATA: its payload never leaves the kernel */
+		else
+			p->num = flen;
+	}
+	if (ev->len)
+		tw_h2_flush(ctx, ev, c, d);
+	if (j->remaining > 0 && j->tails < TW_MAX_TAILS) {
+		j->tails++;
+		tw_progs.call(ctx, TW_PROG_H2);
+	}
+	if (j->remaining > 0) {
+		/* Cut: the next frame boundary is unknown.  A skipped seq tells user space. */
+		tw_lose(TW_LOST_SCAN_BUDGET);
+		c->h2seq[d] += 1;
+		c->h2 = 2;
+	}
+	tw_thread_set(0);  /* HTTP/2 CPU is not split per stream: __unattributed__ */
+	return 0;
+}
+
 /* TW_TAIL_PROGRAMS_END */
 
 /* ---------------------------------------------------------------- syscalls */
@@ -1198,6 +1356,31 @@ static __always_inline int tw_looks_like_status(__u64 buf)
 	return (w & 0xffffffffffffffull) == 0x2e312f50545448ull;  /* little-endian */
 }
 
+/* HTTP/2: the client preface starts the request direction of a fresh connection ("PRI * HT",
+ * then "TP/2.0\r\n\r\nSM\r\n\r\n").  From then on both directions go to tw_h2, which
+ * skips the 24 preface bytes.  Checked once per connection (before its first request). */
+static __always_inline int tw_h2_detect(struct tw_conn *c, __u64 first, __u64 first_len,
+					int is_req)
+{
+	if (c->h2)
+		return 1;
+	if (!is_req || c->opened || c->fifo_tail || first_len < 8 || c->req.state != TW_S_RQ0)
+		return 0;
+	__u64 w = 0;
+	if (tw_read_user(&w, sizeof(w), (void *)first) != 0)
+		return 0;
+	if (w != 0x5448202a20495250ull)  /* "PRI * HT", little-endian */
+		return 0;
+	c->h2 = 1;
+	c->req.skip = 24;
+	c->req.num = 0;
+	c->req.pos = 0;
+	c->resp.skip = 0;
+	c->resp.num = 0;
+	c->resp.pos = 0;
+	return 1;
+}
+
 #include "tls.c"
 
 static __always_inline int tw_exit(void *ctx, long ret)
@@ -1262,6 +1445,11 @@ static __always_inline int tw_exit(void *ctx, long ret)
 			return 0;
 		tw_message_reset(p, j->is_req);
 		p->skip = 0;
+	}
+	if (tw_h2_detect(c, first, first_len, j->is_req)) {
+		j->mode = TW_PROG_H2;
+		tw_progs.call(ctx, TW_PROG_H2);
+		return 0;
 	}
 	tw_progs.call(ctx, 0);
 	return 0;
@@ -1360,6 +1548,18 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close)
 	if (!c)
 		return 0;
 	__u32 zero = 0;
+	if (c->h2) {  /* user space forgets the connection's HTTP/2 state */
+		struct tw_h2_event *ev = tw_h2_scratch.lookup(&zero);
+		if (ev) {
+			ev->conn = ck;
+			ev->ts_ns = bpf_ktime_get_ns();
+			ev->side = c->side;
+			ev->is_req = 1;
+			ev->flags = TW_H2_F_CLOSED;
+			ev->len = 0;
+			tw_h2_flush(args, ev, c, 1);
+		}
+	}
 	struct tw_ctl *ctl = tw_ctl.lookup(&zero);
 	if (ctl) {
 		for (int i = 0; i < TW_FIFO; i++) {

@@ -163,6 +163,11 @@ int tw_ssl_return(struct pt_regs *ctx)
 		tw_message_reset(p, j->is_req);
 		p->skip = 0;
 	}
+	if (tw_h2_detect(c, args.buf, n, j->is_req)) {
+		j->mode = TW_PROG_H2;
+		tw_progs_k.call(ctx, TW_PROG_H2);
+		return 0;
+	}
 	tw_progs_k.call(ctx, 0);
 	return 0;
 }

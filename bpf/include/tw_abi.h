@@ -76,7 +76,8 @@
 #define TW_LOST_TOKEN_BUFFER_FULL 12  /* a new token did not fit the ring/perf buffer */
 #define TW_LOST_TOKEN_INCOMPLETE  13  /* a token's bytes were not all captured (buffer evicted) */
 #define TW_LOST_TLS_NO_FD         14  /* TLS plaintext whose socket is not known yet: not parsed */
-#define TW_LOST_MAX               15
+#define TW_LOST_H2_BUFFER_FULL    15  /* HTTP/2 frame bytes did not fit the ring/perf buffer */
+#define TW_LOST_MAX               16
 
 /* Run-queue delay buckets (wakeup -> running of target threads): bounds in
  * tw_ctl.runq_bounds_ns, exported as tenantwatch_runqueue_delay_seconds. */
@@ -180,6 +181,23 @@ struct tw_token_event {
 	__u32 len;         /* bytes in b */
 	__u32 side;        /* TW_SIDE_* */
 	__u8 b[TW_TOKEN_MAX];
+};
+
+/* HTTP/2: a connection's bytes, one direction, every DATA frame's payload left out (its
+ * 9-byte header is kept).  User space splits the frames and decodes HPACK in order
+ * (tenantwatch/h2).  Bytes per event: up to 2 * TW_H2_CHUNK - 1. */
+#define TW_H2_CHUNK 4096
+#define TW_H2_F_CLOSED 1  /* the connection closed (no bytes) */
+struct tw_h2_event {
+	__u64 conn;    /* tgid << 32 | fd */
+	__u64 ts_ns;   /* when the bytes moved (bpf_ktime_get_ns) */
+	__u32 seq;     /* per connection and direction: 0, 1, 2 ... (a gap: bytes were lost) */
+	__u32 len;     /* bytes in b */
+	__u8 side;     /* TW_SIDE_* */
+	__u8 is_req;   /* 1: the request direction */
+	__u8 flags;    /* TW_H2_F_* */
+	__u8 _pad[5];
+	__u8 b[2 * TW_H2_CHUNK];
 };
 
 #endif /* TW_ABI_H */

@@ -85,6 +85,18 @@ class TokenEvent(ct.Structure):
                 ("b", ct.c_uint8 * TOKEN_MAX)]
 
 
+H2_CHUNK: int = _D["TW_H2_CHUNK"]
+H2_F_CLOSED: int = _D["TW_H2_F_CLOSED"]
+
+
+class H2EventHead(ct.Structure):
+    """The fixed part of struct tw_h2_event (its bytes follow)."""
+
+    _fields_ = [("conn", ct.c_uint64), ("ts_ns", ct.c_uint64), ("seq", ct.c_uint32),
+                ("len", ct.c_uint32), ("side", ct.c_uint8), ("is_req", ct.c_uint8),
+                ("flags", ct.c_uint8), ("_pad", ct.c_uint8 * 5)]
+
+
 class AggKey(ct.Structure):
     _fields_ = [("key", ct.c_uint64), ("side", ct.c_uint32), ("_pad", ct.c_uint32)]
 

@@ -25,6 +25,7 @@ from tenantwatch.kernel import abi, dfa
 from tenantwatch.kernel.paths import find_bpf_dir
 from tenantwatch.kernel.records import (
     CpuCounts,
+    H2Event,
     IdentityCounts,
     KernelTick,
     Side,
@@ -115,6 +116,7 @@ class HttpProbes:
         # token again after a minute, so an evicted one comes back).
         self._tokens: OrderedDict[int, bytes] = OrderedDict()
         self.tokens_received = 0  # token events, all time
+        self._h2: list[H2Event] = []
         self._ringbuf = kernel_version() >= (5, 8)
         self._bpf = None
         self._ctl = abi.Ctl()
@@ -225,9 +227,11 @@ class HttpProbes:
             if self._ringbuf:
                 b[b"tw_slow_events"].open_ring_buffer(self._on_slow)
                 b[b"tw_token_events"].open_ring_buffer(self._on_token)
+                b[b"tw_h2_events"].open_ring_buffer(self._on_h2)
             else:
                 b[b"tw_slow_events"].open_perf_buffer(self._on_slow, page_cnt=16)
                 b[b"tw_token_events"].open_perf_buffer(self._on_token, page_cnt=64)
+                b[b"tw_h2_events"].open_perf_buffer(self._on_h2, page_cnt=256)
         except Exception as e:
             self.close()
             raise KernelSupportError(f"setting up the BPF maps failed: {e}") from e
@@ -392,7 +396,7 @@ class HttpProbes:
                           targets=len(self.targets()), probes=dict(self.probes),
                           monotonic_ns=time.monotonic_ns(), cpu=self._drain_cpu(old),
                           runq_bounds_seconds=RUNQ_BOUNDS_SECONDS, runq_buckets=runq,
-                          runq_sum_ns=runq_sum, slow=slow)
+                          runq_sum_ns=runq_sum, slow=slow, h2=self._take_h2())
 
     def _on_slow(self, _ctx, data, _size) -> int:
         e = ct.cast(data, ct.POINTER(abi.SlowEvent)).contents
@@ -413,6 +417,22 @@ class HttpProbes:
         while len(self._tokens) > MAX_TOKENS:
             self._tokens.popitem(last=False)
         return 0
+
+    def _on_h2(self, _ctx, data, size) -> int:
+        e = ct.cast(data, ct.POINTER(abi.H2EventHead)).contents
+        head = ct.sizeof(abi.H2EventHead)
+        n = min(int(e.len), max(0, int(size) - head), 2 * abi.H2_CHUNK)
+        self._h2.append(H2Event(
+            conn=int(e.conn), side=Side.SERVER if e.side == abi.SIDE_SERVER else Side.CLIENT,
+            is_request=bool(e.is_req), seq=int(e.seq), ts_ns=int(e.ts_ns),
+            data=ct.string_at(ct.addressof(e) + head, n) if n else b"",
+            closed=bool(e.flags & abi.H2_F_CLOSED)))
+        return 0
+
+    def _take_h2(self) -> tuple[H2Event, ...]:
+        out = tuple(self._h2)
+        self._h2.clear()
+        return out
 
     def _poll_events(self) -> tuple[SlowRequest, ...]:
         """Consume the slow-request and token events; gives the slow requests."""
@@ -512,7 +532,7 @@ class HttpProbes:
 
 _C_INCLUDE = re.compile(r'^#include "(\w+\.c)"\s*$', re.MULTILINE)
 # The programs in tw_progs, by index (bpf/http.c TW_PROG_*).
-TAIL_PROGRAMS = (b"tw_parse", b"tw_token", b"tw_token_emit")
+TAIL_PROGRAMS = (b"tw_parse", b"tw_token", b"tw_token_emit", b"tw_h2")
 _TAIL_BEGIN = "/* TW_TAIL_PROGRAMS_BEGIN"
 _TAIL_END = "/* TW_TAIL_PROGRAMS_END */"
 

@@ -80,6 +80,21 @@ class SlowRequest:
 
 
 @dataclass(frozen=True)
+class H2Event:
+    """Bytes of one direction of an HTTP/2 connection, every DATA payload left out (the 9-byte
+    DATA frame header is kept; the client preface is not sent).  tenantwatch/h2 decodes them."""
+
+    conn: int  # tgid << 32 | fd, unique while the connection is open
+    side: Side  # SERVER: a connection the gateway accepted; CLIENT: one it opened
+    is_request: bool  # the request direction
+    seq: int  # per (conn, direction): 0, 1, 2 ... (a gap: bytes were lost)
+    ts_ns: int  # CLOCK_MONOTONIC ns when the bytes moved
+    data: bytes
+    closed: bool = False  # the connection closed (data is empty)
+    lost: bool = False  # bytes of this direction could not be sent
+
+
+@dataclass(frozen=True)
 class KernelTick:
     """Everything drained from the kernel in one tick."""
 
@@ -95,3 +110,4 @@ class KernelTick:
     runq_buckets: tuple[int, ...] = ()
     runq_sum_ns: int = 0
     slow: tuple[SlowRequest, ...] = ()
+    h2: tuple[H2Event, ...] = ()  # HTTP/2 bytes, in the order they were sent

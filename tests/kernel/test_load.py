@@ -15,8 +15,8 @@ def test_every_program_loads_and_every_tracepoint_attaches(probes):
     declared = re.findall(r"TRACEPOINT_PROBE\((\w+),\s*(\w+)\)", (BPF_DIR / "http.c").read_text())
     assert len(probes.probes) == len(declared) > 20
     assert all(probes.probes.values()), [p for p, ok in probes.probes.items() if not ok]
-    # tw_parse, tw_token and tw_token_emit are loaded separately: the tail-call array.
-    assert len(list(probes._bpf[b"tw_progs"].items())) == 3
+    # tw_parse, tw_token, tw_token_emit and tw_h2 are loaded separately: the tail-call array.
+    assert len(list(probes._bpf[b"tw_progs"].items())) == 4
 
 
 def _sizes(table) -> tuple:
