@@ -517,8 +517,8 @@ def check_tls(env: _Env) -> list[Result]:
                                                                             env.proc))
         if why:
             found[exe] = [Result(WARN, f"TLS: {comm} (pid {name}): {why}; unsupported",
-                                 ["terminate TLS in front of it, or trace its plaintext side "
-                                  "(HTTP to its upstreams) only"])]
+                                 [("terminate TLS in front of it, or trace its plaintext "
+                                   "side (HTTP to its upstreams) only")])]
         elif libs:
             found[exe] = [Result(OK, f"TLS: {comm} (pid {name}) maps {', '.join(libs)}: "
                                      "its TLS traffic is captured through uprobes")]
