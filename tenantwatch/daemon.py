@@ -36,6 +36,7 @@ from tenantwatch.exporters.detection import DetectionCollector, hotspots_payload
 from tenantwatch.exporters.enforcement import EnforcementCollector
 from tenantwatch.exporters.otel import OtelMetricsExporter, otel_requested
 from tenantwatch.exporters.otel_traces import OtelSpanExporter, traces_requested
+from tenantwatch.h2 import H2Tracker
 from tenantwatch.identity import IdentityResolver
 from tenantwatch.identity.jwt_verifier import build_verifiers, total_counts
 from tenantwatch.kernel.loader import HttpProbes, KernelSource
@@ -111,6 +112,8 @@ class Daemon:
         self.scanner = ProcessScanner([t.process for t in config.targets])
         self.verifiers = build_verifiers(config.tenancy.sources)  # jwt sources with keys
         self.resolver = IdentityResolver(config.tenancy, verifiers=self.verifiers)
+        # HTTP/2: HPACK decoded in user space, per connection, in order (docs/http2.md)
+        self.h2 = H2Tracker(config.tenancy.sources, config.capture.latency_buckets)
         self.aggregator = Aggregator(self.resolver, config.capture.latency_buckets)
         self.host = HostSampler(backends=BackendCpuReader(config.enforcement.cgroup))
         default = config.tenancy.default
@@ -277,7 +280,8 @@ class Daemon:
 
     def _apply(self) -> None:
         """Drain the kernel once and run the stages after it."""
-        self.aggregator.apply(self.probes.drain(), self.host.sample(self.resolver.tenants()),
+        self.aggregator.apply(self.h2.merge(self.probes.drain()),
+                              self.host.sample(self.resolver.tenants()),
                               self.config.capture.tick_seconds)
         if self.otel_spans is not None:
             self.otel_spans.export(self.aggregator.slow_spans())
@@ -399,7 +403,7 @@ class Daemon:
             log.exception("restoring CPU caps failed; run `tenantwatch release-caps`")
         if self.probes._bpf is not None:
             try:
-                self.aggregator.apply(self.probes.drain())
+                self.aggregator.apply(self.h2.merge(self.probes.drain()))
             except Exception:  # the final flush must not block the detach
                 log.exception("final drain failed")
         if self.otel_spans is not None:

@@ -63,6 +63,7 @@ REJECT_REASONS = (
     "not_allowed",  # __invalid__: not in the tenancy.tenants allow-list
     "max_tenants",  # __other__: a new tenant beyond tenancy.max_tenants
     "unknown_key",  # __unattributed__: no value for a key user space never saw (or evicted)
+    "h2_lost",  # __unattributed__: an HTTP/2 stream whose connection could not be decoded
 )
 
 _RESERVED = frozenset((OTHER, INVALID, UNATTRIBUTED))
@@ -135,6 +136,8 @@ class IdentityResolver:
         """The tenant of one kernel identity key (see the module docstring for the rules)."""
         if flags & ValueFlag.OVERFLOW:
             return TenantIdentity(OTHER, Trust.NONE, "kernel_overflow")
+        if flags & ValueFlag.UNATTRIBUTED:  # tenantwatch/h2: a connection it could not decode
+            return TenantIdentity(UNATTRIBUTED, Trust.NONE, "h2_lost")
         if raw_value is None and not flags:
             # The kernel created this entry without the value (a response, or bytes, that
             # arrived in a later tick than the request head): the key alone says who it is.

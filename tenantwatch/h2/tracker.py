@@ -1,0 +1,145 @@
+"""HTTP/2 request attribution in user space: H2Events of many connections -> IdentityCounts.
+
+Takes, per poll, the H2Events the kernel sent (tenantwatch/h2/records.py); gives at take() the
+tick's counts per (identity key, side) in the kernel's own record (IdentityCounts, raw value
+always set), ready for the identity resolver, and lost-stream counts by reason (LOST_REASONS).
+Each connection is a Session (session.py); this module routes events to them and bounds their
+number: at most ``max_connections`` are decoded at once, a closed one is freed at once.
+
+Cost: one HPACK decode per header block, in Python (docs/http2.md has the measured figure).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from tenantwatch.h2.counts import TickCounts
+from tenantwatch.h2.identity import IdentityPicker
+from tenantwatch.h2.records import H2Event
+from tenantwatch.h2.session import MAX_STREAMS, Session
+from tenantwatch.kernel.records import IdentityCounts, KernelTick
+
+if TYPE_CHECKING:
+    from tenantwatch.config import Source
+
+# Connections decoded at once: capture.max_connections' default, the kernel's own bound on the
+# connections it follows.  Each costs two HPACK tables (<= 2 x MAX_HPACK_TABLE, ~4 KiB each in
+# practice) plus its open streams: ~20 KiB typical, so ~1.3 GiB if all 65536 are h2 and full.
+MAX_CONNECTIONS = 65536
+# Connection ids remembered as not decoded (over the limit, or first seen mid-stream), so that
+# each is counted once in lost_streams: 8 bytes of id + dict slot, ~100 B each.
+MAX_IGNORED = 65536
+# Distinct (key, side) entries per tick; more fold into the OVERFLOW entry (-> __other__), as
+# in the kernel.  The resolver's key cache holds 65536 by default: more keys would be evicted.
+MAX_TICK_KEYS = 65536
+
+
+class H2Tracker:
+    """Decodes HTTP/2 connections and counts their streams per tenant key."""
+
+    def __init__(self, sources: Sequence[Source], latency_bounds_seconds: Sequence[float],
+                 secret: bytes | None = None, max_connections: int = MAX_CONNECTIONS,
+                 max_streams: int = MAX_STREAMS, max_keys: int = MAX_TICK_KEYS) -> None:
+        """``secret``: key of the identity hash (default: random per process)."""
+        if max_connections < 1 or max_streams < 1 or max_keys < 1:
+            raise ValueError("limits must be positive")
+        self._picker = IdentityPicker(sources, secret)
+        self._counts = TickCounts(latency_bounds_seconds, max_keys)
+        self._max_connections = max_connections
+        self._max_streams = max_streams
+        self._conns: dict[int, Session] = {}
+        self._waiting: set[int] = set()  # connections holding events behind a missing seq
+        self._ignored: OrderedDict[int, None] = OrderedDict()  # not decoded; LRU
+
+    @property
+    def connections(self) -> int:
+        """Connections being decoded."""
+        return len(self._conns)
+
+    @property
+    def lost_streams(self) -> Mapping[str, int]:
+        """Streams counted without a tenant since start, by reason (LOST_REASONS; for
+        h2_conn_limit and h2_midstream, connections: their streams cannot be seen)."""
+        return MappingProxyType(dict(self._counts.lost_total))
+
+    def feed(self, events: Iterable[H2Event]) -> None:
+        """Process the events of one poll (any order; each direction is put in seq order)."""
+        by_conn: dict[int, list[H2Event]] = {}
+        for ev in events:
+            evs = by_conn.get(ev.conn)
+            if evs is None:
+                by_conn[ev.conn] = [ev]
+            else:
+                evs.append(ev)
+        for conn, evs in by_conn.items():
+            self._feed_conn(conn, evs)
+        for conn in list(self._waiting):
+            sess = self._conns.get(conn)
+            if sess is None or not sess.settle():
+                self._waiting.discard(conn)
+
+    def take(self) -> tuple[IdentityCounts, ...]:
+        """This tick's counts per (key, side), since the previous take()."""
+        return self._counts.take()
+
+    def take_lost(self) -> dict[str, int]:
+        """Lost streams by reason since the previous take_lost() (deltas, for KernelTick.lost)."""
+        return self._counts.take_lost()
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _feed_conn(self, conn: int, evs: list[H2Event]) -> None:
+        data = [e for e in evs if not e.closed]
+        closed = len(data) != len(evs)
+        sess = self._conns.get(conn)
+        if sess is not None and sess.restarted(data):
+            self._end(conn, sess)  # the id was reused: the old connection's close was missed
+            sess = None
+        if sess is None:
+            if not any(e.seq == 0 for e in data):
+                if data and conn not in self._ignored:
+                    self._ignore(conn, "h2_midstream")
+                if closed:
+                    self._ignored.pop(conn, None)
+                return
+            self._ignored.pop(conn, None)
+            if len(self._conns) >= self._max_connections:
+                self._ignore(conn, "h2_conn_limit")
+                if closed:
+                    self._ignored.pop(conn, None)
+                return
+            sess = Session(data[0].side, self._picker, self._counts, self._max_streams)
+            self._conns[conn] = sess
+        for ev in data:
+            sess.add(ev)
+        sess.run()
+        if closed:
+            self._end(conn, sess)
+        elif sess.waiting:
+            self._waiting.add(conn)
+
+    def _end(self, conn: int, sess: Session) -> None:
+        sess.close()
+        del self._conns[conn]
+        self._waiting.discard(conn)
+
+    def _ignore(self, conn: int, reason: str) -> None:
+        self._counts.lose(reason, None)
+        self._ignored[conn] = None
+        self._ignored.move_to_end(conn)
+        if len(self._ignored) > MAX_IGNORED:
+            self._ignored.popitem(last=False)
+
+    def merge(self, tick: KernelTick) -> KernelTick:
+        """The tick with its HTTP/2 bytes decoded: their counts join the kernel's identities,
+        their lost streams the kernel's losses."""
+        self.feed(tick.h2)
+        lost = dict(tick.lost)
+        for reason, n in self.take_lost().items():
+            lost[reason] = lost.get(reason, 0) + n
+        return dataclasses.replace(tick, identities=tick.identities + self.take(), lost=lost,
+                                   h2=())
