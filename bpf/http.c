@@ -142,6 +142,7 @@ struct tw_conn {
 	__u32 h2;               /* HTTP/2 (the client preface was seen): bytes go to tw_h2 */
 	__u32 h2seq[2];         /* next tw_h2_event seq, by is_req */
 	__u32 _pad;
+	__u64 h2id;             /* this HTTP/2 connection's id in events: fds are reused at once */
 	__u8 h2hdr[2][32];      /* a frame header being collected, by is_req (9 bytes used) */
 };
 _Static_assert(__builtin_offsetof(struct tw_conn, opened) ==
@@ -1156,7 +1157,7 @@ int tw_h2(void *ctx)
 	struct tw_h2_event *ev = tw_h2_scratch.lookup(&zero);
 	if (!ev)
 		return 0;
-	ev->conn = ck;
+	ev->conn = c->h2id;
 	ev->ts_ns = j->ts_ns;
 	ev->side = c->side;
 	ev->is_req = d;
@@ -1372,6 +1373,7 @@ static __always_inline int tw_h2_detect(struct tw_conn *c, __u64 first, __u64 fi
 	if (w != 0x5448202a20495250ull)  /* "PRI * HT", little-endian */
 		return 0;
 	c->h2 = 1;
+	c->h2id = (bpf_ktime_get_ns() << 20) ^ ((__u64)bpf_get_smp_processor_id() << 8) ^ first_len;
 	c->req.skip = 24;
 	c->req.num = 0;
 	c->req.pos = 0;
@@ -1551,7 +1553,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close)
 	if (c->h2) {  /* user space forgets the connection's HTTP/2 state */
 		struct tw_h2_event *ev = tw_h2_scratch.lookup(&zero);
 		if (ev) {
-			ev->conn = ck;
+			ev->conn = c->h2id;
 			ev->ts_ns = bpf_ktime_get_ns();
 			ev->side = c->side;
 			ev->is_req = 1;

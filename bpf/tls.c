@@ -105,7 +105,8 @@ int tw_ssl_return(struct pt_regs *ctx)
 		return 0;
 	struct tw_ssl_args args = *a;
 	a->id = 0;
-	long ret = PT_REGS_RC(ctx);
+	/* All four return an int: -1 is 0xffffffff in rax (the upper half is not sign-extended). */
+	int ret = (int)PT_REGS_RC(ctx);
 	__u64 n = 0;
 	if (args.nptr) {
 		if (ret == 1 && tw_read_user(&n, sizeof(n), (void *)args.nptr) != 0)

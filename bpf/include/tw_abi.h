@@ -189,7 +189,7 @@ struct tw_token_event {
 #define TW_H2_CHUNK 4096
 #define TW_H2_F_CLOSED 1  /* the connection closed (no bytes) */
 struct tw_h2_event {
-	__u64 conn;    /* tgid << 32 | fd */
+	__u64 conn;    /* the connection's id (unique: an fd is reused by the next connection) */
 	__u64 ts_ns;   /* when the bytes moved (bpf_ktime_get_ns) */
 	__u32 seq;     /* per connection and direction: 0, 1, 2 ... (a gap: bytes were lost) */
 	__u32 len;     /* bytes in b */

@@ -84,7 +84,7 @@ class H2Event:
     """Bytes of one direction of an HTTP/2 connection, every DATA payload left out (the 9-byte
     DATA frame header is kept; the client preface is not sent).  tenantwatch/h2 decodes them."""
 
-    conn: int  # tgid << 32 | fd, unique while the connection is open
+    conn: int  # the connection's id, unique (not its fd: nginx reuses an fd at once)
     side: Side  # SERVER: a connection the gateway accepted; CLIENT: one it opened
     is_request: bool  # the request direction
     seq: int  # per (conn, direction): 0, 1, 2 ... (a gap: bytes were lost)
