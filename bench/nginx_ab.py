@@ -22,6 +22,12 @@ something failed to run (or, with --check, a goal was missed).
 
     sudo make bench
     sudo .venv/bin/python bench/nginx_ab.py --rounds 5 --seconds 8 --json /tmp/ab.json
+
+--tls: wrk talks HTTPS (TLS 1.3, keep-alive: one handshake per connection) to a `listen ... ssl`
+port of the same nginx (self-signed certificate made with `openssl req -x509` in the temporary
+directory); the daemon then reads the plaintext through its uprobes on nginx's libssl.  Note that
+uprobes are per library file: wrk maps the same libssl.so.3, so with the daemon on, wrk's own
+SSL_read/SSL_write calls also trap into the (filtered-out) probes -- the B side pays that too.
 """
 
 from __future__ import annotations
@@ -284,6 +290,20 @@ class Counts:
 
 
 # ---------------------------------------------------------------- wrk
+
+def make_cert(tmp: Path) -> tuple[Path, Path]:
+    """A self-signed RSA-2048 certificate for 127.0.0.1: (cert.pem, key.pem)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise BenchError("--tls needs the openssl command")
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    p = subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+                       capture_output=True, text=True, timeout=60, check=False)
+    if p.returncode != 0:
+        raise BenchError(f"openssl req failed:\n{p.stderr}")
+    return cert, key
+
 
 def write_wrk_script(tmp: Path, path: str, host: str) -> Path:
     script = tmp / "tenants.lua"
@@ -656,6 +676,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="what / proxies to: the Python backend, or a second, untraced nginx "
                         "(named tw-bench-upstream) answering /up itself: a proxying gateway "
                         "with a fast upstream, use with --path /up [python]")
+    p.add_argument("--tls", action="store_true",
+                   help="wrk over HTTPS (keep-alive) to a TLS listener of the same nginx; the "
+                        "daemon sees the plaintext through its libssl uprobes")
     p.add_argument("--warmup", type=float, default=2, help="seconds of wrk before round 1 [2]")
     p.add_argument("--json", metavar="FILE", help="write runs and summary as JSON")
     p.add_argument("--tenantwatch", metavar="PATH", default=default_tenantwatch(),
@@ -724,11 +747,19 @@ def main(argv: list[str] | None = None) -> int:
                 upstream.start()
                 upstream_port = upstream.listen_port
             listen = free_port()
+            tls: dict[str, Any] = {}
+            if args.tls:
+                cert, key = make_cert(tmp)
+                tls = {"tls_port": free_port(), "ssl_certificate": cert,
+                       "ssl_certificate_key": key}
             gateway = NginxGateway(
                 tmp / "nginx", listen, upstream_port, workers=args.workers,
-                extra_server="        access_log off;" if args.no_access_log else "",
+                extra_server="        access_log off;" if args.no_access_log else "", **tls,
             )
             gateway.start()
+            scheme = "http"
+            if args.tls:
+                scheme, listen = "https", gateway.tls_port
             daemon_port = free_port()
             config = tmp / "tenantwatch.yaml"
             config.write_text(DAEMON_CONFIG % {"port": daemon_port})
@@ -737,10 +768,10 @@ def main(argv: list[str] | None = None) -> int:
                 "gateway": gateway, "tmp": tmp, "wrk": wrk, "tenantwatch": args.tenantwatch,
                 "config": config, "daemon_port": daemon_port,
                 "script": write_wrk_script(tmp, args.path, host),
-                "url": f"http://{host}{args.path}",
+                "url": f"{scheme}://{host}{args.path}",
             }
             env = environment(wrk, gateway)
-            print(f"nginx {args.workers} workers on {host}{args.path}; wrk -t{args.threads} "
+            print(f"nginx {args.workers} workers on {scheme}://{host}{args.path}; wrk -t{args.threads} "
                   f"-c{args.connections} -d{args.seconds:g}s, tenants {','.join(TENANTS)}; "
                   f"{args.rounds} rounds; {env['cpus']} CPUs, kernel {env['kernel']}",
                   flush=True)

@@ -141,6 +141,10 @@ class NginxGateway:
     `extra_http` is inserted into the http block, `extra_server` into the server block.
     `location /ws` proxies WebSocket upgrades (Upgrade/Connection passed on) with the same
     X-Tenant-Context as `/`.
+
+    `tls_port` (with `ssl_certificate` and `ssl_certificate_key`, files the caller made) adds a
+    second `listen ... ssl` (HTTP/1.1 only, no http2) to the same server block: the same
+    locations, the same tenant map, the same plain-HTTP upstream.
     """
 
     def __init__(
@@ -155,6 +159,9 @@ class NginxGateway:
         host: str = "127.0.0.1",
         upstream_host: str = "127.0.0.1",
         nginx: str | None = None,
+        tls_port: int | None = None,
+        ssl_certificate: str | Path | None = None,
+        ssl_certificate_key: str | Path | None = None,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.listen_port = int(listen_port)
@@ -165,6 +172,12 @@ class NginxGateway:
         self.host = host
         self.upstream_host = upstream_host
         self.nginx = nginx or find_nginx()
+        self.tls_port = None if tls_port is None else int(tls_port)
+        if self.tls_port is not None and (ssl_certificate is None or ssl_certificate_key is None):
+            raise GatewayError("tls_port needs ssl_certificate and ssl_certificate_key")
+        self.ssl_certificate = None if ssl_certificate is None else Path(ssl_certificate).resolve()
+        self.ssl_certificate_key = (None if ssl_certificate_key is None
+                                    else Path(ssl_certificate_key).resolve())
         self.conf_path = self.workdir / "nginx.conf"
         self.pid_path = self.workdir / "nginx.pid"
         self.error_log = self.workdir / "error.log"
@@ -188,6 +201,12 @@ class NginxGateway:
                 temp_paths.append(f"{directive} {tmp}/{directive.split('_')[0]};")
         user = "user root root;" if os.geteuid() == 0 else ""
         temp = "\n    ".join(temp_paths)
+        tls = ""
+        if self.tls_port is not None:
+            tls = (f"listen {self.host}:{self.tls_port} ssl;\n"
+                   f"        ssl_certificate {self.ssl_certificate};\n"
+                   f"        ssl_certificate_key {self.ssl_certificate_key};\n"
+                   f"        ssl_protocols TLSv1.2 TLSv1.3;\n        ")
         return f"""# written by tenantwatch.demo.gateway.NginxGateway
 daemon on;
 master_process on;
@@ -231,7 +250,7 @@ http {{
 
     server {{
         listen {self.host}:{self.listen_port};
-        keepalive_requests 100000;
+        {tls}keepalive_requests 100000;
 
         location = /direct {{
             return 200 "ok\\n";
@@ -358,8 +377,9 @@ http {{
             if self._master is not None:
                 if not _alive(*self._master):
                     break
-                if len(self.worker_pids()) >= self.workers and _port_open(self.host,
-                                                                          self.listen_port):
+                if (len(self.worker_pids()) >= self.workers
+                        and _port_open(self.host, self.listen_port)
+                        and (self.tls_port is None or _port_open(self.host, self.tls_port))):
                     return self
             time.sleep(0.05)
         self.stop()
