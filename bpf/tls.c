@@ -33,6 +33,17 @@ BPF_F_TABLE("lru_hash", struct tw_ssl_key, __u64, tw_ssl_fds, TW_MAX_CONNS, 0);
 
 /* Called by tw_exit for every target syscall that moved bytes: 1 when the syscall's bytes
  * are TLS records (do not parse them). */
+/* The first plaintext of a connection: whatever the syscall path parsed before was the
+ * handshake (TLS records), so both parsers start over. */
+static __always_inline void tw_ssl_begin(struct tw_conn *c)
+{
+	c->tls = 1;
+	tw_message_reset(&c->req, 1);
+	tw_message_reset(&c->resp, 0);
+	c->req.skip = 0;
+	c->resp.skip = 0;
+}
+
 static __always_inline int tw_ssl_syscall(__u64 id, __u64 ck, struct tw_conn *c)
 {
 #ifndef TW_HAVE_TLS
@@ -43,14 +54,8 @@ static __always_inline int tw_ssl_syscall(__u64 id, __u64 ck, struct tw_conn *c)
 	if (a && a->id == id) {
 		struct tw_ssl_key k = {.ssl = a->ssl, .tgid = id >> 32};
 		tw_ssl_fds.update(&k, &ck);
-		if (c && !c->tls) {
-			/* Whatever the syscall path parsed so far was the handshake. */
-			c->tls = 1;
-			tw_message_reset(&c->req, 1);
-			tw_message_reset(&c->resp, 0);
-			c->req.skip = 0;
-			c->resp.skip = 0;
-		}
+		if (c && !c->tls)
+			tw_ssl_begin(c);
 		return 1;
 	}
 	return c && c->tls;
@@ -72,6 +77,21 @@ static __always_inline int tw_ssl_stash(__u64 ssl, __u64 buf, __u64 nptr, __u32 
 	a->buf = buf;
 	a->nptr = nptr;
 	a->is_write = is_write;
+	return 0;
+}
+
+/* SSL_set_fd(ssl, fd): the socket of an SSL object, known before its handshake.  Without it a
+ * request that arrives with the client's Finished (read by SSL_do_handshake) would reach the
+ * first SSL_read with no syscall to learn the fd from, and a reused SSL address would point at
+ * the old connection's socket. */
+int tw_ssl_set_fd_enter(struct pt_regs *ctx)
+{
+	if (!tw_is_target())
+		return 0;
+	__u64 id = bpf_get_current_pid_tgid();
+	struct tw_ssl_key k = {.ssl = PT_REGS_PARM1(ctx), .tgid = id >> 32};
+	__u64 ck = (id & 0xffffffff00000000ull) | (__u32)PT_REGS_PARM2(ctx);
+	tw_ssl_fds.update(&k, &ck);
 	return 0;
 }
 
@@ -134,6 +154,8 @@ int tw_ssl_return(struct pt_regs *ctx)
 			return 0;
 		c->adopted = 1;
 		c->tls = 1;
+	} else if (!c->tls) {
+		tw_ssl_begin(c);  /* no syscall inside an SSL call yet (the fd came from SSL_set_fd) */
 	}
 	__u32 zero = 0;
 	struct tw_job *j = tw_jobs.lookup(&zero);

@@ -332,10 +332,12 @@ class HttpProbes:
                 pass
         self._untraced &= want  # forget processes that are gone or no longer wanted
         self._write_target_bits(self.targets())
-        # TLS: only new processes can map a libssl file without probes (a restarted gateway,
-        # or one started after an upgrade replaced the file).
-        if self._tls is not None and self._tls.attach((want - have) - self._untraced):
-            self.probes["uprobe:libssl"] = True
+        # TLS: uprobes per target process (armed in its memory only); a process's maps are
+        # read once, when it becomes a target.
+        if self._tls is not None:
+            self._tls.detach(have - want)
+            if self._tls.attach(want - self._untraced):
+                self.probes["uprobe:libssl"] = True
         return want - have, have - want
 
     def _write_target_bits(self, tgids: set[int]) -> None:

@@ -29,7 +29,6 @@ from tests.conftest import _free_port, require
 from tests.e2e.conftest import expected_counts, upstream_label, upstream_view
 
 HOST = "127.0.0.1"
-TLS12 = ("--tlsv1.2", "--tls-max", "1.2")
 RX = "tenantwatch_http_server_received_bytes_total"
 
 
@@ -64,10 +63,9 @@ def start_tls_gateway(workdir: Path, upstream_port: int, nginx: str, cert: Path,
     raise last
 
 
-# After the handshake, the client waits this long before its first request, so that nginx's
-# SSL_do_handshake does not read the first request's record together with the client's Finished
-# (see test_first_request_sent_with_the_client_finished: a known gap, tested on its own).
-HANDSHAKE_PAUSE_S = 0.05
+# After the handshake the client may wait before its first request; 0: the request can reach
+# nginx with the client's Finished (test_first_request_sent_with_the_client_finished).
+HANDSHAKE_PAUSE_S = 0.0
 
 
 class TlsClient(Client):
@@ -279,13 +277,13 @@ def test_curl_over_tls_reuses_one_connection(e2e_gateway, fresh_backend, tally, 
     base = f"https://127.0.0.1:{e2e_gateway.tls_port}"
     urls = [f"{base}/", f"{base}/a", f"{base}/status/404", f"{base}/b", f"{base}/c"]
     out = [a for u in urls for a in ("-o", "/dev/null", u)]
-    r = subprocess.run([curl, "-sS", "--insecure", "--http1.1", *TLS12, "-H", f"X-Tenant-ID: {t}",
+    r = subprocess.run([curl, "-sS", "--insecure", "--http1.1", "-H", f"X-Tenant-ID: {t}",
                         "-w", "%{http_code} %{num_connects}\\n"] + out,
                        capture_output=True, text=True, timeout=60, check=True)
     lines = [line.split() for line in r.stdout.splitlines()]
     assert [int(code) for code, _ in lines] == [200, 200, 404, 200, 200], r.stdout
     assert sum(int(n) for _, n in lines) == 1, f"curl should reuse one connection: {r.stdout}"
-    r = subprocess.run([curl, "-sS", "--insecure", "--http1.1", *TLS12, "-H", f"X-Tenant-ID: {t}",
+    r = subprocess.run([curl, "-sS", "--insecure", "--http1.1", "-H", f"X-Tenant-ID: {t}",
                         "--data-binary", "@-", "-o", "/dev/null", "-w", "%{http_code}",
                         f"{base}/post"], input="y" * 5000, capture_output=True, text=True,
                        timeout=60, check=True)
@@ -331,13 +329,10 @@ def coalesced_request(port: int, cafile: Path, head: bytes) -> bytes:
         return got
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gap: bpf/tls.c learns an SSL object's fd only from a read/write syscall made inside "
-    "SSL_read/SSL_write; nginx's SSL_do_handshake reads the client Finished and the first "
-    "request's record in one read(), so the first SSL_read has no syscall: tls_no_fd (or, when "
-    "the SSL object's address is reused, the stale fd of an old connection)"))
 def test_first_request_sent_with_the_client_finished(e2e_gateway, fresh_backend, tally, prefix,
                                                      tls_cert):
+    """nginx's SSL_do_handshake reads the client Finished and the first request's record in one
+    read(): the first SSL_read makes no syscall.  The fd comes from the SSL_set_fd uprobe."""
     cert, _ = tls_cert
     t = f"{prefix}first"
     head = (f"GET / HTTP/1.1\r\nHost: localhost\r\nX-Tenant-ID: {t}\r\n"
