@@ -14,9 +14,25 @@
 #   kernels/<release>/             dpkg -x of the image (+ headers for 5.10); .ready when complete
 #   status/<series>                "ok <release>" or "not-tested <reason>" (read by tests/vm)
 #
+# Usage: install-vm-deps.sh [SERIES...]   (default: 6.1 5.10; `make test` passes 6.1 only, so it
+# never touches the bullseye suite)
+#
+# The cache lives outside the work tree, so a fresh clone (CI) reuses what an earlier run fetched
+# and downloads only when the cache is empty or lacks a kernel.
+#
 # Idempotent and fast when done: every step checks first and prints one line, "ok" or "done".
 # Needs root (apt-get).
 set -euo pipefail
+
+SERIES=("$@")
+[ "${#SERIES[@]}" -gt 0 ] || SERIES=(6.1 5.10)
+for s in "${SERIES[@]}"; do
+    case "$s" in
+        6.1|5.10|host) ;;
+        *) echo "install-vm-deps: unknown kernel series '$s' (6.1, 5.10)" >&2; exit 2 ;;
+    esac
+done
+want() { local s; for s in "${SERIES[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 
 CACHE="${TW_VM_CACHE:-/var/cache/tenantwatch-vm}"
 DEBS="$CACHE/debs"
@@ -88,6 +104,7 @@ extract() {
 }
 
 # ---------------------------------------------------------------- 6.1 (bookworm)
+install_61() {
 build61="$(ls -d /usr/src/linux-headers-6.1.0-*-amd64 2>/dev/null | sort -V | tail -n 1 || true)"
 if [ -z "$build61" ]; then
     apt_update_once
@@ -111,6 +128,7 @@ if [ -f "$KERNELS/$rel61/.ready" ]; then
 else
     echo "not-tested linux-image-$rel61 (matching the installed headers) could not be fetched: $(tr '\n' ' ' <"$STATUS/6.1.err" 2>/dev/null)" >"$STATUS/6.1"
 fi
+}
 
 # ---------------------------------------------------------------- 5.10 (bullseye)
 # The image and headers only: the pin keeps every other package on bookworm (priority 1 < 500:
@@ -134,6 +152,7 @@ bullseye_sources() {
     fi
 }
 
+install_510() {
 rel510="$(ls -d "$KERNELS"/5.10.0-*-amd64 2>/dev/null | sort -V | tail -n 1 || true)"
 if [ -n "$rel510" ] && [ -f "$rel510/.ready" ]; then
     rel510="$(basename "$rel510")"
@@ -167,4 +186,8 @@ else
         say "kernel 5.10" "NOT TESTED ($reason)"
     fi
 fi
+}
+
+if want 6.1; then install_61; fi
+if want 5.10; then install_510; fi
 rm -f "$STATUS"/*.err

@@ -16,7 +16,10 @@ def _paths(p: dict | None) -> str:
 
 def row(name: str, entry: dict) -> list[str]:
     if entry.get("not_tested"):
-        return [name, "not tested", entry["not_tested"], "-", "-", "-", "-"]
+        # fetch_failed: install-vm-deps.sh's reason (what could not be fetched, and why); else
+        # the kernel cache is missing or incomplete, which fails under CI
+        what = "not tested" if entry.get("fetch_failed") else "NOT TESTED (kernel cache)"
+        return [name, what, entry["not_tested"], "-", "-", "-", "-"]
     run = entry.get("run")
     res = entry.get("result")
     secs = f"{run.seconds:.0f}" if run is not None else "-"
@@ -27,7 +30,10 @@ def row(name: str, entry: dict) -> list[str]:
 
     load = steps.get("load", {})
     if load.get("ok"):
-        loads = f"yes ({load['attached']}/{load['probes']} tracepoints, {load['seconds']:.0f}s)"
+        window = f", {load['window']}-byte window" if load.get("window") else ""
+        loads = (f"yes ({load['attached']}/{load['probes']} tracepoints, "
+                 f"{load.get('tail_calls', '?')} tail-called programs{window}, "
+                 f"{load['seconds']:.0f}s)")
     else:
         loads = f"NO: {str(load.get('error', 'failed'))[:120]}"
 

@@ -190,11 +190,22 @@ def step_load(state: dict) -> dict:
         "attached": sum(p.probes.values()),
         "missing": [name for name, ok in p.probes.items() if not ok],
         "tail_calls": len(list(p._bpf[b"tw_progs"].items())),
+        "tail_calls_expected": tail_programs(p),
+        "window": getattr(p, "window", None),
     }
     p.drain()
     out["paths"] = paths_of(p)
-    out["ok"] = out["probes"] > 20 and not out["missing"] and out["tail_calls"] == 1
+    out["ok"] = (out["probes"] > 20 and not out["missing"]
+                 and out["tail_calls"] == out["tail_calls_expected"])
     return out
+
+
+def tail_programs(p: HttpProbes) -> int:
+    """How many programs bpf/http.c puts in tw_progs (TW_NPROGS: tw_parse, tw_token,
+    tw_token_emit): every one of them must have loaded."""
+    m = re.search(r"^#define\s+TW_NPROGS\s+(\d+)", p.source_path().read_text(),
+                  re.MULTILINE)
+    return int(m.group(1)) if m else 1
 
 
 def paths_of(p: HttpProbes) -> dict:

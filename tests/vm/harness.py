@@ -125,6 +125,10 @@ class Kernel:
     series: str  # "6.1", "5.10"
     release: str | None  # "6.1.0-56-amd64", None when not available
     reason: str = ""  # why it is not available
+    # True when scripts/install-vm-deps.sh recorded that the kernel could not be fetched (the
+    # only case that is "not tested" rather than a failure under CI); False for a cache that is
+    # missing or incomplete (the script did not run, or something removed its files).
+    fetch_failed: bool = False
 
     @property
     def dir(self) -> Path:
@@ -175,7 +179,7 @@ def kernel(series: str) -> Kernel:
         return Kernel(series, None, f"{status} missing: run scripts/install-vm-deps.sh (root)")
     word, _, rest = text.partition(" ")
     if word != "ok":
-        return Kernel(series, None, rest or text)
+        return Kernel(series, None, rest or text, fetch_failed=word == "not-tested")
     k = Kernel(series, rest.strip())
     if not k.vmlinuz.is_file():
         return Kernel(series, None, f"{k.vmlinuz} missing: run scripts/install-vm-deps.sh")
