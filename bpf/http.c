@@ -137,7 +137,8 @@ struct tw_conn {
 	__u32 fifo_head;        /* next to complete */
 	__u32 fifo_tail;        /* next free */
 	__u8 vbuf[2][TW_VALUE_MAX];
-	__u32 adopted;          /* first seen mid-stream (tw_exit), not at accept/connect */
+	__u32 adopted;          /* first seen mid-stream (tw_exit), not at accept/connect, and no
+				 * HTTP response parsed on it yet */
 	__u32 tls;              /* TLS: parsed from SSL_read/SSL_write (tls.c), never from syscalls */
 	__u32 h2;               /* HTTP/2 (the client preface was seen): bytes go to tw_h2 */
 	__u32 h2seq[2];         /* next tw_h2_event seq, by is_req */
@@ -503,6 +504,9 @@ static __always_inline __u32 tw_response_done(void *ctx, struct tw_ctl *ctl, str
 	__u64 lat = ts > f->start_ns ? ts - f->start_ns : 0;
 	__u32 mflags = f->mflags;
 	tw_count_end(ctl, c, f->key, cls, lat, 1, j);
+	/* An adopted connection that answers with an HTTP status line speaks HTTP: its next
+	 * requests are real request heads, not a frame or body that looks like one. */
+	c->adopted = 0;
 	if (status == 101 && c->opened && c->conn_key != f->key) {
 		/* Upgraded (WebSocket): from now on the connection is the upgrade's tenant's,
 		 * not the tenant of an earlier keep-alive request on it.  Moved as a close under

@@ -45,8 +45,10 @@
 #define TW_F_NO_IDENTITY (1u << 6)
 #define TW_F_UNATTRIBUTED (1u << 7)  /* the entry of TW_KEY_UNATTRIBUTED */
 /* The request is on a connection first seen mid-stream (opened before the daemon, or its
- * accept/connect not seen): after a WebSocket upgrade or inside a body, bytes that look like
- * a request line may be anybody's payload, so no value on it is ever trusted. */
+ * accept/connect not seen) that has not yet answered with an HTTP response: after a WebSocket
+ * upgrade or inside a body, bytes that look like a request line may be anybody's payload, so
+ * such a value is never trusted.  The first parsed response head lifts it for the requests
+ * that follow on the connection. */
 #define TW_F_ADOPTED     (1u << 8)
 
 /* Reserved aggregate keys.  Ordinary keys are 64-bit keyed hashes; the chance that

@@ -26,7 +26,8 @@ class ValueFlag(enum.IntFlag):
     OVERFLOW = 1 << 5  # the kernel's per-tick identity map was full: request folded here
     NO_IDENTITY = 1 << 6  # no configured source was present in the request
     UNATTRIBUTED = 1 << 7  # CPU of target threads working on no request
-    ADOPTED = 1 << 8  # on a connection first seen mid-stream: its values can never be trusted
+    ADOPTED = 1 << 8  # on a connection first seen mid-stream, before any HTTP response on it:
+    # its value is never trusted
 
 
 STATUS_CLASSES: tuple[str, ...] = ("1xx", "2xx", "3xx", "4xx", "5xx", "none")

@@ -160,33 +160,68 @@ def test_connections_of_an_exited_process_are_closed_by_the_sweep(probes):
     assert closed == opened  # every connection it had open is closed by the sweep
 
 
-def test_a_connection_first_seen_mid_stream_is_flagged_adopted(probes):
-    """A connection whose accept was not seen (opened before the daemon) is tracked from its
-    first request head, flagged ADOPTED: its values are never trusted (a WebSocket frame or a
-    body can look like a request head)."""
-    from tenantwatch.kernel.records import ValueFlag
+CLIENT = r"""
+import ctypes, socket, sys
+ctypes.CDLL(None).prctl(15, b"python3-twsrv", 0, 0, 0)  # PR_SET_NAME: a target once listed
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))  # before it is traced
+print("connected", flush=True)
+sys.stdin.readline()  # traced from now on
+for _ in range(3):
+    s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nX-Tenant-Context: " + sys.argv[2].encode()
+              + b"\r\n\r\n")
+    assert s.recv(4096)  # one small answer per request, in one segment on loopback
+print("done", flush=True)
+"""
 
-    proc = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+
+def _answer_forever(listener: socket.socket, reply: bytes) -> None:
+    conn, _ = listener.accept()
+    with conn:
+        while True:
+            data = conn.recv(4096)
+            if not data:
+                return
+            conn.sendall(reply)
+
+
+def _adopted_flags(probes, reply: bytes, tenant: str) -> list:
+    """A traced client connected before it was traced sends 3 requests; the untraced server
+    answers each with `reply`.  Gives [(requests, flags)] of the tenant's client-side entries."""
+    import threading
+
+    from tenantwatch.kernel.records import Side
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    threading.Thread(target=_answer_forever, args=(listener, reply), daemon=True).start()
+    proc = subprocess.Popen([sys.executable, "-c", CLIENT, str(listener.getsockname()[1]),
+                             tenant], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        port = int(proc.stdout.readline())
-        old = socket.create_connection(("127.0.0.1", port))
-        _exchange(old, _req("before"), 1)  # not traced yet: the accept is never seen
+        assert proc.stdout.readline().strip() == "connected"
         probes.set_targets({proc.pid})
         probes.drain()
-        with old, socket.create_connection(("127.0.0.1", port)) as new:
-            for _ in range(3):
-                _exchange(old, _req("adopted"), 1)
-                _exchange(new, _req("accepted"), 1)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "done"
         time.sleep(0.1)
         tick = probes.drain()
     finally:
         proc.kill()
         proc.wait(5)
         probes.set_targets(set())
-    flags = {}
-    for c in tick.identities:
-        if c.side.value == "server" and c.requests_by_class[1]:
-            flags[c.raw_value] = (flags.get(c.raw_value, (0, ValueFlag.NONE))[0]
-                                  + c.requests_by_class[1], c.flags)
-    assert flags[b"adopted"] == (3, ValueFlag.ADOPTED)
-    assert flags[b"accepted"] == (3, ValueFlag.NONE)
+        listener.close()
+    return sorted((c.request_heads, c.flags) for c in tick.identities
+                  if c.side is Side.CLIENT and c.raw_value == tenant.encode())
+
+
+def test_a_connection_first_seen_mid_stream_is_adopted_until_it_answers_http(probes):
+    """A connection whose connect (or accept) was not seen is tracked from its first request
+    head, flagged ADOPTED: that value is never trusted (it may be a WebSocket frame or a body
+    that looks like a request).  Once the connection answers with an HTTP response head, the
+    requests that follow are ordinary."""
+    from tenantwatch.kernel.records import ValueFlag
+
+    http = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
+    assert _adopted_flags(probes, http, "adoptee") == [(1, ValueFlag.ADOPTED),
+                                                        (2, ValueFlag.NONE)]
+    frames = b"\x81\x05hello"  # a WebSocket text frame: never an HTTP answer
+    assert _adopted_flags(probes, frames, "framed") == [(3, ValueFlag.ADOPTED)]

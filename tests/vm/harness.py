@@ -77,7 +77,9 @@ $BB mkdir -p /dev/pts /dev/shm
 $BB mount -t devpts devpts /dev/pts
 $BB mount -t tmpfs tmpfs /dev/shm
 $BB mount -t tmpfs tmpfs /run
-$BB mount -t tmpfs tmpfs /tmp
+# /tmp stays the host's (through the overlay, writes go to its tmpfs): a checkout under /tmp,
+# as a CI clone may be, must be visible in the guest.
+$BB chmod 1777 /tmp
 $BB mount -t tracefs tracefs /sys/kernel/tracing
 $BB mount -t debugfs debugfs /sys/kernel/debug
 $BB mount -t cgroup2 cgroup2 /sys/fs/cgroup
@@ -315,8 +317,8 @@ def boot(kernel_version: str, command: str | list[str], timeout: float = 900.0,
     if not isinstance(command, str):
         command = shlex.join(command)
     nonce = secrets.token_hex(8)
-    # The command file lives under CACHE/run: the guest sees this machine's root (read-only), and
-    # its /tmp is a fresh tmpfs.
+    # The command file lives under CACHE/run: the guest sees this machine's root (read-only,
+    # with a tmpfs overlay for its writes).
     rundir = CACHE / "run"
     rundir.mkdir(parents=True, exist_ok=True)
     cmd_file = rundir / f"{nonce}.sh"
