@@ -97,6 +97,7 @@ listen: "127.0.0.1:%(port)d"
 targets: [{process: nginx}]
 tenancy:
   sources: [{header: X-Tenant-Context, side: client, trusted: true}, {header: X-Tenant-ID, side: server}]
+capture: {tls: %(tls)s}
 """
 
 
@@ -690,6 +691,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bpf-stats", action="store_true",
                    help="set kernel.bpf_stats_enabled=1 during the bench (restored after) and "
                         "report the run time of the daemon's BPF programs per request")
+    p.add_argument("--no-tls-capture", action="store_true",
+                   help="run the daemon with capture.tls: false (no libssl uprobes, no TLS check "
+                        "on the syscall path): what TLS capture costs plain HTTP")
     p.add_argument("--check", action="store_true", help="exit 1 when a goal is missed")
     args = p.parse_args(argv)
     if args.rounds < 1 or args.seconds <= 0 or args.connections < 1 or args.threads < 1:
@@ -762,7 +766,8 @@ def main(argv: list[str] | None = None) -> int:
                 scheme, listen = "https", gateway.tls_port
             daemon_port = free_port()
             config = tmp / "tenantwatch.yaml"
-            config.write_text(DAEMON_CONFIG % {"port": daemon_port})
+            config.write_text(DAEMON_CONFIG % {"port": daemon_port,
+                                               "tls": "false" if args.no_tls_capture else "true"})
             host = f"127.0.0.1:{listen}"
             ctx = {
                 "gateway": gateway, "tmp": tmp, "wrk": wrk, "tenantwatch": args.tenantwatch,
