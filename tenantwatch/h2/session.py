@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from hpack import Decoder, HPACKError
 
+from tenantwatch.h2 import huffman_cache
 from tenantwatch.h2.counts import TickCounts
 from tenantwatch.h2.frames import (
     CONTINUATION,
@@ -32,6 +33,8 @@ from tenantwatch.h2.identity import Identity, IdentityPicker
 from tenantwatch.h2.records import H2Event
 from tenantwatch.h2.status import CLASS_NONE, grpc_class, http_class, parse_int
 from tenantwatch.kernel.records import Side
+
+huffman_cache.install()  # repeated values on new connections cost a dict lookup
 
 # Streams open at once per connection.  Servers advertise SETTINGS_MAX_CONCURRENT_STREAMS of
 # 100-128 (nginx http2_max_concurrent_streams 128, grpc-go 100 .. unlimited): 1000 leaves room
