@@ -1387,6 +1387,63 @@ static __always_inline int tw_h2_detect(struct tw_conn *c, __u64 first, __u64 fi
 	return 1;
 }
 
+/* An unknown fd (a file, a pipe, or a connection older than the daemon) is tracked only
+ * when its bytes start a request head; the direction gives the side.  Adopted: its values
+ * are not trusted before its first HTTP response (TW_F_ADOPTED). */
+static __always_inline struct tw_conn *tw_conn_adopt(__u64 ck, __u64 first, __u64 first_len,
+						     __u32 is_write)
+{
+	if (first_len < 8 || !tw_looks_like_request(first))
+		return 0;
+	struct tw_conn *c = tw_conn_new(ck, is_write ? TW_SIDE_CLIENT : TW_SIDE_SERVER);
+	if (c)
+		c->adopted = 1;
+	return c;
+}
+
+/* Fill the per-CPU job for bytes that moved on connection c (from a syscall, or from SSL_read/
+ * SSL_write) and give the tw_progs index to tail-call: TW_PROG_PARSE, TW_PROG_H2, or -1 when
+ * the bytes are to be left alone (a connection waiting to resync). */
+static __always_inline int tw_job_start(struct tw_conn *c, __u64 ck, __u64 iov, __u32 iovcnt,
+					__u64 first, __u64 first_len, __u64 total,
+					__u32 is_write)
+{
+	__u32 zero = 0;
+	struct tw_job *j = tw_jobs.lookup(&zero);
+	if (!j)
+		return -1;
+	j->conn = ck;
+	j->ts_ns = bpf_ktime_get_ns();
+	j->iov = iov;
+	j->iovcnt = iovcnt;
+	j->iov_idx = 0;
+	j->buf = first;
+	j->seg_len = first_len;
+	j->seg_off = 0;
+	j->remaining = total;
+	j->total = total;
+	j->is_write = is_write;
+	/* server side: requests are read; client side: requests are written */
+	j->is_req = (c->side == TW_SIDE_SERVER) ? !is_write : is_write;
+	j->tails = 0;
+	j->charged = 0;
+	j->mode = TW_PROG_PARSE;
+	j->emit = 0;
+	struct tw_parser *p = j->is_req ? &c->req : &c->resp;
+	if (p->state == TW_S_RESYNC) {
+		/* Lost our place earlier: wait for bytes that start a message. */
+		int start = first_len >= 8 &&
+			    (j->is_req ? tw_looks_like_request(first) : tw_looks_like_status(first));
+		if (!start)
+			return -1;
+		tw_message_reset(p, j->is_req);
+		p->skip = 0;
+	}
+	if (tw_h2_detect(c, first, first_len, j->is_req))
+		j->mode = TW_PROG_H2;
+	return j->mode;
+}
+
 #include "tls.c"
 
 static __always_inline int tw_exit(void *ctx, long ret)
@@ -1411,53 +1468,14 @@ static __always_inline int tw_exit(void *ctx, long ret)
 	struct tw_conn *c = tw_conns.lookup(&ck);
 	if (tw_ssl_syscall(id, ck, c))
 		return 0;  /* TLS records: the plaintext is parsed at SSL_read/SSL_write (tls.c) */
-	if (!c) {
-		/* Unknown fd (a file, a pipe, or a connection older than the daemon): track it
-		 * only when it carries a request head; the direction gives the side. */
-		if (first_len < 8 || !tw_looks_like_request(first))
-			return 0;
-		c = tw_conn_new(ck, args.is_write ? TW_SIDE_CLIENT : TW_SIDE_SERVER);
-		if (!c)
-			return 0;
-		c->adopted = 1;
-	}
-	__u32 zero = 0;
-	struct tw_job *j = tw_jobs.lookup(&zero);
-	if (!j)
+	if (!c)
+		c = tw_conn_adopt(ck, first, first_len, args.is_write);
+	if (!c)
 		return 0;
-	j->conn = ck;
-	j->ts_ns = bpf_ktime_get_ns();
-	j->iov = args.iovcnt ? args.buf : 0;
-	j->iovcnt = args.iovcnt;
-	j->iov_idx = 0;
-	j->buf = first;
-	j->seg_len = first_len;
-	j->seg_off = 0;
-	j->remaining = ret;
-	j->total = ret;
-	j->is_write = args.is_write;
-	/* server side: requests are read; client side: requests are written */
-	j->is_req = (c->side == TW_SIDE_SERVER) ? !args.is_write : args.is_write;
-	j->tails = 0;
-	j->charged = 0;
-	j->mode = TW_PROG_PARSE;
-	j->emit = 0;
-	struct tw_parser *p = j->is_req ? &c->req : &c->resp;
-	if (p->state == TW_S_RESYNC) {
-		/* Lost our place earlier: wait for a syscall that starts a message. */
-		int start = first_len >= 8 &&
-			    (j->is_req ? tw_looks_like_request(first) : tw_looks_like_status(first));
-		if (!start)
-			return 0;
-		tw_message_reset(p, j->is_req);
-		p->skip = 0;
-	}
-	if (tw_h2_detect(c, first, first_len, j->is_req)) {
-		j->mode = TW_PROG_H2;
-		tw_progs.call(ctx, TW_PROG_H2);
-		return 0;
-	}
-	tw_progs.call(ctx, 0);
+	int prog = tw_job_start(c, ck, args.iovcnt ? args.buf : 0, args.iovcnt, first, first_len,
+				ret, args.is_write);
+	if (prog >= 0)
+		tw_progs.call(ctx, prog);
 	return 0;
 }
 

@@ -147,50 +147,15 @@ int tw_ssl_return(struct pt_regs *ctx)
 	__u64 ck = *ckp;
 	struct tw_conn *c = tw_conns.lookup(&ck);
 	if (!c) {
-		if (n < 8 || !tw_looks_like_request(args.buf))
-			return 0;
-		c = tw_conn_new(ck, args.is_write ? TW_SIDE_CLIENT : TW_SIDE_SERVER);
+		c = tw_conn_adopt(ck, args.buf, n, args.is_write);
 		if (!c)
 			return 0;
-		c->adopted = 1;
 		c->tls = 1;
 	} else if (!c->tls) {
 		tw_ssl_begin(c);  /* no syscall inside an SSL call yet (the fd came from SSL_set_fd) */
 	}
-	__u32 zero = 0;
-	struct tw_job *j = tw_jobs.lookup(&zero);
-	if (!j)
-		return 0;
-	j->conn = ck;
-	j->ts_ns = bpf_ktime_get_ns();
-	j->iov = 0;
-	j->iovcnt = 0;
-	j->iov_idx = 0;
-	j->buf = args.buf;
-	j->seg_len = n;
-	j->seg_off = 0;
-	j->remaining = n;
-	j->total = n;
-	j->is_write = args.is_write;
-	j->is_req = (c->side == TW_SIDE_SERVER) ? !args.is_write : args.is_write;
-	j->tails = 0;
-	j->charged = 0;
-	j->mode = TW_PROG_PARSE;
-	j->emit = 0;
-	struct tw_parser *p = j->is_req ? &c->req : &c->resp;
-	if (p->state == TW_S_RESYNC) {
-		int start = n >= 8 && (j->is_req ? tw_looks_like_request(args.buf)
-					       : tw_looks_like_status(args.buf));
-		if (!start)
-			return 0;
-		tw_message_reset(p, j->is_req);
-		p->skip = 0;
-	}
-	if (tw_h2_detect(c, args.buf, n, j->is_req)) {
-		j->mode = TW_PROG_H2;
-		tw_progs_k.call(ctx, TW_PROG_H2);
-		return 0;
-	}
-	tw_progs_k.call(ctx, 0);
+	int prog = tw_job_start(c, ck, 0, 0, args.buf, n, n, args.is_write);
+	if (prog >= 0)
+		tw_progs_k.call(ctx, prog);
 	return 0;
 }

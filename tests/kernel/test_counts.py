@@ -13,10 +13,12 @@ import time
 
 import pytest
 
+# argv: [name (default python3-twsrv) [cert key: serve HTTPS]]
 SERVER = r"""
-import ctypes, sys
+import ctypes, ssl, sys
 from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
-ctypes.CDLL(None).prctl(15, b"python3-twsrv", 0, 0, 0)  # PR_SET_NAME
+name = sys.argv[1] if len(sys.argv) > 1 else "python3-twsrv"
+ctypes.CDLL(None).prctl(15, name.encode(), 0, 0, 0)  # PR_SET_NAME
 class H(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
@@ -30,6 +32,10 @@ class H(BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
 s = ThreadingHTTPServer(("127.0.0.1", 0), H)
+if len(sys.argv) > 3:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+    s.socket = ctx.wrap_socket(s.socket, server_side=True)
 print(s.server_address[1], flush=True)
 s.serve_forever()
 """

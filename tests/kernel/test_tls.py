@@ -1,6 +1,6 @@
 """HTTP inside TLS: uprobes on libssl give the same exact counts as plain HTTP.
 
-The target is a small threaded HTTPS server (Python's ssl module: OpenSSL's SSL_read_ex and
+The target is test_counts.py's threaded server serving HTTPS (Python's ssl module: OpenSSL's SSL_read_ex and
 SSL_write_ex) run as a separate process named "python3-twtls"; its certificate is made here
 with the openssl command.  The client is this test process (not traced).
 """
@@ -18,30 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require, require_root
-from tests.kernel.test_counts import _exchange, _req
-
-SERVER = r"""
-import ctypes, ssl, sys
-from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
-ctypes.CDLL(None).prctl(15, b"python3-twtls", 0, 0, 0)  # PR_SET_NAME
-class H(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        code = 404 if self.path == "/missing" else 200
-        body = b"ok\n"
-        self.send_response(code)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-ctx.load_cert_chain(sys.argv[1], sys.argv[2])
-s = ThreadingHTTPServer(("127.0.0.1", 0), H)
-s.socket = ctx.wrap_socket(s.socket, server_side=True)
-print(s.server_address[1], flush=True)
-s.serve_forever()
-"""
+from tests.kernel.test_counts import SERVER, _exchange, _req
 
 
 def make_cert(d: Path) -> tuple[Path, Path]:
@@ -74,7 +51,7 @@ def probes():
 @pytest.fixture()
 def tls_server(probes, tmp_path):
     cert, key = make_cert(tmp_path)
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(cert), str(key)],
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, "python3-twtls", str(cert), str(key)],
                             stdout=subprocess.PIPE, text=True)
     port = int(proc.stdout.readline())
     probes.set_targets({proc.pid})
