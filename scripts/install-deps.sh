@@ -49,11 +49,11 @@ sys_nginx_running && NGINX_WAS_RUNNING=1
 # ---------------------------------------------------------------- packages
 # Plain packages: same names on Debian and Ubuntu.
 missing=()
-for p in python3-bpfcc wrk curl make python3-venv python3-pip; do
+for p in python3-bpfcc wrk curl openssl make python3-venv python3-pip; do
     installed "$p" || missing+=("$p")
 done
 if [ "${#missing[@]}" -eq 0 ]; then
-    say "apt packages" "ok (python3-bpfcc wrk curl make python3-venv python3-pip)"
+    say "apt packages" "ok (python3-bpfcc wrk curl openssl make python3-venv python3-pip)"
 else
     apt_install "${missing[@]}"
     say "apt packages" "done (installed ${missing[*]})"
