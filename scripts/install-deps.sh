@@ -27,9 +27,11 @@ apt_update_once() {
         APT_UPDATED=1
     fi
 }
-installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+# No `cmd | grep -q` under pipefail: grep -q exits at its first match and the writer's SIGPIPE
+# (exit 141) would fail the pipeline, so the answer would depend on output size and timing.
+installed() { [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" == *"install ok installed"* ]]; }
 # True when apt has an installable candidate for the package (after apt_update_once).
-available() { apt-cache policy "$1" 2>/dev/null | grep -q 'Candidate: [^(]'; }
+available() { grep -q 'Candidate: [^(]' <<<"$(apt-cache policy "$1" 2>/dev/null)"; }
 apt_install() {
     apt_update_once
     apt-get install -y -qq --no-install-recommends "$@" >/dev/null

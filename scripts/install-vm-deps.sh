@@ -55,7 +55,9 @@ apt_update_once() {
         APT_UPDATED=1
     fi
 }
-installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+# No `cmd | grep -q` under pipefail: grep -q exits at its first match and the writer's SIGPIPE
+# (exit 141) would fail the pipeline, so the answer would depend on output size and timing.
+installed() { [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" == *"install ok installed"* ]]; }
 
 # ---------------------------------------------------------------- qemu, busybox
 missing=()
