@@ -22,16 +22,13 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from tenantwatch.kernel.elf import ElfError, ElfImage
+from tenantwatch.kernel.ssl_points import ProbePoint, probe_points
+
 log = logging.getLogger(__name__)
 
-# (symbol, entry program); every one also gets tw_ssl_return at its return.
-SET_FD = ("SSL_set_fd", "tw_ssl_set_fd_enter")  # entry only
-SSL_FUNCTIONS = (
-    ("SSL_read", "tw_ssl_read_enter"),
-    ("SSL_read_ex", "tw_ssl_read_ex_enter"),
-    ("SSL_write", "tw_ssl_write_enter"),
-    ("SSL_write_ex", "tw_ssl_write_ex_enter"),
-)
+SET_FD = ("SSL_set_fd", "tw_ssl_set_fd_enter")  # (symbol, entry program): entry only
+# Every read/write probe point (kernel/ssl_points.py) also gets this at its return.
 RETURN_PROGRAM = "tw_ssl_return"
 # The longest /proc/PID/maps read per process (a gateway maps a few hundred files).
 MAX_MAPS_BYTES = 4 << 20
@@ -99,8 +96,10 @@ class TlsProbes:
     def __init__(self, bpf, proc_root: str = "/proc") -> None:
         self._bpf = bpf
         self._proc_root = proc_root
-        self._attached: dict[int, set[str]] = {}  # pid -> libssl paths probed for it
+        # pid -> {libssl path probed for it: its probe points}
+        self._attached: dict[int, dict[str, tuple[ProbePoint, ...]]] = {}
         self._failed: set[tuple[int, int, int]] = set()  # (pid, device, inode) that failed
+        self._points: dict[tuple[int, int], tuple[ProbePoint, ...]] = {}  # by (device, inode)
 
     @property
     def libraries(self) -> tuple[str, ...]:
@@ -112,25 +111,49 @@ class TlsProbes:
     def processes(self) -> int:
         return len(self._attached)
 
+    @property
+    def internal_points(self) -> bool | None:
+        """True when every probed library is probed at its internal functions (no single-step
+        per call), False when one is probed at the public functions, None before any."""
+        kinds = {p.internal for points in self._points.values() for p in points}
+        return None if not kinds else kinds == {True}
+
+    def points_of(self, lib: SslLibrary) -> tuple[ProbePoint, ...]:
+        """The read/write probe points of a library file, worked out once per file."""
+        key = (lib.device, lib.inode)
+        if key not in self._points:
+            try:
+                points = probe_points(ElfImage.open(lib.path))
+            except (OSError, ElfError) as e:
+                raise ElfError(f"cannot read {lib.path}: {e}") from e
+            if not points:
+                raise ElfError(f"{lib.path} exports neither SSL_read nor SSL_write")
+            self._points[key] = points
+            log.info("TLS: %s probed at %s", lib.path, ", ".join(
+                f"{p.stands_for}@{p.vaddr:#x}{' (internal)' if p.internal else ''}"
+                for p in points))
+        return self._points[key]
+
     def attach(self, pids: Iterable[int]) -> tuple[str, ...]:
         """Probe the libssl of each pid not probed yet; gives the paths newly probed."""
         new = []
         for pid in pids:
             if pid in self._attached:
                 continue
-            done = set()
+            done: dict[str, tuple[ProbePoint, ...]] = {}
             for lib in ssl_libraries(pid, self._proc_root):
                 ident = (pid, lib.device, lib.inode)
                 if ident in self._failed:
                     continue
                 try:
-                    self._attach(lib.path, pid)
+                    points = self.points_of(lib)
+                    self._attach(lib.path, pid, points)
                 except Exception as e:  # noqa: BLE001 - bcc raises bare Exception
                     log.warning("TLS: cannot attach uprobes to %s for pid %d: %s", lib.path, pid,
                                 e)
                     self._failed.add(ident)
                     continue
-                done.add(lib.path)
+                done[lib.path] = points
                 new.append(lib.path)
                 log.debug("TLS: uprobes on %s for pid %d", lib.path, pid)
             self._attached[pid] = done  # also when empty: its maps are read once
@@ -138,35 +161,39 @@ class TlsProbes:
 
     def detach(self, pids: Iterable[int]) -> None:
         """Remove the probes of processes that are gone (or no longer targets)."""
-        for pid in pids:
-            for path in self._attached.pop(pid, ()):
-                self._detach(path, pid, [("u", SET_FD[0])]
-                             + [(k, sym) for sym, _ in SSL_FUNCTIONS for k in ("u", "r")])
-        self._failed = {f for f in self._failed if f[0] not in set(pids)}
+        gone = set(pids)
+        for pid in gone:
+            for path, points in self._attached.pop(pid, {}).items():
+                self._detach(path, pid, [("u", None)]
+                             + [(k, p.vaddr) for p in points for k in ("u", "r")])
+        self._failed = {f for f in self._failed if f[0] not in gone}
 
-    def _attach(self, path: str, pid: int) -> None:
-        done: list[tuple[str, str]] = []
+    def _attach(self, path: str, pid: int, points: tuple[ProbePoint, ...]) -> None:
+        done: list[tuple[str, int | None]] = []  # (kind, address; None: SSL_set_fd)
         b, name = self._bpf, path.encode()
-        try:  # bcc wants bytes
+        try:  # bcc wants bytes; an address is the ELF virtual address (bcc maps it to the file)
             b.attach_uprobe(name=name, sym=SET_FD[0].encode(), fn_name=SET_FD[1].encode(),
                             pid=pid)
-            done.append(("u", SET_FD[0]))
-            for sym, enter in SSL_FUNCTIONS:
-                b.attach_uprobe(name=name, sym=sym.encode(), fn_name=enter.encode(), pid=pid)
-                done.append(("u", sym))
-                b.attach_uretprobe(name=name, sym=sym.encode(), fn_name=RETURN_PROGRAM.encode(),
+            done.append(("u", None))
+            for p in points:
+                b.attach_uprobe(name=name, addr=p.vaddr, fn_name=p.program.encode(), pid=pid)
+                done.append(("u", p.vaddr))
+                b.attach_uretprobe(name=name, addr=p.vaddr, fn_name=RETURN_PROGRAM.encode(),
                                    pid=pid)
-                done.append(("r", sym))
+                done.append(("r", p.vaddr))
         except Exception:
             self._detach(path, pid, done)  # all or none
             raise
 
-    def _detach(self, path: str, pid: int, which: list[tuple[str, str]]) -> None:
-        for kind, sym in which:
+    def _detach(self, path: str, pid: int, which: list[tuple[str, int | None]]) -> None:
+        name = path.encode()
+        for kind, addr in which:
             try:
-                if kind == "u":
-                    self._bpf.detach_uprobe(name=path.encode(), sym=sym.encode(), pid=pid)
+                if addr is None:
+                    self._bpf.detach_uprobe(name=name, sym=SET_FD[0].encode(), pid=pid)
+                elif kind == "u":
+                    self._bpf.detach_uprobe(name=name, addr=addr, pid=pid)
                 else:
-                    self._bpf.detach_uretprobe(name=path.encode(), sym=sym.encode(), pid=pid)
+                    self._bpf.detach_uretprobe(name=name, addr=addr, pid=pid)
             except Exception:  # noqa: BLE001, S110 - the process may be gone already
                 pass

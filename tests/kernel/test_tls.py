@@ -109,3 +109,15 @@ def test_a_bearer_token_inside_tls_arrives_whole(probes, tls_server):
             _exchange(s, head, 1)
     time.sleep(0.1)
     assert by_value(probes.drain()).get(token, [0] * 6)[1] == 3
+
+
+def test_this_libssl_is_probed_inside_its_wrappers(probes, tls_server):
+    """Debian's OpenSSL: one probe per direction on the internal function (a push, which the
+    kernel emulates), not a single-stepped probe on each public function (kernel/ssl_points.py).
+    The counts above then come from those probes."""
+    tls = probes._tls
+    assert tls is not None and tls.processes >= 1
+    assert tls.internal_points is True
+    points = [p for pts in tls._points.values() for p in pts]
+    assert sorted(p.stands_for for p in points) == ["SSL_read+SSL_read_ex",
+                                                     "SSL_write+SSL_write_ex"]
