@@ -340,8 +340,8 @@ def parse_wrk(out: str) -> tuple[float, int, float, int, int]:
 
 def run_wrk(wrk: str, url: str, script: Path, args: argparse.Namespace,
             seconds: float) -> tuple[float, int, float, int, int]:
-    cmd = [wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{seconds:g}s",
-           "--timeout", "5s", "-s", str(script), url]
+    cmd = [*getattr(args, "wrk_prefix", []), wrk, f"-t{args.threads}", f"-c{args.connections}",
+           f"-d{seconds:g}s", "--timeout", "5s", "-s", str(script), url]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, check=False,
                            timeout=seconds + WRK_SLACK_S)
@@ -695,7 +695,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run the daemon with capture.tls: false (no libssl uprobes, no TLS check "
                         "on the syscall path): what TLS capture costs plain HTTP")
     p.add_argument("--check", action="store_true", help="exit 1 when a goal is missed")
+    add_layout_argument(p)
     args = p.parse_args(argv)
+    args.gateway_kwargs = apply_layout(args, p)
     if args.rounds < 1 or args.seconds <= 0 or args.connections < 1 or args.threads < 1:
         p.error("--rounds, --seconds, --connections and --threads must be positive")
     if args.connections < args.threads:
@@ -703,6 +705,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not args.path.startswith("/") or any(c in args.path for c in '"\\ \r\n'):
         p.error("--path must be an absolute path without quotes, backslashes or spaces")
     return args
+
+
+def add_layout_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--layout", choices=("pinned", "shared"), default="pinned",
+                   help="pinned: one nginx worker on the last CPU, wrk (one thread) on CPU 0, so "
+                        "nginx is the bottleneck and runs are repeatable (±1%%); shared: "
+                        "--workers nginx workers and --threads wrk threads wherever the "
+                        "scheduler puts them (runs vary by ±10%%, bimodal) [pinned]")
+
+
+def apply_layout(args: argparse.Namespace, p: argparse.ArgumentParser) -> dict[str, Any]:
+    """Settle workers/threads/wrk_prefix for --layout; gives NginxGateway keyword arguments."""
+    args.wrk_prefix = []
+    if args.layout == "shared":
+        return {}
+    cpus = os.cpu_count() or 1
+    if cpus < 2:
+        p.error("--layout pinned needs 2 CPUs or more; use --layout shared")
+    taskset = shutil.which("taskset")
+    if taskset is None:
+        p.error("--layout pinned needs taskset (util-linux)")
+    args.workers, args.threads = 1, 1
+    args.wrk_prefix = [taskset, "-c", "0"]
+    return {"cpu_affinity": "1" + "0" * (cpus - 1)}
 
 
 def _term(signum: int, frame: Any) -> None:
@@ -759,6 +785,7 @@ def main(argv: list[str] | None = None) -> int:
             gateway = NginxGateway(
                 tmp / "nginx", listen, upstream_port, workers=args.workers,
                 extra_server="        access_log off;" if args.no_access_log else "", **tls,
+                **args.gateway_kwargs,
             )
             gateway.start()
             scheme = "http"
@@ -778,6 +805,7 @@ def main(argv: list[str] | None = None) -> int:
             env = environment(wrk, gateway)
             print(f"nginx {args.workers} workers on {scheme}://{host}{args.path}; wrk -t{args.threads} "
                   f"-c{args.connections} -d{args.seconds:g}s, tenants {','.join(TENANTS)}; "
+                  f"layout {args.layout}; "
                   f"{args.rounds} rounds; {env['cpus']} CPUs, kernel {env['kernel']}",
                   flush=True)
             if args.warmup > 0:

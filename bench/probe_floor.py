@@ -45,6 +45,8 @@ if str(REPO) not in sys.path:
 
 from bench.nginx_ab import (
     BenchError,
+    add_layout_argument,
+    apply_layout,
     free_port,
     make_cert,
     run_wrk,
@@ -125,7 +127,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--variants", default=None,
                    help=f"comma-separated, from {','.join(VARIANTS)}, or with --tls "
                         f"{','.join(TLS_VARIANTS)} [all]")
+    add_layout_argument(p)
     args = p.parse_args(argv)
+    args.gateway_kwargs = apply_layout(args, p)
     known = TLS_VARIANTS if args.tls else VARIANTS
     args.variants = [v for v in (args.variants or ",".join(known)).split(",") if v]
     bad = [v for v in args.variants if v not in known]
@@ -164,14 +168,15 @@ def main(argv: list[str] | None = None) -> int:
                 tls = {"tls_port": free_port(), "ssl_certificate": cert,
                        "ssl_certificate_key": key}
             gateway = NginxGateway(tmp / "nginx", listen, backend.port, workers=args.workers,
-                                   **tls)
+                                   **tls, **args.gateway_kwargs)
             gateway.start()
             tgids = gateway.our_pids()
             scheme, port = ("https", gateway.tls_port) if args.tls else ("http", listen)
             url = f"{scheme}://127.0.0.1:{port}/direct"
             script = write_wrk_script(tmp, "/direct", f"127.0.0.1:{listen}")
             print(f"nginx {args.workers} workers, {url}; wrk -t{args.threads} "
-                  f"-c{args.connections} -d{args.seconds:g}s; {args.rounds} rounds")
+                  f"-c{args.connections} -d{args.seconds:g}s; layout {args.layout}; "
+                  f"{args.rounds} rounds")
             run_wrk(wrk, url, script, args, 2)  # warm-up
             for rnd in range(1, args.rounds + 1):
                 k = (rnd - 1) % len(args.variants)

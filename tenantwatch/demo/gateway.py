@@ -162,8 +162,15 @@ class NginxGateway:
         tls_port: int | None = None,
         ssl_certificate: str | Path | None = None,
         ssl_certificate_key: str | Path | None = None,
+        cpu_affinity: str | None = None,
     ) -> None:
         self.workdir = Path(workdir).resolve()
+        # nginx's worker_cpu_affinity (a bitmask per worker, e.g. "10": CPU 1), for benchmarks
+        # that keep the workers off the load generator's CPU.
+        if cpu_affinity is not None and not all(
+                m and set(m) <= {"0", "1"} for m in cpu_affinity.split()):
+            raise GatewayError(f"cpu_affinity {cpu_affinity!r}: bitmasks of 0 and 1 expected")
+        self.cpu_affinity = cpu_affinity
         self.listen_port = int(listen_port)
         self.upstream_port = int(upstream_port)
         self.workers = int(workers)
@@ -212,6 +219,7 @@ daemon on;
 master_process on;
 {user}
 worker_processes {self.workers};
+{f"worker_cpu_affinity {self.cpu_affinity};" if self.cpu_affinity else ""}
 pid {self.pid_path};
 error_log {self.error_log} warn;
 
