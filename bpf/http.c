@@ -700,6 +700,20 @@ static __always_inline __u64 tw_skip(struct tw_parser *p, __u64 avail)
 	return take;
 }
 
+/* When the rest of the syscall is body that the parser skips anyway (a response head and its
+ * body in one writev, most often), consume it by arithmetic: no iovec walk, no further run.
+ * Returns 1 when it did. */
+static __always_inline int tw_skip_rest(struct tw_parser *p, struct tw_job *j, int is_req)
+{
+	if (!p->skip || p->skip < j->remaining)
+		return 0;
+	p->skip -= j->remaining;
+	j->remaining = 0;
+	if (!p->skip && p->after_skip == AFTER_MESSAGE)
+		tw_message_reset(p, is_req);
+	return 1;
+}
+
 /* Move the job to its next iovec segment. Returns 0 when there is none. */
 static __always_inline int tw_next_segment(struct tw_job *j)
 {
@@ -774,6 +788,8 @@ int tw_parse(void *ctx)
 		return 0;
 	__u8 *buf = win->b;
 
+	if (tw_skip_rest(p, j, is_req))
+		goto done;
 	/* Skip body bytes, segment by segment (bounded: a few iovecs at most). */
 	for (int s = 0; s < 8; s++) {
 		if (j->remaining == 0)
@@ -952,6 +968,8 @@ int tw_parse(void *ctx)
 	}
 
 done:
+	if (j->remaining > 0 && !j->emit && j->mode == TW_PROG_PARSE)
+		tw_skip_rest(p, j, is_req);
 	if (j->remaining > 0 || j->emit) {
 		if (j->tails < TW_MAX_TAILS) {
 			j->tails++;
@@ -1403,7 +1421,7 @@ static __always_inline struct tw_conn *tw_conn_adopt(__u64 ck, __u64 first, __u6
 
 /* Fill the per-CPU job for bytes that moved on connection c (from a syscall, or from SSL_read/
  * SSL_write) and give the tw_progs index to tail-call: TW_PROG_PARSE, TW_PROG_H2, or -1 when
- * the bytes are to be left alone (a connection waiting to resync). */
+ * there is nothing to parse (a connection waiting to resync, or bytes that are all body). */
 static __always_inline int tw_job_start(struct tw_conn *c, __u64 ck, __u64 iov, __u32 iovcnt,
 					__u64 first, __u64 first_len, __u64 total,
 					__u32 is_write)
@@ -1441,6 +1459,14 @@ static __always_inline int tw_job_start(struct tw_conn *c, __u64 ck, __u64 iov, 
 	}
 	if (tw_h2_detect(c, first, first_len, j->is_req))
 		j->mode = TW_PROG_H2;
+	else if (tw_skip_rest(p, j, j->is_req)) {
+		/* All body (a large response written in pieces): nothing to parse, no tail call. */
+		struct tw_ctl *ctl = tw_ctl.lookup(&zero);
+		if (ctl)
+			tw_charge_bytes(ctl, c, j);
+		tw_thread_set(c);
+		return -1;
+	}
 	return j->mode;
 }
 

@@ -28,7 +28,9 @@ class H(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-    do_POST = do_GET
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.do_GET()
     def log_message(self, *a):
         pass
 s = ThreadingHTTPServer(("127.0.0.1", 0), H)
@@ -125,6 +127,28 @@ def test_body_is_skipped_not_parsed(probes, server):
     counts = _by_value(probes.drain())
     assert counts["poster"][1] == 1 and counts["after"][1] == 1
     assert "inbody" not in counts
+
+
+def test_a_body_in_many_reads_is_skipped_and_its_bytes_charged(probes, server):
+    """Each later read is all body (tw_job_start skips it by arithmetic, no parser run): the
+    request heads inside it never count, and its bytes go to the request's tenant."""
+    chunk = _req("inbody").ljust(4000, b"x")
+    head = (f"POST / HTTP/1.1\r\nHost: t\r\nX-Tenant-ID: poster\r\n"
+            f"Content-Length: {3 * len(chunk)}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", server)) as s:
+        s.sendall(head)
+        for _ in range(3):
+            time.sleep(0.05)  # separate reads on the server
+            s.sendall(chunk)
+        _exchange(s, b"", 1)
+        _exchange(s, _req("after"), 1)
+    time.sleep(0.1)
+    tick = probes.drain()
+    counts = _by_value(tick)
+    assert counts["poster"][1] == 1 and counts["after"][1] == 1
+    assert "inbody" not in counts
+    poster = next(c for c in tick.identities if c.raw_value == b"poster")
+    assert poster.rx_bytes == len(head) + 3 * len(chunk)
 
 
 def test_non_http_bytes_are_never_a_tenant(probes, server):
