@@ -788,8 +788,6 @@ int tw_parse(void *ctx)
 		return 0;
 	__u8 *buf = win->b;
 
-	if (tw_skip_rest(p, j, is_req))
-		goto done;
 	/* Skip body bytes, segment by segment (bounded: a few iovecs at most). */
 	for (int s = 0; s < 8; s++) {
 		if (j->remaining == 0)
@@ -943,6 +941,8 @@ int tw_parse(void *ctx)
 	j->remaining -= used;
 	if (event == TW_E_HEAD_END) {
 		tw_head_end(ctx, ctl, c, p, is_req, j);
+		if (!j->emit)
+			tw_skip_rest(p, j, is_req);  /* the body ends the syscall: no further run */
 	} else if (event == TW_E_CHUNK_LINE) {
 		if (p->num == 0) {
 			p->state = TW_S_TS;  /* last chunk: trailers up to a blank line */
@@ -968,8 +968,6 @@ int tw_parse(void *ctx)
 	}
 
 done:
-	if (j->remaining > 0 && !j->emit && j->mode == TW_PROG_PARSE)
-		tw_skip_rest(p, j, is_req);
 	if (j->remaining > 0 || j->emit) {
 		if (j->tails < TW_MAX_TAILS) {
 			j->tails++;
