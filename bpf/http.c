@@ -142,7 +142,7 @@ struct tw_conn {
 	__u32 tls;              /* TLS: parsed from SSL_read/SSL_write (tls.c), never from syscalls */
 	__u32 h2;               /* HTTP/2 (the client preface was seen): bytes go to tw_h2 */
 	__u32 h2seq[2];         /* next tw_h2_event seq, by is_req */
-	__u32 _pad;
+	__u32 h2mid;            /* HTTP/2 seen mid-stream (older than the daemon): TW_H2_F_MIDSTREAM */
 	__u64 h2id;             /* this HTTP/2 connection's id in events: fds are reused at once */
 	__u8 h2hdr[2][32];      /* a frame header being collected, by is_req (9 bytes used) */
 };
@@ -1181,7 +1181,7 @@ int tw_h2(void *ctx)
 	ev->ts_ns = j->ts_ns;
 	ev->side = c->side;
 	ev->is_req = d;
-	ev->flags = 0;
+	ev->flags = c->h2mid ? TW_H2_F_MIDSTREAM : 0;
 	ev->len = 0;
 	if (c->h2 == 2)
 		j->remaining = 0;  /* cut earlier: the frames cannot be found again */
@@ -1377,6 +1377,93 @@ static __always_inline int tw_looks_like_status(__u64 buf)
 	return (w & 0xffffffffffffffull) == 0x2e312f50545448ull;  /* little-endian */
 }
 
+/* A connection becomes HTTP/2: both directions go to tw_h2 from a frame boundary on. */
+static __always_inline void tw_h2_begin(struct tw_conn *c, __u64 salt)
+{
+	c->h2 = 1;
+	c->h2id = (bpf_ktime_get_ns() << 20) ^ ((__u64)bpf_get_smp_processor_id() << 8) ^ salt;
+	c->req.skip = 0;
+	c->req.num = 0;
+	c->req.pos = 0;
+	c->resp.skip = 0;
+	c->resp.num = 0;
+	c->resp.pos = 0;
+}
+
+/* Frame headers checked before a connection older than the daemon is taken for HTTP/2. */
+#define TW_H2_PROBE_FRAMES 4
+/* SETTINGS_MAX_FRAME_SIZE's default: a peer may allow more, which only makes us not adopt. */
+#define TW_H2_MAX_FRAME 16384
+
+/* Do these bytes start with HTTP/2 frames?  For a connection first seen mid-stream (older than
+ * the daemon) that sends no request line: up to TW_H2_PROBE_FRAMES frame headers must each keep
+ * their type's rules (RFC 9113 section 6: length, flags, stream id) and chain to the end of the
+ * bytes (or pass all TW_H2_PROBE_FRAMES checks).  TLS records and text fail the length check at
+ * once (their first byte would be a frame length over 1 MiB). */
+static __always_inline int tw_looks_like_h2_frames(__u64 buf, __u64 len)
+{
+	__u64 off = 0;
+	for (int k = 0; k < TW_H2_PROBE_FRAMES; k++) {
+		if (off == len)
+			return k > 0;
+		if (off + 9 > len)
+			return 0;  /* a cut frame header: not at a boundary, or not HTTP/2 */
+		__u8 h[9] = {};
+		if (tw_read_user(h, sizeof(h), (void *)(buf + off)) != 0)
+			return 0;
+		__u32 flen = ((__u32)h[0] << 16) | ((__u32)h[1] << 8) | h[2];
+		__u32 sid = ((__u32)(h[5] & 0x7f) << 24) | ((__u32)h[6] << 16) |
+			    ((__u32)h[7] << 8) | h[8];
+		__u8 fl = h[4];
+		if ((h[5] & 0x80) || flen > TW_H2_MAX_FRAME)
+			return 0;
+		switch (h[3]) {
+		case 0:  /* DATA: END_STREAM, PADDED */
+			if (!sid || (fl & ~0x09))
+				return 0;
+			break;
+		case 1:  /* HEADERS: END_STREAM, END_HEADERS, PADDED, PRIORITY */
+			if (!sid || (fl & ~0x2d))
+				return 0;
+			break;
+		case 2:  /* PRIORITY */
+			if (!sid || flen != 5 || fl)
+				return 0;
+			break;
+		case 3:  /* RST_STREAM */
+			if (!sid || flen != 4 || fl)
+				return 0;
+			break;
+		case 4:  /* SETTINGS: ACK */
+			if (sid || flen % 6 || (fl & ~0x01))
+				return 0;
+			break;
+		case 6:  /* PING: ACK */
+			if (sid || flen != 8 || (fl & ~0x01))
+				return 0;
+			break;
+		case 7:  /* GOAWAY */
+			if (sid || flen < 8 || fl)
+				return 0;
+			break;
+		case 8:  /* WINDOW_UPDATE */
+			if (flen != 4 || fl)
+				return 0;
+			break;
+		case 9:  /* CONTINUATION: END_HEADERS */
+			if (!sid || (fl & ~0x04))
+				return 0;
+			break;
+		default:  /* PUSH_PROMISE never comes from a client; unknown types: not sure */
+			return 0;
+		}
+		off += 9 + flen;
+		if (off > len)
+			return k > 0;  /* the last frame goes on in the next syscall */
+	}
+	return 1;
+}
+
 /* HTTP/2: the client preface starts the request direction of a fresh connection ("PRI * HT",
  * then "TP/2.0\r\n\r\nSM\r\n\r\n").  From then on both directions go to tw_h2, which
  * skips the 24 preface bytes.  Checked once per connection (before its first request). */
@@ -1392,28 +1479,34 @@ static __always_inline int tw_h2_detect(struct tw_conn *c, __u64 first, __u64 fi
 		return 0;
 	if (w != 0x5448202a20495250ull)  /* "PRI * HT", little-endian */
 		return 0;
-	c->h2 = 1;
-	c->h2id = (bpf_ktime_get_ns() << 20) ^ ((__u64)bpf_get_smp_processor_id() << 8) ^ first_len;
+	tw_h2_begin(c, first_len);
 	c->req.skip = 24;
-	c->req.num = 0;
-	c->req.pos = 0;
-	c->resp.skip = 0;
-	c->resp.num = 0;
-	c->resp.pos = 0;
 	return 1;
 }
 
 /* An unknown fd (a file, a pipe, or a connection older than the daemon) is tracked only
- * when its bytes start a request head; the direction gives the side.  Adopted: its values
+ * when its bytes start a request head, or HTTP/2 frames; the direction gives the side.  Adopted: its values
  * are not trusted before its first HTTP response (TW_F_ADOPTED). */
 static __always_inline struct tw_conn *tw_conn_adopt(__u64 ck, __u64 first, __u64 first_len,
 						     __u32 is_write)
 {
-	if (first_len < 8 || !tw_looks_like_request(first))
+	int h2 = 0;
+	if (first_len < 8)
 		return 0;
+	if (!tw_looks_like_request(first)) {
+		/* HTTP/2 frames: counted in user space, never decoded (TW_H2_F_MIDSTREAM). */
+		if (!tw_looks_like_h2_frames(first, first_len))
+			return 0;
+		h2 = 1;
+	}
 	struct tw_conn *c = tw_conn_new(ck, is_write ? TW_SIDE_CLIENT : TW_SIDE_SERVER);
-	if (c)
+	if (c) {
 		c->adopted = 1;
+		if (h2) {
+			tw_h2_begin(c, first_len);
+			c->h2mid = 1;
+		}
+	}
 	return c;
 }
 
@@ -1487,7 +1580,7 @@ static __always_inline int tw_exit(void *ctx, long ret)
 			return 0;
 		}
 		first = v.base;
-		first_len = v.len;
+		first_len = v.len < (__u64)ret ? v.len : (__u64)ret;  /* bytes, not room */
 	}
 	struct tw_conn *c = tw_conns.lookup(&ck);
 	if (tw_ssl_syscall(id, ck, c))

@@ -190,6 +190,8 @@ struct tw_token_event {
  * (tenantwatch/h2).  Bytes per event: up to 2 * TW_H2_CHUNK - 1. */
 #define TW_H2_CHUNK 4096
 #define TW_H2_F_CLOSED 1  /* the connection closed (no bytes) */
+#define TW_H2_F_MIDSTREAM 2  /* the connection is older than the daemon (adopted at a frame
+			      * boundary): its HPACK state is unknown, never decode it */
 struct tw_h2_event {
 	__u64 conn;    /* the connection's id (unique: an fd is reused by the next connection) */
 	__u64 ts_ns;   /* when the bytes moved (bpf_ktime_get_ns) */

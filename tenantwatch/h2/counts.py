@@ -24,12 +24,14 @@ _OVERFLOW = Identity(OVERFLOW_KEY, b"", -1, ValueFlag.OVERFLOW)
 
 # Why a stream was counted without its tenant (the keys of H2Tracker.lost_streams).
 LOST_REASONS = (
-    "h2_gap",  # a seq gap or lost event: the connection's HPACK state is gone (per stream)
+    "h2_gap",  # a seq gap or lost event: the connection's HPACK state is gone (per stream;
+    #            per connection when its first events never arrived)
     "h2_decode",  # HPACK or framing error: same (per stream)
     "h2_header_limit",  # a header block over MAX_HEADER_BLOCK bytes: same (per stream)
     "h2_stream_limit",  # a stream beyond MAX_STREAMS open on its connection: class none
     "h2_conn_limit",  # a connection beyond max_connections: not decoded (per connection)
-    "h2_midstream",  # a connection first seen after its start: not decoded (per connection)
+    "h2_midstream",  # a connection older than the daemon: never decoded (per stream, by its
+    #                  request HEADERS frame, under __unattributed__)
 )
 
 

@@ -130,6 +130,12 @@ class Session:
         return any(e.seq == 0 and (self._req if e.is_request else self._resp).next_seq > 0
                    for e in events)
 
+    def start_undecoded(self, reason: str) -> None:
+        """A connection older than the daemon: its frames are followed from here on (the
+        kernel took it up at a frame boundary), its header blocks never decoded; each stream is
+        counted by its request HEADERS under __unattributed__ with this reason."""
+        self._break(reason)
+
     def add(self, ev: H2Event) -> None:
         """Queue one data event; run() processes what is in order."""
         d = self._req if ev.is_request else self._resp

@@ -63,7 +63,7 @@ class H2Tracker:
     @property
     def lost_streams(self) -> Mapping[str, int]:
         """Streams counted without a tenant since start, by reason (LOST_REASONS; for
-        h2_conn_limit and h2_midstream, connections: their streams cannot be seen)."""
+        h2_conn_limit, connections: their streams cannot be seen)."""
         return MappingProxyType(dict(self._counts.lost_total))
 
     def feed(self, events: Iterable[H2Event]) -> None:
@@ -101,8 +101,9 @@ class H2Tracker:
             sess = None
         if sess is None:
             if not any(e.seq == 0 for e in data):
+                # Its first events never arrived: where its frames start is unknown.
                 if data and conn not in self._ignored:
-                    self._ignore(conn, "h2_midstream")
+                    self._ignore(conn, "h2_gap")
                 if closed:
                     self._ignored.pop(conn, None)
                 return
@@ -113,6 +114,8 @@ class H2Tracker:
                     self._ignored.pop(conn, None)
                 return
             sess = Session(data[0].side, self._picker, self._counts, self._max_streams)
+            if any(e.midstream for e in data):
+                sess.start_undecoded("h2_midstream")
             self._conns[conn] = sess
         for ev in data:
             sess.add(ev)

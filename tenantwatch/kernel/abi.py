@@ -87,6 +87,7 @@ class TokenEvent(ct.Structure):
 
 H2_CHUNK: int = _D["TW_H2_CHUNK"]
 H2_F_CLOSED: int = _D["TW_H2_F_CLOSED"]
+H2_F_MIDSTREAM: int = _D["TW_H2_F_MIDSTREAM"]
 
 
 class H2EventHead(ct.Structure):

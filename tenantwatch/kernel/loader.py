@@ -428,7 +428,8 @@ class HttpProbes:
             conn=int(e.conn), side=Side.SERVER if e.side == abi.SIDE_SERVER else Side.CLIENT,
             is_request=bool(e.is_req), seq=int(e.seq), ts_ns=int(e.ts_ns),
             data=ct.string_at(ct.addressof(e) + head, n) if n else b"",
-            closed=bool(e.flags & abi.H2_F_CLOSED)))
+            closed=bool(e.flags & abi.H2_F_CLOSED),
+            midstream=bool(e.flags & abi.H2_F_MIDSTREAM)))
         return 0
 
     def _take_h2(self) -> tuple[H2Event, ...]:

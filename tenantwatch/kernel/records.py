@@ -93,6 +93,9 @@ class H2Event:
     data: bytes
     closed: bool = False  # the connection closed (data is empty)
     lost: bool = False  # bytes of this direction could not be sent
+    # The connection is older than the daemon (the kernel took it up at a frame boundary, seq 0
+    # is not its start): its HPACK state is unknown, so it is never decoded.
+    midstream: bool = False
 
 
 @dataclass(frozen=True)

@@ -273,7 +273,9 @@ def test_grpc_through_grpc_pass_maps_grpc_status(gateway, h2daemon, prefix):
 def test_a_connection_opened_before_the_daemon_is_unattributed_not_guessed(
         gateway, daemon_factory, prefix):
     """An HTTP/2 connection the daemon did not see start has no preface and no HPACK state:
-    its streams must never be attributed to a guessed tenant."""
+    its streams must never be attributed to a guessed tenant.  The kernel takes it up at a frame
+    boundary (bpf/http.c tw_looks_like_h2_frames): each later stream is counted once, by its
+    request HEADERS frame, under __unattributed__ with reason h2_midstream."""
     sock = socket.create_connection(("127.0.0.1", gateway.h2c))
     c = h2_connection.H2Connection(h2_config.H2Configuration(client_side=True))
     c.initiate_connection()
@@ -292,6 +294,11 @@ def test_a_connection_opened_before_the_daemon_is_unattributed_not_guessed(
                        end_stream=True)
         sock.sendall(c.data_to_send())
         time.sleep(0.1)
-    m = d.wait_ticks(3)
+    m = d.wait_settled(lambda m: m.lost()["h2_midstream"] - before.lost()["h2_midstream"] >= 3,
+                       timeout=20)
     sock.close()
     assert m.by_tenant("server", prefix) - before.by_tenant("server", prefix) == Counter()
+    assert m.lost()["h2_midstream"] - before.lost()["h2_midstream"] == 3
+    unattributed = (m.requests("server", "__unattributed__", "none")
+                    - before.requests("server", "__unattributed__", "none"))
+    assert unattributed == 3

@@ -255,3 +255,64 @@ def test_a_connection_first_seen_mid_stream_is_adopted_until_it_answers_http(pro
                                                         (2, ValueFlag.NONE)]
     frames = b"\x81\x05hello"  # a WebSocket text frame: never an HTTP answer
     assert _adopted_flags(probes, frames, "framed") == [(3, ValueFlag.ADOPTED)]
+
+
+def _h2_frame(ftype: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes((ftype, flags)) + sid.to_bytes(4, "big") \
+        + payload
+
+
+# A server that accepts `n` connections, then waits for "go" before its first read on each (so
+# every read is made while it is traced: none was entered before), then reads each once.
+READ_ONCE = r"""
+import ctypes, socket, sys
+ctypes.CDLL(None).prctl(15, b"python3-twsrv", 0, 0, 0)  # PR_SET_NAME
+n = int(sys.argv[1])
+ls = socket.create_server(("127.0.0.1", 0))
+print(ls.getsockname()[1], flush=True)
+conns = [ls.accept()[0] for _ in range(n)]
+print("accepted", flush=True)
+sys.stdin.readline()
+for c in conns:
+    print(len(c.recv(65536)), flush=True)
+"""
+
+
+def test_a_connection_older_than_the_daemon_is_taken_up_as_http2_only_at_real_frames(probes):
+    """An unknown connection whose bytes are HTTP/2 frames (a HEADERS frame, a WINDOW_UPDATE)
+    is followed as HTTP/2 mid-stream: its events carry the midstream flag, so user space never
+    decodes them.  Bytes that only look binary (an unknown frame type, a TLS record, a frame
+    header whose length runs past the bytes) are never taken up."""
+    samples = {
+        "h2": _h2_frame(1, 0x05, 3, b"\x82\x84\x86\x41\x01a") + _h2_frame(8, 0, 0, b"\0\0\1\0"),
+        "unknown type": _h2_frame(0x0A, 0, 0, b"xx"),
+        "tls record": b"\x17\x03\x03\x00\x20" + bytes(32),
+        "cut": _h2_frame(1, 0x05, 3, b"\x82" * 40)[:20],
+    }
+    proc = subprocess.Popen([sys.executable, "-c", READ_ONCE, str(len(samples))],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    conns = []
+    try:
+        port = int(proc.stdout.readline())
+        for data in samples.values():
+            conns.append(socket.create_connection(("127.0.0.1", port)))
+            conns[-1].sendall(data)  # accepted (and sent) before the process is a target
+        assert proc.stdout.readline().strip() == "accepted"
+        probes.set_targets({proc.pid})
+        probes.drain()
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        got = [int(proc.stdout.readline()) for _ in samples]
+        assert got == [len(d) for d in samples.values()]
+        time.sleep(0.1)
+        tick = probes.drain()
+    finally:
+        for s in conns:
+            s.close()
+        proc.kill()
+        proc.wait(5)
+        probes.set_targets(set())
+    data = [e for e in tick.h2 if e.data]
+    assert data and all(e.midstream and e.seq == 0 and e.is_request for e in data), data
+    assert b"".join(e.data for e in data) == samples["h2"]
+    assert len({e.conn for e in data}) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import random
 
@@ -11,7 +12,7 @@ import pytest
 from tenantwatch.h2 import H2_UNATTRIBUTED_KEY, H2Event, H2Tracker
 from tenantwatch.kernel.records import Side, ValueFlag
 
-from .conv import MS, Conversation, closed, polls, request_headers
+from .conv import MS, Conversation, closed, events, polls, request_headers, strip_data
 from .summary import BOUNDS, SOURCES, fold
 
 CONN = 7 << 32 | 12
@@ -271,7 +272,30 @@ def test_connection_id_reused_without_close() -> None:
     assert (got["t2"].classes, got["t2"].opened, got["t2"].closed) == ({"2xx": 1}, 1, 0)
 
 
-def test_connection_first_seen_midstream_is_counted_once() -> None:
+@pytest.mark.parametrize("seed", range(4))
+def test_connection_older_than_the_daemon_is_counted_unattributed_never_decoded(seed) -> None:
+    """The kernel took the connection up at a frame boundary (seq 0 is not its start, flag
+    midstream): its later requests use HPACK entries it never saw, so none is decoded; each is
+    counted once, by its request HEADERS, under __unattributed__ with reason h2_midstream."""
+    c = Conversation()
+    for _ in range(2):
+        c.respond(c.request(request_headers("early")), 200)
+    seen_c2s, seen_s2c = len(c.c2s), len(c.s2c)
+    for _ in range(3):
+        c.respond(c.request(request_headers("late")), 200)
+    rng = random.Random(seed)
+    evs = [dataclasses.replace(e, midstream=True) for e in
+           events(CONN, Side.SERVER, True, strip_data(c.c2s[seen_c2s:]), rng, 64)
+           + events(CONN, Side.SERVER, False, strip_data(c.s2c[seen_s2c:]), rng, 64)]
+    evs.sort(key=lambda e: (e.ts_ns, not e.is_request, e.seq))
+    t = run(evs + [closed(CONN)], seed)
+    got = fold(t.take())
+    assert {k: (v.classes, v.heads) for k, v in got.items()} == {
+        "__unattributed__": ({"none": 3}, 3)}
+    assert t.lost_streams == {"h2_midstream": 3} and t.connections == 0
+
+
+def test_connection_whose_first_events_never_came_is_counted_once() -> None:
     c = Conversation()
     for _ in range(3):
         c.respond(c.request(request_headers("t1")), 200)
@@ -280,7 +304,7 @@ def test_connection_first_seen_midstream_is_counted_once() -> None:
     for e in evs:
         t.feed([e])
     t.feed([closed(CONN)])
-    assert t.take() == () and t.lost_streams == {"h2_midstream": 1} and t.connections == 0
+    assert t.take() == () and t.lost_streams == {"h2_gap": 1} and t.connections == 0
 
 
 def test_client_side_connections() -> None:
