@@ -5,6 +5,9 @@ Interleaved A/B: a ping-pong of two processes over pipes (every round trip is tw
 two context switches) runs for --seconds, without (A) and with (B) the probes loaded; B is run
 twice per round: the ping-pong processes not traced (every switch on the machine pays the
 "is this a target?" check) and traced (their switches are charged to a tenant).
+Both ping-pong processes are pinned to one CPU (--cpu, default 0), so every round trip really
+switches and runs repeat within a few per cent; --cpu -1 lets the scheduler place them (runs then
+vary by ±30 %, by where the two land).
 Prints round trips per second and the ratios B/A.  Needs root.  Not a test: nothing asserts.
 
     sudo .venv/bin/python bench/sched_ab.py --rounds 5 --seconds 3
@@ -61,10 +64,14 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--cpu", type=int, default=0,
+                   help="pin both ping-pong processes to this CPU; -1: anywhere [0]")
     args = p.parse_args()
     if os.geteuid() != 0:
         print("must run as root (BPF)", file=sys.stderr)
         return 2
+    if args.cpu >= 0:
+        os.sched_setaffinity(0, {args.cpu})  # the forked echo side inherits it
     probes = HttpProbes([KernelSource("x-tenant-id", (Side.SERVER,))], [PING_NAME], (0.001,))
     a, b_plain, b_traced = [], [], []
     try:
