@@ -20,7 +20,11 @@ libssl uprobes instead (empty programs, attached per nginx process as the daemon
   uprobe-internal  the same on the internal functions kernel/ssl_points.py finds (their first
                    instruction is a push, which the kernel emulates: no single-step)
 
-It prints the per-variant median throughput and its ratio to `none`.  A benchmark, not a test:
+It prints the per-variant median throughput and its ratio to `none`.
+
+--syscalls measures the same variants without nginx: ns per syscall of this (untraced)
+process, for a syscall the probes watch (write to /dev/null) and one they do not (getppid):
+what every other process on the node pays.  A benchmark, not a test:
 it never fails on a number.  Needs root (BPF).
 
     sudo .venv/bin/python bench/probe_floor.py --rounds 5 --seconds 5
@@ -122,6 +126,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=20, help="wrk connections [20]")
     p.add_argument("--threads", type=int, default=2, help="wrk threads [2]")
     p.add_argument("--workers", type=int, default=2, help="nginx worker processes [2]")
+    p.add_argument("--syscalls", action="store_true",
+                   help="ns per syscall of an untraced process under each variant, no nginx")
     p.add_argument("--tls", action="store_true",
                    help=f"wrk over HTTPS; variants {','.join(TLS_VARIANTS)}")
     p.add_argument("--variants", default=None,
@@ -140,6 +146,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def syscall_costs(rounds: int, calls: int = 300_000) -> int:
+    """ns per write(2) (watched) and getppid(2) (not watched) under each syscall variant."""
+    import time
+
+    fd = os.open("/dev/null", os.O_WRONLY)
+
+    def loop(kind: str) -> float:
+        t = time.perf_counter_ns()
+        if kind == "write":
+            for _ in range(calls):
+                os.write(fd, b"x")
+        else:
+            for _ in range(calls):
+                os.getppid()
+        return (time.perf_counter_ns() - t) / calls
+
+    res: dict[tuple[str, str], list[float]] = {}
+    try:
+        for _ in range(rounds):
+            for v in VARIANTS:
+                floor = Floor(v, [])
+                try:
+                    for kind in ("write", "getppid"):
+                        res.setdefault((v, kind), []).append(loop(kind))
+                finally:
+                    floor.close()
+    finally:
+        os.close(fd)
+    print(f"{'syscall':<9} {'variant':<11} {'ns/call':>8} {'added':>6}  (median of {rounds})")
+    for kind in ("write", "getppid"):
+        base = statistics.median(res[("none", kind)])
+        for v in VARIANTS:
+            m = statistics.median(res[(v, kind)])
+            print(f"{kind:<9} {v:<11} {m:>8.0f} {m - base:>+6.0f}")
+    return 0
+
+
 def _term(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -154,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         print("wrk not found on PATH (sudo make deps)", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _term)
+    if args.syscalls:
+        return syscall_costs(args.rounds)
     rps: dict[str, list[float]] = {v: [] for v in args.variants}
     with tempfile.TemporaryDirectory(prefix="tw-floor-") as tmpdir:
         tmp = Path(tmpdir)
