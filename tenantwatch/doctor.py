@@ -497,6 +497,24 @@ def check_psi(env: _Env) -> list[Result]:
 TLS_GATEWAYS = ("nginx", "envoy", "haproxy", "caddy", "traefik")
 
 
+def _tls_placement(path: str) -> Result:
+    """Where the uprobes go in this libssl, and what a hit costs there (kernel/ssl_points.py)."""
+    from tenantwatch.kernel.elf import ElfError, ElfImage
+    from tenantwatch.kernel.ssl_points import probe_points
+
+    shown = path.split("/root", 1)[-1]
+    try:
+        points = probe_points(ElfImage.open(path))
+    except (OSError, ElfError) as e:
+        return Result(INFO, f"TLS: {shown}: probe placement unknown ({e})")
+    if points and all(p.internal for p in points):
+        return Result(OK, f"TLS: {shown}: probed inside OpenSSL's wrappers (" + ", ".join(
+            f"{p.stands_for} at {p.vaddr:#x}" for p in points) + "): no single-step per call")
+    return Result(INFO, f"TLS: {shown}: probed at its public functions; each SSL call "
+                        "single-steps the probed instruction, which is slow under "
+                        "virtualization (docs/performance.md#tls)")
+
+
 def check_tls(env: _Env) -> list[Result]:
     from tenantwatch.kernel.tls import ssl_libraries, static_tls
 
@@ -522,6 +540,7 @@ def check_tls(env: _Env) -> list[Result]:
         elif libs:
             found[exe] = [Result(OK, f"TLS: {comm} (pid {name}) maps {', '.join(libs)}: "
                                      "its TLS traffic is captured through uprobes")]
+            found[exe] += [_tls_placement(lib.path) for lib in ssl_libraries(int(name), env.proc)]
     if not found:
         return [Result(INFO, "TLS: no running gateway process (" + ", ".join(TLS_GATEWAYS)
                        + ") to check")]

@@ -596,6 +596,7 @@ def test_tls_reports_libssl_and_a_statically_linked_gateway(machine: Machine) ->
     rc, text = machine.run()
     assert rc == 0
     assert "[ ok ] TLS: nginx (pid 4242) maps /usr/lib/libssl.so.3" in text
+    assert "[info] TLS: /usr/lib/libssl.so.3: probe placement unknown (not an ELF file)" in text
     assert "[warn] TLS: envoy (pid 4343):" in text and "BoringSSL statically" in text
 
 
