@@ -61,11 +61,12 @@ installed() { [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" == *"install
 
 # ---------------------------------------------------------------- qemu, busybox
 missing=()
-for p in qemu-system-x86 busybox-static cpio; do
+# kmod: depmod, to build the extracted kernels' modules.dep (the guest loads modules by it).
+for p in qemu-system-x86 busybox-static cpio kmod; do
     installed "$p" || missing+=("$p")
 done
 if [ "${#missing[@]}" -eq 0 ]; then
-    say "apt packages (vm)" "ok (qemu-system-x86 busybox-static cpio)"
+    say "apt packages (vm)" "ok (qemu-system-x86 busybox-static cpio kmod)"
 else
     apt_update_once
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
@@ -84,6 +85,10 @@ fetch() {
     (cd "$DEBS" && apt-get download -qq "${need[@]}" >/dev/null)
 }
 
+# ready DIR: an extracted kernel that is complete (an earlier run without depmod left .ready
+# without modules.dep: that one is extracted again).
+ready() { [ -f "$1/.ready" ] && [ -f "$1/lib/modules/$(basename "$1")/modules.dep" ]; }
+
 # extract RELEASE PKG...: dpkg -x the packages' .debs into $KERNELS/RELEASE, then mark it ready.
 extract() {
     local rel="$1"; shift
@@ -98,7 +103,9 @@ extract() {
     [ -d "$tmp/lib/modules/$rel/kernel" ] || die "no lib/modules/$rel in the extracted packages"
     # Module dependency lists are built by the package's postinst, which dpkg -x does not run.
     if [ ! -f "$tmp/lib/modules/$rel/modules.dep" ]; then
-        depmod -b "$tmp" "$rel" 2>/dev/null || true
+        PATH="$PATH:/usr/sbin:/sbin" depmod -b "$tmp" "$rel" \
+            || die "depmod -b $tmp $rel failed (package kmod)"
+        [ -f "$tmp/lib/modules/$rel/modules.dep" ] || die "depmod wrote no modules.dep for $rel"
     fi
     rm -rf "$dir"
     mv "$tmp" "$dir"
@@ -115,7 +122,7 @@ if [ -z "$build61" ]; then
     [ -n "$build61" ] || die "linux-headers-amd64 installed but no /usr/src/linux-headers-6.1.0-*-amd64"
 fi
 rel61="${build61#/usr/src/linux-headers-}"
-if [ -f "$KERNELS/$rel61/.ready" ]; then
+if ready "$KERNELS/$rel61"; then
     say "kernel 6.1" "ok ($rel61 in $KERNELS)"
 else
     if fetch "linux-image-$rel61" 2>"$STATUS/6.1.err"; then
@@ -125,7 +132,7 @@ else
         say "kernel 6.1" "NOT AVAILABLE (linux-image-$rel61: $(tr '\n' ' ' <"$STATUS/6.1.err"))"
     fi
 fi
-if [ -f "$KERNELS/$rel61/.ready" ]; then
+if ready "$KERNELS/$rel61"; then
     echo "ok $rel61" >"$STATUS/6.1"
 else
     echo "not-tested linux-image-$rel61 (matching the installed headers) could not be fetched: $(tr '\n' ' ' <"$STATUS/6.1.err" 2>/dev/null)" >"$STATUS/6.1"
@@ -156,7 +163,7 @@ bullseye_sources() {
 
 install_510() {
 rel510="$(ls -d "$KERNELS"/5.10.0-*-amd64 2>/dev/null | sort -V | tail -n 1 || true)"
-if [ -n "$rel510" ] && [ -f "$rel510/.ready" ]; then
+if [ -n "$rel510" ] && ready "$rel510"; then
     rel510="$(basename "$rel510")"
     say "kernel 5.10" "ok ($rel510 in $KERNELS)"
     echo "ok $rel510" >"$STATUS/5.10"
