@@ -667,9 +667,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "tenantwatch daemon.")
     p.add_argument("--rounds", type=int, default=5, help="rounds of one A and one B run [5]")
     p.add_argument("--seconds", type=float, default=8, help="seconds per wrk run [8]")
-    p.add_argument("--connections", type=int, default=20, help="wrk connections [20]")
-    p.add_argument("--threads", type=int, default=2, help="wrk threads [2]")
-    p.add_argument("--workers", type=int, default=2, help="nginx worker processes [2]")
+    add_load_arguments(p)
     p.add_argument("--path", default="/direct",
                    help="request path: /direct is answered by nginx itself, / proxies to the "
                         "Python backend (which then is the bottleneck) [/direct]")
@@ -695,7 +693,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run the daemon with capture.tls: false (no libssl uprobes, no TLS check "
                         "on the syscall path): what TLS capture costs plain HTTP")
     p.add_argument("--check", action="store_true", help="exit 1 when a goal is missed")
-    add_layout_argument(p)
     args = p.parse_args(argv)
     args.gateway_kwargs = apply_layout(args, p)
     if args.rounds < 1 or args.seconds <= 0 or args.connections < 1 or args.threads < 1:
@@ -707,7 +704,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def add_layout_argument(p: argparse.ArgumentParser) -> None:
+def add_load_arguments(p: argparse.ArgumentParser) -> None:
+    """wrk's and nginx's sizes and where they run (shared by the nginx benchmarks)."""
+    p.add_argument("--connections", type=int, default=20, help="wrk connections [20]")
+    p.add_argument("--threads", type=int, default=2, help="wrk threads (shared layout) [2]")
+    p.add_argument("--workers", type=int, default=2,
+                   help="nginx worker processes (shared layout) [2]")
     p.add_argument("--layout", choices=("pinned", "shared"), default="pinned",
                    help="pinned: one nginx worker on the last CPU, wrk (one thread) on CPU 0, so "
                         "nginx is the bottleneck and runs are repeatable (±1%%); shared: "

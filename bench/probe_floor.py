@@ -49,7 +49,7 @@ if str(REPO) not in sys.path:
 
 from bench.nginx_ab import (
     BenchError,
-    add_layout_argument,
+    add_load_arguments,
     apply_layout,
     free_port,
     make_cert,
@@ -123,9 +123,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=5, help="rounds of each variant [5]")
     p.add_argument("--seconds", type=float, default=5, help="seconds per wrk run [5]")
-    p.add_argument("--connections", type=int, default=20, help="wrk connections [20]")
-    p.add_argument("--threads", type=int, default=2, help="wrk threads [2]")
-    p.add_argument("--workers", type=int, default=2, help="nginx worker processes [2]")
+    add_load_arguments(p)
     p.add_argument("--syscalls", action="store_true",
                    help="ns per syscall of an untraced process under each variant, no nginx")
     p.add_argument("--tls", action="store_true",
@@ -133,7 +131,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--variants", default=None,
                    help=f"comma-separated, from {','.join(VARIANTS)}, or with --tls "
                         f"{','.join(TLS_VARIANTS)} [all]")
-    add_layout_argument(p)
     args = p.parse_args(argv)
     args.gateway_kwargs = apply_layout(args, p)
     known = TLS_VARIANTS if args.tls else VARIANTS
