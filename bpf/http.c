@@ -1353,11 +1353,8 @@ static __always_inline struct tw_conn *tw_conn_new(__u64 ck, __u32 side)
 }
 
 /* Does this look like the start of a request line?  3..7 capitals and a space. */
-static __always_inline int tw_looks_like_request(__u64 buf)
+static __always_inline int tw_request_line_start(const __u8 *b)
 {
-	__u8 b[8] = {};
-	if (tw_read_user(b, sizeof(b), (void *)buf) != 0)
-		return 0;
 	int i;
 	for (i = 0; i < 8; i++) {
 		if (b[i] == ' ')
@@ -1366,6 +1363,14 @@ static __always_inline int tw_looks_like_request(__u64 buf)
 			return 0;
 	}
 	return i >= 3 && i <= 7;
+}
+
+static __always_inline int tw_looks_like_request(__u64 buf)
+{
+	__u8 b[8] = {};
+	if (tw_read_user(b, sizeof(b), (void *)buf) != 0)
+		return 0;
+	return tw_request_line_start(b);
 }
 
 /* Does this start a status line ("HTTP/1.")? */
@@ -1399,8 +1404,8 @@ static __always_inline void tw_h2_begin(struct tw_conn *c, __u64 salt)
  * the daemon) that sends no request line: up to TW_H2_PROBE_FRAMES frame headers must each keep
  * their type's rules (RFC 9113 section 6: length, flags, stream id) and chain to the end of the
  * bytes (or pass all TW_H2_PROBE_FRAMES checks).  TLS records and text fail the length check at
- * once (their first byte would be a frame length over 1 MiB). */
-static __always_inline int tw_looks_like_h2_frames(__u64 buf, __u64 len)
+ * once (their first byte would be a frame length over 1 MiB).  `first`: the first 9 bytes. */
+static __always_inline int tw_looks_like_h2_frames(__u64 buf, __u64 len, const __u8 *first)
 {
 	__u64 off = 0;
 	for (int k = 0; k < TW_H2_PROBE_FRAMES; k++) {
@@ -1409,7 +1414,9 @@ static __always_inline int tw_looks_like_h2_frames(__u64 buf, __u64 len)
 		if (off + 9 > len)
 			return 0;  /* a cut frame header: not at a boundary, or not HTTP/2 */
 		__u8 h[9] = {};
-		if (tw_read_user(h, sizeof(h), (void *)(buf + off)) != 0)
+		if (k == 0)
+			__builtin_memcpy(h, first, sizeof(h));  /* the caller has read them */
+		else if (tw_read_user(h, sizeof(h), (void *)(buf + off)) != 0)
 			return 0;
 		__u32 flen = ((__u32)h[0] << 16) | ((__u32)h[1] << 8) | h[2];
 		__u32 sid = ((__u32)(h[5] & 0x7f) << 24) | ((__u32)h[6] << 16) |
@@ -1493,9 +1500,12 @@ static __always_inline struct tw_conn *tw_conn_adopt(__u64 ck, __u64 first, __u6
 	int h2 = 0;
 	if (first_len < 8)
 		return 0;
-	if (!tw_looks_like_request(first)) {
+	__u8 b[9] = {};  /* one read for both checks: most unknown fds are files (an access log) */
+	if (tw_read_user(b, first_len < 9 ? 8 : 9, (void *)first) != 0)
+		return 0;
+	if (!tw_request_line_start(b)) {
 		/* HTTP/2 frames: counted in user space, never decoded (TW_H2_F_MIDSTREAM). */
-		if (!tw_looks_like_h2_frames(first, first_len))
+		if (!tw_looks_like_h2_frames(first, first_len, b))
 			return 0;
 		h2 = 1;
 	}
