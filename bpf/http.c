@@ -131,6 +131,7 @@ struct tw_conn {
 	__u64 conn_key;         /* identity the connection was counted under */
 	__u32 side;             /* TW_SIDE_* */
 	__u32 opened;           /* counted in conn_opened */
+	__u64 open_ns;          /* start of its time under conn_key (conn_dur_ns at its close) */
 	struct tw_parser req;   /* requests: read on server side, written on client side */
 	struct tw_parser resp;  /* responses: the other direction */
 	struct tw_inflight fifo[TW_FIFO];
@@ -148,6 +149,8 @@ struct tw_conn {
 };
 _Static_assert(__builtin_offsetof(struct tw_conn, opened) ==
 	       __builtin_offsetof(struct tw_conn_head, opened), "tw_conn_head is tw_conn's prefix");
+_Static_assert(__builtin_offsetof(struct tw_conn, open_ns) ==
+	       __builtin_offsetof(struct tw_conn_head, open_ns), "tw_conn_head is tw_conn's prefix");
 
 /* Syscall arguments between enter and exit. */
 struct tw_args {
@@ -488,6 +491,14 @@ static __always_inline void tw_slow(void *ctx, struct tw_ctl *ctl, struct tw_con
 #endif
 }
 
+/* A connection's time under its conn_key ends (a close, or a WebSocket upgrade moving it). */
+static __always_inline void tw_conn_end(struct tw_agg_val *v, struct tw_conn *c, __u64 now)
+{
+	__sync_fetch_and_add(&v->conn_closed, 1);
+	if (now > c->open_ns)
+		__sync_fetch_and_add(&v->conn_dur_ns, now - c->open_ns);
+}
+
 static __always_inline __u32 tw_response_done(void *ctx, struct tw_ctl *ctl, struct tw_conn *c,
 					      struct tw_parser *p, __u64 ts, struct tw_job *j)
 {
@@ -513,11 +524,12 @@ static __always_inline __u32 tw_response_done(void *ctx, struct tw_ctl *ctl, str
 		 * the old identity and an open under the new one. */
 		struct tw_agg_val *old = tw_agg_get(ctl, c->conn_key, c->side, c, &c->req, 0);
 		if (old)
-			__sync_fetch_and_add(&old->conn_closed, 1);
+			tw_conn_end(old, c, ts);
 		struct tw_agg_val *nv = tw_agg_get(ctl, f->key, c->side, c, &c->req, 0);
 		if (nv)
 			__sync_fetch_and_add(&nv->conn_opened, 1);
 		c->conn_key = f->key;
+		c->open_ns = ts;  /* the session's own duration runs from its upgrade */
 	}
 	if (ctl->slow_ns && lat >= ctl->slow_ns)
 		tw_slow(ctx, ctl, c, f, lat, status);
@@ -1340,6 +1352,7 @@ static __always_inline struct tw_conn *tw_conn_new(__u64 ck, __u32 side)
 		return 0;
 	__builtin_memset(t, 0, sizeof(*t));
 	t->side = side;
+	t->open_ns = bpf_ktime_get_ns();
 	t->req.best_src = -1;
 	t->resp.best_src = -1;
 	t->req.cur_src = -1;
@@ -1724,7 +1737,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close)
 		if (c->opened) {
 			struct tw_agg_val *v = tw_agg_get(ctl, c->conn_key, c->side, c, &c->req, 0);
 			if (v)
-				__sync_fetch_and_add(&v->conn_closed, 1);
+				tw_conn_end(v, c, bpf_ktime_get_ns());
 		}
 	}
 	tw_conns.delete(&ck);

@@ -112,6 +112,7 @@ struct tw_agg_val {
 	__u64 lat_sum_ns;
 	__u64 conn_opened;
 	__u64 conn_closed;
+	__u64 conn_dur_ns; /* connections closed (conn_closed): their summed lifetimes */
 	__u64 hash2;       /* second, independent keyed hash of the value: detects collisions */
 	__u32 value_len;   /* bytes in value, or TW_VALUE_UNKNOWN */
 	__s32 source;      /* index of the winning source, -1 none */
@@ -127,6 +128,7 @@ struct tw_conn_head {
 	__u64 conn_key;   /* identity the connection was counted under */
 	__u32 side;       /* TW_SIDE_* */
 	__u32 opened;     /* 1 once counted in conn_opened */
+	__u64 open_ns;    /* when it started under conn_key (accept/connect, first sight, upgrade) */
 };
 
 /* A header name the parser acts on, keyed in tw_names by its seeded hash. */

@@ -77,6 +77,7 @@ class _Totals:
     latency_sum_ns: int = 0
     connections_opened: int = 0
     connections_closed: int = 0
+    connections_duration_ns: int = 0
     cpu_ns: int = 0
 
     def __post_init__(self) -> None:
@@ -341,6 +342,7 @@ class Aggregator:
             self._warn_shape("latency_buckets", len(c.latency_buckets), self._n_buckets)
         totals.connections_opened += c.connections_opened
         totals.connections_closed += c.connections_closed
+        totals.connections_duration_ns += c.connections_duration_ns
 
     def _warn_shape(self, what: str, got: int, want: int) -> None:
         # A mismatch means kernel and user space disagree on the ABI: say it once, skip the field.
@@ -363,6 +365,8 @@ class Aggregator:
                 # closed > opened happens for connections that predate the daemon
                 connections_active=max(0, t.connections_opened - t.connections_closed),
                 cpu_seconds=t.cpu_ns / NS_PER_SECOND,
+                connections_closed=t.connections_closed,
+                connection_seconds=t.connections_duration_ns / NS_PER_SECOND,
             )
             for (tenant, side), t in sorted(self._totals.items(), key=_sort_key)
         )

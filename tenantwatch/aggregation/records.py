@@ -23,6 +23,8 @@ class TenantSideStats:
     connections_opened: int
     connections_active: int
     cpu_seconds: float = 0.0  # gateway CPU charged to the tenant on this side, cumulative
+    connections_closed: int = 0
+    connection_seconds: float = 0.0  # summed lifetimes of the connections closed
 
     @property
     def requests(self) -> int:

@@ -74,6 +74,8 @@ def _tenant_entry(stats: TenantSideStats, bounds: tuple[float, ...]) -> dict[str
         "latency_sum_seconds": stats.latency_sum_seconds,
         "connections_active": stats.connections_active,
         "connections_opened": stats.connections_opened,
+        "connections_closed": stats.connections_closed,
+        "connection_seconds": stats.connection_seconds,
         "cpu_seconds": stats.cpu_seconds,
     }
 

@@ -19,6 +19,7 @@ from prometheus_client.metrics_core import (
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
+    SummaryMetricFamily,
 )
 from prometheus_client.utils import floatToGoString
 
@@ -113,6 +114,13 @@ class TenantCollector:
             "Connections opened (server: accepted by the gateway, client: opened by it)",
             labels=["tenant", "side"],
         )
+        conn_duration = SummaryMetricFamily(
+            PREFIX + "connection_duration_seconds",
+            "Lifetimes of closed connections (count: connections closed), from accept/connect "
+            "(or first sight, for one older than the daemon) to close; a WebSocket session's "
+            "from its upgrade, under the upgrade's tenant",
+            labels=["tenant", "side"],
+        )
         rejected = CounterMetricFamily(
             PREFIX + "identity_rejected_total",
             "Requests whose identity value was rejected or folded, by reason",
@@ -168,6 +176,9 @@ class TenantCollector:
                 self._add_tenant(stats, bounds, requests, durations, received, sent)
                 active.add_metric([stats.tenant, stats.side.value], stats.connections_active)
                 opened.add_metric([stats.tenant, stats.side.value], stats.connections_opened)
+                conn_duration.add_metric([stats.tenant, stats.side.value],
+                                         count_value=stats.connections_closed,
+                                         sum_value=stats.connection_seconds)
             for reason, n in sorted(snap.identity_rejected.items()):
                 rejected.add_metric([reason], n)
             if self._jwt_counts is not None:
@@ -204,6 +215,7 @@ class TenantCollector:
             sent,
             active,
             opened,
+            conn_duration,
             rejected,
             jwt_verify,
             lost,

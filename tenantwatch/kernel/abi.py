@@ -112,6 +112,7 @@ class AggVal(ct.Structure):
         ("lat_sum_ns", ct.c_uint64),
         ("conn_opened", ct.c_uint64),
         ("conn_closed", ct.c_uint64),
+        ("conn_dur_ns", ct.c_uint64),
         ("hash2", ct.c_uint64),
         ("value_len", ct.c_uint32),
         ("source", ct.c_int32),
@@ -125,7 +126,7 @@ class ConnHead(ct.Structure):
     """The prefix of a tw_conns value (struct tw_conn_head)."""
 
     _fields_ = [("cur_key", ct.c_uint64), ("conn_key", ct.c_uint64), ("side", ct.c_uint32),
-                ("opened", ct.c_uint32)]
+                ("opened", ct.c_uint32), ("open_ns", ct.c_uint64)]
 
 
 NAME_IDENTITY: int = _D["TW_NAME_IDENTITY"]

@@ -127,7 +127,8 @@ class HttpProbes:
         self._untraced: set[int] = set()  # processes that did not fit tw_targets
         self._target_words = (_pid_max() + 63) // 64
         self._bits_written: dict[int, int] = {}  # bitmap words as last written
-        self._swept_closes: dict[tuple[int, int], int] = {}  # (conn_key, side) -> closes
+        # (conn_key, side) -> [closes, their summed lifetimes in ns]
+        self._swept_closes: dict[tuple[int, int], list[int]] = {}
         self.probes: dict[str, bool] = {}
         self.window = PARSE_WINDOWS[0]  # bytes per tw_parse run, as loaded
         self.tls = tls  # uprobes on the targets' libssl (SSL_read/SSL_write ...)
@@ -365,13 +366,16 @@ class HttpProbes:
         table = self._bpf[b"tw_conns"]
         stale = [k.value for k in table if (k.value >> 32) not in live_tgids]
         buf = ct.create_string_buffer(_value_size(table))
+        now = time.monotonic_ns()  # the kernel's clock; the process ended at most a sweep ago
         for key in stale:
             k = ct.c_uint64(key)
             if lib.bpf_lookup_elem(table.map_fd, ct.byref(k), buf) == 0:
                 head = abi.ConnHead.from_buffer_copy(buf.raw[: ct.sizeof(abi.ConnHead)])
                 if head.opened:
-                    slot = (int(head.conn_key), int(head.side))
-                    self._swept_closes[slot] = self._swept_closes.get(slot, 0) + 1
+                    acc = self._swept_closes.setdefault((int(head.conn_key), int(head.side)),
+                                                        [0, 0])
+                    acc[0] += 1
+                    acc[1] += max(0, now - int(head.open_ns))
             lib.bpf_delete_elem(table.map_fd, ct.byref(k))
         return len(stale)
 
@@ -486,8 +490,8 @@ class HttpProbes:
                 raw_value=None, source_index=-1, flags=ValueFlag.NONE,
                 requests_by_class=(0,) * abi.NCLASS, request_heads=0, rx_bytes=0, tx_bytes=0,
                 latency_buckets=(0,) * nb, latency_sum_ns=0, connections_opened=0,
-                connections_closed=n)
-            for (key, side), n in self._swept_closes.items())
+                connections_closed=n, connections_duration_ns=dur)
+            for (key, side), (n, dur) in self._swept_closes.items())
         self._swept_closes.clear()
         return out
 
@@ -613,6 +617,7 @@ def _to_counts(k: abi.AggKey, v: abi.AggVal, nbounds: int,
         latency_sum_ns=int(v.lat_sum_ns),
         connections_opened=int(v.conn_opened),
         connections_closed=int(v.conn_closed),
+        connections_duration_ns=int(v.conn_dur_ns),
     )
 
 

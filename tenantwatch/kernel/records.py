@@ -54,6 +54,9 @@ class IdentityCounts:
     latency_sum_ns: int
     connections_opened: int
     connections_closed: int
+    # summed lifetimes of the connections closed (from accept/connect, first sight, or a
+    # WebSocket upgrade, to close); the kernel's CLOCK_MONOTONIC
+    connections_duration_ns: int = 0
 
 
 @dataclass(frozen=True)

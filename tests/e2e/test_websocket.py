@@ -32,6 +32,8 @@ SMUGGLED_REQUEST = b"GET /x HTTP/1.1\r\nX-Tenant-ID: evil\r\n\r\n"
 SMUGGLED_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
 ACTIVE = "tenantwatch_connections_active"
 OPENED = "tenantwatch_connections_opened_total"
+DURATION_SUM = "tenantwatch_connection_duration_seconds_sum"
+DURATION_COUNT = "tenantwatch_connection_duration_seconds_count"
 RX = "tenantwatch_http_server_received_bytes_total"
 TX = "tenantwatch_http_server_sent_bytes_total"
 
@@ -235,6 +237,35 @@ def test_upgrades_counted_per_tenant_and_connections_active(e2e_gateway, fresh_b
         assert ws_value(m, ACTIVE, tenant, "server") == 0, tenant
     assert delta(m.table(prefix), tally.before.table(prefix)) == expected
     assert delta(m.lost(), tally.before.lost()) == Counter()
+
+
+def test_session_duration_is_the_upgrade_tenants(e2e_gateway, fresh_backend, daemon, tally,
+                                                 prefix, sessions):
+    """A WebSocket session's lifetime, from its upgrade to its close, is counted under the
+    upgrade's tenant (tenantwatch_connection_duration_seconds) on both sides.  Ground truth: the
+    client holds each session open for HOLD seconds between the 101 and the close, and measures
+    from before the upgrade request to after the close."""
+    hold = 0.5
+    tenant = f"{prefix}long"
+    port = e2e_gateway.listen_port
+    windows = []
+    for _ in range(2):
+        t0 = time.monotonic()
+        s = WsSession(port, tenant)
+        sessions.append(s)
+        s.echo(b"hi")
+        time.sleep(hold)
+        s.close()
+        windows.append(time.monotonic() - t0)
+    assert wait_backend(lambda: fresh_backend.websockets_active == 0)
+    m = daemon.wait_settled(lambda m: all(
+        ws_value(m, DURATION_COUNT, tenant, side) == 2 for side in SIDES))
+    for side in SIDES:
+        assert ws_value(m, DURATION_COUNT, tenant, side) == 2, side
+        seconds = m.value(DURATION_SUM, tenant=tenant, side=side)
+        # at least the time held open; at most the client's whole window plus a tick of slack
+        # for nginx's close of its side after the client's
+        assert 2 * hold <= seconds <= sum(windows) + 1.0, (side, seconds, windows)
 
 
 def test_upstream_connection_of_upgrade_is_active_for_its_tenant(e2e_gateway, fresh_backend,

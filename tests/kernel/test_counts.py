@@ -151,6 +151,22 @@ def test_a_body_in_many_reads_is_skipped_and_its_bytes_charged(probes, server):
     assert poster.rx_bytes == len(head) + 3 * len(chunk)
 
 
+def test_a_closed_connection_counts_its_lifetime(probes, server):
+    """conn_dur_ns: accept to close, under the connection's tenant.  Ground truth: the client
+    holds it open at least HOLD seconds, and the whole exchange fits in its own window."""
+    hold = 0.3
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server)) as s:
+        _exchange(s, _req("lifetime"), 1)
+        time.sleep(hold)
+    time.sleep(0.2)  # the server sees EOF and closes its side
+    window = time.monotonic() - t0
+    c = [c for c in probes.drain().identities if c.raw_value == b"lifetime"]
+    assert sum(x.connections_closed for x in c) == 1
+    seconds = sum(x.connections_duration_ns for x in c) / 1e9
+    assert hold <= seconds <= window, (seconds, window)
+
+
 def test_non_http_bytes_are_never_a_tenant(probes, server):
     for blob in (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(40)),
                  b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"):

@@ -48,6 +48,8 @@ METRICS = {
     "tenantwatch_http_server_sent_bytes_total",
     "tenantwatch_connections_active",
     "tenantwatch_connections_opened_total",
+    "tenantwatch_connection_duration_seconds_sum",
+    "tenantwatch_connection_duration_seconds_count",
     "tenantwatch_identity_rejected_total",
     "tenantwatch_events_lost_total",
     "tenantwatch_probe_attached",

@@ -58,6 +58,7 @@ def make_counts(
     sum_ns: int = 0,
     opened: int = 0,
     closed: int = 0,
+    closed_ns: int = 0,
     raw: bytes | None = None,
     source_index: int = 0,
     flags: ValueFlag = ValueFlag.NONE,
@@ -78,6 +79,7 @@ def make_counts(
         latency_sum_ns=sum_ns,
         connections_opened=opened,
         connections_closed=closed,
+        connections_duration_ns=closed_ns,
     )
 
 

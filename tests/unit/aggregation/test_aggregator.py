@@ -149,6 +149,17 @@ def test_connections_active_is_clamped_at_zero() -> None:
     assert (s.connections_opened, s.connections_active) == (1, 0)
 
 
+def test_connection_lifetimes_add_up_per_tenant_and_side() -> None:
+    agg, _ = make_aggregator(k1=ACME)
+    agg.apply(make_tick(make_counts(1, opened=3, closed=2, closed_ns=1_500_000_000)))
+    agg.apply(make_tick(make_counts(1, closed=1, closed_ns=500_000_000),
+                        make_counts(1, Side.CLIENT, opened=1, closed=1, closed_ns=250_000_000)))
+    server = stats(agg.snapshot(False), "acme")
+    client = stats(agg.snapshot(False), "acme", Side.CLIENT)
+    assert (server.connections_closed, server.connection_seconds) == (3, 2.0)
+    assert (client.connections_closed, client.connection_seconds) == (1, 0.25)
+
+
 def test_expired_tenants_disappear_from_the_snapshot() -> None:
     agg, resolver = make_aggregator(k1=ACME, k3=GLOBEX)
     agg.apply(

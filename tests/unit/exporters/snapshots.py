@@ -26,6 +26,8 @@ ACME_SERVER = TenantSideStats(
     latency_sum_seconds=0.75,
     connections_opened=4,
     connections_active=3,
+    connections_closed=1,
+    connection_seconds=2.5,
 )
 ACME_CLIENT = TenantSideStats(
     tenant="acme",

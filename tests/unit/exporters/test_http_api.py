@@ -30,6 +30,8 @@ TENANT_KEYS = {
     "latency_sum_seconds",
     "connections_active",
     "connections_opened",
+    "connections_closed",
+    "connection_seconds",
     "cpu_seconds",
 }
 
@@ -105,6 +107,7 @@ def test_tenants(live_api: LiveApi) -> None:
     assert acme["latency_sum_seconds"] == 0.75
     assert (acme["rx_bytes"], acme["tx_bytes"]) == (1000, 20000)
     assert (acme["connections_active"], acme["connections_opened"]) == (3, 4)
+    assert (acme["connections_closed"], acme["connection_seconds"]) == (1, 2.5)
 
 
 def test_tenants_before_the_first_snapshot(live_api: LiveApi) -> None:

@@ -33,6 +33,8 @@ EXPECTED_SAMPLE_NAMES = {
     "tenantwatch_http_server_sent_bytes_total",
     "tenantwatch_connections_active",
     "tenantwatch_connections_opened_total",
+    "tenantwatch_connection_duration_seconds_count",
+    "tenantwatch_connection_duration_seconds_sum",
     "tenantwatch_identity_rejected_total",
     "tenantwatch_events_lost_total",
     "tenantwatch_cpu_seconds_total",
@@ -156,6 +158,13 @@ def test_connections_and_daemon_metrics() -> None:
     assert (
         value(samples, "tenantwatch_connections_opened_total", tenant="globex", side="server") == 1
     )
+    # a summary: _count is connections closed, _sum their lifetimes
+    assert value(samples, "tenantwatch_connection_duration_seconds_count", tenant="acme",
+                 side="server") == 1
+    assert value(samples, "tenantwatch_connection_duration_seconds_sum", tenant="acme",
+                 side="server") == 2.5
+    assert value(samples, "tenantwatch_connection_duration_seconds_count", tenant="acme",
+                 side="client") == 0
     assert value(samples, "tenantwatch_identity_rejected_total", reason="pattern") == 4
     assert value(samples, "tenantwatch_events_lost_total", reason="ringbuf_full") == 2
     assert value(samples, "tenantwatch_probe_attached", probe="http") == 1
