@@ -275,6 +275,12 @@ class OtelMetricsExporter:
         counter("connections.opened", "{connection}",
                 "Connections opened (server: accepted by the gateway, client: opened by it)",
                 _connections(active=False))
+        counter("connection.duration.sum", "s",
+                "Summed lifetimes of closed connections (the Prometheus summary's _sum)",
+                _closed_connections(seconds=True))
+        counter("connection.duration.count", "{connection}",
+                "Connections closed (the Prometheus summary's _count)",
+                _closed_connections(seconds=False))
         counter("cpu", "s", "Gateway CPU time charged to the tenant (__unattributed__: no "
                 "current request)", _cpu)
         counter("identity.rejected", "{request}",
@@ -426,6 +432,14 @@ def _connections(active: bool) -> Callable[[Snapshot], Iterator[Observation]]:
     def fn(snap: Snapshot) -> Iterator[Observation]:
         for s in snap.tenants:
             yield Observation(s.connections_active if active else s.connections_opened,
+                              {"tenant": s.tenant, "side": s.side.value})
+    return fn
+
+
+def _closed_connections(seconds: bool) -> Callable[[Snapshot], Iterator[Observation]]:
+    def fn(snap: Snapshot) -> Iterator[Observation]:
+        for s in snap.tenants:
+            yield Observation(s.connection_seconds if seconds else s.connections_closed,
                               {"tenant": s.tenant, "side": s.side.value})
     return fn
 

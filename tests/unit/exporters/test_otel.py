@@ -48,6 +48,8 @@ EXPECTED = {
     "tenantwatch.http.server.sent": ("By", "sum", {"tenant"}),
     "tenantwatch.connections.active": ("{connection}", "gauge", {"tenant", "side"}),
     "tenantwatch.connections.opened": ("{connection}", "sum", {"tenant", "side"}),
+    "tenantwatch.connection.duration.sum": ("s", "sum", {"tenant", "side"}),
+    "tenantwatch.connection.duration.count": ("{connection}", "sum", {"tenant", "side"}),
     "tenantwatch.cpu": ("s", "sum", {"tenant"}),
     "tenantwatch.identity.rejected": ("{request}", "sum", {"reason"}),
     "tenantwatch.events.lost": ("{event}", "sum", {"reason"}),
@@ -171,6 +173,12 @@ def test_names_units_attributes_and_values_match_the_snapshot(receiver, exporter
     assert v("tenantwatch.connections.opened") == {
         key(tenant="acme", side="server"): 4, key(tenant="acme", side="client"): 2,
         key(tenant="globex", side="server"): 1}
+    assert v("tenantwatch.connection.duration.sum") == {
+        key(tenant="acme", side="server"): 2.5, key(tenant="acme", side="client"): 0.0,
+        key(tenant="globex", side="server"): 0.0}
+    assert v("tenantwatch.connection.duration.count") == {
+        key(tenant="acme", side="server"): 1, key(tenant="acme", side="client"): 0,
+        key(tenant="globex", side="server"): 0}
     # CPU: summed over the sides of a tenant
     assert v("tenantwatch.cpu") == {key(tenant="acme"): 1.75, key(tenant="globex"): 0.125}
     assert v("tenantwatch.identity.rejected") == {key(reason="pattern"): 4}
