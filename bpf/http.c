@@ -1505,8 +1505,8 @@ static __always_inline int tw_h2_detect(struct tw_conn *c, __u64 first, __u64 fi
 }
 
 /* An unknown fd (a file, a pipe, or a connection older than the daemon) is tracked only
- * when its bytes start a request head, or HTTP/2 frames; the direction gives the side.  Adopted: its values
- * are not trusted before its first HTTP response (TW_F_ADOPTED). */
+ * when its bytes start a request head, or HTTP/2 frames; the direction gives the side.
+ * Adopted: its values are not trusted before its first HTTP response (TW_F_ADOPTED). */
 static __always_inline struct tw_conn *tw_conn_adopt(__u64 ck, __u64 first, __u64 first_len,
 						     __u32 is_write)
 {
