@@ -306,6 +306,12 @@ def make_cert(tmp: Path) -> tuple[Path, Path]:
     return cert, key
 
 
+def tls_listener(tmp: Path) -> dict[str, Any]:
+    """NginxGateway keyword arguments for a TLS listener with a certificate made in tmp."""
+    cert, key = make_cert(tmp)
+    return {"tls_port": free_port(), "ssl_certificate": cert, "ssl_certificate_key": key}
+
+
 def write_wrk_script(tmp: Path, path: str, host: str) -> Path:
     script = tmp / "tenants.lua"
     script.write_text(WRK_LUA % {
@@ -779,11 +785,7 @@ def main(argv: list[str] | None = None) -> int:
                 upstream.start()
                 upstream_port = upstream.listen_port
             listen = free_port()
-            tls: dict[str, Any] = {}
-            if args.tls:
-                cert, key = make_cert(tmp)
-                tls = {"tls_port": free_port(), "ssl_certificate": cert,
-                       "ssl_certificate_key": key}
+            tls = tls_listener(tmp) if args.tls else {}
             gateway = NginxGateway(
                 tmp / "nginx", listen, upstream_port, workers=args.workers,
                 extra_server="        access_log off;" if args.no_access_log else "", **tls,

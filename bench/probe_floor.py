@@ -52,8 +52,8 @@ from bench.nginx_ab import (
     add_load_arguments,
     apply_layout,
     free_port,
-    make_cert,
     run_wrk,
+    tls_listener,
     write_wrk_script,
 )
 from tenantwatch.demo.backend import Backend
@@ -204,11 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             backend.start()
             listen = free_port()
-            tls: dict[str, Any] = {}
-            if args.tls:
-                cert, key = make_cert(tmp)
-                tls = {"tls_port": free_port(), "ssl_certificate": cert,
-                       "ssl_certificate_key": key}
+            tls = tls_listener(tmp) if args.tls else {}
             gateway = NginxGateway(tmp / "nginx", listen, backend.port, workers=args.workers,
                                    **tls, **args.gateway_kwargs)
             gateway.start()
