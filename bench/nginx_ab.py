@@ -60,6 +60,7 @@ from tenantwatch.demo.gateway import NginxGateway
 
 TENANTS = ("t1", "t2", "t3", "t4")
 RATIO_GOAL = 0.95  # B keeps at least 95% of A's throughput
+TLS_RATIO_GOAL = 0.90  # the same over TLS (issue 5): six uprobe traps per request on top
 CPU_GOAL_PER_10K = 5.0  # daemon CPU, % of one core, per 10k req/s the gateway serves
 READY_TIMEOUT_S = 60.0  # BPF compile is ~4 s on this VM class; leave room for a slow, busy box
 STOP_TIMEOUT_S = 15.0  # SIGTERM -> exit (detach probes, final flush), then SIGKILL
@@ -541,7 +542,7 @@ def median(xs: list[float]) -> float | None:
     return statistics.median(xs) if xs else None
 
 
-def summarize(runs: list[Run], no_daemon: bool) -> dict[str, Any]:
+def summarize(runs: list[Run], no_daemon: bool, goal: float = RATIO_GOAL) -> dict[str, Any]:
     a = [r for r in runs if r.variant == "A"]
     b = [r for r in runs if r.variant != "A"]
     ratios, clean_ratios, dirty_rounds = [], [], []
@@ -585,10 +586,11 @@ def summarize(runs: list[Run], no_daemon: bool) -> dict[str, Any]:
         "socket_errors": sum(r.socket_errors for r in runs),
         "non_2xx": sum(r.non_2xx for r in runs),
     }
+    s["ratio_goal"] = goal
     if no_daemon:
         s["ratio_goal_met"] = s["cpu_goal_met"] = None
     else:
-        s["ratio_goal_met"] = s["median_ratio"] is not None and s["median_ratio"] >= RATIO_GOAL
+        s["ratio_goal_met"] = s["median_ratio"] is not None and s["median_ratio"] >= goal
         s["cpu_goal_met"] = (s["median_cpu_pct_per_10k"] is not None
                              and s["median_cpu_pct_per_10k"] <= CPU_GOAL_PER_10K)
     return s
@@ -601,7 +603,7 @@ def print_summary(s: dict[str, Any], runs: list[Run], no_daemon: bool) -> None:
     print(f"median rps {label_b:<2}         {fmt(s['median_rps_b'], '.0f')}")
     print(f"throughput ratio      {fmt(s['median_ratio'], '.3f')} median of {label_b}/A per round "
           f"(min {fmt(s['min_ratio'], '.3f')}, max {fmt(s['max_ratio'], '.3f')}; "
-          f"goal >= {RATIO_GOAL})")
+          f"goal >= {s['ratio_goal']})")
     if s["rounds_with_other_tracers"]:
         print(f"WARNING               rounds {s['rounds_with_other_tracers']} ran while other "
               "tracepoint BPF programs were loaded (a test suite? another daemon?); median ratio "
@@ -636,7 +638,7 @@ def print_summary(s: dict[str, Any], runs: list[Run], no_daemon: bool) -> None:
             f"{t} {100.0 * n / total:.1f}%" for t, n in sorted(tenants.items())))
     ok = "yes" if s["ratio_goal_met"] else "NO"
     ok_cpu = "yes" if s["cpu_goal_met"] else "NO"
-    print(f"goals                 ratio >= {RATIO_GOAL}: {ok}; "
+    print(f"goals                 ratio >= {s['ratio_goal']}: {ok}; "
           f"cpu <= {CPU_GOAL_PER_10K:g}% per 10k req/s: {ok_cpu}")
 
 
@@ -840,7 +842,7 @@ def main(argv: list[str] | None = None) -> int:
             if stats_was is not None:
                 BPF_STATS_SYSCTL.write_text(stats_was + "\n")
 
-    summary = summarize(runs, args.no_daemon)
+    summary = summarize(runs, args.no_daemon, TLS_RATIO_GOAL if args.tls else RATIO_GOAL)
     print_summary(summary, runs, args.no_daemon)
     if args.json:
         doc = {"args": {k: v for k, v in vars(args).items() if k != "json"},
