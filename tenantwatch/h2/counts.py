@@ -1,7 +1,7 @@
 """Per-tick counts of the HTTP/2 decoder, per (identity key, side), as kernel IdentityCounts.
 
-Takes, from the sessions, request heads, finished streams (class and latency), connection
-opens/closes and lost streams; gives at take() one IdentityCounts per (key, side) touched since
+Takes, from the sessions, request heads, finished streams (class and latency), frame bytes,
+connection opens/closes and lost streams; gives at take() one IdentityCounts per (key, side) touched since
 the previous take(), plus lost-stream counts by reason.  At most ``max_keys`` keys per tick:
 beyond, requests fold into one OVERFLOW entry, as the kernel's full identity map does.
 """
@@ -36,7 +36,8 @@ LOST_REASONS = (
 
 
 class _Acc:
-    __slots__ = ("buckets", "by_class", "closed", "heads", "ident", "lat_sum", "opened")
+    __slots__ = ("buckets", "by_class", "closed", "heads", "ident", "lat_sum", "opened", "rx",
+                 "tx")
 
     def __init__(self, ident: Identity, nbuckets: int) -> None:
         self.ident = ident
@@ -46,6 +47,8 @@ class _Acc:
         self.lat_sum = 0
         self.opened = 0
         self.closed = 0
+        self.rx = 0
+        self.tx = 0
 
 
 class TickCounts:
@@ -82,6 +85,14 @@ class TickCounts:
             acc.buckets[bisect_left(self._bounds_ns, latency_ns)] += 1
             acc.lat_sum += latency_ns
 
+    def bytes(self, ident: Identity, side: Side, n: int, received: bool) -> None:
+        """n bytes of frames the gateway received (or sent) on this side, for this identity."""
+        acc = self._acc(ident, side)
+        if received:
+            acc.rx += n
+        else:
+            acc.tx += n
+
     def opened(self, ident: Identity, side: Side) -> None:
         self._acc(ident, side).opened += 1
 
@@ -104,8 +115,8 @@ class TickCounts:
             IdentityCounts(
                 key=a.ident.key, side=side, raw_value=a.ident.raw_value if a.ident.key !=
                 OVERFLOW_KEY else None, source_index=a.ident.source_index, flags=a.ident.flags,
-                requests_by_class=tuple(a.by_class), request_heads=a.heads, rx_bytes=0,
-                tx_bytes=0, latency_buckets=tuple(a.buckets), latency_sum_ns=a.lat_sum,
+                requests_by_class=tuple(a.by_class), request_heads=a.heads, rx_bytes=a.rx,
+                tx_bytes=a.tx, latency_buckets=tuple(a.buckets), latency_sum_ns=a.lat_sum,
                 connections_opened=a.opened, connections_closed=a.closed)
             for (_, side), a in self._accs.items())
         self._accs = {}

@@ -2,8 +2,10 @@
 
 Takes the connection's H2Events (either direction, possibly out of order within a poll) and
 writes into a TickCounts: a request head when a request's header block is decoded, a finished
-stream (status class, latency) at the response's END_STREAM or an RST_STREAM, the connection's
-open (at its first request) and close.  Header blocks are decoded in order, every one of them
+stream (status class, latency) at the response's END_STREAM or an RST_STREAM, each frame's wire
+bytes (9 + its length field: a DATA payload counts though the kernel never sent it) under its
+stream's tenant, or the connection's for connection frames (SETTINGS, PING, ...), the
+connection's open (at its first request) and close.  Header blocks are decoded in order, every one of them
 (requests, responses, trailers, pushes), because HPACK's dynamic table makes each block depend on
 all earlier ones of its direction.  A seq gap, a lost event, an HPACK or framing error or an
 oversized header block breaks the connection: its streams in flight, and the later ones still
@@ -23,6 +25,7 @@ from tenantwatch.h2.frames import (
     DATA,
     FLAG_END_HEADERS,
     FLAG_END_STREAM,
+    FRAME_HEADER_LEN,
     HEADERS,
     PUSH_PROMISE,
     RST_STREAM,
@@ -77,8 +80,9 @@ class _Stream:
 
 
 class _Direction:
-    __slots__ = ("block", "block_end_stream", "block_len", "block_sid", "block_type", "decoder",
-                 "is_request", "next_seq", "pending", "splitter", "synced", "waited")
+    __slots__ = ("block", "block_end_stream", "block_len", "block_sid", "block_type",
+                 "block_wire", "decoder", "is_request", "next_seq", "pending", "splitter",
+                 "synced", "waited")
 
     def __init__(self, is_request: bool) -> None:
         self.is_request = is_request
@@ -93,6 +97,7 @@ class _Direction:
         self.block_len = 0
         self.block_type: int | None = None  # HEADERS or PUSH_PROMISE while a block is open
         self.block_sid = 0
+        self.block_wire = 0  # wire bytes of the open block's frames (its stream is known after)
         self.block_end_stream = False
 
 
@@ -232,29 +237,47 @@ class Session:
             if not d.synced:
                 return
 
+    def _charge(self, d: _Direction, sid: int, n: int) -> None:
+        """Wire bytes to the stream's tenant, else (connection frames, a stream not followed)
+        to the connection's; nothing before its first request or once it is broken."""
+        if self.broken is not None:
+            return
+        st = self._streams.get(sid)
+        ident = st.ident if st is not None else self._conn_ident
+        if ident is not None:
+            # server side: requests are received; client side: requests are sent
+            self._counts.bytes(ident, self.side, n, d.is_request == (self.side is Side.SERVER))
+
     def _frame(self, d: _Direction, f: Frame, ts_ns: int) -> None:
         t = f.type
+        wire = FRAME_HEADER_LEN + f.length
         if d.block_type is not None:  # only this block's CONTINUATIONs may come now
             if t != CONTINUATION or f.stream_id != d.block_sid:
                 self._break("h2_decode")
                 d.block_type = None
                 return
+            d.block_wire += wire
             self._fragment(d, f, ts_ns)
         elif t == HEADERS or t == PUSH_PROMISE:
             d.block_type = t
             d.block_sid = f.stream_id
             d.block_end_stream = bool(f.flags & FLAG_END_STREAM)
             d.block_len = 0
+            d.block_wire = wire
             self._fragment(d, f, ts_ns)
         elif t == DATA:
+            self._charge(d, f.stream_id, wire)
             if f.flags & FLAG_END_STREAM and not d.is_request:
                 self._complete(f.stream_id, False)
         elif t == RST_STREAM:
+            self._charge(d, f.stream_id, wire)
             self._complete(f.stream_id, True)
             if self.broken is not None and not d.is_request:
                 self._later_stream(f.stream_id, False)
         elif t == CONTINUATION:
             self._break("h2_decode")  # no block open
+        else:  # SETTINGS, PING, WINDOW_UPDATE, PRIORITY, GOAWAY, unknown types
+            self._charge(d, f.stream_id, wire)
 
     def _fragment(self, d: _Direction, f: Frame, ts_ns: int) -> None:
         fragment = f.fragment
@@ -281,10 +304,13 @@ class Session:
                 self._break("h2_decode")
             else:
                 if btype == PUSH_PROMISE:
+                    self._charge(d, sid, d.block_wire)
                     return
                 if d.is_request:
                     self._request(sid, headers, ts_ns)
+                    self._charge(d, sid, d.block_wire)
                 else:
+                    self._charge(d, sid, d.block_wire)  # before its end frees the stream
                     self._response(sid, headers, end_stream, ts_ns)
                 return
         # Broken: a new stream is still seen, and counted without a tenant.

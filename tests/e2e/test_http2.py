@@ -248,6 +248,13 @@ def test_interleaved_tenants_on_one_http2_connection(gateway, h2daemon, e2e_back
     assert not {r for r in lost if r.startswith("h2")
                 or r in ("resync", "tls_no_fd", "read_fault", "scan_budget")}, lost
     assert m.rejected()["h2_lost"] == before.rejected()["h2_lost"]
+    # Bytes per tenant from the frame headers (docs/http2.md): gamma's six 3000-byte bodies were
+    # received, though the kernel never sent them to user space; every tenant got answers.
+    def server_bytes(metrics, name: str, tenant: str) -> float:
+        return metrics.value(f"tenantwatch_http_server_{name}_bytes_total", tenant=tenant)
+    assert server_bytes(m, "received", g) - server_bytes(before, "received", g) >= 6 * 3000
+    for t in (a, b, g):
+        assert server_bytes(m, "sent", t) - server_bytes(before, "sent", t) > 0, t
 
 
 def test_grpc_through_grpc_pass_maps_grpc_status(gateway, h2daemon, prefix):

@@ -25,6 +25,8 @@ class Totals:
     latency_sum_ns: int = 0
     opened: int = 0
     closed: int = 0
+    rx_bytes: int = 0
+    tx_bytes: int = 0
 
 
 def fold(counts: Iterable[IdentityCounts], resolver: IdentityResolver | None = None,
@@ -34,7 +36,6 @@ def fold(counts: Iterable[IdentityCounts], resolver: IdentityResolver | None = N
         resolver = IdentityResolver(Tenancy(SOURCES, DEFAULT_PATTERN, (), 100, None))
     out: dict[str, Totals] = {}
     for c in counts:
-        assert c.rx_bytes == 0 and c.tx_bytes == 0
         if side is not None:
             assert c.side is side
         label = resolver.resolve(c.key, c.raw_value, c.source_index, c.flags, c.side).tenant
@@ -46,6 +47,8 @@ def fold(counts: Iterable[IdentityCounts], resolver: IdentityResolver | None = N
         for i, n in enumerate(c.latency_buckets):
             t.buckets[i] += n
         t.latency_sum_ns += c.latency_sum_ns
+        t.rx_bytes += c.rx_bytes
+        t.tx_bytes += c.tx_bytes
         t.opened += c.connections_opened
         t.closed += c.connections_closed
     return out

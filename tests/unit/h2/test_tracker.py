@@ -12,7 +12,16 @@ import pytest
 from tenantwatch.h2 import H2_UNATTRIBUTED_KEY, H2Event, H2Tracker
 from tenantwatch.kernel.records import Side, ValueFlag
 
-from .conv import MS, Conversation, closed, events, polls, request_headers, strip_data
+from .conv import (
+    MS,
+    Conversation,
+    closed,
+    events,
+    polls,
+    request_headers,
+    strip_data,
+    strip_preface,
+)
 from .summary import BOUNDS, SOURCES, fold
 
 CONN = 7 << 32 | 12
@@ -342,3 +351,53 @@ def test_no_identity_entry_and_unattributed_key() -> None:
     assert (entry.raw_value, entry.source_index, entry.flags) == (b"", -1,
                                                                   ValueFlag.NO_IDENTITY)
     assert entry.key != H2_UNATTRIBUTED_KEY and entry.requests_by_class[1] == 1
+
+
+def _expected_bytes(c: Conversation, tenant_of: dict[int, str]) -> dict[str, list[int]]:
+    """What Session charges, worked out from the raw frames: each frame's wire size (9 + its
+    length) to its stream's tenant while the stream is open (from its request HEADERS to the
+    response's END_STREAM or an RST_STREAM), else to the connection's first tenant once there
+    is one.  Server side: client -> server frames are received [0], the others sent [1]."""
+    chunks = [(ts, 0, d) for ts, d in strip_preface(c.c2s)] + [(ts, 1, d) for ts, d in c.s2c]
+    chunks.sort(key=lambda x: (x[0], x[1]))
+    out: dict[str, list[int]] = {}
+    open_streams: set[int] = set()
+    conn = None
+    for _, direction, data in chunks:
+        pos = 0
+        while pos < len(data):
+            length = int.from_bytes(data[pos:pos + 3], "big")
+            ftype, flags, sid = data[pos + 3], data[pos + 4], int.from_bytes(
+                data[pos + 5:pos + 9], "big") & 0x7FFFFFFF
+            pos += 9 + length
+            if direction == 0 and ftype == 1 and sid not in open_streams and sid in tenant_of:
+                open_streams.add(sid)
+                conn = conn or tenant_of[sid]
+            owner = tenant_of[sid] if sid in open_streams else conn
+            if owner is not None:
+                out.setdefault(owner, [0, 0])[direction] += 9 + length
+            ends = (direction == 1 and flags & 0x1 and ftype in (0, 1)) or ftype == 3
+            if ends:
+                open_streams.discard(sid)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_frame_bytes_go_to_each_streams_tenant(seed: int) -> None:
+    """rx/tx bytes: every frame's wire size, DATA payloads included though the kernel never sent
+    them, under the tenant of its stream; connection frames under the connection's first
+    tenant; nothing before the first request."""
+    c = Conversation()
+    tenant_of = {}
+    for _ in range(2):
+        a = c.request(request_headers("t1"))
+        b = c.request(request_headers("t2", path="/up", method="POST"), body=b"x" * 3000)
+        tenant_of[a], tenant_of[b] = "t1", "t2"
+        c.respond(b, 200, body=b"y" * 5000)
+        c.respond(a, 404, body=b"nope")
+    evs = c.kernel_events(CONN, random.Random(seed))
+    evs.append(closed(CONN))
+    got = fold(run(evs, seed).take())
+    want = _expected_bytes(c, tenant_of)
+    assert {t: [v.rx_bytes, v.tx_bytes] for t, v in got.items()} == want
+    assert want["t2"][0] > 2 * 3000 and want["t2"][1] > 2 * 5000  # the bodies are in
