@@ -124,6 +124,11 @@ def stack(tmp_path_factory, nginx_binary):
         port = _free_port()
         daemon = Daemon(work / "daemon", port, CONFIG.format(
             port=port, nginx=NGINX_COMM, backend=BACKEND_COMM)).start()
+        # /readyz says the probes are attached; the first detection result comes a tick later
+        # (until then /api/v1/hotspots answers 503 "no detection result yet").
+        deadline = time.monotonic() + 15
+        while daemon.get_json("/api/v1/hotspots")[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
         yield gw, daemon
     finally:
         if daemon is not None and daemon.proc is not None and daemon.proc.poll() is None:
