@@ -189,13 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench/probe_floor.py must run as root (BPF)", file=sys.stderr)
         return 2
+    signal.signal(signal.SIGTERM, _term)
+    if args.syscalls:  # no nginx, no wrk
+        return syscall_costs(args.rounds)
     wrk = shutil.which("wrk")
     if wrk is None:
         print("wrk not found on PATH (sudo make deps)", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _term)
-    if args.syscalls:
-        return syscall_costs(args.rounds)
     rps: dict[str, list[float]] = {v: [] for v in args.variants}
     with tempfile.TemporaryDirectory(prefix="tw-floor-") as tmpdir:
         tmp = Path(tmpdir)

@@ -271,16 +271,16 @@ class OtelMetricsExporter:
                 _server_bytes(rx=False))
         gauge("connections.active", "{connection}",
               "Connections open now (opened minus closed since start, at least 0)",
-              _connections(active=True))
+              _per_tenant_side("connections_active"))
         counter("connections.opened", "{connection}",
                 "Connections opened (server: accepted by the gateway, client: opened by it)",
-                _connections(active=False))
+                _per_tenant_side("connections_opened"))
         counter("connection.duration.sum", "s",
                 "Summed lifetimes of closed connections (the Prometheus summary's _sum)",
-                _closed_connections(seconds=True))
+                _per_tenant_side("connection_seconds"))
         counter("connection.duration.count", "{connection}",
                 "Connections closed (the Prometheus summary's _count)",
-                _closed_connections(seconds=False))
+                _per_tenant_side("connections_closed"))
         counter("cpu", "s", "Gateway CPU time charged to the tenant (__unattributed__: no "
                 "current request)", _cpu)
         counter("identity.rejected", "{request}",
@@ -428,19 +428,11 @@ def _server_bytes(rx: bool) -> Callable[[Snapshot], Iterator[Observation]]:
     return fn
 
 
-def _connections(active: bool) -> Callable[[Snapshot], Iterator[Observation]]:
+def _per_tenant_side(field: str) -> Callable[[Snapshot], Iterator[Observation]]:
+    """One point per (tenant, side): the TenantSideStats field `field`."""
     def fn(snap: Snapshot) -> Iterator[Observation]:
         for s in snap.tenants:
-            yield Observation(s.connections_active if active else s.connections_opened,
-                              {"tenant": s.tenant, "side": s.side.value})
-    return fn
-
-
-def _closed_connections(seconds: bool) -> Callable[[Snapshot], Iterator[Observation]]:
-    def fn(snap: Snapshot) -> Iterator[Observation]:
-        for s in snap.tenants:
-            yield Observation(s.connection_seconds if seconds else s.connections_closed,
-                              {"tenant": s.tenant, "side": s.side.value})
+            yield Observation(getattr(s, field), {"tenant": s.tenant, "side": s.side.value})
     return fn
 
 
