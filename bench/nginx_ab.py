@@ -92,6 +92,75 @@ request = function()
 end
 """
 
+# --heads browser: what a browser-facing API gateway sees (issue 11).  Request heads of about
+# 900 bytes (a ~400-byte session cookie, the usual browser headers, a request id, the tenant,
+# a query string), answered by the untraced upstream nginx with a ~350-byte response head and
+# a 1 KiB JSON body; the gateway proxies both ways, so each head crosses the daemon's parser
+# twice (client -> gateway -> upstream, and back).
+BROWSER_PATH = "/api/v1/orders"
+BROWSER_QUERY = "?page=2&limit=50&sort=-created_at&fields=id,status,total,currency,items"
+BROWSER_UA = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+              "Chrome/124.0.0.0 Safari/537.36")
+BROWSER_ACCEPT = ("text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,"
+                  "application/json;q=0.8,*/*;q=0.7")
+BROWSER_COOKIE = ("session=eyJ1c2VyIjoiYWxpY2UiLCJyb2xlcyI6WyJhZG1pbiJdLCJleHAiOjE3MzAwMDAwMDB9"
+                  ".c2lnbmF0dXJlLXBsYWNlaG9sZGVyLXNpZ25hdHVyZQ; _ga=GA1.2.1234567890.1712345678; "
+                  "_gid=GA1.2.987654321.1712345678; csrftoken=Zx8vK2mQ9pL4nR7sT1uW3yB6dF0hJ5kX; "
+                  "prefs=theme%3Ddark%26lang%3Den-US%26tz%3DEurope%252FBerlin; "
+                  "ab_test=checkout_v2%3Dvariant_b%7Csearch_v3%3Dcontrol; "
+                  "consent=analytics%3A1%2Cmarketing%3A0%2Cfunctional%3A1")
+BROWSER_REQUESTS_PER_TENANT = 8  # distinct request ids per tenant (precomputed in wrk's Lua)
+BROWSER_JSON = (
+    '{"data":[' + ",".join(
+        '{"id":"ord_%04d","status":"shipped","total":%d.%02d,"currency":"EUR","items":3}'
+        % (i, 40 + i, i % 100) for i in range(12)) + '],"page":2,"limit":50}')
+BROWSER_UPSTREAM = (
+    "        location /api/ {\n"
+    "            default_type application/json;\n"
+    '            add_header Cache-Control "private, no-cache, no-store, max-age=0, '
+    'must-revalidate";\n'
+    "            add_header ETag '\"W/5f3c9a1e-4b2c-8d7f\"';\n"
+    '            add_header Vary "Accept-Encoding, Origin, Authorization";\n'
+    '            add_header Strict-Transport-Security "max-age=31536000; includeSubDomains; '
+    'preload";\n'
+    "            add_header X-Request-ID $http_x_request_id;\n"
+    "            add_header X-Content-Type-Options nosniff;\n"
+    "            return 200 '%s';\n"
+    "        }\n"
+    "        access_log off;") % BROWSER_JSON
+
+WRK_BROWSER_LUA = """\
+-- written by bench/nginx_ab.py --heads browser: ~900-byte browser request heads, tenants
+-- rotating, a few request ids per tenant (precomputed: wrk's CPU stays on the load).
+local tenants = {%(tenants)s}
+local requests = {}
+local i = 0
+
+init = function(args)
+  for k, t in ipairs(tenants) do
+    for r = 1, %(per_tenant)d do
+      local rid = string.format("%%08x-%%04x-4%%03x-a%%03x-%%012x", k * 7919 + r, r, k, r, k * r)
+      requests[#requests + 1] = wrk.format("GET", "%(path)s", {
+        ["Host"] = "%(host)s",
+        ["User-Agent"] = "%(ua)s",
+        ["Accept"] = "%(accept)s",
+        ["Accept-Language"] = "en-US,en;q=0.9,de;q=0.8",
+        ["Accept-Encoding"] = "gzip, deflate, br",
+        ["Referer"] = "https://app.example.com/orders?view=list&filter=open",
+        ["Cookie"] = "%(cookie)s",
+        ["X-Request-ID"] = rid,
+        ["X-Tenant-ID"] = t,
+      })
+    end
+  end
+end
+
+request = function()
+  i = i %% #requests + 1
+  return requests[i]
+end
+"""
+
 DAEMON_CONFIG = """\
 # written by bench/nginx_ab.py
 listen: "127.0.0.1:%(port)d"
@@ -313,11 +382,17 @@ def tls_listener(tmp: Path) -> dict[str, Any]:
     return {"tls_port": free_port(), "ssl_certificate": cert, "ssl_certificate_key": key}
 
 
-def write_wrk_script(tmp: Path, path: str, host: str) -> Path:
+def write_wrk_script(tmp: Path, path: str, host: str, heads: str = "small") -> Path:
     script = tmp / "tenants.lua"
-    script.write_text(WRK_LUA % {
-        "tenants": ", ".join(f'"{t}"' for t in TENANTS), "path": path, "host": host,
-    })
+    tenants = ", ".join(f'"{t}"' for t in TENANTS)
+    if heads == "browser":
+        script.write_text(WRK_BROWSER_LUA % {
+            "tenants": tenants, "path": path, "host": host, "ua": BROWSER_UA,
+            "accept": BROWSER_ACCEPT, "cookie": BROWSER_COOKIE,
+            "per_tenant": BROWSER_REQUESTS_PER_TENANT,
+        })
+    else:
+        script.write_text(WRK_LUA % {"tenants": tenants, "path": path, "host": host})
     return script
 
 
@@ -686,6 +761,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tls", action="store_true",
                    help="wrk over HTTPS (keep-alive) to a TLS listener of the same nginx; the "
                         "daemon sees the plaintext through its libssl uprobes")
+    add_heads_argument(p)
     p.add_argument("--warmup", type=float, default=2, help="seconds of wrk before round 1 [2]")
     p.add_argument("--json", metavar="FILE", help="write runs and summary as JSON")
     p.add_argument("--tenantwatch", metavar="PATH", default=default_tenantwatch(),
@@ -703,6 +779,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--check", action="store_true", help="exit 1 when a goal is missed")
     args = p.parse_args(argv)
     args.gateway_kwargs = apply_layout(args, p)
+    if args.heads == "browser":
+        args.upstream = "nginx"
+        if args.path == "/direct":
+            args.path = BROWSER_PATH + BROWSER_QUERY
     if args.rounds < 1 or args.seconds <= 0 or args.connections < 1 or args.threads < 1:
         p.error("--rounds, --seconds, --connections and --threads must be positive")
     if args.connections < args.threads:
@@ -741,6 +821,27 @@ def apply_layout(args: argparse.Namespace, p: argparse.ArgumentParser) -> dict[s
     return {"cpu_affinity": "1" + "0" * (cpus - 1)}
 
 
+def start_upstream(tmp: Path, backend_port: int, heads: str) -> NginxGateway:
+    """A second nginx under another name (comm), so the daemon does not trace it: `/up` answers
+    "ok", or with --heads browser `/api/` answers the browser-sized response head and JSON."""
+    link = tmp / "tw-bench-upstream"
+    link.symlink_to(Path(shutil.which("nginx") or "/usr/sbin/nginx").resolve())
+    upstream = NginxGateway(
+        tmp / "upstream", free_port(), backend_port, workers=1, nginx=str(link),
+        extra_server=BROWSER_UPSTREAM if heads == "browser" else
+        '        location = /up { return 200 "ok\\n"; }\n        access_log off;')
+    upstream.start()
+    return upstream
+
+
+def add_heads_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--heads", choices=("small", "browser"), default="small",
+                   help="small: wrk's minimal heads (~60 bytes); browser: ~900-byte browser "
+                        "request heads proxied to the untraced upstream nginx, which answers "
+                        "with a ~350-byte head and 1 KiB of JSON (implies --upstream nginx and "
+                        f"--path {BROWSER_PATH}{BROWSER_QUERY}) [small]")
+
+
 def _term(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt  # run the finally blocks
 
@@ -777,14 +878,7 @@ def main(argv: list[str] | None = None) -> int:
             backend.start()
             upstream_port = backend.port
             if args.upstream == "nginx":
-                # A second nginx under another name (comm), so the daemon does not trace it.
-                link = tmp / "tw-bench-upstream"
-                link.symlink_to(Path(shutil.which("nginx") or "/usr/sbin/nginx").resolve())
-                upstream = NginxGateway(
-                    tmp / "upstream", free_port(), backend.port, workers=1, nginx=str(link),
-                    extra_server='        location = /up { return 200 "ok\\n"; }\n'
-                                 "        access_log off;")
-                upstream.start()
+                upstream = start_upstream(tmp, backend.port, args.heads)
                 upstream_port = upstream.listen_port
             listen = free_port()
             tls = tls_listener(tmp) if args.tls else {}
@@ -805,11 +899,12 @@ def main(argv: list[str] | None = None) -> int:
             ctx = {
                 "gateway": gateway, "tmp": tmp, "wrk": wrk, "tenantwatch": args.tenantwatch,
                 "config": config, "daemon_port": daemon_port,
-                "script": write_wrk_script(tmp, args.path, host),
+                "script": write_wrk_script(tmp, args.path, host, args.heads),
                 "url": f"{scheme}://{host}{args.path}",
             }
             env = environment(wrk, gateway)
-            print(f"nginx {args.workers} workers on {scheme}://{host}{args.path}; wrk -t{args.threads} "
+            print(f"nginx {args.workers} workers on {scheme}://{host}{args.path}; {args.heads} heads; "
+                  f"wrk -t{args.threads} "
                   f"-c{args.connections} -d{args.seconds:g}s, tenants {','.join(TENANTS)}; "
                   f"layout {args.layout}; "
                   f"{args.rounds} rounds; {env['cpus']} CPUs, kernel {env['kernel']}",

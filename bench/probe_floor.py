@@ -48,11 +48,15 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.nginx_ab import (
+    BROWSER_PATH,
+    BROWSER_QUERY,
     BenchError,
+    add_heads_argument,
     add_load_arguments,
     apply_layout,
     free_port,
     run_wrk,
+    start_upstream,
     tls_listener,
     write_wrk_script,
 )
@@ -124,6 +128,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=5, help="rounds of each variant [5]")
     p.add_argument("--seconds", type=float, default=5, help="seconds per wrk run [5]")
     add_load_arguments(p)
+    add_heads_argument(p)
     p.add_argument("--syscalls", action="store_true",
                    help="ns per syscall of an untraced process under each variant, no nginx")
     p.add_argument("--tls", action="store_true",
@@ -201,17 +206,24 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmpdir)
         backend = Backend()
         gateway: NginxGateway | None = None
+        upstream: NginxGateway | None = None
         try:
             backend.start()
+            upstream_port = backend.port
+            path = "/direct"
+            if args.heads == "browser":  # the same proxying workload as nginx_ab --heads browser
+                upstream = start_upstream(tmp, backend.port, args.heads)
+                upstream_port = upstream.listen_port
+                path = BROWSER_PATH + BROWSER_QUERY
             listen = free_port()
             tls = tls_listener(tmp) if args.tls else {}
-            gateway = NginxGateway(tmp / "nginx", listen, backend.port, workers=args.workers,
+            gateway = NginxGateway(tmp / "nginx", listen, upstream_port, workers=args.workers,
                                    **tls, **args.gateway_kwargs)
             gateway.start()
             tgids = gateway.our_pids()
             scheme, port = ("https", gateway.tls_port) if args.tls else ("http", listen)
-            url = f"{scheme}://127.0.0.1:{port}/direct"
-            script = write_wrk_script(tmp, "/direct", f"127.0.0.1:{listen}")
+            url = f"{scheme}://127.0.0.1:{port}{path}"
+            script = write_wrk_script(tmp, path, f"127.0.0.1:{listen}", args.heads)
             print(f"nginx {args.workers} workers, {url}; wrk -t{args.threads} "
                   f"-c{args.connections} -d{args.seconds:g}s; layout {args.layout}; "
                   f"{args.rounds} rounds")
@@ -237,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if gateway is not None:
                 gateway.stop()
+            if upstream is not None:
+                upstream.stop()
             backend.stop()
     print(f"\n{'variant':<12} {'median req/s':>12} {'ratio':>6}  (median of per-round ratios)")
     for v in args.variants:

@@ -4,8 +4,10 @@
  * exit, hand the bytes that really moved to tw_parse, a streaming HTTP/1.x parser
  * whose state lives in the connection's map entry (not in registers), so the
  * verifier sees one state per loop iteration.  tw_parse handles one window of
- * TW_WINDOW bytes per run and tail-calls itself for the next window; message
- * bodies are skipped by arithmetic, never scanned.
+ * up to TW_READ bytes in up to TW_ITERS steps per run and tail-calls itself for the
+ * rest.  Bytes with nothing to do (uninteresting header lines, request targets, reason
+ * phrases) are skipped a word at a time; header names are compared a word at a time
+ * against the few the parser acts on; message bodies are skipped by arithmetic.
  *
  * Per request the kernel: finds the configured identity headers, hashes the
  * winning value with two secret-seeded hashes, counts the request in the active
@@ -23,15 +25,22 @@
 #ifndef TW_MAX_CONNS
 #define TW_MAX_CONNS 65536
 #endif
-/* Bytes parsed per tw_parse run.  Verification costs ~3.5k instructions per byte
- * of window (measured, kernel 6.18): 256 -> ~900k of the 1M limit, 512 fails.
- * A power of two so the index can be masked. */
-#ifndef TW_WINDOW
-#define TW_WINDOW 256
+/* Loop iterations per tw_parse run: one iteration is one DFA byte, a header line's name
+ * compared a word at a time, or up to 32 bytes skipped four words a step.  Verification
+ * costs the iterations times the paths through one; the loader tries TW_ITERS from large
+ * to small (older verifiers prune less).  A power of two. */
+#ifndef TW_ITERS
+#define TW_ITERS 256
 #endif
-/* Tail calls per syscall: the kernel allows 33.  A run ends at its window, at a
- * head end and at a body start, so one syscall parses up to 32 windows (8 KiB of
- * message heads) or 32 messages; the rest is counted lost(scan_budget). */
+/* Bytes of a bearer token value tw_token hashes per run (a byte loop, no DFA). */
+#define TW_TOKEN_RUN (4 * TW_ITERS)
+/* Bytes read from user memory per run (a power of two): the word steps take a run far
+ * past TW_ITERS bytes; a run ends at its window, its iterations, a head end or a body. */
+#define TW_READ 2048
+/* Tail calls per syscall: the kernel allows 33.  A run ends at its window or its
+ * iterations, at a head end and at a body start, so one syscall parses up to 32 runs
+ * (docs/limits.md: the head bytes that makes) or 32 messages; the rest is counted
+ * lost(scan_budget). */
 #define TW_MAX_TAILS 32
 /* Distinct identities per tick (both sides).  4096 covers max_tenants=1000 with
  * room for claimed junk values; a flood beyond it folds into __other__. */
@@ -145,6 +154,8 @@ struct tw_conn {
 	__u32 h2seq[2];         /* next tw_h2_event seq, by is_req */
 	__u32 h2mid;            /* HTTP/2 seen mid-stream (older than the daemon): TW_H2_F_MIDSTREAM */
 	__u64 h2id;             /* this HTTP/2 connection's id in events: fds are reused at once */
+	__u32 req_hold;         /* requests resync only after a response ends the exchange (tw_resync) */
+	__u32 _pad2;
 	__u8 h2hdr[2][32];      /* a frame header being collected, by is_req (9 bytes used) */
 };
 _Static_assert(__builtin_offsetof(struct tw_conn, opened) ==
@@ -182,6 +193,8 @@ struct tw_job {
 	__u32 emit;      /* a new token to send (tw_token_emit) before parsing on */
 	__u64 emit_key;  /* its identity key */
 	__u32 emit_len;  /* its length */
+	__u32 wpos;      /* tw_parse: position in the current window */
+	__u32 opaque;    /* tw_opaque */
 	__u32 _pad;
 };
 
@@ -226,12 +239,13 @@ BPF_HASH(tw_agg1, struct tw_agg_key, struct tw_agg_val, TW_MAX_IDENTITIES);
 BPF_PERCPU_ARRAY(tw_lost, __u64, TW_LOST_MAX);
 BPF_PERCPU_ARRAY(tw_jobs, struct tw_job, 1);
 struct tw_window {
-	__u8 b[TW_WINDOW];
+	__u8 b[TW_READ + 32];  /* room for the word loads past the last byte read */
 };
 BPF_PERCPU_ARRAY(tw_scratch, struct tw_window, 1);
 BPF_PERCPU_ARRAY(tw_val_tmpl, struct tw_agg_val, 1);
 BPF_PERCPU_ARRAY(tw_conn_tmpl, struct tw_conn, 1);
 BPF_ARRAY(tw_dfa, struct tw_dfa, 1);
+BPF_ARRAY(tw_pfx, struct tw_pfx, 1);
 BPF_PROG_ARRAY(tw_progs, TW_NPROGS);
 /* The same programs loaded as kprobe-type for the TLS uprobes (a tail call needs the
  * caller's program type): the loader copies the TW_TAIL_PROGRAMS section with
@@ -539,6 +553,17 @@ static __always_inline __u32 tw_response_done(void *ctx, struct tw_ctl *ctl, str
 
 /* ---------------------------------------------------------------- parser */
 
+/* The parser lost its place in this direction: it waits for bytes that start a message
+ * (tw_job_start).  For requests it waits longer: until a response head has ended with no
+ * request left in flight.  Until then the bytes may be the body of a request whose end it
+ * could not see, and a body must never become a request (a forged head in it would count). */
+static __always_inline void tw_resync(struct tw_conn *c, struct tw_parser *p, int is_req)
+{
+	p->state = TW_S_RESYNC;
+	if (is_req)
+		c->req_hold = 1;
+}
+
 static __always_inline void tw_message_reset(struct tw_parser *p, int is_req)
 {
 	p->state = is_req ? TW_S_RQ0 : TW_S_RS0;
@@ -568,7 +593,7 @@ static __always_inline void tw_head_end(void *ctx, struct tw_ctl *ctl, struct tw
 		if (mflags & M_BAD_CLEN) {
 			/* Conflicting or malformed Content-Length: where the body ends is unknown. */
 			tw_lose(TW_LOST_RESYNC);
-			p->state = TW_S_RESYNC;
+			tw_resync(c, p, is_req);
 		} else if (mflags & M_CHUNKED) {
 			p->state = TW_S_CS;
 		} else if ((mflags & M_CLEN) && clen > 0) {
@@ -580,6 +605,8 @@ static __always_inline void tw_head_end(void *ctx, struct tw_ctl *ctl, struct tw
 	__u32 status = p->status;
 	__u32 req_flags = tw_response_done(ctx, ctl, c, p, j->ts_ns, j);
 	tw_message_reset(p, 0);
+	if (c->fifo_head == c->fifo_tail && (status >= 200 || status == 101))
+		c->req_hold = 0;  /* the exchange is over: the next request bytes start a head */
 	if (status == 101) {
 		/* Upgraded (WebSocket ...): what follows is not HTTP/1.x. */
 		p->state = TW_S_DEAD;
@@ -591,7 +618,7 @@ static __always_inline void tw_head_end(void *ctx, struct tw_ctl *ctl, struct tw
 		return;
 	if (mflags & M_BAD_CLEN) {
 		tw_lose(TW_LOST_RESYNC);
-		p->state = TW_S_RESYNC;
+		tw_resync(c, p, is_req);
 	} else if (mflags & M_CHUNKED) {
 		p->state = TW_S_CS;
 	} else if (mflags & M_CLEN) {
@@ -632,36 +659,28 @@ static __always_inline void tw_header_end(struct tw_parser *p)
 	}
 }
 
-/* Classify a header name that ended with ':' (one hash lookup, no loop). */
-static __always_inline void tw_header_name(struct tw_ctl *ctl, struct tw_parser *p, int is_req,
-					   __u32 side)
+/* Set up the header line whose name is of `kind` (TW_NAME_*, 0 for none) with the identity
+ * sources src2[side]; the value's hashes start from the seeds. */
+static __always_inline void tw_header_kind(struct tw_ctl *ctl, struct tw_parser *p, int is_req,
+					   __u32 side, __u32 kind, __s32 src)
 {
-	__u64 h = p->h1;
-	__u32 len = p->pos;
 	p->hkind = H_OTHER;
 	p->cur_src = -1;
-	struct tw_name *nm = 0;
-	tw_barrier_var(len);
-	if (len <= TW_NAME_MAX && (ctl->name_first[len] & (1u << (p->name0 & 31))))
-		nm = tw_names.lookup(&h);
-	if (nm && nm->len == len) {
-		if (nm->kind == H_IDENTITY) {
-			__s32 src = nm->source[side & 1];
-			if (is_req && src >= 0) {
-				p->hkind = H_IDENTITY;
-				p->cur_src = src;
-				p->vtoken = (ctl->token_sources >> (src & 31)) & 1;
-			}
-		} else if (nm->kind == H_CLEN) {
-			p->hkind = H_CLEN;
-			if (p->mflags & M_CLEN)
-				p->mflags |= M_BAD_CLEN;  /* repeated: refuse to guess */
-			p->mflags |= M_CLEN;
-			p->num = 0;
-		} else if (nm->kind == H_TE) {
-			p->hkind = H_TE;
-			p->word = 0;
+	if (kind == H_IDENTITY) {
+		if (is_req && src >= 0) {
+			p->hkind = H_IDENTITY;
+			p->cur_src = src;
+			p->vtoken = (ctl->token_sources >> (src & 31)) & 1;
 		}
+	} else if (kind == H_CLEN) {
+		p->hkind = H_CLEN;
+		if (p->mflags & M_CLEN)
+			p->mflags |= M_BAD_CLEN;  /* repeated: refuse to guess */
+		p->mflags |= M_CLEN;
+		p->num = 0;
+	} else if (kind == H_TE) {
+		p->hkind = H_TE;
+		p->word = 0;
 	}
 	p->h1 = ctl->seed1;
 	p->h2 = ctl->seed2;
@@ -669,6 +688,70 @@ static __always_inline void tw_header_name(struct tw_ctl *ctl, struct tw_parser 
 	p->vflags = 0;
 	if (p->hkind != H_IDENTITY)
 		p->vtoken = 0;
+}
+
+/* Classify a header name that ended with ':' (the byte-wise path: one hash lookup). */
+static __always_inline void tw_header_name(struct tw_ctl *ctl, struct tw_parser *p, int is_req,
+					   __u32 side)
+{
+	__u64 h = p->h1;
+	__u32 len = p->pos;
+	struct tw_name *nm = 0;
+	tw_barrier_var(len);
+	if (len <= TW_NAME_MAX && (ctl->name_first[len] & (1u << (p->name0 & 31))))
+		nm = tw_names.lookup(&h);
+	if (nm && nm->len == len)
+		tw_header_kind(ctl, p, is_req, side, nm->kind, nm->source[side & 1]);
+	else
+		tw_header_kind(ctl, p, is_req, side, 0, -1);
+}
+
+/* Which candidate of tw_pfx the header line starting with words w0..w2 names: its index when
+ * the name is whole in the words, TW_PFX_SLOW when only its first TW_PFX_BYTES matched (the
+ * line goes through the byte-wise path), TW_PFX_NONE when none matches.  Whether the
+ * candidate applies to this side and direction is the caller's test (a name that does not
+ * apply names an uninteresting line): a per-candidate test of the `use` bits here is hoisted
+ * by clang into spilled constants that the verifier then tells apart, path by path. */
+#define TW_PFX_NONE 0xffu
+#define TW_PFX_SLOW 0xfeu
+static __always_inline __u32 tw_line_candidate(struct tw_pfx *x, __u64 w0, __u64 w1, __u64 w2)
+{
+	for (__u32 i = 0; i < TW_NPFX; i++) {
+		if (((w0 | x->fold[i][0]) & x->mask[i][0]) != x->want[i][0] ||
+		    ((w1 | x->fold[i][1]) & x->mask[i][1]) != x->want[i][1] ||
+		    ((w2 | x->fold[i][2]) & x->mask[i][2]) != x->want[i][2])
+			continue;
+		return x->exact[i] ? i : TW_PFX_SLOW;
+	}
+	return TW_PFX_NONE;
+}
+
+/* SWAR: 0x80 in each byte of w that is '\n' (exact for the lowest one, which is all the
+ * callers use); with `target` also every byte <= ' ' and DEL (what ends a request target). */
+static __always_inline __u64 tw_stop_bytes(__u64 w, __u64 target)
+{
+	const __u64 ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+	__u64 y = w ^ (ones * '\n');
+	__u64 m = (y - ones) & ~y;
+	__u64 z = w ^ (ones * 0x7f);
+	__u64 t = ((w - ones * 0x21) & ~w) | ((z - ones) & ~z);
+	return (m | (t & target)) & highs;
+}
+
+/* v, through the job's memory: the verifier cannot know the value read back.  Paths of one
+ * loop iteration that set different constants (a state, a candidate) then end in the same
+ * verifier state and are pruned as one, instead of being explored on to the loop's end each. */
+static __always_inline __u32 tw_opaque(struct tw_job *j, __u32 v)
+{
+	*(volatile __u32 *)&j->opaque = v;
+	return *(volatile __u32 *)&j->opaque;
+}
+
+/* Index of the lowest byte flagged 0x80 in m (m != 0). */
+static __always_inline __u32 tw_first_flag(__u64 m)
+{
+	__u64 b = m & (~m + 1);
+	return ((((b >> 7) - 1) & 0x0101010101010101ull) * 0x0101010101010101ull) >> 56;
 }
 
 /* One byte of a header value, for the kind of header it is. */
@@ -835,10 +918,10 @@ int tw_parse(void *ctx)
 	__u64 avail = j->seg_len - j->seg_off;
 	if (avail > j->remaining)
 		avail = j->remaining;
-	__u32 n = avail > TW_WINDOW ? TW_WINDOW : (__u32)avail;
+	__u32 n = avail > TW_READ ? TW_READ : (__u32)avail;
 	if (n == 0)
 		goto done;
-	if (tw_read_user(buf, n & (TW_WINDOW - 1) ? n & (TW_WINDOW - 1) : TW_WINDOW,
+	if (tw_read_user(buf, n & (TW_READ - 1) ? n & (TW_READ - 1) : TW_READ,
 			 (void *)(j->buf + j->seg_off)) != 0) {
 		tw_lose(TW_LOST_READ_FAULT);
 		j->remaining = 0;
@@ -847,6 +930,14 @@ int tw_parse(void *ctx)
 	struct tw_dfa *d = tw_dfa.lookup(&zero);
 	if (!d)
 		goto done;
+	struct tw_pfx *x = tw_pfx.lookup(&zero);
+	if (!x)
+		goto done;
+	__u32 ui = ((c->side & 1) << 1) | (is_req & 1);
+	/* More of this segment follows the window: a header line starting too close to the
+	 * window's end for the word compare ends the run there, so the next window starts
+	 * with it. */
+	int more = avail > n;
 	__u32 used = n;
 	__u32 event = 0;
 	__u32 from = 0;
@@ -857,17 +948,80 @@ int tw_parse(void *ctx)
 	 * (p->h1/p->pos are written at the name's end, or when a window ends inside it). */
 	__u64 h = p->h1;
 	__u32 npos = p->pos & 0xffff;
+	/* The position in the window lives in the job (map memory), not in a register: each
+	 * iteration reads it back as a value the verifier knows nothing of, so the paths through
+	 * one iteration (a word step, a line skipped, a byte of the DFA) end in the same state
+	 * and are pruned, instead of multiplying by the positions they reached. */
+	j->wpos = 0;
+	/* A line end after the last byte read: the word steps stop there at the latest. */
+	if (n <= TW_READ)
+		buf[n] = '\n';
 	tw_barrier_var(n);
-	for (__u32 i = 0; i < TW_WINDOW; i++) {
-		tw_barrier_var(i);  /* keep the i < TW_* exit: 6.1 cannot bound i == n */
-		if (i >= n)
+	for (__u32 it = 0; it < TW_ITERS; it++) {
+		__u32 pos = *(volatile __u32 *)&j->wpos;
+		if (pos >= n)
 			break;
-		__u8 ch = buf[i];
+		/* Every path of the last iteration starts this one alike (tw_opaque): the tests
+		 * below would otherwise leave a known state on some, and the verifier would walk
+		 * the iteration again for each. */
+		state = tw_opaque(j, state) & 0xff;
+		__u32 left = n - pos;
+		if (state == TW_S_HS && buf[pos & (TW_READ - 1)] > ' ') {
+			/* A header line (not a fold, not the blank line): its name, a word at a time. */
+			if (left < TW_PFX_BYTES && more) {
+				used = pos;  /* the next run starts a window with this line */
+				break;
+			}
+			__u32 cand = TW_PFX_SLOW;
+			if (left >= TW_PFX_BYTES) {
+				__u8 *q = buf + (pos & (TW_READ - 1));
+				cand = tw_line_candidate(x, *(__u64 *)q, *(__u64 *)(q + 8),
+							 *(__u64 *)(q + 16));
+			}
+			cand = tw_opaque(j, cand);
+			if (cand < TW_NPFX && !((x->use[ui] >> cand) & 1))
+				cand = TW_PFX_NONE;  /* not read on this side or direction */
+			if (cand < TW_NPFX) {
+				tw_header_kind(ctl, p, is_req, c->side, x->kind[cand],
+					       x->source[cand][c->side & 1]);
+				state = tw_opaque(j, p->vtoken ? TW_S_HTOK : TW_S_HOWS) & 0xff;
+				*(volatile __u32 *)&j->wpos = pos + (x->len[cand] & 0xff) + 1;
+				continue;
+			}
+			if (cand == TW_PFX_NONE) {
+				/* Nothing to take from this line: skip to its end. */
+				p->hkind = H_OTHER;
+				p->prev_identity = 0;
+				state = tw_opaque(j, TW_S_SKIP) & 0xff;
+			}
+		}
+		if (state == TW_S_SKIP || state == TW_S_LREST || state == TW_S_TARGET) {
+			/* Bytes with nothing to do up to a line end (or the end of a request
+			 * target): four words a step; the byte after them, or the one that ends
+			 * the run, goes through the DFA below. */
+			__u64 target = state == TW_S_TARGET ? ~0ull : 0;
+			__u8 *q = buf + (pos & (TW_READ - 1));
+			__u32 adv = 32;
+			for (__u32 k = 0; k < 4; k++) {
+				__u64 m = tw_stop_bytes(*(__u64 *)(q + 8 * k), target);
+				if (m) {
+					adv = 8 * k + tw_first_flag(m);
+					break;
+				}
+			}
+			*(volatile __u32 *)&j->wpos = pos + adv;
+			pos = *(volatile __u32 *)&j->wpos;
+			if (pos >= n)
+				continue;  /* the line end after the last byte (not one of the data) */
+		}
+		__u8 ch = buf[pos & (TW_READ - 1)];
 		__u32 cls = d->cls[ch] & (TW_NCLASSES - 1);
-		__u32 st = state & (TW_NSTATES - 1);
+		/* Opaque again: the tests above left a known state on some paths. */
+		__u32 st = tw_opaque(j, state) & (TW_NSTATES - 1);
 		__u32 e = d->trans[st][cls];
 		state = e & 0xff;
 		__u32 act = (e >> TW_ACTION_SHIFT) & 0xff;
+		*(volatile __u32 *)&j->wpos = pos + 1;
 		if (act == TW_A_NONE)
 			continue;  /* most bytes: a token, a target, an uninteresting value */
 		if (act == TW_A_NAME) {  /* the next most common: a header-name byte */
@@ -875,10 +1029,18 @@ int tw_parse(void *ctx)
 			npos = (npos + 1) & 0xffff;
 			continue;
 		}
+		if (act == TW_E_CHUNK_LINE && p->num && p->num < n - pos) {
+			/* A chunk whose data ends inside this window: skip it here, not in a run of
+			 * its own (a tail call per chunk ran pipelined chunked bodies out of budget). */
+			*(volatile __u32 *)&j->wpos = pos + 1 + (__u32)p->num;
+			p->num = 0;
+			state = tw_opaque(j, TW_S_CCRLF) & 0xff;
+			continue;
+		}
 		if (act >= TW_E_FIRST) {
 			event = act;
 			from = st;
-			used = i + 1;
+			used = pos + 1;
 			break;
 		}
 		switch (act) {
@@ -886,20 +1048,19 @@ int tw_parse(void *ctx)
 			p->name0 = d->lower[ch];
 			p->hkind = H_OTHER;
 			h = (ctl->seed1 ^ d->lower[ch]) * TW_FNV_PRIME1;
-			npos = 1;
+			npos = tw_opaque(j, 1) & 0xffff;  /* a known 1, 2, 3 ... would split paths */
 			break;
 		case TW_A_NAME_END:
 			p->h1 = h;
 			p->pos = npos;
 			tw_header_name(ctl, p, is_req, c->side);
 			if (p->hkind == H_OTHER) {
-				/* Nothing to take from this value: skip to the line end with
-				 * no per-byte action (most header bytes end up here). */
+				/* Nothing to take from this value: skip to the line end. */
 				p->prev_identity = 0;
-				state = TW_S_SKIP;
+				state = tw_opaque(j, TW_S_SKIP) & 0xff;
 			} else if (p->vtoken) {
 				/* A bearer token value follows: the next byte hands it to tw_token. */
-				state = TW_S_HTOK;
+				state = tw_opaque(j, TW_S_HTOK) & 0xff;
 			}
 			break;
 		case TW_A_VALUE_BAD:
@@ -938,6 +1099,8 @@ int tw_parse(void *ctx)
 			break;
 		}
 	}
+	if (!event && used == n)
+		used = j->wpos < n ? j->wpos : n;  /* out of iterations: the rest in the next run */
 	p->state = state;
 	if (state == TW_S_HNAME) {
 		p->h1 = h;
@@ -960,7 +1123,7 @@ int tw_parse(void *ctx)
 			p->state = TW_S_TS;  /* last chunk: trailers up to a blank line */
 		} else if (p->num > 0xfffffffffffull) {
 			tw_lose(TW_LOST_RESYNC);
-			p->state = TW_S_RESYNC;
+			tw_resync(c, p, is_req);
 		} else {
 			p->skip = p->num;
 			p->num = 0;
@@ -975,7 +1138,7 @@ int tw_parse(void *ctx)
 		 * are the start-line states (kernel/dfa.py keeps that order). */
 		if (from >= TW_S_HS) {
 			tw_lose(TW_LOST_RESYNC);
-			p->state = TW_S_RESYNC;
+			tw_resync(c, p, is_req);
 		}
 	}
 
@@ -998,7 +1161,7 @@ done:
 			 * seen so far (its response still completes it). */
 			tw_request_done(ctl, c, p, j->ts_ns, j);
 		}
-		p->state = TW_S_RESYNC;
+		tw_resync(c, p, is_req);
 		p->skip = 0;
 	}
 charge:
@@ -1045,12 +1208,12 @@ int tw_token(void *ctx)
 	__u64 avail = j->seg_len - j->seg_off;
 	if (avail > j->remaining)
 		avail = j->remaining;
-	__u32 n = avail > TW_WINDOW ? TW_WINDOW : (__u32)avail;
+	__u32 n = avail > TW_TOKEN_RUN ? TW_TOKEN_RUN : (__u32)avail;
 	if (n == 0) {
 		j->mode = TW_PROG_PARSE;
 		goto next;
 	}
-	if (tw_read_user(win->b, n & (TW_WINDOW - 1) ? n & (TW_WINDOW - 1) : TW_WINDOW,
+	if (tw_read_user(win->b, n & (TW_TOKEN_RUN - 1) ? n & (TW_TOKEN_RUN - 1) : TW_TOKEN_RUN,
 			 (void *)(j->buf + j->seg_off)) != 0) {
 		tw_lose(TW_LOST_READ_FAULT);
 		j->remaining = 0;
@@ -1067,7 +1230,7 @@ int tw_token(void *ctx)
 	__u32 used = m;
 	int ended = 0;
 	tw_barrier_var(m);
-	for (__u32 i = 0; i < TW_WINDOW; i++) {
+	for (__u32 i = 0; i < TW_TOKEN_RUN; i++) {
 		tw_barrier_var(i);
 		if (i >= m)
 			break;
@@ -1107,7 +1270,7 @@ next:
 	j->mode = TW_PROG_PARSE;
 	if (j->remaining > 0) {
 		tw_lose(TW_LOST_SCAN_BUDGET);
-		p->state = TW_S_RESYNC;
+		tw_resync(c, p, j->is_req);
 		p->skip = 0;
 	}
 	return 0;
@@ -1563,7 +1726,10 @@ static __always_inline int tw_job_start(struct tw_conn *c, __u64 ck, __u64 iov, 
 	j->emit = 0;
 	struct tw_parser *p = j->is_req ? &c->req : &c->resp;
 	if (p->state == TW_S_RESYNC) {
-		/* Lost our place earlier: wait for bytes that start a message. */
+		/* Lost our place earlier: wait for bytes that start a message (for requests, not
+		 * before the exchange in flight has ended: tw_resync). */
+		if (j->is_req && c->req_hold)
+			return -1;
 		int start = first_len >= 8 &&
 			    (j->is_req ? tw_looks_like_request(first) : tw_looks_like_status(first));
 		if (!start)

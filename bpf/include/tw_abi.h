@@ -142,6 +142,27 @@ struct tw_name {
 			   * header on that side, -1 for none */
 };
 
+/* The same header names as prefixes, compared a word at a time at the start of each header
+ * line (tw_pfx[0]): most lines (Cookie, User-Agent, Accept ...) match none and are skipped to
+ * their line end 8 bytes a step, with no per-byte work.  Candidate i holds the name and its
+ * ':' in TW_PFX_WORDS little-endian words; it matches a line when
+ * ((word | fold) & mask) == want for each word, which is an exact case-insensitive compare
+ * (fold has 0x20 only where the name has a letter).  A name of TW_PFX_BYTES or more is not
+ * exact: a match sends that line through the byte-wise path (tw_names). */
+#define TW_NPFX (TW_MAX_SOURCES + 2)
+#define TW_PFX_WORDS 3
+#define TW_PFX_BYTES (8 * TW_PFX_WORDS)
+struct tw_pfx {
+	__u64 want[TW_NPFX][TW_PFX_WORDS];
+	__u64 mask[TW_NPFX][TW_PFX_WORDS];
+	__u64 fold[TW_NPFX][TW_PFX_WORDS];
+	__s32 source[TW_NPFX][2];  /* as struct tw_name */
+	__u32 kind[TW_NPFX];       /* TW_NAME_* */
+	__u32 len[TW_NPFX];        /* name length: the ':' is at this offset */
+	__u32 exact[TW_NPFX];      /* 1 when the name and its ':' fit in TW_PFX_BYTES */
+	__u32 use[4];              /* [side * 2 + is_req]: bit i when candidate i can apply */
+};
+
 /* Global settings, tw_ctl[0]. */
 struct tw_ctl {
 	__u64 seed1;        /* secret seeds: a client cannot aim a collision at a tenant */

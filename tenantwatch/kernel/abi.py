@@ -138,6 +138,41 @@ class Name(ct.Structure):
     _fields_ = [("kind", ct.c_uint32), ("len", ct.c_uint32), ("source", ct.c_int32 * 2)]
 
 
+NPFX: int = MAX_SOURCES + 2
+PFX_WORDS: int = _D["TW_PFX_WORDS"]
+PFX_BYTES: int = 8 * PFX_WORDS
+
+
+class Pfx(ct.Structure):
+    """struct tw_pfx: the header names the parser acts on, as word prefixes."""
+
+    _fields_ = [
+        ("want", (ct.c_uint64 * PFX_WORDS) * NPFX),
+        ("mask", (ct.c_uint64 * PFX_WORDS) * NPFX),
+        ("fold", (ct.c_uint64 * PFX_WORDS) * NPFX),
+        ("source", (ct.c_int32 * 2) * NPFX),
+        ("kind", ct.c_uint32 * NPFX),
+        ("len", ct.c_uint32 * NPFX),
+        ("exact", ct.c_uint32 * NPFX),
+        ("use", ct.c_uint32 * 4),
+    ]
+
+
+def pfx_words(name: str) -> tuple[list[int], list[int], list[int], bool]:
+    """(want, mask, fold) words of a header name and its ':', and whether they hold it whole."""
+    raw = name.lower().encode("ascii") + b":"
+    exact = len(raw) <= PFX_BYTES
+    raw = raw[:PFX_BYTES]
+    want, mask, fold = [0] * PFX_WORDS, [0] * PFX_WORDS, [0] * PFX_WORDS
+    for i, b in enumerate(raw):
+        w, shift = divmod(i, 8)
+        want[w] |= b << (8 * shift)
+        mask[w] |= 0xFF << (8 * shift)
+        if 0x61 <= b <= 0x7A:
+            fold[w] |= 0x20 << (8 * shift)
+    return want, mask, fold, exact
+
+
 class Ctl(ct.Structure):
     _fields_ = [
         ("seed1", ct.c_uint64),

@@ -40,10 +40,9 @@ log = logging.getLogger(__name__)
 # wide enough to tell "scheduled at once" from "waited a whole time slice" and worse.
 RUNQ_BOUNDS_SECONDS = tuple(4**i / 1e6 for i in range(11))
 
-# Bytes parsed per tw_parse run, tried in order: 256 verifies in ~900k instructions on 6.18;
-# the 6.1 and 5.10 verifiers refuse it (E2BIG) and take 64 (tested in VMs, tests/vm), which
-# makes one syscall parse up to 2 KiB of message heads instead of 8 KiB (docs/limits.md).
-PARSE_WINDOWS = (256, 64)
+# Loop iterations per tw_parse run (TW_ITERS), tried in order until the verifier accepts one
+# (docs/kernels.md gives what each kernel takes; docs/limits.md the head bytes it makes).
+PARSE_WINDOWS = (64, 32, 16)
 
 # After flipping the active aggregate map, wait this long before draining the old
 # one: a probe that read the old index finishes within microseconds (a full chain
@@ -190,7 +189,7 @@ class HttpProbes:
         for window in PARSE_WINDOWS:
             try:
                 b = BPF(text=self.source_text().encode(),
-                        cflags=self.cflags() + [f"-DTW_WINDOW={window}"])
+                        cflags=self.cflags() + [f"-DTW_ITERS={window}"])
             except Exception as e:  # bcc raises bare Exception for compile and load errors
                 raise KernelSupportError(f"compiling or loading bpf/http.c failed: {e}; "
                                          "run `tenantwatch doctor`") from e
@@ -294,6 +293,27 @@ class HttpProbes:
         for header, slots in by_name.items():
             table[ct.c_uint64(abi.hash_name(header, seed))] = abi.Name(
                 kind=abi.NAME_IDENTITY, len=len(header), source=tuple(slots))
+        self._bpf[b"tw_pfx"][ct.c_int(0)] = self.prefixes(by_name)
+
+    @staticmethod
+    def prefixes(by_name: Mapping[str, Sequence[int]]) -> abi.Pfx:
+        """struct tw_pfx: the framing headers, then each identity header (its source by side)."""
+        x = abi.Pfx()
+        names = [("content-length", abi.NAME_CONTENT_LENGTH, (-1, -1)),
+                 ("transfer-encoding", abi.NAME_TRANSFER_ENCODING, (-1, -1))]
+        names += [(h, abi.NAME_IDENTITY, tuple(slots)) for h, slots in by_name.items()]
+        for i, (name, kind, slots) in enumerate(names[: abi.NPFX]):
+            want, mask, fold, exact = abi.pfx_words(name)
+            for w in range(abi.PFX_WORDS):
+                x.want[i][w], x.mask[i][w], x.fold[i][w] = want[w], mask[w], fold[w]
+            x.source[i][0], x.source[i][1] = slots
+            x.kind[i], x.len[i], x.exact[i] = kind, len(name), int(exact)
+            for side in (abi.SIDE_SERVER, abi.SIDE_CLIENT):
+                for is_req in (0, 1):
+                    applies = kind != abi.NAME_IDENTITY or (is_req and slots[side] >= 0)
+                    if applies:
+                        x.use[side * 2 + is_req] |= 1 << i
+        return x
 
     @staticmethod
     def _insert_overflow(table) -> None:
