@@ -1065,10 +1065,15 @@ int tw_parse(void *ctx)
 			break;
 		case TW_A_VALUE_BAD:
 			p->vflags |= TW_F_BAD_BYTE;
-			tw_value_byte(c, p, d, ch, cls);
-			break;
+			/* fall through */
 		case TW_A_VALUE:
 			tw_value_byte(c, p, d, ch, cls);
+			if (p->vflags & TW_F_TOO_LONG) {
+				/* Nothing more to take from an identity value over TW_VALUE_MAX: it
+				 * ends here, and the rest of its line is skipped a word at a time. */
+				tw_header_end(p);
+				state = tw_opaque(j, TW_S_SKIP) & 0xff;
+			}
 			break;
 		case TW_A_BAD:
 			p->vflags |= TW_F_BAD_BYTE;
@@ -1252,9 +1257,13 @@ int tw_token(void *ctx)
 	if (start < TW_VALUE_MAX)  /* the aggregate entry's copy: the first TW_VALUE_MAX bytes */
 		__builtin_memcpy(c->vbuf[p->vcur & 1], tb->b, TW_VALUE_MAX);
 	if (ended || used == room) {
-		if (!ended)
-			p->vflags |= TW_F_TOO_LONG;  /* tw_parse skips the rest of the line */
 		p->state = vlen ? TW_S_HVAL : TW_S_HOWS;
+		if (!ended) {
+			/* Over TW_TOKEN_MAX: the value ends here, the rest of its line is skipped. */
+			p->vflags |= TW_F_TOO_LONG;
+			tw_header_end(p);
+			p->state = TW_S_SKIP;
+		}
 		j->mode = TW_PROG_PARSE;
 	} else {
 		p->state = TW_S_HTOK;  /* the value goes on in the next window or syscall */

@@ -13,7 +13,8 @@ The rules, for one configured identity header on the side being parsed:
   flags the identity FOLDED;
 - the value is what follows the ':' and any SP/HTAB, up to the LF; one CR right before the LF
   is not part of it; any other CR is dropped and flags it BAD_BYTE, as does any other control
-  byte (kept); the first VALUE_MAX bytes are kept, more flag it TOO_LONG;
+  byte (kept); the first VALUE_MAX bytes are kept; one more flags it TOO_LONG, and the
+  rest of the line is not looked at;
 - the first identity line wins; another one flags it DUPLICATE;
 - a head without the header counts under the empty value, flagged NO_IDENTITY;
 - Content-Length gives the body's length; Transfer-Encoding whose last coding is "chunked"
@@ -39,15 +40,24 @@ def _value(raw: bytes) -> tuple[bytes, int]:
     raw = raw.lstrip(b" \t")
     if raw.endswith(b"\r"):
         raw = raw[:-1]
-    if b"\r" in raw:
+    out = bytearray()
+    cr = False
+    for b in raw:
+        if b == 0x0D:
+            cr = True
+            continue
+        if cr:
+            flags |= BAD_BYTE
+            cr = False
+        if (b < 0x20 and b != 0x09) or b == 0x7F:
+            flags |= BAD_BYTE
+        if len(out) == VALUE_MAX:
+            flags |= TOO_LONG  # the value ends here: nothing after it is looked at
+            break
+        out.append(b)
+    if cr:
         flags |= BAD_BYTE
-        raw = raw.replace(b"\r", b"")
-    if any((b < 0x20 and b != 0x09) or b == 0x7F for b in raw):
-        flags |= BAD_BYTE
-    if len(raw) > VALUE_MAX:
-        flags |= TOO_LONG
-        raw = raw[:VALUE_MAX]
-    return raw, flags
+    return bytes(out), flags
 
 
 def parse_requests(stream: bytes, identity_header: str) -> list[Request]:
