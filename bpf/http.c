@@ -934,6 +934,8 @@ int tw_parse(void *ctx)
 	if (!x)
 		goto done;
 	__u32 ui = ((c->side & 1) << 1) | (is_req & 1);
+	tw_barrier_var(ui);
+	ui &= 3;  /* the 6.1 verifier loses the bound of the expression above */
 	/* More of this segment follows the window: a header line starting too close to the
 	 * window's end for the word compare ends the run there, so the next window starts
 	 * with it. */
@@ -979,7 +981,7 @@ int tw_parse(void *ctx)
 							 *(__u64 *)(q + 16));
 			}
 			cand = tw_opaque(j, cand);
-			if (cand < TW_NPFX && !((x->use[ui] >> cand) & 1))
+			if (cand < TW_NPFX && !((x->use[ui & 3] >> cand) & 1))
 				cand = TW_PFX_NONE;  /* not read on this side or direction */
 			if (cand < TW_NPFX) {
 				tw_header_kind(ctl, p, is_req, c->side, x->kind[cand],

@@ -30,7 +30,7 @@ def row(name: str, entry: dict) -> list[str]:
 
     load = steps.get("load", {})
     if load.get("ok"):
-        window = f", {load['window']}-byte window" if load.get("window") else ""
+        window = f", {load['window']} parser steps a run" if load.get("window") else ""
         loads = (f"yes ({load['attached']}/{load['probes']} tracepoints, "
                  f"{load.get('tail_calls', '?')} tail-called programs{window}, "
                  f"{load['seconds']:.0f}s)")
