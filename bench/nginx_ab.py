@@ -73,6 +73,14 @@ CLIENT_REQUESTS = "tenantwatch_http_client_requests_total"
 EVENTS_LOST = "tenantwatch_events_lost_total"
 TICKS = "tenantwatch_ticks_total"
 
+# The end of both wrk scripts: hand out the precomputed requests in turn.
+WRK_LUA_REQUEST = """
+request = function()
+  i = i % #requests + 1
+  return requests[i]
+end
+"""
+
 WRK_LUA = """\
 -- written by bench/nginx_ab.py: rotate X-Tenant-ID over the tenants, one per request.
 -- Each wrk thread has its own Lua state, so each rotates independently.
@@ -86,10 +94,6 @@ init = function(args)
   end
 end
 
-request = function()
-  i = i %% #requests + 1
-  return requests[i]
-end
 """
 
 # --heads browser: what a browser-facing API gateway sees (issue 11).  Request heads of about
@@ -112,8 +116,8 @@ BROWSER_COOKIE = ("session=eyJ1c2VyIjoiYWxpY2UiLCJyb2xlcyI6WyJhZG1pbiJdLCJleHAiO
 BROWSER_REQUESTS_PER_TENANT = 8  # distinct request ids per tenant (precomputed in wrk's Lua)
 BROWSER_JSON = (
     '{"data":[' + ",".join(
-        '{"id":"ord_%04d","status":"shipped","total":%d.%02d,"currency":"EUR","items":3}'
-        % (i, 40 + i, i % 100) for i in range(12)) + '],"page":2,"limit":50}')
+        f'{{"id":"ord_{i:04d}","status":"shipped","total":{40 + i}.{i % 100:02d},'
+        '"currency":"EUR","items":3}' for i in range(12)) + '],"page":2,"limit":50}')
 BROWSER_UPSTREAM = (
     "        location /api/ {\n"
     "            default_type application/json;\n"
@@ -125,9 +129,9 @@ BROWSER_UPSTREAM = (
     'preload";\n'
     "            add_header X-Request-ID $http_x_request_id;\n"
     "            add_header X-Content-Type-Options nosniff;\n"
-    "            return 200 '%s';\n"
+    f"            return 200 '{BROWSER_JSON}';\n"
     "        }\n"
-    "        access_log off;") % BROWSER_JSON
+    "        access_log off;")
 
 WRK_BROWSER_LUA = """\
 -- written by bench/nginx_ab.py --heads browser: ~900-byte browser request heads, tenants
@@ -155,10 +159,6 @@ init = function(args)
   end
 end
 
-request = function()
-  i = i %% #requests + 1
-  return requests[i]
-end
 """
 
 DAEMON_CONFIG = """\
@@ -386,13 +386,14 @@ def write_wrk_script(tmp: Path, path: str, host: str, heads: str = "small") -> P
     script = tmp / "tenants.lua"
     tenants = ", ".join(f'"{t}"' for t in TENANTS)
     if heads == "browser":
-        script.write_text(WRK_BROWSER_LUA % {
+        text = WRK_BROWSER_LUA % {
             "tenants": tenants, "path": path, "host": host, "ua": BROWSER_UA,
             "accept": BROWSER_ACCEPT, "cookie": BROWSER_COOKIE,
             "per_tenant": BROWSER_REQUESTS_PER_TENANT,
-        })
+        }
     else:
-        script.write_text(WRK_LUA % {"tenants": tenants, "path": path, "host": host})
+        text = WRK_LUA % {"tenants": tenants, "path": path, "host": host}
+    script.write_text(text + WRK_LUA_REQUEST)
     return script
 
 

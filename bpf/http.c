@@ -659,8 +659,8 @@ static __always_inline void tw_header_end(struct tw_parser *p)
 	}
 }
 
-/* Set up the header line whose name is of `kind` (TW_NAME_*, 0 for none) with the identity
- * sources src2[side]; the value's hashes start from the seeds. */
+/* Set up the header line whose name is of `kind` (TW_NAME_*, 0 for none); `src` is the
+ * identity source reading it on this side (-1: none).  The value's hashes start from the seeds. */
 static __always_inline void tw_header_kind(struct tw_ctl *ctl, struct tw_parser *p, int is_req,
 					   __u32 side, __u32 kind, __s32 src)
 {
@@ -934,8 +934,7 @@ int tw_parse(void *ctx)
 	if (!x)
 		goto done;
 	__u32 ui = ((c->side & 1) << 1) | (is_req & 1);
-	tw_barrier_var(ui);
-	ui &= 3;  /* the 6.1 verifier loses the bound of the expression above */
+	tw_barrier_var(ui);  /* keep the mask where it is used: the 6.1 verifier loses this bound */
 	/* More of this segment follows the window: a header line starting too close to the
 	 * window's end for the word compare ends the run there, so the next window starts
 	 * with it. */
@@ -1018,8 +1017,7 @@ int tw_parse(void *ctx)
 		}
 		__u8 ch = buf[pos & (TW_READ - 1)];
 		__u32 cls = d->cls[ch] & (TW_NCLASSES - 1);
-		/* Opaque again: the tests above left a known state on some paths. */
-		__u32 st = tw_opaque(j, state) & (TW_NSTATES - 1);
+		__u32 st = state & (TW_NSTATES - 1);
 		__u32 e = d->trans[st][cls];
 		state = e & 0xff;
 		__u32 act = (e >> TW_ACTION_SHIFT) & 0xff;

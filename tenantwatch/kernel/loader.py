@@ -269,20 +269,9 @@ class HttpProbes:
     def _write_ctl(self) -> None:
         self._bpf[b"tw_ctl"][ct.c_int(0)] = self._ctl
 
-    def _name_filter(self) -> None:
-        """ctl.name_first: which (length, first byte) pairs are worth a tw_names lookup."""
-        names = ["content-length", "transfer-encoding"] + [s.header for s in self.sources]
-        for n in names:
-            self._ctl.name_first[len(n)] |= 1 << (ord(n[0].lower()) & 31)
-
-    def _write_names(self) -> None:
-        """tw_names: the header names the parser acts on, by seeded hash."""
-        table = self._bpf[b"tw_names"]
-        seed = self._ctl.seed1
-        for name, kind in (("content-length", abi.NAME_CONTENT_LENGTH),
-                           ("transfer-encoding", abi.NAME_TRANSFER_ENCODING)):
-            table[ct.c_uint64(abi.hash_name(name, seed))] = abi.Name(
-                kind=kind, len=len(name), source=(-1, -1))
+    def parser_names(self) -> list[tuple[str, int, tuple[int, int]]]:
+        """The header names the parser acts on: (name, TW_NAME_* kind, identity source by side,
+        -1 for none): the framing headers, then each identity header once."""
         by_name: dict[str, list[int]] = {}
         for i, s in enumerate(self.sources):
             slots = by_name.setdefault(s.header, [-1, -1])
@@ -290,30 +279,24 @@ class HttpProbes:
                 slot = abi.SIDE_SERVER if side is Side.SERVER else abi.SIDE_CLIENT
                 if slots[slot] < 0:  # config rejects two sources on one (header, side)
                     slots[slot] = i
-        for header, slots in by_name.items():
-            table[ct.c_uint64(abi.hash_name(header, seed))] = abi.Name(
-                kind=abi.NAME_IDENTITY, len=len(header), source=tuple(slots))
-        self._bpf[b"tw_pfx"][ct.c_int(0)] = self.prefixes(by_name)
+        return [("content-length", abi.NAME_CONTENT_LENGTH, (-1, -1)),
+                ("transfer-encoding", abi.NAME_TRANSFER_ENCODING, (-1, -1))] + \
+            [(h, abi.NAME_IDENTITY, (slots[0], slots[1])) for h, slots in by_name.items()]
 
-    @staticmethod
-    def prefixes(by_name: Mapping[str, Sequence[int]]) -> abi.Pfx:
-        """struct tw_pfx: the framing headers, then each identity header (its source by side)."""
-        x = abi.Pfx()
-        names = [("content-length", abi.NAME_CONTENT_LENGTH, (-1, -1)),
-                 ("transfer-encoding", abi.NAME_TRANSFER_ENCODING, (-1, -1))]
-        names += [(h, abi.NAME_IDENTITY, tuple(slots)) for h, slots in by_name.items()]
-        for i, (name, kind, slots) in enumerate(names[: abi.NPFX]):
-            want, mask, fold, exact = abi.pfx_words(name)
-            for w in range(abi.PFX_WORDS):
-                x.want[i][w], x.mask[i][w], x.fold[i][w] = want[w], mask[w], fold[w]
-            x.source[i][0], x.source[i][1] = slots
-            x.kind[i], x.len[i], x.exact[i] = kind, len(name), int(exact)
-            for side in (abi.SIDE_SERVER, abi.SIDE_CLIENT):
-                for is_req in (0, 1):
-                    applies = kind != abi.NAME_IDENTITY or (is_req and slots[side] >= 0)
-                    if applies:
-                        x.use[side * 2 + is_req] |= 1 << i
-        return x
+    def _name_filter(self) -> None:
+        """ctl.name_first: which (length, first byte) pairs are worth a tw_names lookup."""
+        for n, _, _ in self.parser_names():
+            self._ctl.name_first[len(n)] |= 1 << (ord(n[0].lower()) & 31)
+
+    def _write_names(self) -> None:
+        """tw_names (by seeded hash, for the byte-wise path) and tw_pfx (as word prefixes)."""
+        table = self._bpf[b"tw_names"]
+        names = self.parser_names()
+        for name, kind, slots in names:
+            table[ct.c_uint64(abi.hash_name(name, self._ctl.seed1))] = abi.Name(
+                kind=kind, len=len(name), source=slots)
+        self._bpf[b"tw_pfx"][ct.c_int(0)] = prefixes(names)
+
 
     @staticmethod
     def _insert_overflow(table) -> None:
@@ -574,6 +557,23 @@ def _with_kprobe_copies(text: str) -> str:
         copy = re.sub(rf"^int {name.decode()}\(", f"int {name.decode()}_k(", copy,
                       flags=re.MULTILINE)
     return text[:end] + copy + text[end:]
+
+
+def prefixes(names: Sequence[tuple[str, int, tuple[int, int]]]) -> abi.Pfx:
+    """struct tw_pfx for HttpProbes.parser_names(): each name's words, and where it applies
+    (framing headers everywhere, an identity header on requests of the sides that read it)."""
+    x = abi.Pfx()
+    for i, (name, kind, slots) in enumerate(names[: abi.NPFX]):
+        want, mask, fold, exact = abi.pfx_words(name)
+        for w in range(abi.PFX_WORDS):
+            x.want[i][w], x.mask[i][w], x.fold[i][w] = want[w], mask[w], fold[w]
+        x.source[i][0], x.source[i][1] = slots
+        x.kind[i], x.len[i], x.exact[i] = kind, len(name), int(exact)
+        for side in (abi.SIDE_SERVER, abi.SIDE_CLIENT):
+            for is_req in (0, 1):
+                if kind != abi.NAME_IDENTITY or (is_req and slots[side] >= 0):
+                    x.use[side * 2 + is_req] |= 1 << i
+    return x
 
 
 def _expand_c_includes(path: Path) -> str:
