@@ -26,7 +26,7 @@
 #define TW_MAX_CONNS 65536
 #endif
 /* Loop iterations per tw_parse run: one iteration is one DFA byte, a header line's name
- * compared a word at a time, or up to 32 bytes skipped four words a step.  Verification
+ * compared a word at a time, or up to 64 bytes skipped eight words a step.  Verification
  * costs the iterations times the paths through one; the loader tries TW_ITERS from large
  * to small (older verifiers prune less).  A power of two. */
 #ifndef TW_ITERS
@@ -37,6 +37,8 @@
 /* Bytes read from user memory per run (a power of two): the word steps take a run far
  * past TW_ITERS bytes; a run ends at its window, its iterations, a head end or a body. */
 #define TW_READ 2048
+/* Words a skip step looks at: the buffer has room for them past the last byte read. */
+#define TW_SKIP_WORDS 4
 /* Tail calls per syscall: the kernel allows 33.  A run ends at its window or its
  * iterations, at a head end and at a body start, so one syscall parses up to 32 runs
  * (docs/limits.md: the head bytes that makes) or 32 messages; the rest is counted
@@ -239,7 +241,7 @@ BPF_HASH(tw_agg1, struct tw_agg_key, struct tw_agg_val, TW_MAX_IDENTITIES);
 BPF_PERCPU_ARRAY(tw_lost, __u64, TW_LOST_MAX);
 BPF_PERCPU_ARRAY(tw_jobs, struct tw_job, 1);
 struct tw_window {
-	__u8 b[TW_READ + 32];  /* room for the word loads past the last byte read */
+	__u8 b[TW_READ + 8 * TW_SKIP_WORDS];  /* room for the word loads past the last byte */
 };
 BPF_PERCPU_ARRAY(tw_scratch, struct tw_window, 1);
 BPF_PERCPU_ARRAY(tw_val_tmpl, struct tw_agg_val, 1);
@@ -754,6 +756,23 @@ static __always_inline __u32 tw_first_flag(__u64 m)
 	return ((((b >> 7) - 1) & 0x0101010101010101ull) * 0x0101010101010101ull) >> 56;
 }
 
+/* 0x80 in each byte of w that is an ASCII capital letter (exact per byte). */
+static __always_inline __u64 tw_capitals(__u64 w)
+{
+	const __u64 ones = 0x0101010101010101ull, low7 = 0x7f7f7f7f7f7f7f7full;
+	__u64 x = w & low7;
+	return ((ones * (127 + 0x5b) - x) & ~w & (x + ones * (127 - 0x40))) & (ones * 0x80);
+}
+
+/* "HTTP/1." and a digit, little-endian (a request's version, a status line's start). */
+#define TW_HTTP1_WORD 0x2e312f50545448ull  /* "HTTP/1." */
+
+static __always_inline int tw_is_http1(__u64 w)
+{
+	__u8 minor = w >> 56;
+	return (w & 0xffffffffffffffull) == TW_HTTP1_WORD && minor >= '0' && minor <= '9';
+}
+
 /* One byte of a header value, for the kind of header it is. */
 static __always_inline void tw_value_byte(struct tw_conn *c, struct tw_parser *p,
 					  struct tw_dfa *d, __u8 ch, __u32 cls)
@@ -967,18 +986,19 @@ int tw_parse(void *ctx)
 		 * the iteration again for each. */
 		state = tw_opaque(j, state) & 0xff;
 		__u32 left = n - pos;
-		if (state == TW_S_HS && buf[pos & (TW_READ - 1)] > ' ') {
+		/* What this step does, from a table: the verifier never learns the state. */
+		__u32 step = d->step[state & (TW_NSTATES - 1)];
+		__u8 *q = buf + (pos & (TW_READ - 1));
+		if (step == TW_STEP_LINE && q[0] > ' ') {
 			/* A header line (not a fold, not the blank line): its name, a word at a time. */
 			if (left < TW_PFX_BYTES && more) {
 				used = pos;  /* the next run starts a window with this line */
 				break;
 			}
 			__u32 cand = TW_PFX_SLOW;
-			if (left >= TW_PFX_BYTES) {
-				__u8 *q = buf + (pos & (TW_READ - 1));
+			if (left >= TW_PFX_BYTES)
 				cand = tw_line_candidate(x, *(__u64 *)q, *(__u64 *)(q + 8),
 							 *(__u64 *)(q + 16));
-			}
 			cand = tw_opaque(j, cand);
 			if (cand < TW_NPFX && !((x->use[ui & 3] >> cand) & 1))
 				cand = TW_PFX_NONE;  /* not read on this side or direction */
@@ -994,16 +1014,59 @@ int tw_parse(void *ctx)
 				p->hkind = H_OTHER;
 				p->prev_identity = 0;
 				state = tw_opaque(j, TW_S_SKIP) & 0xff;
+				step = TW_STEP_SKIP;
+			}
+		} else if (step == TW_STEP_METHOD && left >= 16) {
+			/* A request line's method, a word at a time: capitals up to a space. */
+			__u64 w = *(__u64 *)q;
+			__u64 y = w ^ 0x2020202020202020ull;
+			__u64 sp = (y - 0x0101010101010101ull) & ~y & 0x8080808080808080ull;
+			__u32 k = tw_opaque(j, sp ? tw_first_flag(sp) : 0) & 7;
+			__u64 low = (1ull << (8 * k)) - 1;
+			if (k && (tw_capitals(w) & low) == (0x8080808080808080ull & low)) {
+				__u64 method = __builtin_bswap64(w & low) >> (8 * (8 - k));
+				p->word = method;
+				p->method = method;
+				if (method == 0x48454144ull)  /* "HEAD" */
+					p->mflags |= M_HEAD;
+				state = tw_opaque(j, TW_S_TARGET0) & 0xff;
+				*(volatile __u32 *)&j->wpos = pos + k + 1;
+				continue;
+			}
+		} else if (step == TW_STEP_VERSION && left >= 16) {
+			/* A request line's version and line end. */
+			__u32 adv = 0;
+			if (tw_is_http1(*(__u64 *)q)) {
+				if (q[8] == '\n')
+					adv = 9;
+				else if (q[8] == '\r' && q[9] == '\n')
+					adv = 10;
+			}
+			adv = tw_opaque(j, adv) & 15;
+			if (adv) {
+				state = tw_opaque(j, TW_S_HS) & 0xff;
+				*(volatile __u32 *)&j->wpos = pos + adv;
+				continue;
+			}
+		} else if (step == TW_STEP_STATUS && left >= 16) {
+			/* A status line up to its reason phrase: "HTTP/1.x DDD". */
+			__u32 d0 = q[9] - '0', d1 = q[10] - '0', d2 = q[11] - '0';
+			__u32 ok = tw_is_http1(*(__u64 *)q) && q[8] == ' ' && d0 < 10 && d1 < 10 &&
+				   d2 < 10;
+			if (tw_opaque(j, ok) & 1) {
+				p->status = d0 * 100 + d1 * 10 + d2;
+				state = tw_opaque(j, TW_S_LREST) & 0xff;
+				*(volatile __u32 *)&j->wpos = pos + 12;
+				continue;
 			}
 		}
-		if (state == TW_S_SKIP || state == TW_S_LREST || state == TW_S_TARGET) {
+		if (step == TW_STEP_SKIP || step == TW_STEP_TARGET) {
 			/* Bytes with nothing to do up to a line end (or the end of a request
-			 * target): four words a step; the byte after them, or the one that ends
-			 * the run, goes through the DFA below. */
-			__u64 target = state == TW_S_TARGET ? ~0ull : 0;
-			__u8 *q = buf + (pos & (TW_READ - 1));
-			__u32 adv = 32;
-			for (__u32 k = 0; k < 4; k++) {
+			 * target): TW_SKIP_WORDS words a step; the byte after them, or the one that
+			 * ends the run, goes through the DFA below. */
+			__u64 target = step == TW_STEP_TARGET ? ~0ull : 0;
+			__u32 adv = 8 * TW_SKIP_WORDS;
+			for (__u32 k = 0; k < TW_SKIP_WORDS; k++) {
 				__u64 m = tw_stop_bytes(*(__u64 *)(q + 8 * k), target);
 				if (m) {
 					adv = 8 * k + tw_first_flag(m);

@@ -148,7 +148,8 @@ struct tw_name {
  * ':' in TW_PFX_WORDS little-endian words; it matches a line when
  * ((word | fold) & mask) == want for each word, which is an exact case-insensitive compare
  * (fold has 0x20 only where the name has a letter).  A name of TW_PFX_BYTES or more is not
- * exact: a match sends that line through the byte-wise path (tw_names). */
+ * exact: a match sends that line through the byte-wise path (tw_names).  An unused
+ * candidate asks for a NUL first byte, which a header line never has. */
 #define TW_NPFX (TW_MAX_SOURCES + 2)
 #define TW_PFX_WORDS 3
 #define TW_PFX_BYTES (8 * TW_PFX_WORDS)

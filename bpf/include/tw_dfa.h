@@ -95,12 +95,21 @@
 #define TW_E_TOKEN 20
 #define TW_ACTION_SHIFT 8
 
+#define TW_STEP_BYTE 0
+#define TW_STEP_LINE 1
+#define TW_STEP_SKIP 2
+#define TW_STEP_TARGET 3
+#define TW_STEP_METHOD 4
+#define TW_STEP_VERSION 5
+#define TW_STEP_STATUS 6
+
 struct tw_dfa {
 	__u32 trans[TW_NSTATES][TW_NCLASSES];  /* next state (bits 0-7) | action id (8-15) */
 	__u8 cls[256];    /* byte -> class */
 	__u8 lower[256];  /* ASCII lowercase */
 	__u8 dval[256];   /* decimal digit value */
 	__u8 hval[256];   /* hex digit value */
+	__u8 step[TW_NSTATES];  /* TW_STEP_*: what a loop step does in the state */
 };
 
 #endif /* TW_DFA_H */

@@ -201,6 +201,22 @@ def _build() -> list[list[int]]:
 
 
 TRANSITIONS: list[list[int]] = _build()
+
+# ---------------------------------------------------------------- word steps
+# What one step of bpf/http.c's loop does in a state, besides a DFA byte (struct tw_dfa.step).
+# A table rather than tests of the state: the kernel branches on the step kind, so the
+# verifier never learns the state (a known state on some paths would split them).
+STEP_BYTE = 0  # one DFA byte
+STEP_LINE = 1  # HS: a header line's name, a word at a time
+STEP_SKIP = 2  # SKIP, LREST: up to the line end, words at a time
+STEP_TARGET = 3  # TARGET: up to the end of the request target, words at a time
+STEP_METHOD = 4  # RQ0: a request line's method
+STEP_VERSION = 5  # V0: a request line's version and line end
+STEP_STATUS = 6  # RS0: a status line up to its reason phrase
+STEPS: tuple[int, ...] = tuple(
+    {"HS": STEP_LINE, "SKIP": STEP_SKIP, "LREST": STEP_SKIP, "TARGET": STEP_TARGET,
+     "RQ0": STEP_METHOD, "V0": STEP_VERSION, "RS0": STEP_STATUS}.get(n, STEP_BYTE)
+    for n in STATE_NAMES) + (STEP_BYTE,) * (NSTATES - len(STATE_NAMES))
 CLASSES: tuple[int, ...] = tuple(char_class(b) for b in range(256))
 LOWER: tuple[int, ...] = tuple(b | 0x20 if 0x41 <= b <= 0x5A else b for b in range(256))
 DIGIT_VALUE: tuple[int, ...] = tuple(b - 0x30 if 0x30 <= b <= 0x39 else 0 for b in range(256))
@@ -217,6 +233,7 @@ class Dfa(ct.Structure):
         ("lower", ct.c_uint8 * 256),
         ("dval", ct.c_uint8 * 256),
         ("hval", ct.c_uint8 * 256),
+        ("step", ct.c_uint8 * NSTATES),
     ]
 
 
@@ -230,6 +247,8 @@ def dfa_struct() -> Dfa:
         d.lower[b] = LOWER[b]
         d.dval[b] = DIGIT_VALUE[b]
         d.hval[b] = HEX_VALUE[b]
+    for st in range(NSTATES):
+        d.step[st] = STEPS[st]
     return d
 
 
@@ -248,6 +267,9 @@ def header_text() -> str:
     lines.append("")
     lines += [f"#define TW_{name} {value}" for name, value in globals().items()
               if (name[:2] in ("A_", "E_") or name == "ACTION_SHIFT") and isinstance(value, int)]
+    lines.append("")
+    lines += [f"#define TW_{name} {value}" for name, value in globals().items()
+              if name.startswith("STEP_") and isinstance(value, int)]
     lines += [
         "", "struct tw_dfa {",
         "\t__u32 trans[TW_NSTATES][TW_NCLASSES];  /* next state (bits 0-7) | action id (8-15) */",
@@ -255,6 +277,7 @@ def header_text() -> str:
         "\t__u8 lower[256];  /* ASCII lowercase */",
         "\t__u8 dval[256];   /* decimal digit value */",
         "\t__u8 hval[256];   /* hex digit value */",
+        "\t__u8 step[TW_NSTATES];  /* TW_STEP_*: what a loop step does in the state */",
         "};", "", "#endif /* TW_DFA_H */", "",
     ]
     return "\n".join(lines)

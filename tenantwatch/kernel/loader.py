@@ -563,6 +563,8 @@ def prefixes(names: Sequence[tuple[str, int, tuple[int, int]]]) -> abi.Pfx:
     """struct tw_pfx for HttpProbes.parser_names(): each name's words, and where it applies
     (framing headers everywhere, an identity header on requests of the sides that read it)."""
     x = abi.Pfx()
+    for i in range(len(names), abi.NPFX):
+        x.mask[i][0] = 0xFF  # a line starting with NUL: never (all zero would match any line)
     for i, (name, kind, slots) in enumerate(names[: abi.NPFX]):
         want, mask, fold, exact = abi.pfx_words(name)
         for w in range(abi.PFX_WORDS):
