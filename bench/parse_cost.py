@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.nginx_ab import (  # noqa: E402
+from bench.nginx_ab import (
     BPF_STATS_SYSCTL,
     BROWSER_ACCEPT,
     BROWSER_COOKIE,
@@ -91,7 +91,7 @@ def heads() -> dict[str, tuple[bytes, bytes]]:
 def prog_stats(probes) -> dict[str, tuple[int, int]]:
     """{program name: (run_time_ns, run_cnt)} of the loaded module's programs."""
     out = {}
-    for name, fn in probes._bpf.funcs.items():  # noqa: SLF001 - a bench, reading bcc's handles
+    for name, fn in probes._bpf.funcs.items():
         try:
             with open(f"/proc/self/fdinfo/{fn.fd}") as f:
                 kv = dict(line.split(":", 1) for line in f if ":" in line)

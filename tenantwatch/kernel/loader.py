@@ -158,9 +158,9 @@ class HttpProbes:
 
         bcc rewrites map syntax (`map.lookup(&k)`) and tracepoint argument structs only in
         the main file it is given, so the concern files (cpu.c ...) are handed over inline.
+        The tail-called programs' files are included twice (tracepoint- and kprobe-type).
         """
-        text = _expand_c_includes(self.source_path())
-        return _with_kprobe_copies(text) if self.tls else text
+        return _expand_c_includes(self.source_path())
 
     def print_bpf(self) -> str:
         """The C text and flags as compiled (for --print-bpf)."""
@@ -541,22 +541,8 @@ class HttpProbes:
 
 
 _C_INCLUDE = re.compile(r'^#include "(\w+\.c)"\s*$', re.MULTILINE)
-# The programs in tw_progs, by index (bpf/http.c TW_PROG_*).
+# The programs in tw_progs, by index (bpf/include/tw_state.h TW_PROG_*).
 TAIL_PROGRAMS = (b"tw_parse", b"tw_token", b"tw_token_emit", b"tw_h2")
-_TAIL_BEGIN = "/* TW_TAIL_PROGRAMS_BEGIN"
-_TAIL_END = "/* TW_TAIL_PROGRAMS_END */"
-
-
-def _with_kprobe_copies(text: str) -> str:
-    """http.c with a second copy of its tail-called programs, named NAME_k and calling
-    through tw_progs_k: a tail call must stay within one program type, and the TLS uprobes
-    are kprobe-type while the syscall tracepoints are tracepoint-type."""
-    start, end = text.index(_TAIL_BEGIN), text.index(_TAIL_END)
-    copy = text[start:end].replace("tw_progs.call(", "tw_progs_k.call(")
-    for name in TAIL_PROGRAMS:
-        copy = re.sub(rf"^int {name.decode()}\(", f"int {name.decode()}_k(", copy,
-                      flags=re.MULTILINE)
-    return text[:end] + copy + text[end:]
 
 
 def prefixes(names: Sequence[tuple[str, int, tuple[int, int]]]) -> abi.Pfx:

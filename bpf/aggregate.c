@@ -1,0 +1,242 @@
+/* aggregate.c: counting into the active aggregate map: request heads, responses (status
+ * class, latency), bytes, connections, slow-request events (included by http.c). */
+
+static __always_inline struct tw_agg_val *tw_agg_lookup(struct tw_agg_key *k, __u32 active)
+{
+	return active ? tw_agg1.lookup(k) : tw_agg0.lookup(k);
+}
+
+/* Record the identity value of the parser's best source in an aggregate entry. */
+static __always_inline void tw_agg_fill(struct tw_agg_val *t, struct tw_conn *c,
+					struct tw_parser *p)
+{
+	t->source = p->best_src;
+	t->flags = p->best_flags;
+	t->hash2 = p->best_h2;
+	if (p->best_src >= 0 && !(p->best_flags & TW_F_COLLISION)) {
+		/* The first TW_VALUE_MAX bytes; value_len is the whole length (a bearer token
+		 * longer than that reaches user space as a struct tw_token_event). */
+		__u32 b = (p->vcur ^ 1) & 1;
+		__builtin_memcpy(t->value, c->vbuf[b], TW_VALUE_MAX);
+		t->value_len = p->best_len;
+	} else {
+		t->value_len = 0;
+	}
+}
+
+/* The entry for key in the active map; created (with the value from vbuf when
+ * given) if missing, the overflow entry when the map is full. */
+static __always_inline struct tw_agg_val *tw_agg_get(struct tw_ctl *ctl, __u64 key, __u32 side,
+						     struct tw_conn *c, struct tw_parser *p,
+						     int with_value)
+{
+	struct tw_agg_key k = {.key = key, .side = side};
+	__u32 active = ctl->active & 1;
+	struct tw_agg_val *v = tw_agg_lookup(&k, active);
+	if (v)
+		return v;
+	__u32 zero = 0;
+	struct tw_agg_val *t = tw_val_tmpl.lookup(&zero);
+	if (!t)
+		return 0;
+	__builtin_memset(t, 0, sizeof(*t));
+	t->value_len = TW_VALUE_UNKNOWN;
+	t->source = -1;
+	if (with_value)
+		tw_agg_fill(t, c, p);
+	if (active)
+		tw_agg1.update(&k, t);  /* BPF_ANY: a racing creator wins either way */
+	else
+		tw_agg0.update(&k, t);
+	v = tw_agg_lookup(&k, active);
+	if (v)
+		return v;
+	tw_lose(TW_LOST_IDENTITY_MAP_FULL);
+	k.key = TW_KEY_OVERFLOW;
+	return tw_agg_lookup(&k, active);
+}
+
+/* Charge the syscall's bytes to v, once per syscall: an entry already in hand saves
+ * tw_charge_bytes a second hash lookup. */
+static __always_inline void tw_charge(struct tw_agg_val *v, struct tw_job *j)
+{
+	if (!j || j->charged)
+		return;
+	j->charged = 1;
+	if (j->is_write)
+		__sync_fetch_and_add(&v->tx_bytes, j->total);
+	else
+		__sync_fetch_and_add(&v->rx_bytes, j->total);
+}
+
+static __always_inline void tw_count_end(struct tw_ctl *ctl, struct tw_conn *c, __u64 key,
+					 __u32 cls, __u64 lat_ns, int with_latency,
+					 struct tw_job *j)
+{
+	struct tw_agg_val *v = tw_agg_get(ctl, key, c->side, c, &c->req, 0);
+	if (!v)
+		return;
+	tw_charge(v, j);
+	tw_barrier_var(cls);  /* clang knows cls < 6 from status / 100; the verifier does not */
+	if (cls < TW_NCLASS)
+		__sync_fetch_and_add(&v->req_by_class[cls], 1);
+	if (!with_latency)
+		return;
+	__u32 idx = TW_BUCKET_INDEX(lat_ns, ctl->bounds_ns, ctl->nbuckets, TW_MAX_BUCKETS);
+	if (idx <= TW_MAX_BUCKETS)
+		__sync_fetch_and_add(&v->lat_buckets[idx], 1);
+	__sync_fetch_and_add(&v->lat_sum_ns, lat_ns);
+}
+
+/* A request head has ended: key it by its identity and put it in flight. */
+static __always_inline void tw_request_done(struct tw_ctl *ctl, struct tw_conn *c,
+					    struct tw_parser *p, __u64 ts, struct tw_job *j)
+{
+	__u64 key;
+	if (c->adopted)
+		p->best_flags |= TW_F_ADOPTED;
+	if (p->best_src < 0) {
+		p->best_flags |= TW_F_NO_IDENTITY;
+		p->best_h1 = 0;
+		p->best_h2 = 0;
+	}
+	key = p->best_h1 * TW_FNV_PRIME2 + (__u64)(p->best_src + 2) * 0x100000001ull +
+	      (__u64)p->best_flags * 0x10001ull;
+	if (key <= TW_KEY_RESERVED_MAX)
+		key += TW_KEY_RESERVED_MAX + 1;
+	struct tw_agg_val *v = tw_agg_get(ctl, key, c->side, c, p, 1);
+	if (v && (v->flags & TW_F_OVERFLOW))
+		key = TW_KEY_OVERFLOW;  /* the map is full: the overflow entry took it */
+	else if (v && v->value_len == TW_VALUE_UNKNOWN)
+		tw_agg_fill(v, c, p);  /* created earlier this tick by a response: add the value */
+	else if (v &&
+	    (v->hash2 != p->best_h2 || v->flags != p->best_flags)) {
+		/* Same 64-bit key, different value: never merge two tenants. */
+		tw_lose(TW_LOST_HASH_COLLISION);
+		p->best_flags |= TW_F_COLLISION;
+		key = TW_KEY_COLLISION;
+		v = tw_agg_get(ctl, key, c->side, c, p, 1);
+	}
+	if (v) {
+		tw_charge(v, j);
+		__sync_fetch_and_add(&v->heads, 1);
+		if (!c->opened) {
+			__sync_fetch_and_add(&v->conn_opened, 1);
+			c->opened = 1;
+			c->conn_key = key;
+		}
+	}
+	c->cur_key = key;
+	if (p->best_len > TW_VALUE_MAX && p->best_src >= 0 && key > TW_KEY_RESERVED_MAX &&
+	    ((ctl->token_sources >> (p->best_src & 31)) & 1) &&
+	    !(p->best_flags & (TW_F_DUPLICATE | TW_F_FOLDED | TW_F_BAD_BYTE | TW_F_TOO_LONG |
+			       TW_F_COLLISION))) {
+		/* A long bearer token: user space gets it whole, once (tw_token_emit). */
+		j->emit = 1;
+		j->emit_key = key;
+		j->emit_len = p->best_len;
+	}
+	__u32 tail = c->fifo_tail;
+	if (tail - c->fifo_head >= TW_FIFO) {
+		tw_lose(TW_LOST_PIPELINE_OVERFLOW);
+		tw_count_end(ctl, c, key, TW_CLASS_NONE, 0, 0, j);
+		return;
+	}
+	struct tw_inflight *f = &c->fifo[tail & (TW_FIFO - 1)];
+	f->key = key;
+	f->start_ns = ts;
+	f->mflags = p->mflags;
+	f->method = p->method;
+	c->fifo_tail = tail + 1;
+}
+
+/* A response head has ended with p->status. Returns the M_HEAD flag of its request. */
+/* A slow request: one event to user space (a trace span), rate-limited per CPU. */
+static __always_inline void tw_slow(void *ctx, struct tw_ctl *ctl, struct tw_conn *c,
+				    struct tw_inflight *f, __u64 lat, __u32 status)
+{
+	__u32 zero = 0;
+	struct tw_rate *r = tw_slow_rate.lookup(&zero);
+	if (!r)
+		return;
+	__u64 now = bpf_ktime_get_ns();
+	if (now - r->window_ns >= 1000000000ull) {
+		r->window_ns = now;
+		r->sent = 0;
+	}
+	if (r->sent >= ctl->slow_per_cpu_per_sec) {
+		tw_lose(TW_LOST_SLOW_RATE_LIMITED);
+		return;
+	}
+	r->sent++;
+	struct tw_slow_event e = {
+		.key = f->key, .start_ns = f->start_ns, .latency_ns = lat, .method = f->method,
+		.tgid = bpf_get_current_pid_tgid() >> 32, .side = c->side, .status = status,
+	};
+#ifdef TW_HAVE_RINGBUF
+	if (tw_slow_events.ringbuf_output(&e, sizeof(e), 0) != 0)
+		tw_lose(TW_LOST_SLOW_BUFFER_FULL);
+#else
+	if (tw_slow_events.perf_submit(ctx, &e, sizeof(e)) != 0)
+		tw_lose(TW_LOST_SLOW_BUFFER_FULL);
+#endif
+}
+
+/* A connection's time under its conn_key ends (a close, or a WebSocket upgrade moving it). */
+static __always_inline void tw_conn_end(struct tw_agg_val *v, struct tw_conn *c, __u64 now)
+{
+	__sync_fetch_and_add(&v->conn_closed, 1);
+	if (now > c->open_ns)
+		__sync_fetch_and_add(&v->conn_dur_ns, now - c->open_ns);
+}
+
+static __always_inline __u32 tw_response_done(void *ctx, struct tw_ctl *ctl, struct tw_conn *c,
+					      struct tw_parser *p, __u64 ts, struct tw_job *j)
+{
+	__u32 status = p->status;
+	if (status >= 100 && status < 200 && status != 101)
+		return 0;  /* interim response: the request goes on */
+	__u32 head = c->fifo_head;
+	if (head == c->fifo_tail)
+		return 0;  /* a response nobody asked for (or asked before we started) */
+	struct tw_inflight *f = &c->fifo[head & (TW_FIFO - 1)];
+	__u32 cls = TW_CLASS_NONE;
+	if (status >= 100 && status < 600)
+		cls = status / 100 - 1;
+	__u64 lat = ts > f->start_ns ? ts - f->start_ns : 0;
+	__u32 mflags = f->mflags;
+	tw_count_end(ctl, c, f->key, cls, lat, 1, j);
+	/* An adopted connection that answers with an HTTP status line speaks HTTP: its next
+	 * requests are real request heads, not a frame or body that looks like one. */
+	c->adopted = 0;
+	if (status == 101 && c->opened && c->conn_key != f->key) {
+		/* Upgraded (WebSocket): from now on the connection is the upgrade's tenant's,
+		 * not the tenant of an earlier keep-alive request on it.  Moved as a close under
+		 * the old identity and an open under the new one. */
+		struct tw_agg_val *old = tw_agg_get(ctl, c->conn_key, c->side, c, &c->req, 0);
+		if (old)
+			tw_conn_end(old, c, ts);
+		struct tw_agg_val *nv = tw_agg_get(ctl, f->key, c->side, c, &c->req, 0);
+		if (nv)
+			__sync_fetch_and_add(&nv->conn_opened, 1);
+		c->conn_key = f->key;
+		c->open_ns = ts;  /* the session's own duration runs from its upgrade */
+	}
+	if (ctl->slow_ns && lat >= ctl->slow_ns)
+		tw_slow(ctx, ctl, c, f, lat, status);
+	c->fifo_head = head + 1;
+	return mflags;
+}
+
+static __always_inline void tw_charge_bytes(struct tw_ctl *ctl, struct tw_conn *c, struct tw_job *j)
+{
+	if (!c->opened || j->charged)
+		return;  /* no tenant yet (bytes before the first head), or already charged */
+	struct tw_agg_val *v = tw_agg_get(ctl, c->cur_key, c->side, c, &c->req, 0);
+	if (!v)
+		return;
+	if (j->is_write)
+		__sync_fetch_and_add(&v->tx_bytes, j->total);
+	else
+		__sync_fetch_and_add(&v->rx_bytes, j->total);
+}
