@@ -47,6 +47,8 @@ def row(name: str, entry: dict) -> list[str]:
     if counts.get("ok"):
         n = sum(sum(c.values()) for c in counts["got"]["server"].values())
         counts_s = f"yes ({n} requests, server+client+backend)"
+        if counts.get("big_heads", {}).get("ok"):
+            counts_s += "; 16 KiB heads whole"
     else:
         counts_s = f"NO: {str(counts.get('error', 'failed'))[:80]}"
 

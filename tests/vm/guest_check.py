@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO))
 
 from tenantwatch.demo import Backend, NginxGateway, drive
 from tenantwatch.demo.gateway import find_nginx
+from tenantwatch.demo.traffic import Client
 from tenantwatch.kernel import loader
 from tenantwatch.kernel.loader import HttpProbes, KernelSource
 from tenantwatch.kernel.records import STATUS_CLASSES, Side
@@ -201,10 +202,10 @@ def step_load(state: dict) -> dict:
 
 
 def tail_programs(p: HttpProbes) -> int:
-    """How many programs bpf/http.c puts in tw_progs (TW_NPROGS: tw_parse, tw_token,
-    tw_token_emit): every one of them must have loaded."""
-    m = re.search(r"^#define\s+TW_NPROGS\s+(\d+)", p.source_path().read_text(),
-                  re.MULTILINE)
+    """How many programs the module puts in tw_progs (TW_NPROGS of bpf/include/tw_state.h:
+    tw_parse, tw_token, tw_token_emit, tw_h2): every one of them must have loaded."""
+    m = re.search(r"^#define\s+TW_NPROGS\s+(\d+)",
+                  (p.source_path().parent / "include" / "tw_state.h").read_text(), re.MULTILINE)
     return int(m.group(1)) if m else 1
 
 
@@ -222,10 +223,51 @@ def step_counts(state: dict, workdir: Path) -> dict:
     if p is None:
         return {"ok": False, "error": "probes did not load"}
     try:
-        return run_workload(p, workdir, WORKLOAD, seed=1)
+        out = run_workload(p, workdir, WORKLOAD, seed=1)
+        out["big_heads"] = run_big_heads(p, workdir)
+        out["ok"] = bool(out["ok"] and out["big_heads"]["ok"])
+        return out
     finally:
         p.close()
         state.pop("probes", None)
+
+
+BIG_HEAD_TENANTS = ("big-a", "big-b", "big-c")
+BIG_HEAD_PADS = (("Cookie", "c" * 7600), ("X-Pad", "p" * 7600))  # ~15.4 KiB, under nginx's
+#                                                      4 x 8 KiB large_client_header_buffers
+
+
+def run_big_heads(probes: HttpProbes, workdir: Path) -> dict:
+    """Request heads of about 16 KiB through nginx, the identity after the pads: the whole head
+    is parsed on this kernel's verifier (nginx writes it upstream in one syscall), so both sides
+    count every request under its tenant and nothing is lost."""
+    out: dict = {"ok": False}
+    with Backend() as backend:
+        gw = NginxGateway(workdir / "nginx-big", _free_port(), backend.port, workers=1,
+                          nginx=nginx_binary(workdir))
+        gw.start(timeout=60)
+        try:
+            probes.set_targets(set(gw.our_pids()))
+            probes.drain()
+            statuses: Counter = Counter()
+            with Client(HOST, gw.listen_port, timeout=30) as c:
+                for t in BIG_HEAD_TENANTS * 2:
+                    statuses[c.request(t, headers=BIG_HEAD_PADS)] += 1
+            tally = Tally()
+            deadline = time.monotonic() + 30
+            want = 2 * 2 * len(BIG_HEAD_TENANTS)
+            while tally.total() < want and time.monotonic() < deadline:
+                time.sleep(0.3)
+                tally.add(probes.drain())
+            expected = {side: {t: {"2xx": 2} for t in BIG_HEAD_TENANTS}
+                        for side in ("server", "client")}
+            out.update(statuses=dict(statuses), got=tally.plain(), lost=dict(tally.lost))
+            out["ok"] = bool(statuses == Counter({200: want // 2}) and out["got"] == expected
+                             and not tally.lost)
+        finally:
+            probes.set_targets(set())
+            gw.stop()
+    return out
 
 
 def step_forced(workdir: Path) -> dict:
