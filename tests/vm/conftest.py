@@ -32,7 +32,8 @@ def row(name: str, entry: dict) -> list[str]:
     if load.get("ok"):
         window = f", {load['window']} parser steps a run" if load.get("window") else ""
         loads = (f"yes ({load['attached']}/{load['probes']} tracepoints, "
-                 f"{load.get('tail_calls', '?')} tail-called programs{window}, "
+                 f"{load.get('tail_calls', '?')} tail-called programs"
+                 f"{' and their TLS copies' if load.get('tls_tail_calls') else ''}{window}, "
                  f"{load['seconds']:.0f}s)")
     else:
         loads = f"NO: {str(load.get('error', 'failed'))[:120]}"

@@ -84,12 +84,13 @@ def nginx_binary(workdir: Path) -> str:
     return str(link)
 
 
-def make_probes() -> HttpProbes:
+def make_probes(tls: bool = False) -> HttpProbes:
     return HttpProbes(
         sources=[KernelSource("x-tenant-context", (Side.CLIENT,)),
                  KernelSource("x-tenant-id", (Side.SERVER,))],
         process_names=[NGINX_COMM],
         latency_bounds_seconds=(0.001, 0.01, 0.1, 1.0),
+        tls=tls,
     )
 
 
@@ -182,7 +183,7 @@ def run_workload(probes: HttpProbes, workdir: Path, workload: dict, seed: int) -
 
 def step_load(state: dict) -> dict:
     t = time.monotonic()
-    p = make_probes()
+    p = make_probes(tls=True)  # every program: the libssl uprobes and the kprobe-type copies too
     p.load()
     state["probes"] = p
     out = {
@@ -192,12 +193,14 @@ def step_load(state: dict) -> dict:
         "missing": [name for name, ok in p.probes.items() if not ok],
         "tail_calls": len(list(p._bpf[b"tw_progs"].items())),
         "tail_calls_expected": tail_programs(p),
+        "tls_tail_calls": len(list(p._bpf[b"tw_progs_k"].items())),
         "window": getattr(p, "window", None),
     }
     p.drain()
     out["paths"] = paths_of(p)
     out["ok"] = (out["probes"] > 20 and not out["missing"]
-                 and out["tail_calls"] == out["tail_calls_expected"])
+                 and out["tail_calls"] == out["tail_calls_expected"]
+                 and out["tls_tail_calls"] == out["tail_calls_expected"])
     return out
 
 
