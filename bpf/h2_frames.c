@@ -1,6 +1,7 @@
-/* h2_frames.c: tw_h2, the HTTP/2 frame walker. Included twice by http.c (tracepoint-type, and kprobe-type for the TLS uprobes when
- * TW_HAVE_TLS): TW_TAIL_PROG names the program, tw_tail() calls through the matching
- * program array. */
+/* h2_frames.c: tw_h2, the HTTP/2 frame walker.
+ * Included twice by http.c: tracepoint-type, and kprobe-type for the TLS uprobes when
+ * TW_HAVE_TLS.  TW_TAIL_PROG names the program, tw_tail() calls through the matching program
+ * array. */
 
 /* HTTP/2: walk the frames of the job's bytes.  A DATA frame's payload is skipped by
  * arithmetic; frame headers and every other payload (HEADERS, CONTINUATION, SETTINGS,

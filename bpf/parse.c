@@ -1,6 +1,7 @@
-/* parse.c: tw_parse, the HTTP/1.x parser loop. Included twice by http.c (tracepoint-type, and kprobe-type for the TLS uprobes when
- * TW_HAVE_TLS): TW_TAIL_PROG names the program, tw_tail() calls through the matching
- * program array. */
+/* parse.c: tw_parse, the HTTP/1.x parser loop.
+ * Included twice by http.c: tracepoint-type, and kprobe-type for the TLS uprobes when
+ * TW_HAVE_TLS.  TW_TAIL_PROG names the program, tw_tail() calls through the matching program
+ * array. */
 
 /* The parser: one window of the current job, then a tail call to itself. */
 TW_TAIL_PROG(tw_parse)

@@ -1,6 +1,7 @@
-/* token.c: bearer token values (jwt sources). Included twice by http.c (tracepoint-type, and kprobe-type for the TLS uprobes when
- * TW_HAVE_TLS): TW_TAIL_PROG names the program, tw_tail() calls through the matching
- * program array. */
+/* token.c: bearer token values (jwt sources).
+ * Included twice by http.c: tracepoint-type, and kprobe-type for the TLS uprobes when
+ * TW_HAVE_TLS.  TW_TAIL_PROG names the program, tw_tail() calls through the matching program
+ * array. */
 
 /* The bytes of a bearer token value (the header line of a jwt source), up to the CR or
  * LF that ends it, which is left to tw_parse: hashed like any identity value, the first
