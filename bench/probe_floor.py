@@ -54,6 +54,7 @@ from bench.nginx_ab import (
     add_heads_argument,
     add_load_arguments,
     apply_layout,
+    bpf_stats,
     free_port,
     run_wrk,
     start_upstream,
@@ -202,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         print("wrk not found on PATH (sudo make deps)", file=sys.stderr)
         return 2
     rps: dict[str, list[float]] = {v: [] for v in args.variants}
-    with tempfile.TemporaryDirectory(prefix="tw-floor-") as tmpdir:
+    with tempfile.TemporaryDirectory(prefix="tw-floor-") as tmpdir, bpf_stats(False):
         tmp = Path(tmpdir)
         backend = Backend()
         gateway: NginxGateway | None = None

@@ -118,9 +118,13 @@ TW_TAIL_PROG(tw_parse)
 				break;
 			}
 			__u32 cand = TW_PFX_SLOW;
-			if (left >= TW_PFX_BYTES)
-				cand = tw_line_candidate(x, *(__u64 *)q, *(__u64 *)(q + 8),
-							 *(__u64 *)(q + 16));
+			if (left >= TW_PFX_BYTES) {
+				__u64 w0 = *(__u64 *)q;
+				cand = TW_PFX_NONE;  /* most lines: no candidate applies here */
+				if ((x->filter[ui & 3] >> TW_NAME_BIT(w0)) & 1)
+					cand = tw_line_candidate(x, w0, *(__u64 *)(q + 8),
+								 *(__u64 *)(q + 16));
+			}
 			cand = tw_opaque(j, cand);
 			if (cand < TW_NPFX && !((x->use[ui & 3] >> cand) & 1))
 				cand = TW_PFX_NONE;  /* not read on this side or direction */
@@ -186,14 +190,26 @@ TW_TAIL_PROG(tw_parse)
 			/* Bytes with nothing to do up to a line end (or the end of a request
 			 * target): TW_SKIP_WORDS words a step; the byte after them, or the one that
 			 * ends the run, goes through the DFA below. */
-			__u64 target = step == TW_STEP_TARGET ? ~0ull : 0;
+			int target = step == TW_STEP_TARGET;
 			__u32 adv = 8 * TW_SKIP_WORDS;
 			for (__u32 k = 0; k < TW_SKIP_WORDS; k++) {
-				__u64 m = tw_stop_bytes(*(__u64 *)(q + 8 * k), target);
+				__u64 w = *(__u64 *)(q + 8 * k);
+				__u64 m = target ? tw_target_stops(w) : tw_lf_bytes(w);
 				if (m) {
 					adv = 8 * k + tw_first_flag(m);
 					break;
 				}
+			}
+			if (!target) {
+				/* A skipped line: its '\n' leads to HS with no action in every
+				 * TW_STEP_SKIP state (kernel/dfa.py, tested), so no DFA byte for it;
+				 * no line end in these words: the next step goes on from there. */
+				if (adv < 8 * TW_SKIP_WORDS && pos + adv < n) {
+					state = tw_opaque(j, TW_S_HS) & 0xff;
+					adv += 1;
+				}
+				*(volatile __u32 *)&j->wpos = pos + adv;
+				continue;
 			}
 			*(volatile __u32 *)&j->wpos = pos + adv;
 			pos = *(volatile __u32 *)&j->wpos;

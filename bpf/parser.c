@@ -176,15 +176,21 @@ static __always_inline __u32 tw_line_candidate(struct tw_pfx *x, __u64 w0, __u64
 }
 
 /* SWAR: 0x80 in each byte of w that is '\n' (exact for the lowest one, which is all the
- * callers use); with `target` also every byte <= ' ' and DEL (what ends a request target). */
-static __always_inline __u64 tw_stop_bytes(__u64 w, __u64 target)
+ * callers use). */
+static __always_inline __u64 tw_lf_bytes(__u64 w)
 {
 	const __u64 ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
 	__u64 y = w ^ (ones * '\n');
-	__u64 m = (y - ones) & ~y;
+	return (y - ones) & ~y & highs;
+}
+
+/* The same for what ends a request target: every byte <= ' ' ('\n' among them), and DEL. */
+static __always_inline __u64 tw_target_stops(__u64 w)
+{
+	const __u64 ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
 	__u64 z = w ^ (ones * 0x7f);
 	__u64 t = ((w - ones * 0x21) & ~w) | ((z - ones) & ~z);
-	return (m | (t & target)) & highs;
+	return t & highs;
 }
 
 /* v, through the job's memory: the verifier cannot know the value read back.  Paths of one

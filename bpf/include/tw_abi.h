@@ -162,7 +162,15 @@ struct tw_pfx {
 	__u32 len[TW_NPFX];        /* name length: the ':' is at this offset */
 	__u32 exact[TW_NPFX];      /* 1 when the name and its ':' fit in TW_PFX_BYTES */
 	__u32 use[4];              /* [side * 2 + is_req]: bit i when candidate i can apply */
+	/* [side * 2 + is_req]: a 64-bit filter of the candidates that can apply there, bit
+	 * tw_name_bit(first 4 bytes of the name and ':').  Most lines fail it, and are skipped
+	 * without the compare of every candidate (a candidate of under 4 bytes sets all bits). */
+	__u64 filter[4];
 };
+
+/* The filter bit of a header line starting with word w: its first 4 bytes with 0x20 set in
+ * each (a case fold, and more: only equal names must give equal bits), hashed to 6 bits. */
+#define TW_NAME_BIT(w) ((((__u32)(w) | 0x20202020u) * 0x9e3779b1u) >> 26)
 
 /* Global settings, tw_ctl[0]. */
 struct tw_ctl {

@@ -155,7 +155,20 @@ class Pfx(ct.Structure):
         ("len", ct.c_uint32 * NPFX),
         ("exact", ct.c_uint32 * NPFX),
         ("use", ct.c_uint32 * 4),
+        ("filter", ct.c_uint64 * 4),
     ]
+
+
+def name_bit(first: bytes) -> int:
+    """TW_NAME_BIT: the filter bit of a header line whose first 4 bytes are `first`."""
+    v = int.from_bytes(first[:4], "little") | 0x20202020
+    return ((v * 0x9E3779B1) & 0xFFFFFFFF) >> 26
+
+
+def name_filter(name: str) -> int:
+    """The filter bits a header name sets: one, or all when name and ':' are under 4 bytes."""
+    raw = name.lower().encode("ascii") + b":"
+    return (1 << name_bit(raw)) if len(raw) >= 4 else (1 << 64) - 1
 
 
 def pfx_words(name: str) -> tuple[list[int], list[int], list[int], bool]:

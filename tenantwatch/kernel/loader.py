@@ -561,6 +561,7 @@ def prefixes(names: Sequence[tuple[str, int, tuple[int, int]]]) -> abi.Pfx:
             for is_req in (0, 1):
                 if kind != abi.NAME_IDENTITY or (is_req and slots[side] >= 0):
                     x.use[side * 2 + is_req] |= 1 << i
+                    x.filter[side * 2 + is_req] |= abi.name_filter(name)
     return x
 
 

@@ -65,3 +65,16 @@ def test_header_matches_the_generated_c_header():
     text = dfa.header_text()
     assert f"#define TW_S_HS {dfa.S['HS']}" in text
     assert f"#define TW_E_DEAD {dfa.E_DEAD}" in text
+
+
+def test_skip_steps_end_at_lf_in_hs_with_no_action():
+    # bpf/parse.c skips a TW_STEP_SKIP line a word at a time and sets HS after its '\n'
+    # without a DFA byte: that is only right while the table says exactly this.
+    skip_states = [i for i, step in enumerate(dfa.STEPS) if step == dfa.STEP_SKIP]
+    assert {dfa.STATE_NAMES[i] for i in skip_states} == {"SKIP", "LREST"}
+    for state in skip_states:
+        for cls in range(dfa.NCLASSES):
+            e = dfa.TRANSITIONS[state][cls]
+            assert (e >> dfa.ACTION_SHIFT) & 0xFF == dfa.A_NONE
+            want = dfa.S["HS"] if cls == dfa.C_LF else state
+            assert e & 0xFF == want, (dfa.STATE_NAMES[state], cls)

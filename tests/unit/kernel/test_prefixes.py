@@ -54,3 +54,35 @@ def test_where_each_name_applies():
     assert server_resp == 0b11  # framing only: identities are read from requests
     assert server_req == 0b11011  # x-tenant-id and the long name, not x-tenant-context
     assert client_req == 0b00111
+
+
+def passes_filter(x: abi.Pfx, ui: int, line: bytes) -> bool:
+    """bpf/parse.c: (filter[ui] >> TW_NAME_BIT(first word)) & 1, before any candidate."""
+    return bool((x.filter[ui] >> abi.name_bit(line[:4])) & 1)
+
+
+def test_the_filter_never_drops_a_name_that_applies():
+    x = prefixes(NAMES)
+    for ui in range(4):
+        for i, (name, _, _) in enumerate(NAMES):
+            if not (x.use[ui] >> i) & 1:
+                continue
+            for spelled in (name, name.upper(), name.title(), name.swapcase()):
+                assert passes_filter(x, ui, spelled.encode() + b": v\r\n"), (ui, spelled)
+
+
+def test_the_filter_drops_most_browser_lines():
+    x = prefixes(NAMES)
+    ui = abi.SIDE_SERVER * 2 + 1
+    lines = [b"Host: a", b"User-Agent: b", b"Accept: c", b"Accept-Language: d",
+             b"Accept-Encoding: e", b"Referer: f", b"Cookie: g", b"X-Request-ID: h",
+             b"Connection: keep-alive", b"Cache-Control: no-cache", b"Origin: i",
+             b"Sec-Fetch-Mode: cors", b"Authorization: Bearer j"]
+    passed = [line for line in lines if passes_filter(x, ui, line)]
+    assert len(passed) <= 2, passed
+
+
+def test_a_name_under_four_bytes_sets_every_bit():
+    x = prefixes(NAMES + [("ab", abi.NAME_IDENTITY, (3, -1))])
+    assert x.filter[abi.SIDE_SERVER * 2 + 1] == (1 << 64) - 1
+    assert x.filter[abi.SIDE_SERVER * 2] != (1 << 64) - 1  # responses: framing names only
