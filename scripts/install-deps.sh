@@ -104,6 +104,18 @@ else
     apt_install "${pkgs[@]}"
     say "bpftool" "done (installed ${pkgs[*]})"
 fi
+# perf: only bench/bpf_lines.py needs it (Debian linux-perf; Ubuntu's linux-tools have it).
+if command -v perf >/dev/null 2>&1; then
+    say "perf" "ok"
+else
+    apt_update_once
+    if available linux-perf; then
+        apt_install linux-perf
+        say "perf" "done (installed linux-perf)"
+    else
+        say "perf" "skipped (no linux-perf package; only bench/bpf_lines.py needs it)"
+    fi
+fi
 bash "$REPO/scripts/install-prometheus.sh"
 
 # ---------------------------------------------------------------- kernel headers for bcc
