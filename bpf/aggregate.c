@@ -56,6 +56,28 @@ static __always_inline struct tw_agg_val *tw_agg_get(struct tw_ctl *ctl, __u64 k
 	return tw_agg_lookup(&k, active);
 }
 
+/* A loss that may have raised the numbers of identity `key` (counts or CPU charged to it that
+ * were not its own): counted by reason, and in that identity's entry, so that user space holds
+ * back flags and caps of that tenant only (docs/detection.md, "Completeness").  c may be 0. */
+static __always_inline void tw_lose_key(struct tw_ctl *ctl, __u32 reason, __u64 key, __u32 side,
+					struct tw_conn *c)
+{
+	tw_lose(reason);
+	struct tw_agg_val *v = tw_agg_get(ctl, key, side, c, c ? &c->req : 0, 0);
+	if (v)
+		__sync_fetch_and_add(&v->lost, 1);
+}
+
+/* A loss on connection c: charged to the identity its work goes to (c->cur_key).  Before its
+ * first request head a connection's CPU is nobody's (tw_thread_set), so nothing is charged. */
+static __always_inline void tw_lose_on(struct tw_ctl *ctl, struct tw_conn *c, __u32 reason)
+{
+	if (c->opened)
+		tw_lose_key(ctl, reason, c->cur_key, c->side, c);
+	else
+		tw_lose(reason);
+}
+
 /* Charge the syscall's bytes to v, once per syscall: an entry already in hand saves
  * tw_charge_bytes a second hash lookup. */
 static __always_inline void tw_charge(struct tw_agg_val *v, struct tw_job *j)
@@ -138,7 +160,7 @@ static __always_inline void tw_request_done(struct tw_ctl *ctl, struct tw_conn *
 	}
 	__u32 tail = c->fifo_tail;
 	if (tail - c->fifo_head >= TW_FIFO) {
-		tw_lose(TW_LOST_PIPELINE_OVERFLOW);
+		tw_lose_key(ctl, TW_LOST_PIPELINE_OVERFLOW, key, c->side, c);
 		tw_count_end(ctl, c, key, TW_CLASS_NONE, 0, 0, j);
 		return;
 	}

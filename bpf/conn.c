@@ -120,6 +120,8 @@ static __always_inline struct tw_conn *tw_conn_adopt(__u64 ck, __u64 first, __u6
 		h2 = 1;
 	}
 	struct tw_conn *c = tw_conn_new(ck, is_write ? TW_SIDE_CLIENT : TW_SIDE_SERVER);
+	if (!c)
+		tw_thread_set(0);  /* a message on a connection we cannot track: nobody's CPU */
 	if (c) {
 		c->adopted = 1;
 		if (h2) {
@@ -162,12 +164,16 @@ static __always_inline int tw_job_start(struct tw_conn *c, __u64 ck, __u64 iov, 
 	if (p->state == TW_S_RESYNC) {
 		/* Lost our place earlier: wait for bytes that start a message (for requests, not
 		 * before the exchange in flight has ended: tw_resync). */
-		if (j->is_req && c->req_hold)
+		if (j->is_req && c->req_hold) {
+			tw_thread_set(0);  /* work we cannot see: nobody's (tw_in_step) */
 			return -1;
+		}
 		int start = first_len >= 8 &&
 			    (j->is_req ? tw_looks_like_request(first) : tw_looks_like_status(first));
-		if (!start)
+		if (!start) {
+			tw_thread_set(0);
 			return -1;
+		}
 		tw_message_reset(p, j->is_req);
 		p->skip = 0;
 	}
@@ -178,7 +184,7 @@ static __always_inline int tw_job_start(struct tw_conn *c, __u64 ck, __u64 iov, 
 		struct tw_ctl *ctl = tw_ctl.lookup(&zero);
 		if (ctl)
 			tw_charge_bytes(ctl, c, j);
-		tw_thread_set(c);
+		tw_thread_set(tw_in_step(c) ? c : 0);
 		return -1;
 	}
 	return j->mode;

@@ -65,6 +65,7 @@ TW_TAIL_PROG(tw_parse)
 	if (tw_read_user(buf, n & (TW_READ - 1) ? n & (TW_READ - 1) : TW_READ,
 			 (void *)(j->buf + j->seg_off)) != 0) {
 		tw_lose(TW_LOST_READ_FAULT);
+		tw_resync(c, p, is_req);  /* these bytes are gone: the place in the stream too */
 		j->remaining = 0;
 		goto done;
 	}
@@ -328,7 +329,7 @@ TW_TAIL_PROG(tw_parse)
 		if (p->num == 0) {
 			p->state = TW_S_TS;  /* last chunk: trailers up to a blank line */
 		} else if (p->num > 0xfffffffffffull) {
-			tw_lose(TW_LOST_RESYNC);
+			tw_lose_on(ctl, c, TW_LOST_RESYNC);
 			tw_resync(c, p, is_req);
 		} else {
 			p->skip = p->num;
@@ -343,7 +344,7 @@ TW_TAIL_PROG(tw_parse)
 		 * no loss; losing track inside headers or a body is.  States before HS
 		 * are the start-line states (kernel/dfa.py keeps that order). */
 		if (from >= TW_S_HS) {
-			tw_lose(TW_LOST_RESYNC);
+			tw_lose_on(ctl, c, TW_LOST_RESYNC);
 			tw_resync(c, p, is_req);
 		}
 	}
@@ -361,17 +362,22 @@ done:
 			goto charge;
 		/* The rest of this syscall was not parsed: the parser is out of step
 		 * with the stream until a syscall starts a new message (tw_exit). */
-		tw_lose(TW_LOST_SCAN_BUDGET);
 		if (is_req && p->state >= TW_S_HS && p->state <= TW_S_HLF) {
 			/* Cut inside a request's headers: count the request with the identity
 			 * seen so far (its response still completes it). */
 			tw_request_done(ctl, c, p, j->ts_ns, j);
 		}
+		/* After tw_request_done: the loss goes to the identity the cut request (and the
+		 * CPU spent on it) was counted under. */
+		tw_lose_on(ctl, c, TW_LOST_SCAN_BUDGET);
 		tw_resync(c, p, is_req);
 		p->skip = 0;
 	}
 charge:
 	tw_charge_bytes(ctl, c, j);
-	tw_thread_set(c);  /* its CPU from now on goes to this connection's request */
+	/* Its CPU from now on goes to this connection's request; to nobody while the connection
+	 * is out of step (its requests are not seen, so they must not be charged to the last one
+	 * that was). */
+	tw_thread_set(tw_in_step(c) ? c : 0);
 	return 0;
 }

@@ -13,6 +13,12 @@ static __always_inline void tw_resync(struct tw_conn *c, struct tw_parser *p, in
 		c->req_hold = 1;
 }
 
+/* Both directions of c know where they are in the stream (the CPU hand-over asks). */
+static __always_inline int tw_in_step(struct tw_conn *c)
+{
+	return c->req.state != TW_S_RESYNC && c->resp.state != TW_S_RESYNC;
+}
+
 static __always_inline void tw_message_reset(struct tw_parser *p, int is_req)
 {
 	p->state = is_req ? TW_S_RQ0 : TW_S_RS0;
@@ -41,7 +47,7 @@ static __always_inline void tw_head_end(void *ctx, struct tw_ctl *ctl, struct tw
 		tw_message_reset(p, 1);
 		if (mflags & M_BAD_CLEN) {
 			/* Conflicting or malformed Content-Length: where the body ends is unknown. */
-			tw_lose(TW_LOST_RESYNC);
+			tw_lose_on(ctl, c, TW_LOST_RESYNC);
 			tw_resync(c, p, is_req);
 		} else if (mflags & M_CHUNKED) {
 			p->state = TW_S_CS;
@@ -66,7 +72,7 @@ static __always_inline void tw_head_end(void *ctx, struct tw_ctl *ctl, struct tw
 	    (req_flags & M_HEAD))
 		return;
 	if (mflags & M_BAD_CLEN) {
-		tw_lose(TW_LOST_RESYNC);
+		tw_lose_on(ctl, c, TW_LOST_RESYNC);
 		tw_resync(c, p, is_req);
 	} else if (mflags & M_CHUNKED) {
 		p->state = TW_S_CS;

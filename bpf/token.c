@@ -49,6 +49,7 @@ TW_TAIL_PROG(tw_token)
 	if (tw_read_user(win->b, n & (TW_TOKEN_RUN - 1) ? n & (TW_TOKEN_RUN - 1) : TW_TOKEN_RUN,
 			 (void *)(j->buf + j->seg_off)) != 0) {
 		tw_lose(TW_LOST_READ_FAULT);
+		tw_resync(c, p, j->is_req);  /* these bytes are gone: the place in the stream too */
 		j->remaining = 0;
 		j->mode = TW_PROG_PARSE;
 		goto next;
@@ -106,7 +107,11 @@ next:
 	/* The tail call failed: count it like tw_parse's out-of-budget case. */
 	j->mode = TW_PROG_PARSE;
 	if (j->remaining > 0) {
-		tw_lose(TW_LOST_SCAN_BUDGET);
+		struct tw_ctl *ctl = tw_ctl.lookup(&zero);
+		if (ctl)
+			tw_lose_on(ctl, c, TW_LOST_SCAN_BUDGET);
+		else
+			tw_lose(TW_LOST_SCAN_BUDGET);
 		tw_resync(c, p, j->is_req);
 		p->skip = 0;
 	}
@@ -134,7 +139,7 @@ TW_TAIL_PROG(tw_token_emit)
 		goto next;  /* user space has it */
 	struct tw_token_event *tb = tw_tokbufs.lookup(&ck);
 	if (!c || !tb || tb->len != j->emit_len) {
-		tw_lose(TW_LOST_TOKEN_INCOMPLETE);
+		tw_lose_key(ctl, TW_LOST_TOKEN_INCOMPLETE, key, c ? c->side : TW_SIDE_SERVER, c);
 		goto next;
 	}
 	struct tw_rate *r = tw_tok_rate.lookup(&zero);
@@ -145,7 +150,7 @@ TW_TAIL_PROG(tw_token_emit)
 		r->sent = 0;
 	}
 	if (r->sent >= ctl->token_per_cpu_per_sec) {
-		tw_lose(TW_LOST_TOKEN_RATE_LIMITED);
+		tw_lose_key(ctl, TW_LOST_TOKEN_RATE_LIMITED, key, c->side, c);
 		goto next;
 	}
 	r->sent++;
@@ -157,7 +162,7 @@ TW_TAIL_PROG(tw_token_emit)
 	int err = tw_token_events.perf_submit(ctx, tb, sizeof(*tb));
 #endif
 	if (err != 0) {
-		tw_lose(TW_LOST_TOKEN_BUFFER_FULL);
+		tw_lose_key(ctl, TW_LOST_TOKEN_BUFFER_FULL, key, c->side, c);
 		goto next;
 	}
 	tw_tok_seen.update(&key, &now);

@@ -117,7 +117,7 @@ struct tw_agg_val {
 	__u32 value_len;   /* bytes in value, or TW_VALUE_UNKNOWN */
 	__s32 source;      /* index of the winning source, -1 none */
 	__u32 flags;       /* TW_F_* */
-	__u32 _pad;
+	__u32 lost;        /* losses that may have raised this identity's numbers (tw_lose_on) */
 	__u8 value[TW_VALUE_MAX];
 };
 

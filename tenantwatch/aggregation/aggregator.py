@@ -45,8 +45,19 @@ from tenantwatch.kernel.records import (
 log = logging.getLogger(__name__)
 
 NS_PER_SECOND = 1_000_000_000
-# Losses of sampled events (slow-request spans): no count is missing, the window stays complete.
+# How far a loss reaches (docs/detection.md, "Completeness").  Losses of sampled events
+# (slow-request spans): no count is missing.
 SAMPLING_LOSSES = frozenset({"slow_rate_limited", "slow_buffer_full"})
+# Counts and CPU that went nowhere, or under a reserved label (__other__ for a full identity
+# or CPU map; an untracked connection's CPU goes to __unattributed__): never charged to a wrong
+# tenant, so a tenant's share measured with them is at most its true share.  They hold back no
+# flag and no cap.
+UNDERSTATING_LOSSES = frozenset({"conn_map_full", "identity_map_full", "cpu_map_full"})
+# Charged by the kernel to the identity whose numbers they may have raised (IdentityCounts.
+# losses): they hold back that tenant only.  Where a connection has no identity yet, nothing
+# of it was charged to anyone, and they hold back nobody.
+TENANT_LOSSES = frozenset({"scan_budget", "resync", "pipeline_overflow", "token_incomplete",
+                           "token_rate_limited", "token_buffer_full"})
 
 
 class Resolver(Protocol):
@@ -135,6 +146,7 @@ class _TickDeltas:
     requests: dict[str, int] = field(default_factory=dict)
     latency: dict[str, list[int]] = field(default_factory=dict)
     trusted: set[str] = field(default_factory=set)
+    losses: dict[str, int] = field(default_factory=dict)  # TENANT_LOSSES charged to each
     workers: dict[int, dict[str, float]] = field(default_factory=dict)
     cpus: dict[int, dict[str, float]] = field(default_factory=dict)
 
@@ -271,7 +283,7 @@ class Aggregator:
 
     def _node_tick(self, tick: KernelTick, host: HostSample | None, d: _TickDeltas,
                    prev_runq: tuple[int, ...], interval: float) -> NodeTick:
-        tenants = set(d.cpu) | set(d.requests)
+        tenants = set(d.cpu) | set(d.requests) | set(d.losses)
         runq_delta = tuple(b - a for a, b in zip(prev_runq, tick.runq_buckets)) \
             if len(prev_runq) == len(tick.runq_buckets) else tick.runq_buckets
         runq_p99 = None
@@ -285,7 +297,8 @@ class Aggregator:
                 TenantTick(tenant=t, trusted=t in d.trusted, cpu_seconds=d.cpu.get(t, 0.0),
                            requests=d.requests.get(t, 0),
                            latency_buckets=tuple(d.latency.get(t, [0] * self._n_buckets)),
-                           trusted_cpu_seconds=d.trusted_cpu.get(t, 0.0))
+                           trusted_cpu_seconds=d.trusted_cpu.get(t, 0.0),
+                           losses=d.losses.get(t, 0))
                 for t in sorted(tenants)),
             workers=tuple(
                 WorkerTick(tgid=tgid, cpu_seconds=sum(by.values()),
@@ -299,7 +312,8 @@ class Aggregator:
             psi_some_avg10=host.psi_some_avg10 if host else None,
             runq_p99_seconds=runq_p99,
             complete=not any(n for reason, n in tick.lost.items()
-                             if reason not in SAMPLING_LOSSES),
+                             if reason not in SAMPLING_LOSSES | UNDERSTATING_LOSSES
+                             | TENANT_LOSSES),
         )
 
     def _fold(self, c: IdentityCounts, per_tick: _TickDeltas | None = None) -> None:
@@ -307,6 +321,8 @@ class Aggregator:
         if per_tick is not None and identity.trust is Trust.TRUSTED and (
                 c.request_heads or any(c.requests_by_class)):
             per_tick.trusted.add(identity.tenant)  # either side: the trusted source is upstream
+        if per_tick is not None and c.losses:
+            per_tick.losses[identity.tenant] = per_tick.losses.get(identity.tenant, 0) + c.losses
         if per_tick is not None and c.side is Side.SERVER:
             ended = sum(c.requests_by_class)
             if ended:

@@ -97,6 +97,9 @@ class TenantTick:
     # the part of cpu_seconds charged under trusted identities (the gateway's validated header,
     # a verified token) or to the tenant's own backend cgroup: what enforcement may act on
     trusted_cpu_seconds: float = 0.0
+    # kernel losses charged to the tenant this tick (aggregator.TENANT_LOSSES): its own numbers
+    # may be raised, so detection holds its flags and caps back
+    losses: int = 0
 
 
 @dataclass(frozen=True)
@@ -123,4 +126,4 @@ class NodeTick:
     latency_bounds: tuple[float, ...]
     psi_some_avg10: float | None
     runq_p99_seconds: float | None  # p99 run-queue delay of gateway threads this tick
-    complete: bool  # False when the kernel lost events this tick
+    complete: bool  # False when the kernel lost events this tick that reach every tenant

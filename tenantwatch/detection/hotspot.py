@@ -45,7 +45,8 @@ class Hotspots:
                                                            settings.clear_windows)
 
     def evaluate(self, stats: WindowStats) -> HotspotOutcome:
-        moved = self._latches.update(self._candidates(stats), stats.at, may_raise=stats.complete)
+        moved = self._latches.update(self._candidates(stats), stats.at,
+                                     may_raise=lambda key: stats.complete_for(key[2]))
 
         def hotspot(key: HotspotKey, latch: Latch, active: bool) -> Hotspot:
             kind, ident, tenant = key
@@ -95,8 +96,10 @@ class Hotspots:
             "tenant_share": round(tenant_seconds / usage.seconds, _DIGITS)
             if usage.seconds > 0 else 0.0,
             "window_seconds": round(stats.seconds, _DIGITS),
-            "window_complete": stats.complete,
+            "window_complete": stats.complete_for(tenant),
+            "node_window_complete": stats.complete,
             "incomplete_ticks": stats.incomplete_ticks,
+            "tenant_losses": w.losses if (w := stats.tenants.get(tenant)) else 0,
             "consecutive": latch.true_run,
             "calm": latch.false_run,
             "raised_at": latch.since,

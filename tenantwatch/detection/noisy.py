@@ -128,7 +128,7 @@ class NoisyNeighbours:
             return shares.heavy(tenant) and bool(strict.reasons(tenant))
 
         suspects = [t for t in sorted(stats.tenants) if t not in self.ignore and suspect(t)]
-        moved = self._latches.update(suspects, stats.at, may_raise=stats.complete)
+        moved = self._latches.update(suspects, stats.at, may_raise=stats.complete_for)
 
         def verdict(tenant: str, latch: Latch, active: bool) -> Verdict:
             scale = s.release_factor if tenant in held else 1.0
@@ -166,8 +166,12 @@ class NoisyNeighbours:
             "heavy": shares.heavy(tenant, scale),
             "contention": contention.reasons(tenant),
             "window_seconds": round(stats.seconds, _DIGITS),
-            "window_complete": stats.complete,
+            # complete for this tenant (what raising and capping wait for); the node's own
+            # completeness and the losses charged to the tenant say why not
+            "window_complete": stats.complete_for(tenant),
+            "node_window_complete": stats.complete,
             "incomplete_ticks": stats.incomplete_ticks,
+            "tenant_losses": w.losses if w else 0,
             "psi_some_avg10": stats.psi_some_avg10,
             "runq_p99_seconds": latest_runq,
             "runq_ticks_over": contention.runq_ticks_over,

@@ -29,8 +29,8 @@ class Verdict:
 
     ``since`` is when the flag was raised (active) or cleared (inactive).  ``evidence`` keys:
     share, request_share, fair_share, quota, threshold, hold_threshold, heavy, contention (list
-    of "psi", "runq", "victims"), window_seconds, window_complete, incomplete_ticks,
-    psi_some_avg10, runq_p99_seconds, runq_ticks_over, victims ([{tenant, p99_before, p99_now,
+    of "psi", "runq", "victims"), window_seconds, window_complete (for this tenant),
+    node_window_complete, incomplete_ticks, tenant_losses, psi_some_avg10, runq_p99_seconds, runq_ticks_over, victims ([{tenant, p99_before, p99_now,
     requests}]), victims_total, consecutive, calm, trusted, raised_at; clears add
     duration_seconds.
     """
@@ -52,8 +52,8 @@ class Hotspot:
     """A CPU or gateway worker saturated mostly by one tenant (active), or one that has cooled.
 
     ``id`` is the CPU number or the worker's tgid, as a string.  ``evidence`` keys: busy (fraction
-    of the window), busy_seconds, tenant_seconds, tenant_share, window_seconds, window_complete,
-    incomplete_ticks, consecutive, calm, raised_at; clears add duration_seconds.
+    of the window), busy_seconds, tenant_seconds, tenant_share, window_seconds, window_complete
+    (for the tenant), node_window_complete, incomplete_ticks, tenant_losses, consecutive, calm, raised_at; clears add duration_seconds.
     """
 
     kind: Literal["cpu", "worker"]
@@ -79,7 +79,7 @@ class DetectionResult:
 
     at: float
     window_seconds: float  # seconds the window actually covers (shorter while warming up)
-    window_complete: bool  # no tick in the window lost events
+    window_complete: bool  # no tick in the window lost events that reach every tenant
     shares: Mapping[str, float]  # CPU share per tenant over the window, 0..1, reserved included
     noisy: tuple[Verdict, ...]  # currently flagged only
     hotspots: tuple[Hotspot, ...]  # currently active only

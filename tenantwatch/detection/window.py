@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import operator
 from collections import deque
-from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Generic, TypeVar
@@ -39,6 +39,7 @@ class TenantWindow:
     trusted: bool  # at least one tick of the window said so
     buckets: tuple[int, ...]  # non-cumulative, summed over the window
     trusted_cpu_seconds: float = 0.0  # the part of cpu_seconds under trusted identities
+    losses: int = 0  # kernel losses charged to the tenant (TenantTick.losses), summed
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,14 @@ class WindowStats:
 
     @property
     def complete(self) -> bool:
+        """No tick of the window lost events that reach every tenant."""
         return self.incomplete_ticks == 0
+
+    def complete_for(self, tenant: str) -> bool:
+        """Complete for this tenant: no loss reaching every tenant, and none charged to it
+        (docs/detection.md, "Completeness").  Flags and caps of the tenant wait for it."""
+        w = self.tenants.get(tenant)
+        return self.complete and (w is None or w.losses == 0)
 
 
 class Window:
@@ -108,6 +116,7 @@ class Window:
         requests: dict[str, int] = {}
         trusted: dict[str, bool] = {}
         trusted_cpu: dict[str, float] = {}
+        losses: dict[str, int] = {}
         buckets: dict[str, tuple[int, ...]] = {}
         workers: dict[int, _UsageSum] = {}
         cpus: dict[int, _UsageSum] = {}
@@ -117,6 +126,7 @@ class Window:
                 requests[t.tenant] = requests.get(t.tenant, 0) + t.requests
                 trusted[t.tenant] = trusted.get(t.tenant, False) or t.trusted
                 trusted_cpu[t.tenant] = trusted_cpu.get(t.tenant, 0.0) + t.trusted_cpu_seconds
+                losses[t.tenant] = losses.get(t.tenant, 0) + t.losses
                 acc = buckets.get(t.tenant)
                 buckets[t.tenant] = t.latency_buckets if acc is None else \
                     tuple(map(operator.add, acc, t.latency_buckets))
@@ -125,7 +135,7 @@ class Window:
             for c in tick.cpus:
                 cpus.setdefault(c.cpu, _UsageSum()).add(c.busy_seconds, c.by_tenant)
         tenants = {name: TenantWindow(cpu[name], requests[name], trusted[name], buckets[name],
-                                      trusted_cpu[name])
+                                      trusted_cpu[name], losses[name])
                    for name in cpu}
         return WindowStats(
             at=latest.at,
@@ -266,8 +276,11 @@ class Hysteresis(Generic[K]):
     def pending(self) -> Iterable[tuple[K, Latch]]:
         return ((k, v) for k, v in self._latches.items() if not v.active and v.true_run > 0)
 
-    def update(self, true_keys: Collection[K], at: float, may_raise: bool) -> Transitions[K]:
+    def update(self, true_keys: Collection[K], at: float,
+               may_raise: bool | Callable[[K], bool]) -> Transitions[K]:
         """One evaluation: ``true_keys`` hold their condition now, every other key does not.
+        ``may_raise`` says whether an onset may raise now (per key when a callable); one that
+        may not is reported as blocked and raises at the first evaluation that may.
 
         Keys are visited in a fixed order (tracked ones first, then ``true_keys`` in the order
         given), so the transitions come out in the same order for the same inputs.
@@ -285,7 +298,7 @@ class Hysteresis(Generic[K]):
                 latch.true_run = 0
                 latch.false_run += 1
             if not latch.active and latch.true_run >= self.onset:
-                if may_raise:
+                if may_raise(key) if callable(may_raise) else may_raise:
                     latch.active, latch.since = True, at
                     raised.append(key)
                 else:

@@ -91,8 +91,12 @@ class Policy:
                 if tenant in leases:
                     out.append(Decision(tenant, RELEASE, None, RESERVED, None, {}))
                 continue
-            d = self._one(tenant, noisy.get(tenant), leases.get(tenant), quotas.get(tenant),
-                          usage.get(tenant), window_complete, now)
+            v = noisy.get(tenant)
+            # Complete for this tenant: the node's window, and no loss charged to the tenant
+            # (the verdict's evidence; docs/detection.md, "Completeness").
+            complete = window_complete and (v is None or v.evidence.get("window_complete", True))
+            d = self._one(tenant, v, leases.get(tenant), quotas.get(tenant),
+                          usage.get(tenant), complete, now)
             out.extend(d)
         for tenant in [t for t in self._seen if t not in noisy and t not in leases]:
             del self._seen[tenant]  # forget tenants with neither a verdict nor a lease

@@ -117,7 +117,7 @@ class AggVal(ct.Structure):
         ("value_len", ct.c_uint32),
         ("source", ct.c_int32),
         ("flags", ct.c_uint32),
-        ("_pad", ct.c_uint32),
+        ("lost", ct.c_uint32),
         ("value", ct.c_uint8 * VALUE_MAX),
     ]
 

@@ -595,7 +595,7 @@ def _copy(obj, cls):
 
 def _has_counts(v: abi.AggVal) -> bool:
     return bool(v.heads or sum(v.req_by_class) or v.rx_bytes or v.tx_bytes or v.conn_opened
-                or v.conn_closed)
+                or v.conn_closed or v.lost)
 
 
 def _to_counts(k: abi.AggKey, v: abi.AggVal, nbounds: int,
@@ -627,6 +627,7 @@ def _to_counts(k: abi.AggKey, v: abi.AggVal, nbounds: int,
         connections_opened=int(v.conn_opened),
         connections_closed=int(v.conn_closed),
         connections_duration_ns=int(v.conn_dur_ns),
+        losses=int(v.lost),
     )
 
 

@@ -57,6 +57,10 @@ class IdentityCounts:
     # summed lifetimes of the connections closed (from accept/connect, first sight, or a
     # WebSocket upgrade, to close); the kernel's CLOCK_MONOTONIC
     connections_duration_ns: int = 0
+    # kernel losses that may have raised this identity's numbers this tick (struct
+    # tw_agg_val.lost: a cut or desynchronised request on one of its connections, a pipeline
+    # overflow, a lost token); see aggregation.TENANT_LOSSES
+    losses: int = 0
 
 
 @dataclass(frozen=True)

@@ -332,3 +332,39 @@ def test_a_connection_older_than_the_daemon_is_taken_up_as_http2_only_at_real_fr
     assert data and all(e.midstream and e.seq == 0 and e.is_request for e in data), data
     assert b"".join(e.data for e in data) == samples["h2"]
     assert len({e.conn for e in data}) == 1
+
+
+def _losses_by_value(tick) -> dict[str | None, int]:
+    out: dict[str | None, int] = {}
+    for c in tick.identities:
+        if c.losses:
+            key = c.raw_value.decode() if c.raw_value is not None else None
+            out[key] = out.get(key, 0) + c.losses
+    return out
+
+
+def test_losses_are_charged_to_the_identity_they_may_have_raised(probes, server):
+    """A client that breaks the parser on its own connection (conflicting Content-Length: where
+    its body ends is unknown) or overflows its pipeline: the losses are counted by reason and
+    charged to that client's own identity, never to a tenant on another connection
+    (docs/detection.md, "Completeness")."""
+    bad = (b"POST / HTTP/1.1\r\nHost: t\r\nX-Tenant-ID: breaker\r\nContent-Length: 3\r\n"
+           b"Content-Length: 4\r\n\r\nabc")
+    pipeline = b"".join(_req("piper") for _ in range(20))
+    with socket.create_connection(("127.0.0.1", server)) as victim, \
+            socket.create_connection(("127.0.0.1", server)) as breaker, \
+            socket.create_connection(("127.0.0.1", server)) as piper:
+        _exchange(victim, _req("victim"), 1)
+        _exchange(breaker, _req("breaker"), 1)
+        _exchange(breaker, bad, 1)
+        _exchange(piper, pipeline, 20)
+        for _ in range(5):
+            _exchange(victim, _req("victim"), 1)
+    time.sleep(0.1)
+    tick = probes.drain()
+    assert tick.lost.get("resync", 0) >= 1 and tick.lost.get("pipeline_overflow", 0) >= 1
+    losses = _losses_by_value(tick)
+    assert losses.get("breaker", 0) >= 1, losses
+    assert losses.get("piper", 0) == tick.lost["pipeline_overflow"], losses
+    assert "victim" not in losses
+    assert _by_value(tick)["victim"][1] == 6

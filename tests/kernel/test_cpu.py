@@ -35,6 +35,9 @@ class H(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))  # the first one
+        self.do_GET()
     def handle_one_request(self):
         # ground truth: the thread's CPU for the whole request (parse, burn, respond)
         t0 = time.thread_time()
@@ -100,6 +103,48 @@ def test_cpu_per_tenant_matches_thread_time_within_10_percent(probes):
     assert cpu["heavy"] > cpu["medium"] > cpu["light"]
     assert sum(c.ns for c in tick.cpu) > 0
     assert all(c.tgid == proc.pid for c in tick.cpu if c.key != abi.KEY_OVERFLOW)
+
+
+def test_the_cpu_of_a_connection_out_of_step_is_nobodys(probes):
+    """A request whose body end is unknown (two Content-Length values) puts its connection out
+    of step: until the stream is provably back at a message boundary, the gateway's CPU on it
+    goes to __unattributed__, never to the last identity seen there (a client could otherwise
+    have unseen work charged to a tenant).  Requests on a connection in step keep theirs."""
+    bad = (b"POST / HTTP/1.1\r\nHost: t\r\nX-Tenant-ID: heavy\r\nContent-Length: 3\r\n"
+           b"Content-Length: 4\r\n\r\nabc")
+    proc = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        probes.set_targets({proc.pid})
+        probes.drain()
+        with socket.create_connection(("127.0.0.1", port)) as s, \
+                socket.create_connection(("127.0.0.1", port)) as ok:
+            _get(s, "light")  # the connection's identity before it breaks
+            for _ in range(20):
+                s.sendall(bad)  # each burns 25 ms of "heavy" in the server
+                got = b""
+                while not got.endswith(b"ok\n"):
+                    chunk = s.recv(65536)
+                    assert chunk
+                    got += chunk
+                _get(ok, "medium")
+            truth = json.loads(_get(ok, "x", "/truth"))
+        time.sleep(0.1)
+        tick = probes.drain()
+    finally:
+        proc.kill()
+        proc.wait(5)
+        probes.set_targets(set())
+    names = {c.key: c.raw_value.decode() for c in tick.identities if c.raw_value}
+    cpu: dict = {}
+    for c in tick.cpu:
+        name = "__unattributed__" if c.key == abi.KEY_UNATTRIBUTED else names.get(c.key, "?")
+        cpu[name] = cpu.get(name, 0) + c.ns / 1e9
+    assert tick.lost.get("resync", 0) == 20, tick.lost
+    assert truth["heavy"] >= 0.5
+    assert cpu.get("heavy", 0) + cpu.get("light", 0) <= 0.1 * truth["heavy"], (cpu, truth)
+    assert cpu["__unattributed__"] >= 0.9 * truth["heavy"], (cpu, truth)
+    assert abs(cpu["medium"] - truth["medium"]) <= 0.10 * truth["medium"], (cpu, truth)
 
 
 def test_run_queue_histogram_counts_wakeups(probes):

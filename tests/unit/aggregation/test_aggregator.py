@@ -289,3 +289,48 @@ def test_slow_requests_resolve_to_their_tenant_with_wall_clock_times() -> None:
     assert (span.tenant, span.method, span.status, span.tgid) == ("acme", "GET", 504, 42)
     assert span.duration_seconds == 0.75
     assert abs(span.start_unix - _time.time()) < 5
+
+
+def test_losses_charged_to_an_identity_make_only_its_tenant_incomplete() -> None:
+    agg, _ = make_aggregator(k1=ACME, k2=GLOBEX)
+    acme = dataclasses.replace(make_counts(1, classes={"2xx": 3}), losses=2)
+    agg.apply(make_tick(acme, make_counts(2, classes={"2xx": 5}),
+                        lost={"scan_budget": 1, "resync": 1}))
+    node = agg.node_tick()
+    assert node is not None and node.complete  # nothing that reaches every tenant
+    assert {t.tenant: t.losses for t in node.tenants} == {"acme": 2, "globex": 0}
+
+
+@pytest.mark.parametrize("reason", ["conn_map_full", "identity_map_full", "cpu_map_full",
+                                    "slow_rate_limited", "token_rate_limited"])
+def test_losses_that_raise_no_tenant_leave_the_node_complete(reason: str) -> None:
+    agg, _ = make_aggregator(k1=ACME)
+    agg.apply(make_tick(make_counts(1, classes={"2xx": 1}), lost={reason: 7}))
+    node = agg.node_tick()
+    assert node is not None and node.complete
+
+
+@pytest.mark.parametrize("reason", ["args_map_full", "read_fault", "hash_collision",
+                                    "tls_no_fd", "h2_buffer_full", "target_map_full"])
+def test_other_losses_make_the_node_incomplete(reason: str) -> None:
+    agg, _ = make_aggregator(k1=ACME)
+    agg.apply(make_tick(make_counts(1, classes={"2xx": 1}), lost={reason: 1}))
+    node = agg.node_tick()
+    assert node is not None and not node.complete
+
+
+def test_every_kernel_loss_reason_has_a_reach() -> None:
+    # A new reason is node-wide unless it is put, with a reason, in one of the other sets.
+    from tenantwatch.aggregation.aggregator import (
+        SAMPLING_LOSSES,
+        TENANT_LOSSES,
+        UNDERSTATING_LOSSES,
+    )
+    from tenantwatch.kernel.abi import LOST_REASONS
+
+    node_wide = {"args_map_full", "read_fault", "hash_collision", "tls_no_fd", "h2_buffer_full"}
+    classified = SAMPLING_LOSSES | UNDERSTATING_LOSSES | TENANT_LOSSES
+    assert not (SAMPLING_LOSSES & UNDERSTATING_LOSSES or UNDERSTATING_LOSSES & TENANT_LOSSES
+                or SAMPLING_LOSSES & TENANT_LOSSES)
+    assert set(LOST_REASONS) - classified == node_wide
+    assert classified <= set(LOST_REASONS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from types import MappingProxyType
 from typing import Any
 
@@ -237,3 +238,44 @@ def test_jittered_heavy_tenant_near_nothing_does_not_flap() -> None:
     phases = [Phase(100, {"A": 0.55, "B": 0.15, "C": 0.15, "D": 0.15}, psi=30.0)]
     r = run(Detector(), replay(phases, seed=5, jitter=0.3))
     assert len(noisy_changes(r)) <= 1
+
+
+def with_losses(t: NodeTick, losses: dict[str, int]) -> NodeTick:
+    """The tick with kernel losses charged to some of its tenants (TenantTick.losses)."""
+    return dataclasses.replace(t, tenants=tuple(
+        dataclasses.replace(x, losses=losses.get(x.tenant, 0)) for x in t.tenants))
+
+
+def test_losses_charged_to_another_tenant_do_not_hold_back_a_flag() -> None:
+    # A client breaking the parser on its own connections: the losses are charged to the
+    # identity they were counted under (A), the node stays complete, and B is flagged on time.
+    d = Detector(DetectionSettings(release_factor=1.0))
+    run(d, ticks(1, 10, CALM))
+    hot = run(d, [with_losses(t, {"A": 50}) for t in ticks(11, 5, INCIDENT_CPU, psi=50.0)])
+    assert noisy_changes(hot) == [(14.0, "B", True)]
+    ev = hot[3].changes[0].evidence
+    assert ev["window_complete"] is True and ev["node_window_complete"] is True
+    assert ev["tenant_losses"] == 0
+    assert all(r.window_complete for r in hot)
+
+
+def test_losses_charged_to_a_tenant_hold_back_its_flag_until_they_leave_the_window() -> None:
+    d = Detector(DetectionSettings(release_factor=1.0))
+    run(d, ticks(1, 10, CALM))
+    lossy = run(d, [with_losses(t, {"B": 2}) for t in ticks(11, 5, INCIDENT_CPU, psi=50.0)])
+    assert noisy_changes(lossy) == []
+    assert lossy[-1].contention["raise_blocked"]["noisy"] == ["B"]
+    assert all(r.window_complete for r in lossy)  # the node's window: nothing reaches all
+    clean = run(d, ticks(16, 6, INCIDENT_CPU, psi=50.0))
+    # the window at 20 holds ticks 16..20: the first without B's losses
+    assert noisy_changes(clean) == [(20.0, "B", True)]
+    assert clean[3].contention["raise_blocked"]["noisy"] == ["B"]
+
+
+def test_a_node_wide_loss_still_holds_back_every_flag() -> None:
+    d = Detector(DetectionSettings(release_factor=1.0))
+    run(d, ticks(1, 10, CALM))
+    lossy = run(d, [with_losses(t, {"A": 1}) for t in
+                    ticks(11, 5, INCIDENT_CPU, psi=50.0, complete=False)])
+    assert noisy_changes(lossy) == []
+    assert lossy[-1].contention["raise_blocked"]["noisy"] == ["B"]

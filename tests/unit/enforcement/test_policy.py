@@ -72,6 +72,17 @@ def test_a_lost_events_window_refuses_a_new_cap() -> None:
     assert (d.action, d.reason) == ("refuse", "lost_events")
 
 
+def test_losses_charged_to_the_tenant_refuse_its_new_cap_on_a_complete_node() -> None:
+    # the node's window is complete, but the tenant's own numbers may be raised by losses
+    lossy = verdict("acme", window_complete=False, tenant_losses=3)
+    d = only(policy(Clock()).decide([lossy], True, {}, {"acme": 2.0}))
+    assert (d.action, d.reason) == ("refuse", "lost_events")
+    # another tenant with exact numbers is capped in the same evaluation
+    out = policy(Clock()).decide([lossy, verdict("globex")], True, {}, {"acme": 2.0,
+                                                                        "globex": 2.0})
+    assert {(x.tenant, x.action) for x in out} == {("acme", "refuse"), ("globex", "cap")}
+
+
 def test_steps_wait_for_the_cooldown_and_never_halve_more_than_once() -> None:
     c = Clock()
     p = policy(c, cooldown_seconds=30)
