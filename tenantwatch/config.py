@@ -202,6 +202,8 @@ class Enforcement:
     keep_on_exit: bool = False
     state_file: str = "/var/lib/tenantwatch/caps.json"
     audit_log: str = "/var/lib/tenantwatch/audit.jsonl"
+    # while this file exists, every cap is released and none is made (docs/enforcement.md)
+    kill_switch: str = "/var/lib/tenantwatch/enforcement-off"
     quotas: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     placement: Any = None
 
@@ -563,7 +565,7 @@ def _parse_enforcement(value: Any, field: str, env: Mapping[str, str]) -> Enforc
     m = _mapping(value, field)
     _check_keys(m, ("mode", "cgroup", "root", "floor", "max_step", "cooldown_seconds",
                     "calm_seconds", "lease_ttl_seconds", "keep_on_exit", "state_file",
-                    "audit_log", "quotas", "placement"), field)
+                    "audit_log", "kill_switch", "quotas", "placement"), field)
     mode, mode_field = _pick(m, "mode", field, "dry-run", env, ENV_ENFORCEMENT_MODE)
     if mode is False:  # YAML 1.1 reads an unquoted `off` as false
         mode = "off"
@@ -588,7 +590,7 @@ def _parse_enforcement(value: Any, field: str, env: Mapping[str, str]) -> Enforc
             != placement.delegated_root:
         raise ConfigError(f"{field}.cgroup", f"with placement, the template must be under "
                           f"placement.delegated_root ({placement.delegated_root})")
-    for key in ("state_file", "audit_log"):
+    for key in ("state_file", "audit_log", "kill_switch"):
         path = _str(m.get(key, getattr(Enforcement, key)), f"{field}.{key}")
         if not path.startswith("/"):
             raise ConfigError(f"{field}.{key}", "must be an absolute path")
@@ -614,6 +616,7 @@ def _parse_enforcement(value: Any, field: str, env: Mapping[str, str]) -> Enforc
         keep_on_exit=_bool(m.get("keep_on_exit", False), f"{field}.keep_on_exit"),
         state_file=m.get("state_file", Enforcement.state_file),
         audit_log=m.get("audit_log", Enforcement.audit_log),
+        kill_switch=m.get("kill_switch", Enforcement.kill_switch),
         quotas=quotas,
         placement=placement,
     )

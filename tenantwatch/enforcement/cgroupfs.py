@@ -94,9 +94,14 @@ class CgroupWriter(ABC):
         return pids
 
     def write_cap(self, cores: float) -> CpuLimit:
-        """Set the quota to ``cores`` at the current period; gives the limit now in force."""
-        period = self.read_limit().period_us
-        self._write_bandwidth(quota_us(cores, period), period)
+        """Set the quota to ``cores`` at the current period; gives the limit now in force.  A
+        burst larger than the new quota is set to 0 first (the kernel refuses a quota under the
+        burst); the lease's original keeps the burst, and a restore puts it back."""
+        current = self.read_limit()
+        quota = quota_us(cores, current.period_us)
+        if current.burst_us and current.burst_us > quota:
+            self._write_burst(0)
+        self._write_bandwidth(quota, current.period_us)
         return self.read_limit()
 
     @abstractmethod
@@ -112,6 +117,20 @@ class CgroupWriter(ABC):
 
     @abstractmethod
     def _write_bandwidth(self, quota_us: int | None, period_us: int) -> None: ...
+
+    burst_file = ""  # the hierarchy's burst file
+
+    def _read_burst(self) -> int | None:
+        """The burst in microseconds, None where the kernel has none (before 5.14)."""
+        return self._read_int(self.burst_file)
+
+    def _write_burst(self, burst_us: int) -> None:
+        self._write(self._file(self.burst_file), f"{burst_us}\n")
+
+    def _restore_burst(self, limit: CpuLimit) -> None:
+        """After the bandwidth (a burst may not exceed the quota): the saved burst, if any."""
+        if limit.burst_us is not None and self._read_burst() not in (None, limit.burst_us):
+            self._write_burst(limit.burst_us)
 
     # ------------------------------------------------------------------ file helpers
 
@@ -157,6 +176,7 @@ class CgroupWriter(ABC):
 
 class V2Writer(CgroupWriter):
     version = 2
+    burst_file = "cpu.max.burst"
 
     def read_limit(self) -> CpuLimit:
         path = self._file("cpu.max")
@@ -167,10 +187,11 @@ class V2Writer(CgroupWriter):
         except (IndexError, ValueError):
             raise EnforcementError(f"{path}: expected \"QUOTA PERIOD\", got "
                                    f"{' '.join(parts)!r}") from None
-        return CpuLimit(quota, period, self._read_int("cpu.weight"))
+        return CpuLimit(quota, period, self._read_int("cpu.weight"), self._read_burst())
 
     def restore(self, limit: CpuLimit) -> None:
         self._write_bandwidth(limit.quota_us, limit.period_us)
+        self._restore_burst(limit)
         if limit.weight is not None and self._read_int("cpu.weight") not in (None, limit.weight):
             self._write(self._file("cpu.weight"), f"{limit.weight}\n")
 
@@ -188,16 +209,19 @@ class V2Writer(CgroupWriter):
 
 class V1Writer(CgroupWriter):
     version = 1
+    burst_file = "cpu.cfs_burst_us"
 
     def read_limit(self) -> CpuLimit:
         quota = self._read_int("cpu.cfs_quota_us")
         period = self._read_int("cpu.cfs_period_us")
         if quota is None or period is None or period <= 0:
             raise EnforcementError(f"{self.path}: unreadable cpu.cfs_quota_us/cpu.cfs_period_us")
-        return CpuLimit(None if quota < 0 else quota, period, self._read_int("cpu.shares"))
+        return CpuLimit(None if quota < 0 else quota, period, self._read_int("cpu.shares"),
+                        self._read_burst())
 
     def restore(self, limit: CpuLimit) -> None:
         self._write_bandwidth(limit.quota_us, limit.period_us)
+        self._restore_burst(limit)
         if limit.weight is not None and self._read_int("cpu.shares") not in (None, limit.weight):
             self._write(self._file("cpu.shares"), f"{limit.weight}\n")
 

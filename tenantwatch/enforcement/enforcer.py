@@ -7,8 +7,11 @@ of refusals by reason; the caps in force.
 
 Every cap, step down and renewal passes safety.SafetyChecks first (outside_root, no_cgroup,
 stale, gateway_in_cgroup, foreign_processes, ...); a lease in force is checked again every tick
-and ended when it fails (its original restored, unless the cgroup is no longer ours).  A refusal
-repeated on consecutive ticks is counted and audited once.
+and ended when it fails (its original restored, unless the cgroup is no longer ours: recreated,
+or its limit changed by someone else).  No first cap is written before its lease is saved
+(state_unsaved otherwise).  While the kill-switch file (enforcement.kill_switch) exists, every
+lease ends with its original restored and nothing new is decided.  A refusal repeated on
+consecutive ticks is counted and audited once.
 
 ``start()`` reconciles with the state file: a lease is adopted only in enforce mode, when its
 cgroup is the same (path, inode, version), still holds exactly what we wrote, and the lease has
@@ -19,6 +22,7 @@ dropped.  ``stop()`` restores every original unless told to keep them.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -74,6 +78,7 @@ class Enforcer:
         self._refused_now: set[tuple[str, str]] = set()
         self._dirty = False
         self._stopped = False
+        self.killed = False  # enforcement.kill_switch seen at the last tick
         self.refusals: Counter[str] = Counter()
         # (tenant, action, mode): cap, step_down, renew, release, adopt, restore, keep
         self.actions: Counter[tuple[str, str, str]] = Counter()
@@ -113,6 +118,8 @@ class Enforcer:
                 "caps": leases if self.mode == ENFORCE else [],
                 "would_caps": leases if self.mode == DRY_RUN else [],
                 "refusals": dict(sorted(self.refusals.items())),
+                "kill_switch": {"path": getattr(self.settings, "kill_switch", ""),
+                                "on": self.killed},
                 "actions": [{"tenant": t, "action": a, "mode": m, "count": n}
                             for (t, a, m), n in sorted(self.actions.items())],
             }
@@ -127,6 +134,13 @@ class Enforcer:
             return ()
         with self._lock:
             leases = dict(self._leases)
+        if self._kill_switch():
+            # Every lease ends (its original back, this tick) and nothing new is decided.
+            ev = {"kill_switch": self.settings.kill_switch}
+            return self.apply(
+                [Decision(t, r.RELEASE, None, r.KILL_SWITCH, None, ev) for t in sorted(leases)]
+                + [Decision(v.tenant, r.REFUSE, None, r.KILL_SWITCH, None, v.evidence)
+                   for v in result.noisy if v.active])
         # Every tenant of the window is measured, so that its use is known when it is flagged.
         tenants = ({v.tenant for v in result.noisy} | set(result.shares) | set(leases)
                    | set(self.settings.quotas)) - self.policy.protected
@@ -155,6 +169,19 @@ class Enforcer:
         for o in outs:
             self._record(o)
         return tuple(outs)
+
+    def _kill_switch(self) -> bool:
+        """Whether enforcement.kill_switch exists; its coming and going is logged once."""
+        path = getattr(self.settings, "kill_switch", "")
+        on = bool(path) and os.path.lexists(path)
+        if on != self.killed:
+            self.killed = on
+            if on:
+                log.warning("enforcement: kill switch %s exists: every cap is released and no "
+                            "new one is made until it is removed", path)
+            else:
+                log.warning("enforcement: kill switch %s removed: enforcement resumes", path)
+        return on
 
     def _read_usage(self, tenant: str) -> float | None:
         try:
@@ -207,7 +234,12 @@ class Enforcer:
                     period = original.period_us
                     intended = CpuLimit(quota_us(d.cores, period), period, original.weight)
                     self._leases[d.tenant] = new.with_(written=intended)
-                    self._persist(force=True)
+                    if not self._persist(force=True):
+                        # No cap without its lease on disk: a daemon killed after the write
+                        # would leave a cap nobody knows to restore.
+                        del self._leases[d.tenant]
+                        return [self._refusal(d.tenant, r.STATE_UNSAVED, now, d.evidence,
+                                              f"state file {self.settings.state_file}", path)]
                 new = new.with_(written=writer.write_cap(d.cores))
         except EnforcementError as e:
             if first and self.mode == ENFORCE and d.tenant in self._leases:
@@ -257,12 +289,12 @@ class Enforcer:
     def _refuse_lease(self, tenant: str, reason: str, lease: Lease | None, now: float,
                       evidence: Mapping[str, Any], detail: str | None,
                       path: str) -> list[Outcome]:
-        """A refusal; when a lease is in force it ends: a cgroup no longer ours (stale) is left
-        alone, any other gets its original back."""
+        """A refusal; when a lease is in force it ends: a cgroup no longer ours (stale, or its
+        limit changed by someone else) is left alone, any other gets its original back."""
         outs = [self._refusal(tenant, reason, now, evidence, detail, path)]
         if lease is None:
             return outs
-        if reason == r.STALE:
+        if reason in (r.STALE, r.CHANGED_EXTERNALLY):  # not ours any more: left as it is
             del self._leases[tenant]
             self._dirty = True
             return outs
@@ -308,14 +340,17 @@ class Enforcer:
         if self._audit is not None:
             self._audit.write(o)
 
-    def _persist(self, force: bool = False) -> None:
+    def _persist(self, force: bool = False) -> bool:
+        """Save the leases when they changed (or ``force``).  False when the save failed."""
         if self.mode != ENFORCE or self._state is None or not (self._dirty or force):
-            return
+            return True
         try:
             self._state.save(self._leases)
             self._dirty = False
+            return True
         except StateFileError as e:
             log.error("enforcement: %s (leases are kept in memory; retried next tick)", e)
+            return False
 
     # ------------------------------------------------------------------ start / stop
 
@@ -333,8 +368,13 @@ class Enforcer:
         now = self._clock()
         outs: list[Outcome] = []
         unrestored: dict[str, Lease] = {}
+        earlier_boot = self._state.from_earlier_boot()
         with self._lock:
             for tenant, lease in sorted(saved.items()):
+                if earlier_boot:  # caps do not survive a reboot; those cgroups are not ours
+                    outs.append(self._lifecycle(now, lease, r.RESTORE, "noop", "earlier_boot",
+                                                f"state file from boot {self._state.loaded_boot_id}"))
+                    continue
                 why = f"mode_{self.mode}" if self.mode != ENFORCE else why_not_adopt(
                     lease, self.path_for(tenant), self.root, now, self._writer_factory)
                 if why is None:

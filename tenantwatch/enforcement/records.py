@@ -30,9 +30,13 @@ STALE = "stale"  # the leased cgroup is gone or was recreated (another inode)
 NO_CGROUP = "no_cgroup"  # the tenant has no cgroup of its own: nothing to cap
 NO_CPU_CONTROLLER = "no_cpu_controller"  # neither cpu.max nor cpu.cfs_quota_us in the cgroup
 WRITE_FAILED = "write_failed"  # the kernel refused the write (EINVAL, EACCES, ...)
+# the limit read back is not the one we wrote: someone else manages the cgroup now, we let go
+CHANGED_EXTERNALLY = "changed_externally"
+STATE_UNSAVED = "state_unsaved"  # the lease could not be saved first: no cap is written
+KILL_SWITCH = "kill_switch"  # enforcement.kill_switch exists: every lease ends, nothing new
 REFUSAL_REASONS = (
     UNTRUSTED, RESERVED, LOST_EVENTS, GATEWAY_IN_CGROUP, FOREIGN_PROCESSES, OUTSIDE_ROOT, STALE,
-    NO_CGROUP, NO_CPU_CONTROLLER, WRITE_FAILED,
+    NO_CGROUP, NO_CPU_CONTROLLER, WRITE_FAILED, CHANGED_EXTERNALLY, STATE_UNSAVED, KILL_SWITCH,
 )
 
 
@@ -48,6 +52,7 @@ class CpuLimit:
     quota_us: int | None
     period_us: int
     weight: int | None = None
+    burst_us: int | None = None  # v2 cpu.max.burst, v1 cpu.cfs_burst_us; None when absent
 
     @property
     def cores(self) -> float | None:
@@ -58,7 +63,8 @@ class CpuLimit:
         return (self.quota_us, self.period_us) == (other.quota_us, other.period_us)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"quota_us": self.quota_us, "period_us": self.period_us, "weight": self.weight}
+        return {"quota_us": self.quota_us, "period_us": self.period_us, "weight": self.weight,
+                "burst_us": self.burst_us}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CpuLimit:
@@ -69,7 +75,11 @@ class CpuLimit:
             raise ValueError(f"period_us {period!r} is not a positive integer")
         if weight is not None and (isinstance(weight, bool) or not isinstance(weight, int)):
             raise ValueError(f"weight {weight!r} is not an integer or null")
-        return cls(quota, period, weight)
+        burst = d.get("burst_us")  # absent in state files written before it was saved
+        if burst is not None and (isinstance(burst, bool) or not isinstance(burst, int)
+                                  or burst < 0):
+            raise ValueError(f"burst_us {burst!r} is not a non-negative integer or null")
+        return cls(quota, period, weight, burst)
 
 
 @dataclass(frozen=True)

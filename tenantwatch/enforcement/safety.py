@@ -7,6 +7,7 @@ be capped (with the writer to do it), or the refusal reason and a detail for the
 - outside_root: the path, symlinks and ``..`` resolved, is not strictly below the root;
 - no_cgroup / no_cpu_controller: nothing to cap (no lease yet);
 - stale: the leased cgroup is gone, or another cgroup (other inode or version) took its path;
+- changed_externally: the limit read back is not the one the lease wrote (someone else set it);
 - gateway_in_cgroup: the subtree holds a gateway process or tenantwatch itself;
 - foreign_processes: the subtree holds a process that placement's selectors give to another
   tenant (placement mode only: without it nothing says whose a process is).
@@ -69,6 +70,12 @@ class SafetyChecks:
                                       or writer.version != lease.version):
                 return Check(r.STALE, None, f"{path} was recreated (inode {lease.inode} -> "
                              f"{writer.inode()}, cgroup v{writer.version})")
+            if lease is not None and lease.written is not None:
+                now = writer.read_limit()
+                if not now.same_bandwidth(lease.written):
+                    return Check(r.CHANGED_EXTERNALLY, None,
+                                 f"{path}: {now.as_dict()} in force, {lease.written.as_dict()} "
+                                 "written by tenantwatch")
             procs = writer.procs()
         except EnforcementError as e:
             return Check(reason_of(e, lease), None, str(e))

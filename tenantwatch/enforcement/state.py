@@ -1,11 +1,16 @@
 """The lease state file, and the restore that works without the daemon (`release-caps`).
 
-Takes: leases in force.  Gives: a JSON file (``{"version": 1, "leases": [...]}``, each entry a
-``Lease.as_dict()``: tenant, path, inode, original and written limits, lease_expires_unix),
+Takes: leases in force.  Gives: a JSON file (``{"version": 1, "boot_id": ..., "leases": [...]}``,
+each entry a ``Lease.as_dict()``: tenant, path, inode, original and written limits,
+lease_expires_unix),
 replaced atomically (temporary file, fsync, rename) so that a crash leaves the old file or the
 new one, never half of one.  The entry is saved *before* a cap is written: a daemon killed
 between the two leaves an entry whose original is the value in force, which a restore puts back
 unchanged.
+
+The file records the kernel's boot id.  Caps do not survive a reboot, and cgroups created after
+one may get the inode numbers of those before it: entries of an earlier boot are never adopted
+nor restored, only dropped (``from_earlier_boot``).
 
 ``release_all(state_path, root)`` restores every entry whose cgroup still exists with the same
 inode and empties the file.  It is what `tenantwatch release-caps` runs, e.g. from systemd's
@@ -35,13 +40,32 @@ log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 DEFAULT_STATE_FILE = "/var/lib/tenantwatch/caps.json"
+BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
+
+
+def boot_id(path: str = BOOT_ID_FILE) -> str | None:
+    """This boot's id (a UUID), None when the kernel does not say."""
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read().strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 class StateStore:
     """The JSON state file at ``path``."""
 
-    def __init__(self, path: str = DEFAULT_STATE_FILE) -> None:
+    def __init__(self, path: str = DEFAULT_STATE_FILE,
+                 current_boot: Callable[[], str | None] = boot_id) -> None:
         self.path = path
+        self._current_boot = current_boot
+        self.loaded_boot_id: str | None = None  # the boot id of the file last loaded
+
+    def from_earlier_boot(self) -> bool:
+        """The file last loaded was written during another boot (False when either is unknown:
+        files written before the boot id was recorded)."""
+        now = self._current_boot()
+        return bool(self.loaded_boot_id and now and self.loaded_boot_id != now)
 
     def load(self) -> dict[str, Lease]:
         """Leases by tenant; {} when there is no file.  Raises StateFileError when it cannot be
@@ -56,6 +80,8 @@ class StateStore:
         if not isinstance(doc, dict) or doc.get("version") != STATE_VERSION \
                 or not isinstance(doc.get("leases"), list):
             raise StateFileError(f"{self.path}: not a version {STATE_VERSION} state file")
+        boot = doc.get("boot_id")
+        self.loaded_boot_id = boot if isinstance(boot, str) else None
         out: dict[str, Lease] = {}
         for i, entry in enumerate(doc["leases"]):
             try:
@@ -66,7 +92,7 @@ class StateStore:
         return out
 
     def save(self, leases: Mapping[str, Lease]) -> None:
-        doc = {"version": STATE_VERSION,
+        doc = {"version": STATE_VERSION, "boot_id": self._current_boot(),
                "leases": [leases[t].as_dict() for t in sorted(leases)]}
         directory = os.path.dirname(self.path) or "."
         tmp = f"{self.path}.tmp.{os.getpid()}"
@@ -169,6 +195,15 @@ def release_all(state_path: str, root: str,
         leases = store.load()
     except StateFileError as e:
         return ReleaseReport(error=str(e))
+    if store.from_earlier_boot():
+        # Nothing of ours survived the reboot; the cgroups there now are not the ones we capped.
+        log.info("release-caps: %s is from an earlier boot: %d entries dropped, nothing restored",
+                 state_path, len(leases))
+        try:
+            store.save({})
+        except StateFileError as e:
+            return ReleaseReport(error=str(e))
+        return ReleaseReport(replaced=tuple(sorted(leases)))
     done: dict[str, list[str]] = {"restored": [], "gone": [], "replaced": []}
     failed: list[tuple[str, str]] = []
     left: dict[str, Lease] = {}

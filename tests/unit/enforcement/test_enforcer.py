@@ -315,7 +315,102 @@ def test_the_api_document(tmp_path: Path) -> None:
     (c,) = doc["caps"]
     assert (c["tenant"], c["cores"], c["trigger"], c["cgroup_version"]) == \
         ("acme", 0.5, "noisy", 2)
-    assert c["original"] == {"quota_us": None, "period_us": 100000, "weight": 100}
+    assert c["original"] == {"quota_us": None, "period_us": 100000, "weight": 100,
+                             "burst_us": None}
     assert c["lease_seconds_left"] == 110.0
     assert doc["refusals"] == {"untrusted": 1}
     assert {"tenant": "acme", "action": "cap", "mode": "enforce", "count": 1} in doc["actions"]
+
+
+# ------------------------------------------------------------------ leases under faults
+
+
+def test_a_limit_changed_by_someone_else_ends_our_management_without_a_restore(
+        tmp_path: Path) -> None:
+    cg = v2_cgroup(tmp_path / ACME_V2)
+    e = enforcer(tmp_path, Clock())
+    e.apply([cap("acme", 0.5)])
+    (cg / "cpu.max").write_text("30000 100000\n")  # an operator's own limit
+    outs = e.apply([])  # every lease is read back every tick
+    assert refused(e, outs) == ["changed_externally"]
+    assert (cg / "cpu.max").read_text() == "30000 100000\n"  # left as they set it
+    assert e.caps_in_force() == {}
+    assert e.refusals == {"changed_externally": 1}
+    last = audit(tmp_path)[-1]
+    assert (last["action"], last["reason"]) == ("refuse", "changed_externally")
+    assert "30000" in last["detail"]
+    assert json.loads((tmp_path / "state/caps.json").read_text())["leases"] == []
+
+
+def test_no_cap_is_written_when_its_lease_cannot_be_saved(tmp_path: Path) -> None:
+    cg = v2_cgroup(tmp_path / ACME_V2)
+    (tmp_path / "state").mkdir()
+    blocker = tmp_path / "state" / "not-a-dir"
+    blocker.write_text("")
+    e = enforcer(tmp_path, Clock(), state_file=str(blocker / "caps.json"))
+    outs = e.apply([cap("acme", 0.5)])
+    assert refused(e, outs) == ["state_unsaved"]
+    assert (cg / "cpu.max").read_text() == "max 100000\n"
+    assert e.caps_in_force() == {}
+
+
+def test_the_kill_switch_releases_every_cap_within_a_tick_and_blocks_new_ones(
+        tmp_path: Path) -> None:
+    cg = v2_cgroup(tmp_path / ACME_V2, usage_usec=0)
+    clock = Clock()
+    e = enforcer(tmp_path, clock)
+    e.start()
+    e.tick(result(shares={"acme": 0.6}))
+    (cg / "cpu.stat").write_text("usage_usec 1600000\n")
+    clock.advance(1)
+    e.tick(result(verdict("acme")))
+    assert (cg / "cpu.max").read_text() == "80000 100000\n"
+    switch = tmp_path / "state" / "enforcement-off"
+    switch.write_text("")
+    clock.advance(1)
+    outs = e.tick(result(verdict("acme")))
+    assert [(o.action, o.reason) for o in outs] == [("release", "kill_switch"),
+                                                    ("refuse", "kill_switch")]
+    assert (cg / "cpu.max").read_text() == "max 100000\n"
+    assert e.caps_in_force() == {} and e.payload()["kill_switch"]["on"] is True
+    clock.advance(1)
+    e.tick(result(verdict("acme")))
+    assert (cg / "cpu.max").read_text() == "max 100000\n"  # nothing new while it exists
+    switch.unlink()
+    clock.advance(1)
+    e.tick(result(verdict("acme")))
+    assert e.caps_in_force() != {} and e.payload()["kill_switch"]["on"] is False
+
+
+def test_a_burst_is_saved_cleared_under_a_smaller_cap_and_restored(tmp_path: Path) -> None:
+    cg = v2_cgroup(tmp_path / ACME_V2, quota="200000")
+    (cg / "cpu.max.burst").write_text("150000\n")
+    e = enforcer(tmp_path, Clock())
+    e.apply([cap("acme", 0.5)])
+    assert (cg / "cpu.max").read_text() == "50000 100000\n"
+    assert (cg / "cpu.max.burst").read_text() == "0\n"  # the kernel refuses quota < burst
+    entry = json.loads((tmp_path / "state/caps.json").read_text())["leases"][0]
+    assert entry["original"]["burst_us"] == 150000
+    e.stop()
+    assert (cg / "cpu.max").read_text() == "200000 100000\n"
+    assert (cg / "cpu.max.burst").read_text() == "150000\n"
+
+
+def test_leases_from_an_earlier_boot_are_dropped_not_adopted_nor_restored(
+        tmp_path: Path) -> None:
+    cg = v2_cgroup(tmp_path / ACME_V2)
+    s = settings(tmp_path)
+    first = Enforcer(s, state_store=StateStore(s.state_file, current_boot=lambda: "boot-a"),
+                     clock=Clock())
+    first.apply([cap("acme", 0.5)])
+    doc = json.loads((tmp_path / "state/caps.json").read_text())
+    assert doc["boot_id"] == "boot-a" and len(doc["leases"]) == 1
+    (cg / "cpu.max").write_text("50000 100000\n")  # as if the same inode came back after boot
+    second = Enforcer(s, state_store=StateStore(s.state_file, current_boot=lambda: "boot-b"),
+                      clock=Clock())
+    outs = second.start()
+    assert [(o.action, o.result, o.reason) for o in outs] == [("restore", "noop",
+                                                               "earlier_boot")]
+    assert second.caps_in_force() == {}
+    assert (cg / "cpu.max").read_text() == "50000 100000\n"  # not ours to touch
+    assert json.loads((tmp_path / "state/caps.json").read_text())["leases"] == []

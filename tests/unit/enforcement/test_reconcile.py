@@ -161,3 +161,17 @@ def test_release_caps_fails_on_an_unreadable_state_file(tmp_path: Path) -> None:
     (tmp_path / "caps.json").write_text('{"version": 99}')
     report = release_all(str(tmp_path / "caps.json"), str(tmp_path))
     assert report.exit_code == 1 and "version 1" in (report.error or "")
+
+
+def test_release_caps_drops_entries_of_an_earlier_boot_untouched(tmp_path: Path) -> None:
+    a = v2_cgroup(tmp_path / ACME)
+    killed_with_a_cap(tmp_path, Clock(), "acme")
+    path = tmp_path / "state/caps.json"
+    doc = json.loads(path.read_text())
+    assert doc["boot_id"]  # this boot's, recorded with the entries
+    doc["boot_id"] = "00000000-0000-0000-0000-000000000000"
+    path.write_text(json.dumps(doc))
+    report = release_all(str(path), str(tmp_path / "cg/tenants.slice"))
+    assert (report.restored, report.replaced, report.exit_code) == ((), ("acme",), 0)
+    assert (a / "cpu.max").read_text() == "50000 100000\n"  # a cgroup of this boot: not ours
+    assert state(tmp_path) == []

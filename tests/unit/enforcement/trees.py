@@ -72,6 +72,7 @@ def settings(tmp_path: Path, template: str = TEMPLATE_V2, **kw: Any) -> Enforcem
     kw.setdefault("mode", "enforce")
     kw.setdefault("state_file", str(tmp_path / "state" / "caps.json"))
     kw.setdefault("audit_log", str(tmp_path / "state" / "audit.jsonl"))
+    kw.setdefault("kill_switch", str(tmp_path / "state" / "enforcement-off"))
     return Enforcement(cgroup=f"{tmp_path}/{template}", **kw)
 
 
