@@ -55,7 +55,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.error("bad configuration: %s", e)
         return EX_CONFIG
     setup_logging(args.log_format or config.log_format, config.log_level)
+    from tenantwatch.config import advisories
     from tenantwatch.daemon import Daemon
+
+    for advice in advisories(config):
+        log.warning("configuration: %s", advice)
 
     daemon = Daemon(config, config_path=args.config or os.environ.get("TENANTWATCH_CONFIG"))
     if args.print_bpf:
@@ -84,6 +88,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"ok: listen {config.listen}; targets {', '.join(t.process for t in config.targets)}; "
           f"sources {srcs}; max_tenants {config.tenancy.max_tenants}; "
           f"enforcement {config.enforcement.mode}")
+    from tenantwatch.config import advisories
+
+    for advice in advisories(config):
+        print(f"warning: {advice}", file=sys.stderr)
     return 0
 
 

@@ -676,6 +676,28 @@ def _pick(m: Mapping[str, Any], key: str, field: str, default: Any, env: Mapping
     return m.get(key, default), _join(field, key)
 
 
+def advisories(config: Config) -> list[str]:
+    """What a valid configuration still leaves open, in words an operator can act on (printed by
+    `check-config`, logged at start).  Only enforce mode can cap a tenant, so the trust ones are
+    given for it alone."""
+    out: list[str] = []
+    if config.enforcement.mode != "enforce":
+        return out
+    for s in config.tenancy.sources:
+        if s.kind == "jwt" and s.jwt is not None:
+            missing = [k for k in ("audience", "issuer") if not s.jwt.get(k)]
+            if missing:
+                out.append(f"the JWT source ({s.jwt.get('claim', 'tenant_id')} claim) has no "
+                           f"{' and no '.join(missing)}: any token signed with its keys counts, "
+                           "also one issued to another service; set both")
+        elif s.trusted:
+            out.append(f"'{s.header}' is trusted: that asserts the gateway authenticated the "
+                       "tenant before writing it (auth_request, or a verified token), not that "
+                       "it checked the value's format; with a format check alone any client "
+                       "can name any tenant and get it capped (docs/config.md#what-trusted-asserts)")
+    return out
+
+
 def _warn_unknown_env(env: Mapping[str, str]) -> None:
     for var in sorted(v for v in env if v.startswith("TENANTWATCH_") and v not in ENV_VARS):
         close = difflib.get_close_matches(var, ENV_VARS, n=1)

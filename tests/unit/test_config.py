@@ -634,3 +634,37 @@ def test_jwt_plain_http_url_warns_unless_loopback(caplog: pytest.LogCaptureFixtu
     with caplog.at_level(logging.WARNING, logger="tenantwatch.config"):
         parse(_jwt(jwks_url="http://idp.example/jwks"))
     assert "plain http" in caplog.text
+
+
+def test_advisories_in_enforce_mode_say_what_trust_rests_on() -> None:
+    data = {"targets": [{"process": "nginx"}],
+            "tenancy": {"sources": [
+                {"header": "X-Tenant-Context", "side": "client", "trusted": True},
+                {"header": "X-Tenant-ID", "side": "server"},
+                {"jwt": {"claim": "tenant_id", "pem_file": "/k.pem", "issuer": "i"},
+                 "side": "server"},
+                {"jwt": {"claim": "org", "pem_file": "/k.pem", "issuer": "i",
+                         "audience": "gw"}, "side": "client"}]},
+            "enforcement": {"mode": "enforce"}}
+    advice = cfg.advisories(parse(data))
+    assert len(advice) == 2
+    assert "'x-tenant-context' is trusted" in advice[0] and "authenticated" in advice[0]
+    assert "tenant_id claim" in advice[1] and "no audience" in advice[1]
+    assert "issuer" not in advice[1].split(":")[0]  # it has one
+    data["enforcement"]["mode"] = "dry-run"  # nothing can be capped: nothing to warn about
+    assert cfg.advisories(parse(data)) == []
+
+
+def test_check_config_prints_the_advisories(tmp_path: Path, capsys: Any) -> None:
+    from tenantwatch import cli
+
+    path = write(tmp_path, """\
+        targets: [{process: nginx}]
+        tenancy:
+          sources: [{header: X-Tenant-Context, side: client, trusted: true}]
+        enforcement: {mode: enforce}
+        """)
+    assert cli.main(["check-config", "--config", path]) == 0
+    out = capsys.readouterr()
+    assert out.out.startswith("ok: ")
+    assert out.err.startswith("warning: 'x-tenant-context' is trusted")
