@@ -5,6 +5,11 @@ virtual address of an exported function, and `ElfImage.read(vaddr, n)`, the byte
 would see there (through the PT_LOAD segment that maps them).  No dependency: the formats are the
 System V gABI's, read with struct.  Anything else (32-bit, big-endian, truncated, not ELF) raises
 `ElfError`, and callers fall back to what they did without it.
+
+The file comes from a target's root (``/proc/PID/root/...``): whoever controls that container
+controls it.  Every walk is bounded (the bytes read, the symbols, each name's length, which must
+end inside its string table), so a crafted file costs at most a few hundred milliseconds of a
+tick, never a stall.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ from dataclasses import dataclass
 # Bytes of a file read at most: libssl is under 1 MiB, libcrypto ~5 MiB; a bound keeps a hostile
 # or huge file from being read whole.
 MAX_ELF_BYTES = 64 << 20
+# Dynamic symbols read at most (libcrypto 3 exports ~5000) and the longest name taken.
+MAX_SYMBOLS = 1 << 17
+MAX_NAME = 1024
 
 PT_LOAD = 1
 SHT_DYNSYM = 11
@@ -78,16 +86,21 @@ class ElfImage:
             offset, size, link, symsize = sh[4], sh[5], sh[6], sh[9]
             if link >= len(sections) or symsize < 24:
                 raise ElfError("bad .dynsym section")
+            if size // symsize > MAX_SYMBOLS:
+                raise ElfError(f".dynsym has {size // symsize} symbols, more than {MAX_SYMBOLS}")
             strtab = sections[link][4]
+            strend = min(strtab + sections[link][5], len(self.data))
             for i in range(size // symsize):
                 name_off, info, _other, shndx, value, _size = self._unpack(
                     "<IBBHQQ", offset + i * symsize)
                 if info & 0xF != STT_FUNC or shndx == 0 or value == 0:
                     continue  # not a function, or an import
-                end = self.data.find(b"\0", strtab + name_off)
+                start = strtab + name_off
+                end = self.data.find(b"\0", start, min(strend, start + MAX_NAME + 1))
                 if end < 0:
-                    raise ElfError("bad .dynstr section")
-                out[self.data[strtab + name_off:end].decode("ascii", "replace")] = value
+                    raise ElfError(f"symbol {i}: no name of at most {MAX_NAME} bytes ending "
+                                   "inside .dynstr")
+                out[self.data[start:end].decode("ascii", "replace")] = value
         return out
 
     def symbol(self, name: str) -> int | None:

@@ -7,6 +7,7 @@ against this machine's libssl when it has one (Debian 12: OpenSSL 3.0).
 from __future__ import annotations
 
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,43 @@ def test_this_machines_libssl():
     assert img.read(img.symbol("SSL_read"), 4) != b""
     points = probe_points(img)
     assert len(points) in (2, 4)  # internal per direction, or the public pair of each
+
+
+def crafted_elf(nsyms: int, dynstr: bytes, name_off: int = 0) -> bytes:
+    """A 64-bit ELF with one .dynsym of nsyms functions, all named at name_off in dynstr."""
+    head = bytearray(64)
+    head[:6] = b"\x7fELF\x02\x01"
+    shoff = 64
+    symoff = shoff + 3 * 64
+    stroff = symoff + nsyms * 24
+    struct.pack_into("<QQ", head, 32, 0, shoff)
+    struct.pack_into("<HHHH", head, 54, 56, 0, 64, 3)
+    sh = bytearray(3 * 64)
+    # [1] .dynsym (type 11) linked to [2]; [2] .dynstr
+    struct.pack_into("<IIQQQQIIQQ", sh, 64, 0, 11, 0, 0, symoff, nsyms * 24, 2, 0, 8, 24)
+    struct.pack_into("<IIQQQQIIQQ", sh, 128, 0, 3, 0, 0, stroff, len(dynstr), 0, 0, 1, 0)
+    sym = struct.pack("<IBBHQQ", name_off, 0x12, 0, 1, 0x1000, 0) * nsyms
+    return bytes(head) + bytes(sh) + sym + dynstr
+
+
+def test_a_crafted_string_table_is_refused_quickly():
+    # every symbol names a string without an end: once a full scan of the file per symbol
+    started = time.monotonic()
+    with pytest.raises(ElfError, match="no name"):
+        ElfImage(crafted_elf(50_000, b"A" * (8 << 20) + b"\0"))
+    assert time.monotonic() - started < 5  # ~0.1 s here; unbounded it took minutes
+
+
+def test_a_name_must_end_inside_its_table_and_be_short():
+    assert ElfImage(crafted_elf(1, b"SSL_read\0")).symbol("SSL_read") == 0x1000
+    with pytest.raises(ElfError):
+        ElfImage(crafted_elf(1, b"SSL_read") + b"\0")  # the NUL is past .dynstr
+    with pytest.raises(ElfError):
+        ElfImage(crafted_elf(1, b"x" * 2000 + b"\0"))
+
+
+def test_too_many_symbols_are_refused_before_any_is_read():
+    data = bytearray(crafted_elf(1, b"a\0"))
+    struct.pack_into("<Q", data, 64 + 64 + 32, 24 * (1 << 20))  # .dynsym claims 1M symbols
+    with pytest.raises(ElfError, match="more than"):
+        ElfImage(bytes(data))
