@@ -33,7 +33,7 @@ from tenantwatch.kernel.elf import ElfError, ElfImage
 from tenantwatch.kernel.records import Side, ValueFlag
 from tests.unit.identity.jwt_helpers import bearer, verifier
 
-PROPERTY = settings(derandomize=True, deadline=500, max_examples=300,
+PROPERTY = settings(derandomize=True, database=None, deadline=500, max_examples=300,
                     suppress_health_check=[HealthCheck.too_slow])
 RESERVED = {INVALID, OTHER, UNATTRIBUTED, "common"}
 SOURCES = (
