@@ -274,7 +274,8 @@ class Daemon:
 
     # -- lifecycle
 
-    def start(self, ready_timeout: float = READY_TIMEOUT) -> Daemon:
+    def start(self, ready_timeout: float = READY_TIMEOUT, wait: bool = True) -> Daemon:
+        """Start the daemon; with ``wait`` (the default) until /readyz answers 200."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self.config_text)
@@ -288,7 +289,8 @@ class Daemon:
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                 cwd=str(REPO),
             )
-        self.wait_ready(ready_timeout)
+        if wait:
+            self.wait_ready(ready_timeout)
         return self
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:

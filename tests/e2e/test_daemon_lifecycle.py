@@ -1,5 +1,6 @@
 """TESTING.md case 10 and clean shutdown: SIGKILL leaks no BPF program, map or probe, a restarted
-daemon works; SIGTERM exits 0 and releases everything.
+daemon works; SIGTERM exits 0 and releases everything; ten SIGKILLs under traffic, half of them
+during start-up, then a clean stop, leave nothing of tenantwatch's loaded.
 
 bcc does not pin anything: the programs, maps and tracepoint attachments live as long as the
 daemon's fds, so the kernel frees them when the process dies, however it dies.  The daemon's own
@@ -21,6 +22,12 @@ from tests.e2e.conftest import Baseline, Daemon, bpftool_ids, expected_counts
 
 HOST = "127.0.0.1"
 RELEASE_TIMEOUT = 10.0
+# The kernel leaks a prog array that another process opens by id in the moments after its last
+# fd is closed (its deferred clear still pending): docs/limits.md, "SIGKILL", and
+# bench/prog_array_race.py, which shows it without tenantwatch (every time with a look at once,
+# never after 0.1 s).  bpftool opens every map by id, so the first look waits after the daemon
+# is reaped.
+TEARDOWN_SETTLE = 1.0
 TRACEFS_EVENT_FILES = ("/sys/kernel/tracing/kprobe_events", "/sys/kernel/tracing/uprobe_events")
 
 
@@ -33,7 +40,9 @@ def live_ids(daemon: Daemon) -> dict[str, set[int]]:
 
 
 def wait_released(ids: dict[str, set[int]], timeout: float = RELEASE_TIMEOUT) -> dict:
-    """Poll bpftool (bounded) until none of `ids` is loaded; returns what is still there."""
+    """Poll bpftool (bounded) until none of `ids` is loaded; returns what is still there.  The
+    daemon is already reaped; the first look waits TEARDOWN_SETTLE (see there)."""
+    time.sleep(TEARDOWN_SETTLE)
     deadline = time.monotonic() + timeout
     while True:
         left = {kind: ids[kind] & bpftool_ids(kind) for kind in ("prog", "map")}
@@ -81,13 +90,8 @@ def test_sigkill_leaks_nothing_and_a_restart_works(daemon_factory, e2e_gateway, 
 
     assert d.kill() == -signal.SIGKILL
     left = wait_released(ids)
-    # Known leak, not fixed (docs/limits.md, "SIGKILL"): since the TLS and HTTP/2 programs
-    # joined the tail-call arrays, a SIGKILL sometimes leaves the two prog arrays (tw_progs,
-    # tw_progs_k: 344 bytes each) loaded, with no program left in them.  Everything else
-    # must be gone; SIGTERM (below) releases everything.
-    leaked_arrays = {i for i in left["map"] if map_type(i) == "prog_array"}
-    left["map"] -= leaked_arrays
-    assert left == {"prog": set(), "map": set()}, f"still loaded after SIGKILL: {left}"
+    kinds = {i: map_type(i) for i in left["map"]}
+    assert left == {"prog": set(), "map": set()}, f"still loaded after SIGKILL: {left} {kinds}"
     assert tracefs_events_of(pid) == []
 
     # the same config (same listen port) comes back and counts from zero
@@ -98,6 +102,52 @@ def test_sigkill_leaks_nothing_and_a_restart_works(daemon_factory, e2e_gateway, 
     traffic(d, e2e_gateway.listen_port, {"restarted-a": 4, "restarted-b": 6})
     assert d.healthz()["ok"] is True
     # teardown (daemon_factory) checks that this one exits 0 on SIGTERM
+
+
+def test_ten_sigkills_under_traffic_then_a_clean_stop_leave_nothing(daemon_factory, e2e_gateway):
+    d = daemon_factory(start=False)
+    stop = threading.Event()
+
+    def load() -> None:
+        n = 0
+        while not stop.is_set():
+            try:
+                drive(HOST, e2e_gateway.listen_port, {f"kills-{n % 5}": 20}, connections=2,
+                      seed=n, deadline=10)
+            except Exception:  # noqa: BLE001 - traffic only; the gateway's errors do not matter
+                time.sleep(0.05)
+            n += 1
+
+    threads = [threading.Thread(target=load, daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(10):
+            during_start_up = i % 2 == 1
+            d.start(wait=not during_start_up)
+            pid = d.pid
+            ids = {"prog": set(), "map": set()}
+            if during_start_up:  # somewhere in loading, compiling or attaching
+                end = time.monotonic() + 0.5 + 0.6 * i
+                while time.monotonic() < end and d.proc.poll() is None:
+                    for kind, got in d.bpf_ids().items():
+                        ids[kind] |= got
+                    time.sleep(0.1)
+            else:
+                ids = live_ids(d)
+            assert d.kill() == -signal.SIGKILL
+            left = wait_released(ids)
+            assert left == {"prog": set(), "map": set()}, \
+                f"kill {i} (start-up: {during_start_up}): still loaded: {left}"
+            assert tracefs_events_of(pid) == []
+        d.start()
+        ids = live_ids(d)
+        assert d.stop() == 0
+        assert wait_released(ids) == {"prog": set(), "map": set()}
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(15)
 
 
 def test_sigterm_under_traffic_exits_0_and_releases_everything(daemon_factory, e2e_gateway):
