@@ -51,11 +51,12 @@ sys_nginx_running && NGINX_WAS_RUNNING=1
 # ---------------------------------------------------------------- packages
 # Plain packages: same names on Debian and Ubuntu.
 missing=()
-for p in python3-bpfcc wrk curl openssl make python3-venv python3-pip; do
+# redis-server: only the tests of tenancy.registry run one (their own, on a free port).
+for p in python3-bpfcc wrk curl openssl make python3-venv python3-pip redis-server; do
     installed "$p" || missing+=("$p")
 done
 if [ "${#missing[@]}" -eq 0 ]; then
-    say "apt packages" "ok (python3-bpfcc wrk curl openssl make python3-venv python3-pip)"
+    say "apt packages" "ok (python3-bpfcc wrk curl openssl make python3-venv python3-pip redis-server)"
 else
     apt_install "${missing[@]}"
     say "apt packages" "done (installed ${missing[*]})"

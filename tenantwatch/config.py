@@ -171,6 +171,18 @@ class Source:
 
 
 @dataclass(frozen=True)
+class Registry:
+    """Known tenants from Redis (identity/registry.py, docs/config.md#registry)."""
+
+    redis: str  # redis://[:password@]host:port/db, rediss:// or unix://
+    key: str = "tenant:config:{tenant}"
+    refresh_seconds: float = 10.0
+    backup_file: str = "/var/lib/tenantwatch/registry.json"
+    max_entries: int = 100_000
+    timeout_seconds: float = 2.0
+
+
+@dataclass(frozen=True)
 class Tenancy:
     """How identity values become tenant labels, and the bounds on them."""
 
@@ -180,6 +192,7 @@ class Tenancy:
     max_tenants: int
     default: str | None
     idle_seconds: float = 300.0
+    registry: Registry | None = None
 
 
 @dataclass(frozen=True)
@@ -398,8 +411,8 @@ def _parse_targets(value: Any, field: str) -> tuple[Target, ...]:
 
 def _parse_tenancy(value: Any, field: str, env: Mapping[str, str]) -> Tenancy:
     m = _mapping(value, field)
-    _check_keys(m, ("sources", "pattern", "tenants", "max_tenants", "default", "idle_seconds"),
-                field)
+    _check_keys(m, ("sources", "pattern", "tenants", "max_tenants", "default", "idle_seconds",
+                    "registry"), field)
     if "sources" in m:
         items = _list(m["sources"], f"{field}.sources")
         if not items:
@@ -452,8 +465,36 @@ def _parse_tenancy(value: Any, field: str, env: Mapping[str, str]) -> Tenancy:
     if default is not None:
         default = _tenant(default, regex, f"{field}.default")
     idle = _number(m.get("idle_seconds", 300.0), f"{field}.idle_seconds", 1.0, 604800.0)
+    registry = None if m.get("registry") is None else \
+        _parse_registry(m["registry"], f"{field}.registry")
     return Tenancy(sources=sources, pattern=pattern, tenants=tuple(tenants),
-                   max_tenants=max_tenants, default=default, idle_seconds=idle)
+                   max_tenants=max_tenants, default=default, idle_seconds=idle,
+                   registry=registry)
+
+
+def _parse_registry(value: Any, field: str) -> Registry:
+    m = _mapping(value, field)
+    _check_keys(m, ("redis", "key", "refresh_seconds", "backup_file", "max_entries",
+                    "timeout_seconds"), field)
+    if "redis" not in m:
+        raise ConfigError(f"{field}.redis", "required: the URL of the Redis holding the "
+                          "tenants' records, e.g. redis://127.0.0.1:6379/0")
+    url = _str(m["redis"], f"{field}.redis")
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"{field}.redis", "a redis://, rediss:// or unix:// URL")
+    key = _str(m.get("key", Registry.key), f"{field}.key")
+    if key.count("{tenant}") != 1:
+        raise ConfigError(f"{field}.key", "must contain {tenant} exactly once")
+    backup = _str(m.get("backup_file", Registry.backup_file), f"{field}.backup_file")
+    if not backup.startswith("/"):
+        raise ConfigError(f"{field}.backup_file", "must be an absolute path")
+    return Registry(
+        redis=url, key=key, backup_file=backup,
+        refresh_seconds=_number(m.get("refresh_seconds", 10.0), f"{field}.refresh_seconds",
+                                1.0, 3600.0),
+        max_entries=_int(m.get("max_entries", 100_000), f"{field}.max_entries", 1, 10_000_000),
+        timeout_seconds=_number(m.get("timeout_seconds", 2.0), f"{field}.timeout_seconds",
+                                0.1, 60.0))
 
 
 def _parse_source(value: Any, field: str) -> Source:

@@ -36,9 +36,11 @@ from tenantwatch.exporters.detection import DetectionCollector, hotspots_payload
 from tenantwatch.exporters.enforcement import EnforcementCollector
 from tenantwatch.exporters.otel import OtelMetricsExporter, otel_requested
 from tenantwatch.exporters.otel_traces import OtelSpanExporter, traces_requested
+from tenantwatch.exporters.registry import RegistryCollector
 from tenantwatch.h2 import H2Tracker
 from tenantwatch.identity import IdentityResolver
 from tenantwatch.identity.jwt_verifier import build_verifiers, total_counts
+from tenantwatch.identity.registry import TenantRegistry
 from tenantwatch.kernel.loader import HttpProbes, KernelSource
 from tenantwatch.kernel.records import Side
 from tenantwatch.kernel.targets import ProcessScanner
@@ -111,7 +113,11 @@ class Daemon:
         )
         self.scanner = ProcessScanner([t.process for t in config.targets])
         self.verifiers = build_verifiers(config.tenancy.sources)  # jwt sources with keys
-        self.resolver = IdentityResolver(config.tenancy, verifiers=self.verifiers)
+        # known tenants from Redis (tenancy.registry), asked before a value takes a label
+        self.tenant_registry = TenantRegistry(config.tenancy.registry, config.tenancy.pattern) \
+            if config.tenancy.registry is not None else None
+        self.resolver = IdentityResolver(config.tenancy, verifiers=self.verifiers,
+                                         registry=self.tenant_registry)
         # HTTP/2: HPACK decoded in user space, per connection, in order (docs/http2.md)
         self.h2 = H2Tracker(config.tenancy.sources, config.capture.latency_buckets)
         self.aggregator = Aggregator(self.resolver, config.capture.latency_buckets)
@@ -137,6 +143,8 @@ class Daemon:
             jwt_counts=(lambda: total_counts(self.verifiers)) if self.verifiers else None))
         self.registry.register(DetectionCollector(lambda: self.detection))
         self.registry.register(EnforcementCollector(self.enforcer.payload))
+        if self.tenant_registry is not None:
+            self.registry.register(RegistryCollector(self.tenant_registry.status))
         self.api = ApiServer(config.listen_host, config.listen_port, self.snapshot, self.health,
                              self.registry,
                              extra_routes={
@@ -188,6 +196,8 @@ class Daemon:
             "events_lost_total": sum(lost.values()),
             "identity_rejected": dict(snap.identity_rejected),
             "drain_path": self.probes.drain_path,
+            **({"registry": self.tenant_registry.status()}
+               if self.tenant_registry is not None else {}),
         }
 
     def tenants_document(self) -> tuple[int, dict[str, Any]]:
@@ -210,6 +220,8 @@ class Daemon:
         """Attach probes, serve HTTP, then say READY (in that order)."""
         for verifier in self.verifiers.values():  # key files now (JwksError); URLs in background
             verifier.start()
+        if self.tenant_registry is not None:  # one read now (else the backup), then a thread
+            self.tenant_registry.start()
         self.probes.load()
         self.enforcer.start()  # reconcile caps left by an earlier run (state file)
         self._retarget()
@@ -414,6 +426,8 @@ class Daemon:
         self.probes.close()
         for verifier in self.verifiers.values():
             verifier.stop()
+        if self.tenant_registry is not None:
+            self.tenant_registry.stop()
         self.api.stop()
         self._ready = False
         log.info("tenantwatch stopped")

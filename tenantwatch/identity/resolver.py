@@ -31,7 +31,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Callable, Union
+from typing import TYPE_CHECKING, Any, Callable, Union
 
 from tenantwatch.identity.records import INVALID, OTHER, UNATTRIBUTED, TenantIdentity, Trust
 from tenantwatch.kernel.records import Side, ValueFlag
@@ -99,9 +99,13 @@ class IdentityResolver:
 
     def __init__(self, tenancy: Tenancy, cache_size: int = 65536,
                  clock: Callable[[], float] = time.monotonic,
-                 verifiers: Mapping[int, JwtVerifier] | None = None) -> None:
+                 verifiers: Mapping[int, JwtVerifier] | None = None,
+                 registry: Any = None) -> None:
         """``verifiers``: a JwtVerifier per jwt source index that names keys (jwt_verifier.
-        build_verifiers); the caller starts and stops them."""
+        build_verifiers); the caller starts and stops them.  ``registry``: a TenantRegistry
+        (identity/registry.py) whose ``refusal(tenant)`` every label must pass; the caller
+        starts and stops it."""
+        self._registry = registry
         if cache_size < 1:
             raise ValueError("cache_size must be positive")
         self._tenancy = tenancy
@@ -299,6 +303,10 @@ class IdentityResolver:
     def _admit(self, tenant: str, trust: Trust) -> TenantIdentity:
         if tenant == self._tenancy.default:  # already a label; takes no slot
             return TenantIdentity(tenant, trust)
+        if self._registry is not None:  # asked each time: the registry changes under us
+            why = self._registry.refusal(tenant)
+            if why is not None:  # unknown or suspended: its own reason, never a slot
+                return TenantIdentity(INVALID, Trust.NONE, why)
         seen = self._last_seen
         if tenant not in seen and len(seen) >= self._tenancy.max_tenants:
             return TenantIdentity(OTHER, Trust.NONE, "max_tenants")

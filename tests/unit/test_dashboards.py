@@ -62,6 +62,10 @@ METRICS = {
     "tenantwatch_hotspot",
     "tenantwatch_cpu_cap_cores",
     "tenantwatch_enforcement_actions_total",
+    "tenantwatch_registry_tenants",
+    "tenantwatch_registry_stale",
+    "tenantwatch_registry_age_seconds",
+    "tenantwatch_registry_read_failures_total",
 } | {h + s for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
 SEVERITIES = {"critical", "warning", "info"}
 GRAFANA_BUILTINS = {"__rate_interval", "__interval", "__range", "__interval_ms", "__range_s"}
