@@ -136,7 +136,8 @@ class Daemon:
             e, state_store=StateStore(e.state_file), audit_log=AuditLog(e.audit_log),
             gateway_pids=self._gateway_pids,
             tenant_of_pid=self.placer.tenant_of_pid if self.placer else None,
-            protected={default} if default else ())
+            protected={default} if default else (),
+            quota_source=self.tenant_registry.quotas if self.tenant_registry else None)
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(TenantCollector(self.snapshot, {
             "version": __version__, "kernel": platform.release()},

@@ -57,7 +57,8 @@ class Enforcer:
                  gateway_pids: Callable[[], Iterable[int]] = set,
                  tenant_of_pid: Callable[[int], str | None] | None = None,
                  protected: Iterable[str] = (), clock: Callable[[], float] = time.time,
-                 host_cores: float | None = None, policy: Policy | None = None) -> None:
+                 host_cores: float | None = None, policy: Policy | None = None,
+                 quota_source: Callable[[], Mapping[str, float]] | None = None) -> None:
         self.settings = settings
         self.mode = mode or settings.mode
         if self.mode not in (OFF, DRY_RUN, ENFORCE):
@@ -65,7 +66,7 @@ class Enforcer:
         self.root = settings.root
         self.template = settings.cgroup
         self.policy = policy or Policy(settings, protected=protected, host_cores=host_cores,
-                                       clock=clock)
+                                       clock=clock, quota_source=quota_source)
         self._writer_factory = writer_factory
         self._state = state_store
         self._audit = audit_log
@@ -143,7 +144,7 @@ class Enforcer:
                    for v in result.noisy if v.active])
         # Every tenant of the window is measured, so that its use is known when it is flagged.
         tenants = ({v.tenant for v in result.noisy} | set(result.shares) | set(leases)
-                   | set(self.settings.quotas)) - self.policy.protected
+                   | set(self.policy.quotas())) - self.policy.protected
         usage = self._usage.sample(tenants, self._clock(), usage_seconds)
         decisions = self.policy.decide(result.noisy, result.window_complete, leases, usage)
         return self.apply(decisions)

@@ -54,12 +54,16 @@ class Policy:
     """``settings`` is a config.Enforcement (floor, max_step, cooldown_seconds, calm_seconds,
     lease_ttl_seconds, quotas).  ``protected`` names tenants never capped besides the reserved
     labels (the default tenant).  ``host_cores`` stands for the use of a tenant not measured yet.
+    ``quota_source`` gives more static quotas each tick (the tenant registry's); the config's
+    win over them, and one below ``floor`` is raised to it.
     """
 
     def __init__(self, settings: Any, *, protected: Iterable[str] = (),
                  host_cores: float | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 quota_source: Callable[[], Mapping[str, float]] | None = None) -> None:
         self.settings = settings
+        self._quota_source = quota_source
         self.protected = _RESERVED_LABELS | frozenset(protected)
         self.host_cores = float(host_cores or os.cpu_count() or 1)
         self._clock = clock
@@ -68,8 +72,7 @@ class Policy:
     def decide(self, verdicts: Iterable[Verdict], window_complete: bool,
                leases: Mapping[str, Lease], usage: Mapping[str, float]) -> tuple[Decision, ...]:
         now = self._clock()
-        s = self.settings
-        quotas: Mapping[str, float] = s.quotas
+        quotas = self.quotas()
         out: list[Decision] = []
         noisy: dict[str, Verdict] = {}
         for v in verdicts:
@@ -101,6 +104,12 @@ class Policy:
         for tenant in [t for t in self._seen if t not in noisy and t not in leases]:
             del self._seen[tenant]  # forget tenants with neither a verdict nor a lease
         return tuple(out)
+
+    def quotas(self) -> dict[str, float]:
+        """The static quotas in force: the quota source's (floored), then the config's."""
+        extra = self._quota_source() if self._quota_source is not None else {}
+        return {**{t: max(self.settings.floor, c) for t, c in extra.items()},
+                **self.settings.quotas}
 
     def _one(self, tenant: str, verdict: Verdict | None, lease: Lease | None,
              quota: float | None, usage: float | None, complete: bool,

@@ -193,3 +193,16 @@ def test_a_quota_on_the_default_tenant_is_refused() -> None:
 def test_inactive_verdicts_are_ignored() -> None:
     cleared = type(verdict("acme"))("acme", active=False, evidence={"trusted": True})
     assert policy(Clock()).decide([cleared], True, {}, {"acme": 3.0}) == ()
+
+
+def test_quotas_from_a_source_feed_the_policy_config_wins_floor_applies() -> None:
+    registry = {"acme": 1.5, "globex": 0.01, "initech": 9.0}
+    p = Policy(Enforcement(mode="enforce", cgroup="/sys/fs/cgroup/t/{tenant}",
+                           quotas={"initech": 2.0}),
+               clock=Clock(), quota_source=lambda: registry)
+    assert p.quotas() == {"acme": 1.5, "globex": 0.1, "initech": 2.0}
+    out = p.decide([], True, {}, {})
+    assert {(d.tenant, d.action, d.cores) for d in out} == {
+        ("acme", "cap", 1.5), ("globex", "cap", 0.1), ("initech", "cap", 2.0)}
+    registry.pop("acme")  # the record lost its quota: back to nothing for acme
+    assert "acme" not in p.quotas()
