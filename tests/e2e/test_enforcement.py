@@ -45,6 +45,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -58,7 +59,7 @@ import pytest
 
 from tenantwatch.demo import NginxGateway
 from tests.conftest import _free_port, require, require_root
-from tests.e2e.conftest import NGINX_COMM, Daemon, tenantwatch_command
+from tests.e2e.conftest import NGINX_COMM, REPO, Daemon, tenantwatch_command
 
 CPU = Path("/sys/fs/cgroup/cpu")
 CPUACCT = Path("/sys/fs/cgroup/cpuacct")
@@ -521,13 +522,22 @@ def test_enforce_caps_the_hog_then_release_caps_after_sigkill(stack: Stack) -> N
             assert m.value("tenantwatch_enforcement_actions_total", tenant="hog", action="cap",
                            mode="enforce") >= 1
             assert m.value("tenantwatch_enforcement_actions_total", tenant="calm") == 0
-            # 4. SIGKILL with the cap in force: it stays; release-caps puts the original back
+            # 4. SIGKILL with the cap in force: it stays; release-caps puts the original back.
+            # No systemd runs here (PID 1 is not systemd): the closest real equivalent of
+            # systemd running ExecStopPost= after the kill is to run the unit file's own
+            # ExecStopPost= command line, as written, with the environment systemd gives it
+            # (SERVICE_RESULT=signal ...); only the binary and the config path are this
+            # test's.
             assert daemon.kill() == -9
             assert cg.quota("hog") == quota
-            state = daemon.workdir.parent / "caps.json"
+            unit = (REPO / "systemd" / "tenantwatch.service").read_text()
+            line = next(x for x in unit.splitlines() if x.startswith("ExecStopPost="))
+            argv = shlex.split(line.split("=", 1)[1])
+            assert argv[:2] == ["/usr/local/bin/tenantwatch", "release-caps"], argv
+            argv[argv.index("--config") + 1] = str(daemon.config_path)
             env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTWATCH_")}
-            release = tenantwatch_command() + [
-                "release-caps", "--state-file", str(state), "--root", str(CPU / GROUP)]
+            env.update({"SERVICE_RESULT": "signal", "EXIT_CODE": "killed", "EXIT_STATUS": "KILL"})
+            release = tenantwatch_command() + argv[1:]
             out = subprocess.run(release, check=False, capture_output=True, text=True,
                                  timeout=30, env=env)
             assert out.returncode == 0, (out.stdout, out.stderr)

@@ -368,3 +368,55 @@ def test_losses_are_charged_to_the_identity_they_may_have_raised(probes, server)
     assert losses.get("piper", 0) == tick.lost["pipeline_overflow"], losses
     assert "victim" not in losses
     assert _by_value(tick)["victim"][1] == 6
+
+
+ONE_READ_SERVER = r"""
+import ctypes, socket, time
+ctypes.CDLL(None).prctl(15, b"python3-twsrv", 0, 0, 0)  # PR_SET_NAME
+ls = socket.create_server(("127.0.0.1", 0))
+print(ls.getsockname()[1], flush=True)
+c, _ = ls.accept()
+for _ in range(2):  # the oversized exchange, then one ordinary request
+    time.sleep(0.3)  # everything the client sent is in the socket: one recv takes it all
+    data = c.recv(1 << 20)
+    if not data:
+        break
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+time.sleep(1)
+"""
+
+
+def test_a_body_after_a_head_too_large_to_parse_never_becomes_a_request(probes):
+    """The attack of the trust issue: a request head larger than one syscall's parse budget
+    (32 runs of 2 KiB) whose Content-Length comes after the cut, and a body that is a forged
+    request naming another tenant.  The cut request counts under the identity seen before the
+    cut; the body never counts, whatever it names; the next real request does."""
+    proc = subprocess.Popen([sys.executable, "-c", ONE_READ_SERVER], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        port = int(proc.stdout.readline())
+        probes.set_targets({proc.pid})
+        probes.drain()
+        forged = b"GET /x HTTP/1.1\r\nHost: t\r\nX-Tenant-ID: victim\r\n\r\n"
+        head = (b"POST / HTTP/1.1\r\nHost: t\r\nX-Tenant-ID: attacker\r\nX-Pad: "
+                + b"a" * 90_000 + b"\r\nContent-Length: " + str(len(forged)).encode()
+                + b"\r\n\r\n")
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(head + forged)
+            assert s.recv(100).startswith(b"HTTP/1.1 200")
+            s.sendall(_req("after"))
+            assert s.recv(100).startswith(b"HTTP/1.1 200")
+        time.sleep(0.2)
+        tick = probes.drain()
+    finally:
+        proc.kill()
+        proc.wait(5)
+        probes.set_targets(set())
+    heads = {}
+    for c in tick.identities:
+        if c.side.value == "server" and c.raw_value is not None:
+            heads[c.raw_value.decode()] = heads.get(c.raw_value.decode(), 0) + c.request_heads
+    assert tick.lost.get("scan_budget", 0) >= 1, tick.lost  # the cut really happened
+    assert heads.get("attacker") == 1 and heads.get("after") == 1, heads
+    assert "victim" not in heads, heads
+    assert _losses_by_value(tick).get("attacker", 0) >= 1
