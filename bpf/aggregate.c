@@ -68,14 +68,29 @@ static __always_inline void tw_lose_key(struct tw_ctl *ctl, __u32 reason, __u64 
 		__sync_fetch_and_add(&v->lost, 1);
 }
 
-/* A loss on connection c: charged to the identity its work goes to (c->cur_key).  Before its
- * first request head a connection's CPU is nobody's (tw_thread_set), so nothing is charged. */
-static __always_inline void tw_lose_on(struct tw_ctl *ctl, struct tw_conn *c, __u32 reason)
+/* A loss on connection c: counted by reason now, and charged at the end of the run
+ * (tw_charge_losses) to the identity the connection's work goes to then (c->cur_key): one
+ * aggregate lookup per run, not one inlined at every place a loss is found (the verifier walks
+ * each of those once per state the parser loop can leave in). */
+static __always_inline void tw_lose_on(struct tw_conn *c, __u32 reason)
 {
-	if (c->opened)
-		tw_lose_key(ctl, reason, c->cur_key, c->side, c);
-	else
-		tw_lose(reason);
+	tw_lose(reason);
+	c->lost_pending += 1;
+}
+
+/* The run's losses on c, charged to c->cur_key.  Before its first request head a connection's
+ * CPU is nobody's (tw_thread_set), so nothing is charged. */
+static __always_inline void tw_charge_losses(struct tw_ctl *ctl, struct tw_conn *c)
+{
+	__u32 n = c->lost_pending;
+	if (!n)
+		return;
+	c->lost_pending = 0;
+	if (!c->opened)
+		return;
+	struct tw_agg_val *v = tw_agg_get(ctl, c->cur_key, c->side, c, &c->req, 0);
+	if (v)
+		__sync_fetch_and_add(&v->lost, n);
 }
 
 /* Charge the syscall's bytes to v, once per syscall: an entry already in hand saves

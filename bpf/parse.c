@@ -329,7 +329,7 @@ TW_TAIL_PROG(tw_parse)
 		if (p->num == 0) {
 			p->state = TW_S_TS;  /* last chunk: trailers up to a blank line */
 		} else if (p->num > 0xfffffffffffull) {
-			tw_lose_on(ctl, c, TW_LOST_RESYNC);
+			tw_lose_on(c, TW_LOST_RESYNC);
 			tw_resync(c, p, is_req);
 		} else {
 			p->skip = p->num;
@@ -344,7 +344,7 @@ TW_TAIL_PROG(tw_parse)
 		 * no loss; losing track inside headers or a body is.  States before HS
 		 * are the start-line states (kernel/dfa.py keeps that order). */
 		if (from >= TW_S_HS) {
-			tw_lose_on(ctl, c, TW_LOST_RESYNC);
+			tw_lose_on(c, TW_LOST_RESYNC);
 			tw_resync(c, p, is_req);
 		}
 	}
@@ -369,12 +369,13 @@ done:
 		}
 		/* After tw_request_done: the loss goes to the identity the cut request (and the
 		 * CPU spent on it) was counted under. */
-		tw_lose_on(ctl, c, TW_LOST_SCAN_BUDGET);
+		tw_lose_on(c, TW_LOST_SCAN_BUDGET);
 		tw_resync(c, p, is_req);
 		p->skip = 0;
 	}
 charge:
 	tw_charge_bytes(ctl, c, j);
+	tw_charge_losses(ctl, c);
 	/* Its CPU from now on goes to this connection's request; to nobody while the connection
 	 * is out of step (its requests are not seen, so they must not be charged to the last one
 	 * that was). */

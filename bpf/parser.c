@@ -47,7 +47,7 @@ static __always_inline void tw_head_end(void *ctx, struct tw_ctl *ctl, struct tw
 		tw_message_reset(p, 1);
 		if (mflags & M_BAD_CLEN) {
 			/* Conflicting or malformed Content-Length: where the body ends is unknown. */
-			tw_lose_on(ctl, c, TW_LOST_RESYNC);
+			tw_lose_on(c, TW_LOST_RESYNC);
 			tw_resync(c, p, is_req);
 		} else if (mflags & M_CHUNKED) {
 			p->state = TW_S_CS;
@@ -72,7 +72,7 @@ static __always_inline void tw_head_end(void *ctx, struct tw_ctl *ctl, struct tw
 	    (req_flags & M_HEAD))
 		return;
 	if (mflags & M_BAD_CLEN) {
-		tw_lose_on(ctl, c, TW_LOST_RESYNC);
+		tw_lose_on(c, TW_LOST_RESYNC);
 		tw_resync(c, p, is_req);
 	} else if (mflags & M_CHUNKED) {
 		p->state = TW_S_CS;

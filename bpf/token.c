@@ -107,11 +107,10 @@ next:
 	/* The tail call failed: count it like tw_parse's out-of-budget case. */
 	j->mode = TW_PROG_PARSE;
 	if (j->remaining > 0) {
+		tw_lose_on(c, TW_LOST_SCAN_BUDGET);
 		struct tw_ctl *ctl = tw_ctl.lookup(&zero);
 		if (ctl)
-			tw_lose_on(ctl, c, TW_LOST_SCAN_BUDGET);
-		else
-			tw_lose(TW_LOST_SCAN_BUDGET);
+			tw_charge_losses(ctl, c);
 		tw_resync(c, p, j->is_req);
 		p->skip = 0;
 	}

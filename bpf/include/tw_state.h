@@ -9,12 +9,14 @@
 /* Loop iterations per tw_parse run: one iteration is one DFA byte, a header line's name
  * compared a word at a time, or up to 64 bytes skipped eight words a step.  Verification
  * costs the iterations times the paths through one; the loader tries TW_ITERS from large
- * to small (older verifiers prune less).  A power of two. */
+ * to small (older verifiers prune less): 64, 28 (6.1 and 5.10: about 0.89M of the 1M
+ * instructions; 32 no longer fits since the name filter), 16. */
 #ifndef TW_ITERS
 #define TW_ITERS 256
 #endif
-/* Bytes of a bearer token value tw_token hashes per run (a byte loop, no DFA). */
-#define TW_TOKEN_RUN (4 * TW_ITERS)
+/* Bytes of a bearer token value tw_token hashes per run (a byte loop, no DFA): a power of two (the read length is masked with it), about four per
+ * parser step of the kernel's tier. */
+#define TW_TOKEN_RUN (TW_ITERS >= 64 ? 256 : TW_ITERS >= 28 ? 128 : 64)
 /* Bytes read from user memory per run (a power of two): the word steps take a run far
  * past TW_ITERS bytes; a run ends at its window, its iterations, a head end or a body. */
 #define TW_READ 2048
@@ -138,7 +140,7 @@ struct tw_conn {
 	__u32 h2mid;            /* HTTP/2 seen mid-stream (older than the daemon): TW_H2_F_MIDSTREAM */
 	__u64 h2id;             /* this HTTP/2 connection's id in events: fds are reused at once */
 	__u32 req_hold;         /* requests resync only after a response ends the exchange (tw_resync) */
-	__u32 _pad2;
+	__u32 lost_pending;     /* losses of this run not yet charged (tw_lose_on, tw_charge_losses) */
 	__u8 h2hdr[2][32];      /* a frame header being collected, by is_req (9 bytes used) */
 };
 _Static_assert(__builtin_offsetof(struct tw_conn, opened) ==

@@ -42,7 +42,7 @@ RUNQ_BOUNDS_SECONDS = tuple(4**i / 1e6 for i in range(11))
 
 # Loop iterations per tw_parse run (TW_ITERS), tried in order until the verifier accepts one
 # (docs/kernels.md gives what each kernel takes; docs/limits.md the head bytes it makes).
-PARSE_WINDOWS = (64, 32, 16)
+PARSE_WINDOWS = (64, 28, 16)
 
 # After flipping the active aggregate map, wait this long before draining the old
 # one: a probe that read the old index finishes within microseconds (a full chain
