@@ -18,24 +18,19 @@ completeness, one such client kept every flag from being raised.
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
-from tenantwatch.demo import NginxGateway
-from tests.conftest import _free_port, require_root
-from tests.e2e.conftest import NGINX_COMM, Daemon
+from tests.conftest import require_root
 from tests.e2e.test_daemon_noisy import (
-    BACKEND,
-    BACKEND_COMM,
     LIGHT_MS,
     TENANTS,
     Load,
     _flag_changes,
     _hotspots,
+    noisy_stack,
 )
 
 MAX_CONNECTIONS = 1024  # the smallest table config allows
@@ -141,31 +136,8 @@ def _fill_connection_table(port: int) -> list[socket.socket]:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, nginx_binary):
     require_root()
-    work = tmp_path_factory.mktemp("flood")
-    be_port = _free_port()
-    backend = subprocess.Popen([sys.executable, "-c", BACKEND, BACKEND_COMM, str(be_port)],
-                               stdout=subprocess.PIPE, text=True)
-    gw = None
-    daemon = None
-    try:
-        assert backend.stdout.readline().strip() == "ready"
-        gw = NginxGateway(work / "nginx", _free_port(), be_port, workers=2,
-                          nginx=nginx_binary).start()
-        port = _free_port()
-        daemon = Daemon(work / "daemon", port, CONFIG.format(
-            port=port, nginx=NGINX_COMM, backend=BACKEND_COMM,
-            max_connections=MAX_CONNECTIONS)).start()
-        deadline = time.monotonic() + 15
-        while daemon.get_json("/api/v1/hotspots")[0] != 200 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        yield gw, daemon
-    finally:
-        if daemon is not None and daemon.proc is not None and daemon.proc.poll() is None:
-            assert daemon.stop() == 0
-        if gw is not None:
-            gw.stop()
-        backend.kill()
-        backend.wait(5)
+    yield from noisy_stack(tmp_path_factory.mktemp("flood"), nginx_binary, CONFIG,
+                           max_connections=MAX_CONNECTIONS)
 
 
 def test_a_noisy_tenant_is_flagged_on_time_through_a_flood_of_losses(stack):

@@ -108,10 +108,9 @@ class Load:
             t.join(15)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory, nginx_binary):
-    require_root()
-    work = tmp_path_factory.mktemp("noisy")
+def noisy_stack(work, nginx_binary: str, config: str, **fields: object):
+    """The backend, nginx and the daemon (``config`` formatted with port, nginx, backend and
+    ``fields``); yields (gateway, daemon) once detection has a first result, stops all after."""
     be_port = _free_port()
     backend = subprocess.Popen([sys.executable, "-c", BACKEND, BACKEND_COMM, str(be_port)],
                                stdout=subprocess.PIPE, text=True)
@@ -122,8 +121,8 @@ def stack(tmp_path_factory, nginx_binary):
         gw = NginxGateway(work / "nginx", _free_port(), be_port, workers=2,
                           nginx=nginx_binary).start()
         port = _free_port()
-        daemon = Daemon(work / "daemon", port, CONFIG.format(
-            port=port, nginx=NGINX_COMM, backend=BACKEND_COMM)).start()
+        daemon = Daemon(work / "daemon", port, config.format(
+            port=port, nginx=NGINX_COMM, backend=BACKEND_COMM, **fields)).start()
         # /readyz says the probes are attached; the first detection result comes a tick later
         # (until then /api/v1/hotspots answers 503 "no detection result yet").
         deadline = time.monotonic() + 15
@@ -137,6 +136,12 @@ def stack(tmp_path_factory, nginx_binary):
             gw.stop()
         backend.kill()
         backend.wait(5)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, nginx_binary):
+    require_root()
+    yield from noisy_stack(tmp_path_factory.mktemp("noisy"), nginx_binary, CONFIG)
 
 
 def _hotspots(daemon: Daemon) -> dict:

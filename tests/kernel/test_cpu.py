@@ -67,6 +67,16 @@ def _get(sock: socket.socket, tenant: str, path: str = "/") -> bytes:
     return got.split(b"\r\n\r\n", 1)[1]
 
 
+def cpu_by_name(tick) -> dict[str, float]:
+    """CPU seconds of the tick by identity value (__unattributed__ for no request)."""
+    names = {c.key: c.raw_value.decode() for c in tick.identities if c.raw_value}
+    cpu: dict[str, float] = {}
+    for c in tick.cpu:
+        name = "__unattributed__" if c.key == abi.KEY_UNATTRIBUTED else names.get(c.key, "?")
+        cpu[name] = cpu.get(name, 0) + c.ns / 1e9
+    return cpu
+
+
 def test_cpu_per_tenant_matches_thread_time_within_10_percent(probes):
     proc = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
     try:
@@ -93,11 +103,7 @@ def test_cpu_per_tenant_matches_thread_time_within_10_percent(probes):
         proc.kill()
         proc.wait(5)
         probes.set_targets(set())
-    names = {c.key: c.raw_value.decode() for c in tick.identities if c.raw_value}
-    cpu: dict = {}
-    for c in tick.cpu:
-        name = "__unattributed__" if c.key == abi.KEY_UNATTRIBUTED else names.get(c.key, "?")
-        cpu[name] = cpu.get(name, 0) + c.ns / 1e9
+    cpu = cpu_by_name(tick)
     for tenant in plan:
         assert abs(cpu[tenant] - truth[tenant]) <= 0.10 * truth[tenant], (tenant, cpu, truth)
     assert cpu["heavy"] > cpu["medium"] > cpu["light"]
@@ -135,11 +141,7 @@ def test_the_cpu_of_a_connection_out_of_step_is_nobodys(probes):
         proc.kill()
         proc.wait(5)
         probes.set_targets(set())
-    names = {c.key: c.raw_value.decode() for c in tick.identities if c.raw_value}
-    cpu: dict = {}
-    for c in tick.cpu:
-        name = "__unattributed__" if c.key == abi.KEY_UNATTRIBUTED else names.get(c.key, "?")
-        cpu[name] = cpu.get(name, 0) + c.ns / 1e9
+    cpu = cpu_by_name(tick)
     assert tick.lost.get("resync", 0) == 20, tick.lost
     assert truth["heavy"] >= 0.5
     assert cpu.get("heavy", 0) + cpu.get("light", 0) <= 0.1 * truth["heavy"], (cpu, truth)
