@@ -38,6 +38,11 @@ uncapped one: the other VMs' bursts set it.
   is steady.  Asserted: the hog's cpuacct.usage over a steady window is the cap in force +-10%
   (measured: 0.189-0.198 under 0.2); calm recovers (recovered()); the cap is on /metrics; calm
   is never capped; after SIGKILL, `tenantwatch release-caps` restores -1 and exits 0.
+- test_enforce_mode_never_caps_a_tenant_whose_headers_a_forger_sends: the same heavy load
+  through an authenticating location (/a/: nginx auth_request to a key -> tenant service, as in
+  examples/nginx-auth-request.conf), sent with hog's key and calm's name forged in X-Tenant-ID
+  and X-Tenant-Context.  hog is capped; calm's files never change; calm is a claim on the
+  client's leg only, never trusted, with exactly the forged requests.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -124,7 +130,9 @@ s.serve_forever()
 NGINX_HTTP = """\
     upstream tw_hog {{ server 127.0.0.1:{hog}; keepalive 32; }}
     upstream tw_calm {{ server 127.0.0.1:{calm}; keepalive 8; }}
+    upstream tw_auth {{ server 127.0.0.1:{auth}; keepalive 4; }}
     map $http_x_tenant_id $tw_be {{ hog tw_hog; default tw_calm; }}
+    map $tw_auth_tenant $tw_auth_be {{ hog tw_hog; default tw_calm; }}
 """
 
 NGINX_SERVER = """\
@@ -135,7 +143,47 @@ NGINX_SERVER = """\
             proxy_read_timeout 120s;
             proxy_pass http://$tw_be;
         }
+        # An authenticating gateway (examples/nginx-auth-request.conf): the tenant comes from
+        # the caller's key, never from a header the caller sent; it picks the backend too.
+        location = /_auth {
+            internal;
+            proxy_pass http://tw_auth/check;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_pass_request_headers off;
+            proxy_set_header Authorization $http_authorization;
+        }
+        location /a/ {
+            auth_request /_auth;
+            auth_request_set $tw_auth_tenant $upstream_http_x_auth_tenant;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Tenant-Context $tw_auth_tenant;
+            proxy_read_timeout 120s;
+            proxy_pass http://$tw_auth_be;
+        }
 """
+
+KEYS = {"Bearer k-hog": "hog", "Bearer k-calm": "calm"}  # the auth service's credentials
+
+
+class _Auth(BaseHTTPRequestHandler):
+    """The auth service behind /_auth: 200 with X-Auth-Tenant for a known key, else 401."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        tenant = KEYS.get(self.headers.get("Authorization", ""))
+        self.send_response(200 if tenant else 401)
+        if tenant:
+            self.send_header("X-Auth-Tenant", tenant)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
 
 CONFIG = """\
 listen: "127.0.0.1:{port}"
@@ -239,8 +287,8 @@ class Cgroups:
 # ---------------------------------------------------------------------------- load
 
 
-def _request(s: socket.socket, tenant: str, ms: float) -> None:
-    s.sendall(f"GET /t/{ms} HTTP/1.1\r\nHost: t\r\nX-Tenant-ID: {tenant}\r\n\r\n".encode())
+def _request(s: socket.socket, head: str) -> None:
+    s.sendall(head.encode())
     got = b""
     while not got.endswith(b"ok\n"):
         chunk = s.recv(4096)
@@ -251,12 +299,28 @@ def _request(s: socket.socket, tenant: str, ms: float) -> None:
         raise AssertionError(got[:200])
 
 
+def _head(tenant: str, ms: float) -> str:
+    """A request routed (and made trusted upstream) by the X-Tenant-ID it names."""
+    return f"GET /t/{ms} HTTP/1.1\r\nHost: t\r\nX-Tenant-ID: {tenant}\r\n\r\n"
+
+
+def _authenticated_head(key_of: str, ms: float, forged: str | None = None) -> str:
+    """A request through the authenticating location with `key_of`'s key; `forged` names
+    another tenant in both tenant headers, as a forger would."""
+    claim = f"X-Tenant-ID: {forged}\r\nX-Tenant-Context: {forged}\r\n" if forged else ""
+    return (f"GET /a/t/{ms} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer k-{key_of}\r\n"
+            f"{claim}\r\n")
+
+
 class Traffic:
     """calm: CALM_CLIENTS keep-alive clients at CALM_RATE/s recording each latency; hog:
-    HOG_CLIENTS keep-alive clients sending HOG_MS requests back to back while `hog_on` is set."""
+    HOG_CLIENTS keep-alive clients sending HOG_MS requests back to back while `hog_on` is set.
+    `calm_head` and `hog_head` are each client's request head (default: routed by X-Tenant-ID)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, calm_head: str = _head("calm", CALM_MS),
+                 hog_head: str = _head("hog", HOG_MS)) -> None:
         self.port = port
+        self.calm_head, self.hog_head = calm_head, hog_head
         self.hog_on = threading.Event()
         self.stop = threading.Event()
         self.errors: list = []
@@ -274,7 +338,7 @@ class Traffic:
             with socket.create_connection(("127.0.0.1", self.port), timeout=30) as s:
                 while not self.stop.is_set() and time.monotonic() < deadline:
                     t0 = time.monotonic()
-                    _request(s, "calm", CALM_MS)
+                    _request(s, self.calm_head)
                     t1 = time.monotonic()
                     self.calm.append((t1, t1 - t0))
                     self.stop.wait(max(0.0, 1.0 / CALM_RATE - (t1 - t0)))
@@ -288,7 +352,7 @@ class Traffic:
                 while not self.stop.is_set() and time.monotonic() < deadline:
                     if not self.hog_on.wait(0.2):
                         continue
-                    _request(s, "hog", HOG_MS)
+                    _request(s, self.hog_head)
                     with self._lock:
                         self.hog_done += 1
         except Exception as e:  # noqa: BLE001 - reported by the test
@@ -338,7 +402,7 @@ def stack(tmp_path_factory, nginx_binary) -> Iterator[Stack]:
     work = tmp_path_factory.mktemp("enforcement")
     cgroups = Cgroups()
     backends: dict[str, subprocess.Popen] = {}
-    gw = None
+    gw = auth = None
     try:
         cgroups.make()
         ports = {t: _free_port() for t in TENANTS}
@@ -349,15 +413,21 @@ def stack(tmp_path_factory, nginx_binary) -> Iterator[Stack]:
             cgroups.enter(t, backends[t].pid)  # right after spawning: threads are made in there
         for t in TENANTS:
             assert backends[t].stdout.readline().strip() == "ready"
+        auth = ThreadingHTTPServer(("127.0.0.1", 0), _Auth)
+        auth.daemon_threads = True
+        threading.Thread(target=auth.serve_forever, daemon=True).start()
         gw = NginxGateway(work / "nginx", _free_port(), ports["calm"], workers=2,
                           nginx=nginx_binary,
-                          extra_http=NGINX_HTTP.format(hog=ports["hog"], calm=ports["calm"]),
+                          extra_http=NGINX_HTTP.format(hog=ports["hog"], calm=ports["calm"],
+                                                       auth=auth.server_address[1]),
                           extra_server=NGINX_SERVER).start()
         cgroups.gateway(gw.our_pids())
         yield Stack(cgroups, gw, backends, work)
     finally:
         if gw is not None:
             gw.stop()
+        if auth is not None:
+            auth.shutdown()
         for proc in backends.values():
             if proc.poll() is None:
                 proc.kill()
@@ -561,3 +631,78 @@ def test_enforce_caps_the_hog_then_release_caps_after_sigkill(stack: Stack) -> N
     assert not [a for a in audit if a["tenant"] == "calm"], audit
     _no_tracebacks(daemon)
 
+
+
+def _tenant_rows(daemon: Daemon) -> dict[tuple[str, str], dict]:
+    status, doc = daemon.get_json("/api/v1/tenants")
+    assert status == 200, doc
+    return {(t["side"], t["tenant"]): t for t in doc["tenants"]}
+
+
+def test_enforce_mode_never_caps_a_tenant_whose_headers_a_forger_sends(stack: Stack) -> None:
+    """Enforce mode behind the authenticating location (/a/, as examples/nginx-auth-request.conf):
+    hog's clients send their heavy load with hog's key and "X-Tenant-ID: calm",
+    "X-Tenant-Context: calm" in every request; calm's clients use calm's key.  The gateway
+    writes the authenticated tenant upstream and routes by it, so the load lands on hog's backend.
+
+    Asserted: hog is capped (trusted evidence: enforcement was live), calm's limit files never
+    change and calm is never capped or stepped; every audit line about calm is a refusal for
+    `untrusted`; upstream, every forged request is hog's and trusted, and calm has exactly its
+    own requests; on the client's leg calm is a claim carrying exactly the forged requests,
+    never trusted."""
+    cg = stack.cgroups
+    calm_before = {k: v for k, v in cg.files().items() if k.startswith("calm/")}
+    assert cg.quota("hog") == -1 and cg.quota("calm") == -1
+    daemon = stack.daemon("forger", "enforce").start()
+    capped_tenants: set = set()
+    try:
+        with Traffic(stack.gateway.listen_port,
+                     calm_head=_authenticated_head("calm", CALM_MS),
+                     hog_head=_authenticated_head("hog", HOG_MS, forged="calm")) as traffic:
+            time.sleep(2)  # calm alone first
+            traffic.hog_on.set()
+            t0 = time.monotonic()
+            while _hog_cap(daemon, capped_tenants) is None:
+                assert time.monotonic() - t0 < SETTLE_TIMEOUT, _state(daemon)
+                assert {k: v for k, v in cg.files().items() if k.startswith("calm/")} \
+                    == calm_before
+                time.sleep(0.5)
+            capped_after = time.monotonic() - t0
+            end = time.monotonic() + 3 * DRY_COOLDOWN  # steps down while the forgery goes on
+            while time.monotonic() < end:
+                assert {k: v for k, v in cg.files().items() if k.startswith("calm/")} \
+                    == calm_before
+                _hog_cap(daemon, capped_tenants)
+                time.sleep(0.5)
+        assert not traffic.errors, traffic.errors
+        forged, calm_own = traffic.hog_done, len(traffic.calm)
+        deadline = time.monotonic() + 10
+        rows = _tenant_rows(daemon)
+        while time.monotonic() < deadline and rows.get(("server", "calm"), {}).get(
+                "requests") != forged:
+            time.sleep(0.3)
+            rows = _tenant_rows(daemon)
+        m = daemon.metrics()
+    finally:
+        daemon.stop()
+    print(f"forger: hog capped {capped_after:.1f}s after the load began; {forged} forged "
+          f"requests, calm's own {calm_own}")
+    assert cg.quota("hog") == -1  # restored at stop
+    assert {k: v for k, v in cg.files().items() if k.startswith("calm/")} == calm_before
+    assert capped_tenants == {"hog"}, capped_tenants
+    assert forged > 0 and calm_own > 0
+    # upstream (what the gateway authenticated): exact, trusted
+    assert rows[("client", "hog")]["requests"] == forged and rows[("client", "hog")]["trusted"]
+    assert rows[("client", "calm")]["requests"] == calm_own, rows[("client", "calm")]
+    # the client's leg: the forged name is a claim, never trusted
+    assert rows[("server", "calm")]["requests"] == forged, rows[("server", "calm")]
+    assert rows[("server", "calm")]["trusted"] is False
+    assert m.value("tenantwatch_enforcement_actions_total", tenant="calm", mode="enforce",
+                   action="cap") == 0
+    audit = _audit(daemon)
+    first = next(a for a in audit if a["tenant"] == "hog" and a["action"] == "cap")
+    assert first["result"] == "done" and first["evidence"]["trusted"], first
+    about_calm = [a for a in audit if a["tenant"] == "calm"]
+    assert all(a["result"] == "refused" and a["reason"] == "untrusted" for a in about_calm), \
+        about_calm
+    _no_tracebacks(daemon)
