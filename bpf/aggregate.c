@@ -184,6 +184,14 @@ static __always_inline void tw_request_done(struct tw_ctl *ctl, struct tw_conn *
 	f->start_ns = ts;
 	f->mflags = p->mflags;
 	f->method = p->method;
+	f->vh = p->best_h1;
+	f->src = p->best_src;
+	f->vflags = p->best_flags;
+	f->target[0] = p->target[0];
+	f->target[1] = p->target[1];
+	f->target[2] = p->target[2];
+	f->target[3] = p->target[3];
+	f->tlen = p->tlen;
 	c->fifo_tail = tail + 1;
 }
 
@@ -227,6 +235,111 @@ static __always_inline void tw_conn_end(struct tw_agg_val *v, struct tw_conn *c,
 		__sync_fetch_and_add(&v->conn_dur_ns, now - c->open_ns);
 }
 
+static __always_inline void tw_iso_count(__u32 side, __u32 what)
+{
+	__u32 i = ((side & 1) * TW_ISO_N + what) & (2 * TW_ISO_N - 1);
+	__u64 *n = tw_iso.lookup(&i);
+	if (n)
+		*n += 1;
+}
+
+/* A breach: counted in tw_breach under (requester, served) with the served value's bytes, and
+ * sent as an event within the rate. */
+static __always_inline void tw_breach_report(void *ctx, struct tw_ctl *ctl, struct tw_conn *c,
+					     struct tw_parser *p, struct tw_inflight *f,
+					     __u32 status, __u64 ts, struct tw_job *j)
+{
+	__u32 zero = 0;
+	__u32 row = (p->vcur ^ 1) & 3;  /* the best (first) served value's row */
+	struct tw_breach_key k = {.req_key = f->key, .served_h1 = p->best_h1,
+				  .side = c->side & 1, .gen = ctl->active & 1};
+	struct tw_breach_val *v = tw_breach.lookup(&k);
+	if (!v) {
+		struct tw_breach_val *t = tw_breach_tmpl.lookup(&zero);
+		if (t) {
+			t->count = 0;
+			t->served_len = p->best_len;
+			__builtin_memcpy(t->served, c->vbuf[row], TW_VALUE_MAX);
+			tw_breach.update(&k, t);
+			v = tw_breach.lookup(&k);
+		}
+	}
+	if (v)
+		__sync_fetch_and_add(&v->count, 1);
+	else
+		tw_lose(TW_LOST_BREACH_MAP_FULL);
+	struct tw_rate *r = tw_breach_rate.lookup(&zero);
+	if (!r)
+		return;
+	__u64 now = bpf_ktime_get_ns();
+	if (now - r->window_ns >= 1000000000ull) {
+		r->window_ns = now;
+		r->sent = 0;
+	}
+	if (r->sent >= ctl->breach_per_cpu_per_sec) {
+		tw_lose(TW_LOST_BREACH_RATE_LIMITED);
+		return;
+	}
+	r->sent++;
+	struct tw_breach_event *e = tw_breach_scratch.lookup(&zero);
+	if (!e)
+		return;
+	e->ts_ns = ts;
+	e->req_key = f->key;
+	e->served_h1 = p->best_h1;
+	e->method = f->method;
+	e->target[0] = f->target[0];
+	e->target[1] = f->target[1];
+	e->target[2] = f->target[2];
+	e->target[3] = f->target[3];
+	e->target_len = f->tlen < TW_TARGET_BYTES ? f->tlen : TW_TARGET_BYTES;
+	e->tgid = j->conn >> 32;
+	e->fd = (__u32)j->conn;
+	e->side = c->side & 1;
+	e->status = status;
+	e->served_len = p->best_len;
+	__builtin_memcpy(e->served, c->vbuf[row], TW_VALUE_MAX);
+#ifdef TW_HAVE_RINGBUF
+	if (tw_breach_events.ringbuf_output(e, sizeof(*e), 0) != 0)
+		tw_lose(TW_LOST_BREACH_BUFFER_FULL);
+#else
+	if (tw_breach_events.perf_submit(ctx, e, sizeof(*e)) != 0)
+		tw_lose(TW_LOST_BREACH_BUFFER_FULL);
+#endif
+}
+
+/* The response-side tenant check (docs/isolation.md): does the response's served-tenant
+ * header name the tenant of the request it answers?  Only a request whose identity came clean
+ * from a checked source (a trusted header: the gateway wrote it) is compared, so a client's
+ * claim can never raise a breach against another tenant. */
+static __always_inline void tw_isolation(void *ctx, struct tw_ctl *ctl, struct tw_conn *c,
+					 struct tw_parser *p, struct tw_inflight *f, __u32 status,
+					 __u64 ts, struct tw_job *j)
+{
+	__u32 side = c->side & 1;
+	if (!((ctl->check_sides >> side) & 1))
+		return;
+	if (f->src < 0 || !((ctl->check_sources >> (f->src & 31)) & 1) ||
+	    (f->vflags & (TW_F_DUPLICATE | TW_F_FOLDED | TW_F_BAD_BYTE | TW_F_TOO_LONG |
+			  TW_F_COLLISION | TW_F_NO_IDENTITY | TW_F_ADOPTED))) {
+		tw_iso_count(side, TW_ISO_REQUEST_IDENTITY);
+		return;
+	}
+	if (p->best_src < 0) {
+		tw_iso_count(side, TW_ISO_NO_HEADER);
+		return;
+	}
+	if (p->best_flags & (TW_F_DUPLICATE | TW_F_FOLDED | TW_F_BAD_BYTE | TW_F_TOO_LONG)) {
+		tw_iso_count(side, TW_ISO_MALFORMED);
+		return;
+	}
+	tw_iso_count(side, TW_ISO_CHECKED);
+	if (p->best_h1 == f->vh)
+		return;
+	tw_iso_count(side, TW_ISO_BREACHES);
+	tw_breach_report(ctx, ctl, c, p, f, status, ts, j);
+}
+
 static __always_inline __u32 tw_response_done(void *ctx, struct tw_ctl *ctl, struct tw_conn *c,
 					      struct tw_parser *p, __u64 ts, struct tw_job *j)
 {
@@ -243,6 +356,7 @@ static __always_inline __u32 tw_response_done(void *ctx, struct tw_ctl *ctl, str
 	__u64 lat = ts > f->start_ns ? ts - f->start_ns : 0;
 	__u32 mflags = f->mflags;
 	tw_count_end(ctl, c, f->key, cls, lat, 1, j);
+	tw_isolation(ctx, ctl, c, p, f, status, ts, j);
 	/* An adopted connection that answers with an HTTP status line speaks HTTP: its next
 	 * requests are real request heads, not a frame or body that looks like one. */
 	c->adopted = 0;

@@ -56,7 +56,9 @@ static __always_inline struct tw_conn *tw_conn_new(__u64 ck, __u32 side)
 	struct tw_conn *t = tw_conn_tmpl.lookup(&zero);
 	if (!t)
 		return 0;
-	__builtin_memset(t, 0, sizeof(*t));
+	/* No memset: nothing else writes the template, and every field set here is set on each
+	 * call, so the rest stays zero (a memset of a struct this size is a call bcc's clang
+	 * cannot emit). */
 	t->side = side;
 	t->open_ns = bpf_ktime_get_ns();
 	t->req.best_src = -1;
@@ -64,6 +66,7 @@ static __always_inline struct tw_conn *tw_conn_new(__u64 ck, __u32 side)
 	t->req.cur_src = -1;
 	t->resp.cur_src = -1;
 	t->resp.state = TW_S_RS0;
+	t->resp.vcur = 2;  /* the served-tenant value's rows of vbuf */
 	if (tw_conns.update(&ck, t) != 0) {
 		tw_lose(TW_LOST_CONN_MAP_FULL);
 		return 0;
@@ -135,6 +138,23 @@ static __always_inline struct tw_conn *tw_conn_adopt(__u64 ck, __u64 first, __u6
 /* Fill the per-CPU job for bytes that moved on connection c (from a syscall, or from SSL_read/
  * SSL_write) and give the tw_progs index to tail-call: TW_PROG_PARSE, TW_PROG_H2, or -1 when
  * there is nothing to parse (a connection waiting to resync, or bytes that are all body). */
+/* On a checked side (tenancy.response_check), a request that starts a syscall: keep its
+ * request line's first TW_TARGET_BYTES bytes for a breach event.  Here, once per syscall, not in
+ * tw_parse's loop (where even a few stores cost the verifier tens of thousands of
+ * instructions); a request that starts later in the syscall (pipelined) keeps none. */
+static __always_inline void tw_request_line_peek(struct tw_conn *c, struct tw_parser *p,
+						 __u64 first, __u64 first_len)
+{
+	__u32 zero = 0;
+	struct tw_ctl *ctl = tw_ctl.lookup(&zero);
+	if (!ctl || !((ctl->check_sides >> (c->side & 1)) & 1) || first_len == 0)
+		return;
+	__u32 n = first_len < TW_TARGET_BYTES ? first_len : TW_TARGET_BYTES;
+	if (tw_read_user(p->target, n & (2 * TW_TARGET_BYTES - 1), (void *)first) != 0)
+		return;
+	p->tlen = n;
+}
+
 static __always_inline int tw_job_start(struct tw_conn *c, __u64 ck, __u64 iov, __u32 iovcnt,
 					__u64 first, __u64 first_len, __u64 total,
 					__u32 is_write)
@@ -187,5 +207,7 @@ static __always_inline int tw_job_start(struct tw_conn *c, __u64 ck, __u64 iov, 
 		tw_thread_set(tw_in_step(c) ? c : 0);
 		return -1;
 	}
+	if (j->is_req && j->mode == TW_PROG_PARSE && p->state == TW_S_RQ0 && !p->skip)
+		tw_request_line_peek(c, p, first, first_len);
 	return j->mode;
 }

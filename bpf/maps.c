@@ -60,6 +60,20 @@ BPF_RINGBUF_OUTPUT(tw_h2_events, 1024);
 BPF_PERF_OUTPUT(tw_h2_events);
 #endif
 BPF_PERCPU_ARRAY(tw_h2_scratch, struct tw_h2_event, 1);
+/* The response-side tenant check (aggregate.c, tw_isolation): outcomes per side, breaching
+ * pairs per generation, breach events. */
+#define TW_MAX_BREACH_PAIRS 1024
+BPF_PERCPU_ARRAY(tw_iso, __u64, 2 * TW_ISO_N);
+BPF_HASH(tw_breach, struct tw_breach_key, struct tw_breach_val, TW_MAX_BREACH_PAIRS);
+BPF_PERCPU_ARRAY(tw_breach_tmpl, struct tw_breach_val, 1);
+BPF_PERCPU_ARRAY(tw_breach_scratch, struct tw_breach_event, 1);
+BPF_PERCPU_ARRAY(tw_breach_rate, struct tw_rate, 1);
+#ifdef TW_HAVE_RINGBUF
+/* 64 KiB: ~300 events of 208 bytes between two polls (one per tick). */
+BPF_RINGBUF_OUTPUT(tw_breach_events, 16);
+#else
+BPF_PERF_OUTPUT(tw_breach_events);
+#endif
 
 #define TW_FNV_PRIME1 0x100000001b3ull
 #define TW_FNV_PRIME2 0x9e3779b97f4a7c15ull

@@ -130,8 +130,7 @@ TW_TAIL_PROG(tw_parse)
 			if (cand < TW_NPFX && !((x->use[ui & 3] >> cand) & 1))
 				cand = TW_PFX_NONE;  /* not read on this side or direction */
 			if (cand < TW_NPFX) {
-				tw_header_kind(ctl, p, is_req, c->side, x->kind[cand],
-					       x->source[cand][c->side & 1]);
+				tw_header_kind(ctl, p, x->kind[cand], x->source[cand][ui & 3]);
 				state = tw_opaque(j, p->vtoken ? TW_S_HTOK : TW_S_HOWS) & 0xff;
 				*(volatile __u32 *)&j->wpos = pos + (x->len[cand] & 0xff) + 1;
 				continue;
@@ -255,7 +254,7 @@ TW_TAIL_PROG(tw_parse)
 		case TW_A_NAME_END:
 			p->h1 = h;
 			p->pos = npos;
-			tw_header_name(ctl, p, is_req, c->side);
+			tw_header_name(ctl, p, ui);
 			if (p->hkind == H_OTHER) {
 				/* Nothing to take from this value: skip to the line end. */
 				p->prev_identity = 0;

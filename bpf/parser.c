@@ -34,6 +34,7 @@ static __always_inline void tw_message_reset(struct tw_parser *p, int is_req)
 	p->word = 0;
 	p->status = 0;
 	p->prev_identity = 0;
+	p->tlen = 0;
 }
 
 /* The head ended (blank line): count it and decide how its body ends. */
@@ -114,15 +115,17 @@ static __always_inline void tw_header_end(struct tw_parser *p)
 	}
 }
 
-/* Set up the header line whose name is of `kind` (TW_NAME_*, 0 for none); `src` is the
- * identity source reading it on this side (-1: none).  The value's hashes start from the seeds. */
-static __always_inline void tw_header_kind(struct tw_ctl *ctl, struct tw_parser *p, int is_req,
-					   __u32 side, __u32 kind, __s32 src)
+/* Set up the header line whose name is of `kind` (TW_NAME_*, 0 for none); `src` is its
+ * struct tw_name source for this side and direction (-1: none).  The value's hashes start from
+ * the seeds.  On a response, a served-tenant header (TW_SRC_SERVED) is read like an identity
+ * value (a repeat is TW_F_DUPLICATE), into the response parser's rows of vbuf. */
+static __always_inline void tw_header_kind(struct tw_ctl *ctl, struct tw_parser *p, __u32 kind,
+					   __s32 src)
 {
 	p->hkind = H_OTHER;
 	p->cur_src = -1;
 	if (kind == H_IDENTITY) {
-		if (is_req && src >= 0) {
+		if (src >= 0) {
 			p->hkind = H_IDENTITY;
 			p->cur_src = src;
 			p->vtoken = (ctl->token_sources >> (src & 31)) & 1;
@@ -145,9 +148,9 @@ static __always_inline void tw_header_kind(struct tw_ctl *ctl, struct tw_parser 
 		p->vtoken = 0;
 }
 
-/* Classify a header name that ended with ':' (the byte-wise path: one hash lookup). */
-static __always_inline void tw_header_name(struct tw_ctl *ctl, struct tw_parser *p, int is_req,
-					   __u32 side)
+/* Classify a header name that ended with ':' (the byte-wise path: one hash lookup); ui is
+ * side * 2 + is_req. */
+static __always_inline void tw_header_name(struct tw_ctl *ctl, struct tw_parser *p, __u32 ui)
 {
 	__u64 h = p->h1;
 	__u32 len = p->pos;
@@ -156,9 +159,9 @@ static __always_inline void tw_header_name(struct tw_ctl *ctl, struct tw_parser 
 	if (len <= TW_NAME_MAX && (ctl->name_first[len] & (1u << (p->name0 & 31))))
 		nm = tw_names.lookup(&h);
 	if (nm && nm->len == len)
-		tw_header_kind(ctl, p, is_req, side, nm->kind, nm->source[side & 1]);
+		tw_header_kind(ctl, p, nm->kind, nm->source[ui & 3]);
 	else
-		tw_header_kind(ctl, p, is_req, side, 0, -1);
+		tw_header_kind(ctl, p, 0, -1);
 }
 
 /* Which candidate of tw_pfx the header line starting with words w0..w2 names: its index when
@@ -242,7 +245,7 @@ static __always_inline void tw_value_byte(struct tw_conn *c, struct tw_parser *p
 		if (n < TW_VALUE_MAX) {
 			__u32 j = n;
 			tw_barrier_var(j);  /* keep the mask: 6.1 reloads n from an unbounded spill */
-			c->vbuf[p->vcur & 1][j & (TW_VALUE_MAX - 1)] = ch;
+			c->vbuf[p->vcur & 3][j & (TW_VALUE_MAX - 1)] = ch;
 			p->h1 = (p->h1 ^ ch) * TW_FNV_PRIME1;
 			p->h2 = (p->h2 ^ ch) * TW_FNV_PRIME2 + 1;
 			p->vlen = n + 1;

@@ -79,7 +79,10 @@
 #define TW_LOST_TOKEN_INCOMPLETE  13  /* a token's bytes were not all captured (buffer evicted) */
 #define TW_LOST_TLS_NO_FD         14  /* TLS plaintext whose socket is not known yet: not parsed */
 #define TW_LOST_H2_BUFFER_FULL    15  /* HTTP/2 frame bytes did not fit the ring/perf buffer */
-#define TW_LOST_MAX               16
+#define TW_LOST_BREACH_RATE_LIMITED 16 /* an isolation breach not sent as an event: over the rate */
+#define TW_LOST_BREACH_BUFFER_FULL 17 /* an isolation-breach event did not fit the ring/perf buffer */
+#define TW_LOST_BREACH_MAP_FULL   18  /* a breach's (requester, served) pair did not fit tw_breach */
+#define TW_LOST_MAX               19
 
 /* Run-queue delay buckets (wakeup -> running of target threads): bounds in
  * tw_ctl.runq_bounds_ns, exported as tenantwatch_runqueue_delay_seconds. */
@@ -135,11 +138,15 @@ struct tw_conn_head {
 #define TW_NAME_IDENTITY 1
 #define TW_NAME_CONTENT_LENGTH 2
 #define TW_NAME_TRANSFER_ENCODING 3
+/* The source index of a served-tenant header (tenancy.response_check) on a checked side's
+ * responses: read like an identity value by the response parser (never a token source). */
+#define TW_SRC_SERVED 31
 struct tw_name {
 	__u32 kind;       /* TW_NAME_* */
 	__u32 len;        /* name length: a second check besides the hash */
-	__s32 source[2];  /* by TW_SIDE_*: index of the identity source reading this
-			   * header on that side, -1 for none */
+	__s32 source[4];  /* by [side * 2 + is_req]: on requests, the index of the identity source
+			   * reading this header on that side; on responses, TW_SRC_SERVED for the
+			   * served-tenant header of a checked side; -1 for none */
 };
 
 /* The same header names as prefixes, compared a word at a time at the start of each header
@@ -157,7 +164,7 @@ struct tw_pfx {
 	__u64 want[TW_NPFX][TW_PFX_WORDS];
 	__u64 mask[TW_NPFX][TW_PFX_WORDS];
 	__u64 fold[TW_NPFX][TW_PFX_WORDS];
-	__s32 source[TW_NPFX][2];  /* as struct tw_name */
+	__s32 source[TW_NPFX][4];  /* as struct tw_name */
 	__u32 kind[TW_NPFX];       /* TW_NAME_* */
 	__u32 len[TW_NPFX];        /* name length: the ':' is at this offset */
 	__u32 exact[TW_NPFX];      /* 1 when the name and its ':' fit in TW_PFX_BYTES */
@@ -191,6 +198,9 @@ struct tw_ctl {
 	__u32 slow_per_cpu_per_sec;  /* rate limit of those events, per CPU */
 	__u32 token_sources;         /* bit i: source i is a bearer token (jwt) */
 	__u32 token_per_cpu_per_sec; /* rate limit of token events, per CPU */
+	__u32 check_sides;           /* bit TW_SIDE_*: responses on that side are checked (isolation) */
+	__u32 check_sources;         /* bit i: source i's identity is checked against responses */
+	__u32 breach_per_cpu_per_sec; /* rate limit of isolation-breach events, per CPU */
 	__u32 _pad;
 	__u8 comms[TW_MAX_COMMS][TW_COMM_LEN];
 };
@@ -215,6 +225,52 @@ struct tw_token_event {
 	__u32 len;         /* bytes in b */
 	__u32 side;        /* TW_SIDE_* */
 	__u8 b[TW_TOKEN_MAX];
+};
+
+/* The response-side tenant check (docs/isolation.md): what happened to each response on a
+ * checked side, counted per CPU in tw_iso[side * TW_ISO_N + TW_ISO_*]. */
+#define TW_ISO_CHECKED 0           /* compared with its request's identity (breaches included) */
+#define TW_ISO_BREACHES 1            /* ... and named another tenant */
+#define TW_ISO_NO_HEADER 2         /* no served-tenant header: not checked */
+#define TW_ISO_REQUEST_IDENTITY 3  /* its request had no clean identity from a checked (trusted)
+				    * source: not checked */
+#define TW_ISO_MALFORMED 4         /* the served header was repeated, folded, too long or had a
+				    * control byte: not checked */
+#define TW_ISO_N 8
+/* Bytes of the request line kept per request for a breach event (method and target). */
+#define TW_TARGET_BYTES 32
+
+/* A (requester identity, served value) pair that breached, in the generation ctl.active: user
+ * space drains the other generation each tick, like tw_agg0/1. */
+struct tw_breach_key {
+	__u64 req_key;    /* the request's identity key, as in tw_agg_key */
+	__u64 served_h1;  /* the served value's hash (seed1, as an identity value's) */
+	__u32 side;       /* TW_SIDE_* */
+	__u32 gen;
+};
+
+struct tw_breach_val {
+	__u64 count;
+	__u32 served_len;    /* bytes of the served value (up to TW_VALUE_MAX kept) */
+	__u32 _pad;
+	__u8 served[TW_VALUE_MAX];
+};
+
+/* One isolation breach for the incident responder: rate-limited per CPU, the counts are in
+ * tw_breach whatever the rate. */
+struct tw_breach_event {
+	__u64 ts_ns;         /* the response head's syscall (bpf_ktime_get_ns) */
+	__u64 req_key;
+	__u64 served_h1;
+	__u64 method;        /* as tw_slow_event */
+	__u64 target[4];     /* the request line's first TW_TARGET_BYTES bytes (target_len used) */
+	__u32 tgid;
+	__u32 fd;            /* the connection's fd in tgid (user space finds its 4-tuple) */
+	__u32 side;
+	__u32 status;
+	__u32 target_len;
+	__u32 served_len;
+	__u8 served[TW_VALUE_MAX];
 };
 
 /* HTTP/2: a connection's bytes, one direction, every DATA frame's payload left out (its

@@ -109,14 +109,21 @@ struct tw_parser {
 	__u32 name0;      /* first byte of the header name, lowercased */
 	__u32 vtoken;     /* the current identity header is a bearer token (tw_token reads it) */
 	__u64 method;     /* packed method bytes of the current request */
+	__u64 target[4];  /* the request line's first bytes (TW_TARGET_BYTES; tlen used) */
+	__u32 tlen;
+	__u32 _tpad;
 };
 
 struct tw_inflight {
 	__u64 key;
 	__u64 start_ns;
 	__u64 method;   /* packed method bytes (for slow-request events) */
+	__u64 vh;       /* its identity value's hash (best_h1): the response check compares it */
+	__u64 target[4];  /* for a breach event */
 	__u32 mflags;
-	__u32 _pad;
+	__s32 src;      /* its identity's source, -1 none */
+	__u32 vflags;   /* its identity's TW_F_* */
+	__u32 tlen;
 };
 
 struct tw_conn {
@@ -131,7 +138,10 @@ struct tw_conn {
 	struct tw_inflight fifo[TW_FIFO];
 	__u32 fifo_head;        /* next to complete */
 	__u32 fifo_tail;        /* next free */
-	__u8 vbuf[2][TW_VALUE_MAX];
+	/* Identity values: rows 0 and 1 are the request parser's (the current value and the best
+	 * one, by req.vcur), rows 2 and 3 the response parser's served-tenant value (resp.vcur
+	 * starts at 2). */
+	__u8 vbuf[4][TW_VALUE_MAX];
 	__u32 adopted;          /* first seen mid-stream (tw_exit), not at accept/connect, and no
 				 * HTTP response parsed on it yet */
 	__u32 tls;              /* TLS: parsed from SSL_read/SSL_write (tls.c), never from syscalls */

@@ -129,13 +129,48 @@ class ConnHead(ct.Structure):
                 ("opened", ct.c_uint32), ("open_ns", ct.c_uint64)]
 
 
+# The response-side tenant check: tw_iso[side * ISO_N + index], by outcome.
+ISO_N: int = _D["TW_ISO_N"]
+ISO_OUTCOMES: dict = {name[len("TW_ISO_"):].lower(): v for name, v in _D.items()
+                      if name.startswith("TW_ISO_") and name != "TW_ISO_N"}
+TARGET_BYTES: int = _D["TW_TARGET_BYTES"]
+
+
+class BreachKey(ct.Structure):
+    _fields_ = [("req_key", ct.c_uint64), ("served_h1", ct.c_uint64), ("side", ct.c_uint32),
+                ("gen", ct.c_uint32)]
+
+
+class BreachVal(ct.Structure):
+    _fields_ = [("count", ct.c_uint64), ("served_len", ct.c_uint32), ("_pad", ct.c_uint32),
+                ("served", ct.c_uint8 * VALUE_MAX)]
+
+
+class BreachEvent(ct.Structure):
+    _fields_ = [("ts_ns", ct.c_uint64), ("req_key", ct.c_uint64), ("served_h1", ct.c_uint64),
+                ("method", ct.c_uint64), ("target", ct.c_uint64 * 4), ("tgid", ct.c_uint32),
+                ("fd", ct.c_uint32), ("side", ct.c_uint32), ("status", ct.c_uint32),
+                ("target_len", ct.c_uint32), ("served_len", ct.c_uint32),
+                ("served", ct.c_uint8 * VALUE_MAX)]
+
+
 NAME_IDENTITY: int = _D["TW_NAME_IDENTITY"]
+SRC_SERVED: int = _D["TW_SRC_SERVED"]
+
+
+def name_sources(slots: tuple[int, int], served: int) -> tuple[int, int, int, int]:
+    """struct tw_name's source by [side * 2 + is_req]: the identity source on requests (slots,
+    by side), SRC_SERVED on the responses of the sides in `served` (bits by side)."""
+    out = []
+    for side in (SIDE_SERVER, SIDE_CLIENT):
+        out += [SRC_SERVED if (served >> side) & 1 else -1, slots[side]]
+    return tuple(out)
 NAME_CONTENT_LENGTH: int = _D["TW_NAME_CONTENT_LENGTH"]
 NAME_TRANSFER_ENCODING: int = _D["TW_NAME_TRANSFER_ENCODING"]
 
 
 class Name(ct.Structure):
-    _fields_ = [("kind", ct.c_uint32), ("len", ct.c_uint32), ("source", ct.c_int32 * 2)]
+    _fields_ = [("kind", ct.c_uint32), ("len", ct.c_uint32), ("source", ct.c_int32 * 4)]
 
 
 NPFX: int = MAX_SOURCES + 2
@@ -150,7 +185,7 @@ class Pfx(ct.Structure):
         ("want", (ct.c_uint64 * PFX_WORDS) * NPFX),
         ("mask", (ct.c_uint64 * PFX_WORDS) * NPFX),
         ("fold", (ct.c_uint64 * PFX_WORDS) * NPFX),
-        ("source", (ct.c_int32 * 2) * NPFX),
+        ("source", (ct.c_int32 * 4) * NPFX),
         ("kind", ct.c_uint32 * NPFX),
         ("len", ct.c_uint32 * NPFX),
         ("exact", ct.c_uint32 * NPFX),
@@ -202,6 +237,9 @@ class Ctl(ct.Structure):
         ("slow_per_cpu_per_sec", ct.c_uint32),
         ("token_sources", ct.c_uint32),
         ("token_per_cpu_per_sec", ct.c_uint32),
+        ("check_sides", ct.c_uint32),
+        ("check_sources", ct.c_uint32),
+        ("breach_per_cpu_per_sec", ct.c_uint32),
         ("_pad", ct.c_uint32),
         ("comms", (ct.c_uint8 * COMM_LEN) * MAX_COMMS),
     ]

@@ -24,9 +24,12 @@ from tenantwatch.errors import KernelSupportError, PermissionProblem
 from tenantwatch.kernel import abi, dfa
 from tenantwatch.kernel.paths import find_bpf_dir
 from tenantwatch.kernel.records import (
+    BreachCount,
+    BreachEvent,
     CpuCounts,
     H2Event,
     IdentityCounts,
+    IsolationCounts,
     KernelTick,
     Side,
     SlowRequest,
@@ -81,6 +84,19 @@ class KernelSource:
     header: str  # lowercase header name
     sides: tuple[Side, ...]  # where it applies
     token: bool = False  # a bearer token (jwt source): up to TOKEN_MAX bytes, sent whole
+    # the gateway wrote it (a trusted header source): its requests are the ones the response
+    # check compares (docs/isolation.md)
+    trusted: bool = False
+
+
+@dataclass(frozen=True)
+class KernelResponseCheck:
+    """tenancy.response_check as the kernel sees it: the response header naming the tenant a
+    response served, the sides whose responses are checked, and the event rate."""
+
+    header: str  # lowercase header name
+    sides: tuple[Side, ...]
+    events_per_cpu_per_second: int = 20
 
 
 class HttpProbes:
@@ -96,6 +112,7 @@ class HttpProbes:
         slow_requests_per_cpu_per_second: int = 20,
         tokens_per_cpu_per_second: int = 100,
         tls: bool = False,
+        response_check: KernelResponseCheck | None = None,
     ) -> None:
         if len(sources) > abi.MAX_SOURCES:
             raise ValueError(f"at most {abi.MAX_SOURCES} sources")
@@ -104,6 +121,9 @@ class HttpProbes:
         if len(process_names) > abi.MAX_COMMS:
             raise ValueError(f"at most {abi.MAX_COMMS} process names")
         self.sources = tuple(sources)
+        self.response_check = response_check
+        self._breaches: list[BreachEvent] = []
+        self._iso_seen: list[int] = [0] * (2 * abi.ISO_N)
         self.process_names = tuple(process_names)
         self.bounds = tuple(latency_bounds_seconds)
         self.max_connections = max_connections
@@ -225,10 +245,12 @@ class HttpProbes:
             for gen in (0, 1):
                 b[b"tw_cpu"][abi.CpuKey(key=abi.KEY_OVERFLOW, gen=gen)] = ct.c_uint64(0)
             if self._ringbuf:
+                b[b"tw_breach_events"].open_ring_buffer(self._on_breach)
                 b[b"tw_slow_events"].open_ring_buffer(self._on_slow)
                 b[b"tw_token_events"].open_ring_buffer(self._on_token)
                 b[b"tw_h2_events"].open_ring_buffer(self._on_h2)
             else:
+                b[b"tw_breach_events"].open_perf_buffer(self._on_breach, page_cnt=16)
                 b[b"tw_slow_events"].open_perf_buffer(self._on_slow, page_cnt=16)
                 b[b"tw_token_events"].open_perf_buffer(self._on_token, page_cnt=64)
                 b[b"tw_h2_events"].open_perf_buffer(self._on_h2, page_cnt=256)
@@ -258,6 +280,12 @@ class HttpProbes:
         c.slow_per_cpu_per_sec = self.slow_rate
         c.token_per_cpu_per_sec = self.token_rate
         c.token_sources = sum(1 << i for i, s in enumerate(self.sources) if s.token)
+        rc = self.response_check
+        if rc is not None:
+            c.check_sides = sum(1 << _side_index(side) for side in rc.sides)
+            c.check_sources = sum(1 << i for i, s in enumerate(self.sources)
+                                  if s.trusted and not s.token)
+            c.breach_per_cpu_per_sec = rc.events_per_cpu_per_second
         c.nrunq = len(RUNQ_BOUNDS_SECONDS)
         for i, bound in enumerate(RUNQ_BOUNDS_SECONDS):
             c.runq_bounds_ns[i] = round(bound * 1e9)
@@ -269,32 +297,39 @@ class HttpProbes:
     def _write_ctl(self) -> None:
         self._bpf[b"tw_ctl"][ct.c_int(0)] = self._ctl
 
-    def parser_names(self) -> list[tuple[str, int, tuple[int, int]]]:
+    def parser_names(self) -> list[tuple[str, int, tuple[int, int], int]]:
         """The header names the parser acts on: (name, TW_NAME_* kind, identity source by side,
-        -1 for none): the framing headers, then each identity header once."""
+        -1 for none, served bits by side): the framing headers, then each identity header
+        once; the response check's header is an identity name with served bits."""
         by_name: dict[str, list[int]] = {}
         for i, s in enumerate(self.sources):
             slots = by_name.setdefault(s.header, [-1, -1])
             for side in s.sides:
-                slot = abi.SIDE_SERVER if side is Side.SERVER else abi.SIDE_CLIENT
+                slot = _side_index(side)
                 if slots[slot] < 0:  # config rejects two sources on one (header, side)
                     slots[slot] = i
-        return [("content-length", abi.NAME_CONTENT_LENGTH, (-1, -1)),
-                ("transfer-encoding", abi.NAME_TRANSFER_ENCODING, (-1, -1))] + \
-            [(h, abi.NAME_IDENTITY, (slots[0], slots[1])) for h, slots in by_name.items()]
+        served: dict[str, int] = {}
+        if self.response_check is not None:
+            by_name.setdefault(self.response_check.header, [-1, -1])
+            served[self.response_check.header] = sum(
+                1 << _side_index(side) for side in self.response_check.sides)
+        return [("content-length", abi.NAME_CONTENT_LENGTH, (-1, -1), 0),
+                ("transfer-encoding", abi.NAME_TRANSFER_ENCODING, (-1, -1), 0)] + \
+            [(h, abi.NAME_IDENTITY, (slots[0], slots[1]), served.get(h, 0))
+             for h, slots in by_name.items()]
 
     def _name_filter(self) -> None:
         """ctl.name_first: which (length, first byte) pairs are worth a tw_names lookup."""
-        for n, _, _ in self.parser_names():
+        for n, *_ in self.parser_names():
             self._ctl.name_first[len(n)] |= 1 << (ord(n[0].lower()) & 31)
 
     def _write_names(self) -> None:
         """tw_names (by seeded hash, for the byte-wise path) and tw_pfx (as word prefixes)."""
         table = self._bpf[b"tw_names"]
         names = self.parser_names()
-        for name, kind, slots in names:
+        for name, kind, slots, served in names:
             table[ct.c_uint64(abi.hash_name(name, self._ctl.seed1))] = abi.Name(
-                kind=kind, len=len(name), source=slots)
+                kind=kind, len=len(name), source=abi.name_sources(slots, served))
         self._bpf[b"tw_pfx"][ct.c_int(0)] = prefixes(names)
 
 
@@ -401,11 +436,66 @@ class HttpProbes:
         identities = tuple(_to_counts(k, v, len(self.bounds), self._tokens) for k, v in rows
                            if _has_counts(v)) + self._take_swept_closes()
         runq, runq_sum = self._runq_totals()
+        breach_events = tuple(self._breaches)
+        self._breaches.clear()
         return KernelTick(identities=identities, lost=self._lost_deltas(),
                           targets=len(self.targets()), probes=dict(self.probes),
                           monotonic_ns=time.monotonic_ns(), cpu=self._drain_cpu(old),
                           runq_bounds_seconds=RUNQ_BOUNDS_SECONDS, runq_buckets=runq,
-                          runq_sum_ns=runq_sum, slow=slow, h2=self._take_h2())
+                          runq_sum_ns=runq_sum, slow=slow, h2=self._take_h2(),
+                          isolation=self._isolation_deltas(),
+                          breaches=self._drain_breaches(old), breach_events=breach_events)
+
+    def _isolation_deltas(self) -> tuple[IsolationCounts, ...]:
+        """The response check's outcomes per side since the last drain (tw_iso)."""
+        if self.response_check is None:
+            return ()
+        table = self._bpf[b"tw_iso"]
+        out = []
+        for side_index, side in ((abi.SIDE_SERVER, Side.SERVER), (abi.SIDE_CLIENT, Side.CLIENT)):
+            if side not in self.response_check.sides:
+                continue
+            fields = {}
+            for name, i in abi.ISO_OUTCOMES.items():
+                slot = side_index * abi.ISO_N + i
+                total = sum(int(x) for x in table[ct.c_int(slot)])
+                fields[name] = total - self._iso_seen[slot]
+                self._iso_seen[slot] = total
+            out.append(IsolationCounts(side=side, **fields))
+        return tuple(out)
+
+    def _drain_breaches(self, gen: int) -> tuple[BreachCount, ...]:
+        """Read and delete the breaching pairs of the generation the kernel no longer writes."""
+        if self.response_check is None:
+            return ()
+        table = self._bpf[b"tw_breach"]
+        out = []
+        for k, v in list(table.items()):
+            if k.gen != gen:
+                continue
+            key = abi.BreachKey(req_key=k.req_key, served_h1=k.served_h1, side=k.side,
+                                gen=k.gen)
+            n = min(int(v.served_len), abi.VALUE_MAX)
+            out.append(BreachCount(
+                key=int(k.req_key), side=Side.SERVER if k.side == abi.SIDE_SERVER else Side.CLIENT,
+                served=bytes(v.served[:n]), count=int(v.count)))
+            try:
+                del table[key]
+            except KeyError:
+                pass
+        return tuple(out)
+
+    def _on_breach(self, _ctx, data, _size) -> int:
+        e = ct.cast(data, ct.POINTER(abi.BreachEvent)).contents
+        method = int(e.method).to_bytes(8, "big").lstrip(b"\0").decode("ascii", "replace")
+        target = b"".join(int(w).to_bytes(8, "little") for w in e.target)
+        n = min(int(e.served_len), abi.VALUE_MAX)
+        self._breaches.append(BreachEvent(
+            key=int(e.req_key), side=Side.SERVER if e.side == abi.SIDE_SERVER else Side.CLIENT,
+            monotonic_ns=int(e.ts_ns), tgid=int(e.tgid), fd=int(e.fd), status=int(e.status),
+            method=method, target=target[: min(int(e.target_len), abi.TARGET_BYTES)],
+            served=bytes(e.served[:n])))
+        return 0
 
     def _on_slow(self, _ctx, data, _size) -> int:
         e = ct.cast(data, ct.POINTER(abi.SlowEvent)).contents
@@ -545,24 +635,33 @@ _C_INCLUDE = re.compile(r'^#include "(\w+\.c)"\s*$', re.MULTILINE)
 TAIL_PROGRAMS = (b"tw_parse", b"tw_token", b"tw_token_emit", b"tw_h2")
 
 
-def prefixes(names: Sequence[tuple[str, int, tuple[int, int]]]) -> abi.Pfx:
+def prefixes(names: Sequence[tuple]) -> abi.Pfx:
     """struct tw_pfx for HttpProbes.parser_names(): each name's words, and where it applies
-    (framing headers everywhere, an identity header on requests of the sides that read it)."""
+    (framing headers everywhere, an identity header on requests of the sides that read it, a
+    served-tenant header on responses of the sides checked).  A name's served bits (its 4th
+    element) default to none."""
     x = abi.Pfx()
     for i in range(len(names), abi.NPFX):
         x.mask[i][0] = 0xFF  # a line starting with NUL: never (all zero would match any line)
-    for i, (name, kind, slots) in enumerate(names[: abi.NPFX]):
+    for i, (name, kind, slots, *rest) in enumerate(names[: abi.NPFX]):
+        served = rest[0] if rest else 0
         want, mask, fold, exact = abi.pfx_words(name)
         for w in range(abi.PFX_WORDS):
             x.want[i][w], x.mask[i][w], x.fold[i][w] = want[w], mask[w], fold[w]
-        x.source[i][0], x.source[i][1] = slots
+        for u, src in enumerate(abi.name_sources(slots, served)):
+            x.source[i][u] = src
         x.kind[i], x.len[i], x.exact[i] = kind, len(name), int(exact)
         for side in (abi.SIDE_SERVER, abi.SIDE_CLIENT):
             for is_req in (0, 1):
-                if kind != abi.NAME_IDENTITY or (is_req and slots[side] >= 0):
+                if kind != abi.NAME_IDENTITY or (is_req and slots[side] >= 0) or \
+                        (not is_req and (served >> side) & 1):
                     x.use[side * 2 + is_req] |= 1 << i
                     x.filter[side * 2 + is_req] |= abi.name_filter(name)
     return x
+
+
+def _side_index(side: Side) -> int:
+    return abi.SIDE_SERVER if side is Side.SERVER else abi.SIDE_CLIENT
 
 
 def _expand_c_includes(path: Path) -> str:

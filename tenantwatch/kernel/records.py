@@ -106,6 +106,47 @@ class H2Event:
 
 
 @dataclass(frozen=True)
+class IsolationCounts:
+    """The response-side tenant check on one side in one tick (deltas; docs/isolation.md).
+
+    ``checked`` responses were compared with their request's identity (``breaches`` of them
+    named another tenant); the others were not checked, for the reason their field names."""
+
+    side: Side
+    checked: int = 0
+    breaches: int = 0
+    no_header: int = 0
+    request_identity: int = 0
+    malformed: int = 0
+
+
+@dataclass(frozen=True)
+class BreachCount:
+    """Responses in one tick that named ``served`` while answering a request of identity key
+    ``key`` (a pair of tw_breach)."""
+
+    key: int  # the request's identity key (see IdentityCounts.key)
+    side: Side
+    served: bytes  # the served-tenant header's value (its first VALUE_MAX bytes)
+    count: int
+
+
+@dataclass(frozen=True)
+class BreachEvent:
+    """One isolation breach, for the incident responder (sampled within a rate per CPU)."""
+
+    key: int  # the request's identity key
+    side: Side
+    monotonic_ns: int  # CLOCK_MONOTONIC of the response head's syscall
+    tgid: int  # the gateway process
+    fd: int  # the connection's fd in tgid
+    status: int
+    method: str
+    target: bytes  # the first bytes after the method (cut; may hold the version and more)
+    served: bytes
+
+
+@dataclass(frozen=True)
 class KernelTick:
     """Everything drained from the kernel in one tick."""
 
@@ -122,3 +163,7 @@ class KernelTick:
     runq_sum_ns: int = 0
     slow: tuple[SlowRequest, ...] = ()
     h2: tuple[H2Event, ...] = ()  # HTTP/2 bytes, in the order they were sent
+    # the response-side tenant check (empty when tenancy.response_check is not set)
+    isolation: tuple[IsolationCounts, ...] = ()
+    breaches: tuple[BreachCount, ...] = ()
+    breach_events: tuple[BreachEvent, ...] = ()

@@ -33,6 +33,9 @@ def test_abi_sizes_match_the_compiled_maps(probes):
     assert _sizes(b[b"tw_names"])[1] == ct.sizeof(abi.Name)
     assert _sizes(b[b"tw_dfa"])[1] == ct.sizeof(dfa.Dfa)
     assert _sizes(b[b"tw_tokbufs"])[1] == ct.sizeof(abi.TokenEvent)
+    assert _sizes(b[b"tw_pfx"])[1] == ct.sizeof(abi.Pfx)
+    assert _sizes(b[b"tw_breach"]) == (ct.sizeof(abi.BreachKey), ct.sizeof(abi.BreachVal))
+    assert _sizes(b[b"tw_breach_scratch"])[1] == ct.sizeof(abi.BreachEvent)
 
 
 def test_generated_dfa_header_is_current():
