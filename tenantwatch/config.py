@@ -37,6 +37,11 @@ Keys [default]:
     max_tenants     distinct tenant labels, 1..100000 [1000]; more go to __other__
     default         tenant of requests with no identity; null -> __unattributed__ ["common"]
     idle_seconds    a tenant unseen this long frees its slot, 1..604800 [300]
+    response_check  optional (docs/isolation.md): compare each response's served-tenant header
+                    with the trusted identity of the request it answers
+      header            the response header naming the tenant served (a header name)
+      side              client | server | both: whose responses are checked [client]
+      events_per_second breach events sent per CPU, 1..10000 [20]; counts are exact anyway
   enforcement:
     mode            off | dry-run | enforce ["dry-run"]
     cgroup          cgroup path template containing {tenant}
@@ -183,6 +188,15 @@ class Registry:
 
 
 @dataclass(frozen=True)
+class ResponseCheck:
+    """The response-side tenant check (docs/isolation.md)."""
+
+    header: str  # lowercase response header naming the tenant a response served
+    sides: tuple[Side, ...] = (Side.CLIENT,)
+    events_per_second: int = 20  # per CPU
+
+
+@dataclass(frozen=True)
 class Tenancy:
     """How identity values become tenant labels, and the bounds on them."""
 
@@ -193,6 +207,7 @@ class Tenancy:
     default: str | None
     idle_seconds: float = 300.0
     registry: Registry | None = None
+    response_check: ResponseCheck | None = None
 
 
 @dataclass(frozen=True)
@@ -412,7 +427,7 @@ def _parse_targets(value: Any, field: str) -> tuple[Target, ...]:
 def _parse_tenancy(value: Any, field: str, env: Mapping[str, str]) -> Tenancy:
     m = _mapping(value, field)
     _check_keys(m, ("sources", "pattern", "tenants", "max_tenants", "default", "idle_seconds",
-                    "registry"), field)
+                    "registry", "response_check"), field)
     if "sources" in m:
         items = _list(m["sources"], f"{field}.sources")
         if not items:
@@ -467,9 +482,41 @@ def _parse_tenancy(value: Any, field: str, env: Mapping[str, str]) -> Tenancy:
     idle = _number(m.get("idle_seconds", 300.0), f"{field}.idle_seconds", 1.0, 604800.0)
     registry = None if m.get("registry") is None else \
         _parse_registry(m["registry"], f"{field}.registry")
+    check = None if m.get("response_check") is None else \
+        _parse_response_check(m["response_check"], f"{field}.response_check", sources)
     return Tenancy(sources=sources, pattern=pattern, tenants=tuple(tenants),
                    max_tenants=max_tenants, default=default, idle_seconds=idle,
-                   registry=registry)
+                   registry=registry, response_check=check)
+
+
+def _parse_response_check(value: Any, field: str, sources: tuple[Source, ...]) -> ResponseCheck:
+    m = _mapping(value, field)
+    _check_keys(m, ("header", "side", "events_per_second"), field)
+    if "header" not in m:
+        raise ConfigError(f"{field}.header", "required: the response header naming the tenant "
+                          "a response served, e.g. X-Served-Tenant")
+    name = _header_name(m["header"], f"{field}.header")
+    side = _choice(_lower(m.get("side", "client")), ("client", "server", "both"),
+                   f"{field}.side")
+    sides = (Side.SERVER, Side.CLIENT) if side == "both" else (Side(side),)
+    names = {s.header for s in sources} | {name}
+    if len(names) > MAX_SOURCES:  # the kernel's name table: MAX_SOURCES names and two more
+        raise ConfigError(f"{field}.header", f"the sources' headers and this one make "
+                          f"{len(names)} distinct names; the kernel compares at most "
+                          f"{MAX_SOURCES}")
+    return ResponseCheck(header=name, sides=sides, events_per_second=_int(
+        m.get("events_per_second", 20), f"{field}.events_per_second", 1, 10_000))
+
+
+def _header_name(value: Any, field: str) -> str:
+    """A header name as the kernel compares it: an RFC 7230 token, lowercased, bounded."""
+    name = _str(value, field)
+    if not _TOKEN.fullmatch(name):
+        raise ConfigError(field, f"{name!r} is not a valid header name")
+    if len(name) > MAX_HEADER_NAME:
+        raise ConfigError(field, f"longer than {MAX_HEADER_NAME} characters (the kernel "
+                          "compares names up to that length)")
+    return name.lower()
 
 
 def _parse_registry(value: Any, field: str) -> Registry:
@@ -513,16 +560,11 @@ def _parse_source(value: Any, field: str) -> Source:
         raise ConfigError(f"{field}.trusted", "only header sources can be trusted by "
                           "configuration (a jwt is trusted once its signature verifies)")
     if kind == "header":
-        name = _str(m["header"], f"{field}.header")
-        if not _TOKEN.fullmatch(name):
-            raise ConfigError(f"{field}.header", f"{name!r} is not a valid header name")
-        if len(name) > MAX_HEADER_NAME:
-            raise ConfigError(f"{field}.header", f"longer than {MAX_HEADER_NAME} characters "
-                              "(the kernel compares names up to that length)")
+        name = _header_name(m["header"], f"{field}.header")
         if trusted and side is not Side.CLIENT:
             log.warning("%s: trusted header %s is also read on connections clients opened; "
                         "a client can forge it there (use side: client)", field, name)
-        return Source(kind="header", header=name.lower(), side=side, trusted=trusted)
+        return Source(kind="header", header=name, side=side, trusted=trusted)
     if kind == "host":
         return Source(kind="host", header="host", side=side, trusted=False,
                       host_template=_host_template(m["host"], f"{field}.host"))
@@ -720,8 +762,15 @@ def _pick(m: Mapping[str, Any], key: str, field: str, default: Any, env: Mapping
 def advisories(config: Config) -> list[str]:
     """What a valid configuration still leaves open, in words an operator can act on (printed by
     `check-config`, logged at start).  Only enforce mode can cap a tenant, so the trust ones are
-    given for it alone."""
+    given for it alone; a response check that can never check anything is named in any mode."""
     out: list[str] = []
+    check = config.tenancy.response_check
+    for side in check.sides if check is not None else ():
+        if not any(s.trusted and s.side in (None, side) for s in config.tenancy.sources):
+            out.append(f"tenancy.response_check covers the {side.value} side, but no trusted "
+                       f"header source reads requests there: only a request whose identity a "
+                       f"trusted header gave is checked, so nothing will be "
+                       f"(docs/isolation.md)")
     if config.enforcement.mode != "enforce":
         return out
     for s in config.tenancy.sources:

@@ -26,6 +26,7 @@ from tenantwatch import __version__
 from tenantwatch.aggregation import Aggregator
 from tenantwatch.aggregation.backends import BackendCpuReader
 from tenantwatch.aggregation.host import HostSampler
+from tenantwatch.aggregation.isolation import IsolationTally
 from tenantwatch.aggregation.records import Snapshot
 from tenantwatch.config import Config, load_config
 from tenantwatch.detection import DetectionResult, Detector
@@ -34,6 +35,8 @@ from tenantwatch.errors import ConfigError
 from tenantwatch.exporters import ApiServer, TenantCollector, tenants_payload
 from tenantwatch.exporters.detection import DetectionCollector, hotspots_payload
 from tenantwatch.exporters.enforcement import EnforcementCollector
+from tenantwatch.exporters.isolation import IsolationCollector
+from tenantwatch.exporters.isolation import report as report_breaches
 from tenantwatch.exporters.otel import OtelMetricsExporter, otel_requested
 from tenantwatch.exporters.otel_traces import OtelSpanExporter, traces_requested
 from tenantwatch.exporters.registry import RegistryCollector
@@ -41,7 +44,7 @@ from tenantwatch.h2 import H2Tracker
 from tenantwatch.identity import IdentityResolver
 from tenantwatch.identity.jwt_verifier import build_verifiers, total_counts
 from tenantwatch.identity.registry import TenantRegistry
-from tenantwatch.kernel.loader import HttpProbes, KernelSource
+from tenantwatch.kernel.loader import HttpProbes, KernelResponseCheck, KernelSource
 from tenantwatch.kernel.records import Side
 from tenantwatch.kernel.targets import ProcessScanner
 
@@ -90,8 +93,18 @@ def kernel_sources(config: Config) -> list:
     out = []
     for s in config.tenancy.sources:
         sides = (s.side,) if s.side is not None else (Side.SERVER, Side.CLIENT)
-        out.append(KernelSource(header=s.header, sides=tuple(sides), token=s.kind == "jwt"))
+        out.append(KernelSource(header=s.header, sides=tuple(sides), token=s.kind == "jwt",
+                                trusted=s.trusted))
     return out
+
+
+def kernel_response_check(config: Config) -> KernelResponseCheck | None:
+    """tenancy.response_check as the kernel needs it."""
+    rc = config.tenancy.response_check
+    if rc is None:
+        return None
+    return KernelResponseCheck(header=rc.header, sides=rc.sides,
+                               events_per_cpu_per_second=rc.events_per_second)
 
 
 class Daemon:
@@ -110,6 +123,7 @@ class Daemon:
             slow_requests_per_cpu_per_second=config.capture.slow_requests_per_second,
             tokens_per_cpu_per_second=config.capture.tokens_per_second,
             tls=config.capture.tls,
+            response_check=kernel_response_check(config),
         )
         self.scanner = ProcessScanner([t.process for t in config.targets])
         self.verifiers = build_verifiers(config.tenancy.sources)  # jwt sources with keys
@@ -121,6 +135,9 @@ class Daemon:
         # HTTP/2: HPACK decoded in user space, per connection, in order (docs/http2.md)
         self.h2 = H2Tracker(config.tenancy.sources, config.capture.latency_buckets)
         self.aggregator = Aggregator(self.resolver, config.capture.latency_buckets)
+        # the response-side tenant check (tenancy.response_check, docs/isolation.md)
+        self.isolation = IsolationTally(self.resolver, config.tenancy.response_check.sides) \
+            if config.tenancy.response_check is not None else None
         self.host = HostSampler(backends=BackendCpuReader(config.enforcement.cgroup))
         default = config.tenancy.default
         self.detector = Detector(config.detection, ignore={default} if default else ())
@@ -146,6 +163,8 @@ class Daemon:
         self.registry.register(EnforcementCollector(self.enforcer.payload))
         if self.tenant_registry is not None:
             self.registry.register(RegistryCollector(self.tenant_registry.status))
+        if self.isolation is not None:
+            self.registry.register(IsolationCollector(self.isolation.totals))
         self.api = ApiServer(config.listen_host, config.listen_port, self.snapshot, self.health,
                              self.registry,
                              extra_routes={
@@ -164,7 +183,8 @@ class Daemon:
                 log.error("OpenTelemetry export requested but unavailable: %s", err)
         self.otel_spans = OtelSpanExporter(
             endpoint=otel.endpoint, resource_attributes=otel.resource_attributes) \
-            if traces_requested(otel.endpoint) and config.capture.slow_request_seconds > 0 \
+            if traces_requested(otel.endpoint) and (config.capture.slow_request_seconds > 0
+                                                    or self.isolation is not None) \
             else None
         self._ready = False
         self._ticks = 0
@@ -293,11 +313,14 @@ class Daemon:
 
     def _apply(self) -> None:
         """Drain the kernel once and run the stages after it."""
-        self.aggregator.apply(self.h2.merge(self.probes.drain()),
-                              self.host.sample(self.resolver.tenants()),
+        tick = self.h2.merge(self.probes.drain())
+        self.aggregator.apply(tick, self.host.sample(self.resolver.tenants()),
                               self.config.capture.tick_seconds)
+        breaches = self.isolation.apply(tick) if self.isolation is not None else ()
+        report_breaches(breaches)
         if self.otel_spans is not None:
             self.otel_spans.export(self.aggregator.slow_spans())
+            self.otel_spans.export_breaches(breaches)
         node = self.aggregator.node_tick()
         if node is not None:
             self.detection = self.detector.update(node)
@@ -414,12 +437,17 @@ class Daemon:
             self.enforcer.stop()  # restores the original limits unless keep_on_exit
         except Exception:
             log.exception("restoring CPU caps failed; run `tenantwatch release-caps`")
+        breaches: tuple = ()
         if self.probes._bpf is not None:
             try:
-                self.aggregator.apply(self.h2.merge(self.probes.drain()))
+                tick = self.h2.merge(self.probes.drain())
+                self.aggregator.apply(tick)
+                breaches = self.isolation.apply(tick) if self.isolation is not None else ()
+                report_breaches(breaches)
             except Exception:  # the final flush must not block the detach
                 log.exception("final drain failed")
         if self.otel_spans is not None:
+            self.otel_spans.export_breaches(breaches)
             self.otel_spans.export(self.aggregator.slow_spans())  # the final drain's
         for exporter in (self.otel_metrics, self.otel_spans):
             if exporter is not None:

@@ -1,9 +1,11 @@
-"""Slow requests as OpenTelemetry spans over OTLP/HTTP.
+"""Slow requests and isolation breaches as OpenTelemetry spans over OTLP/HTTP.
 
-Takes: aggregation SlowSpan records (sampled, rate-limited slow requests the kernel sent).
+Takes: aggregation SlowSpan records (sampled, rate-limited slow requests the kernel sent) and
+IsolationBreach records (sampled breaches of the response check).
 Gives: one span per slow request (name "<METHOD>", kind SERVER for the gateway's server side,
-CLIENT for its upstream side) with tenant, method, status and duration attributes, exported in
-batches.  The standard OTEL_* variables win (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+CLIENT for its upstream side) with tenant, method, status and duration attributes; one span
+"isolation_breach" per breach (status ERROR) with the requester, the served tenant, the
+connection and the request line; exported in batches.  The standard OTEL_* variables win (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
 OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES); export errors are
 logged by the SDK and never reach the caller.
 """
@@ -18,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from tenantwatch import __version__
+from tenantwatch.aggregation.isolation import IsolationBreach
 from tenantwatch.aggregation.records import SlowSpan
 from tenantwatch.kernel.records import Side
 
@@ -94,6 +97,36 @@ class OtelSpanExporter:
             if s.status >= 500:
                 span.set_status(Status(StatusCode.ERROR))
             span.end(end_time=start_ns + int(s.duration_seconds * 1e9))
+            n += 1
+        return n
+
+    def export_breaches(self, breaches: Iterable[IsolationBreach]) -> int:
+        """Queue one span per sampled isolation breach; returns how many."""
+        if self._tracer is None:
+            return 0
+        from opentelemetry.trace import SpanKind, Status, StatusCode
+
+        n = 0
+        for b in breaches:
+            at = int(b.time_unix * 1e9)
+            span = self._tracer.start_span(
+                "isolation_breach",
+                kind=SpanKind.SERVER if b.side is Side.SERVER else SpanKind.CLIENT,
+                start_time=at,
+                attributes={
+                    "tenant": b.tenant,
+                    "tenantwatch.served_tenant": b.served,
+                    "tenantwatch.served_value": b.served_value,
+                    "tenantwatch.side": b.side.value,
+                    "tenantwatch.connection": b.connection,
+                    "http.request.method": b.method,
+                    "tenantwatch.request_line": b.request_line,
+                    "http.response.status_code": b.status,
+                    "process.pid": b.pid,
+                },
+            )
+            span.set_status(Status(StatusCode.ERROR, "cross-tenant response"))
+            span.end(end_time=at)
             n += 1
         return n
 

@@ -181,6 +181,23 @@ class IdentityResolver:
             return entry.outcome
         return self._admit(entry.outcome, self._trust_of(entry, source_index))
 
+    def value_of(self, key: int) -> str | None:
+        """The value learned for kernel key ``key`` (ASCII, trailing blanks removed), or None
+        (never seen, evicted, undecodable or rejected for good)."""
+        entry = self._cache.get(key)
+        return None if entry is None else entry.value
+
+    def served_label(self, value: str | None) -> str:
+        """The label of a tenant a response says it served (tenancy.response_check): the same
+        bounds as a request's value (pattern, allow-list, registry, max_tenants), so a backend
+        naming junk cannot add labels beyond them."""
+        if value is None:
+            return INVALID
+        outcome = self._bound(value)
+        if isinstance(outcome, TenantIdentity):
+            return outcome.tenant
+        return self._admit(outcome, Trust.NONE).tenant
+
     def expire(self) -> tuple[str, ...]:
         """Forget tenants not returned for tenancy.idle_seconds; returns them, oldest first."""
         deadline = self._clock() - self._tenancy.idle_seconds

@@ -668,3 +668,46 @@ def test_check_config_prints_the_advisories(tmp_path: Path, capsys: Any) -> None
     out = capsys.readouterr()
     assert out.out.startswith("ok: ")
     assert out.err.startswith("warning: 'x-tenant-context' is trusted")
+
+
+def test_response_check_parses_with_defaults_and_both_sides() -> None:
+    c = parse(with_("tenancy.response_check", {"header": "X-Served-Tenant"}))
+    assert c.tenancy.response_check == cfg.ResponseCheck("x-served-tenant", (Side.CLIENT,), 20)
+    c = parse(with_("tenancy.response_check", {"header": "x-served-tenant", "side": "both",
+                                               "events_per_second": 5}))
+    assert c.tenancy.response_check.sides == (Side.SERVER, Side.CLIENT)
+    assert c.tenancy.response_check.events_per_second == 5
+    assert parse(MINIMAL).tenancy.response_check is None
+
+
+@pytest.mark.parametrize(("value", "where", "words"), [
+    ({}, "tenancy.response_check.header", "required"),
+    ({"header": "bad name"}, "tenancy.response_check.header", "not a valid header name"),
+    ({"header": "x" * 33}, "tenancy.response_check.header", "longer than 32"),
+    ({"header": "a", "side": "upstream"}, "tenancy.response_check.side", "upstream"),
+    ({"header": "a", "events_per_second": 0}, "tenancy.response_check.events_per_second", ""),
+    ({"header": "a", "sid": "client"}, "tenancy.response_check.sid", "did you mean 'side'"),
+])
+def test_response_check_errors_name_the_key(value: Any, where: str, words: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse(with_("tenancy.response_check", value))
+    assert e.value.field == where and words in str(e.value)
+
+
+def test_response_check_header_counts_against_the_kernel_name_table() -> None:
+    sources = [{"header": f"x-h{i}", "side": "server"} for i in range(8)]
+    data = with_("tenancy.sources", sources)
+    data["tenancy"]["response_check"] = {"header": "x-h0"}  # a name already there: fine
+    assert parse(data).tenancy.response_check.header == "x-h0"
+    data["tenancy"]["response_check"] = {"header": "x-served"}
+    with pytest.raises(ConfigError, match="at most 8"):
+        parse(data)
+
+
+def test_a_response_check_with_no_trusted_source_on_its_side_is_an_advisory() -> None:
+    data = with_("tenancy.response_check", {"header": "X-Served-Tenant", "side": "both"})
+    data["tenancy"]["sources"] = [
+        {"header": "X-Tenant-Context", "side": "client", "trusted": True},
+        {"header": "X-Tenant-ID", "side": "server"}]
+    (advice,) = cfg.advisories(parse(data))  # dry-run: only this one
+    assert "server side" in advice and "docs/isolation.md" in advice
