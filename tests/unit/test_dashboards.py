@@ -66,6 +66,9 @@ METRICS = {
     "tenantwatch_registry_stale",
     "tenantwatch_registry_age_seconds",
     "tenantwatch_registry_read_failures_total",
+    "tenantwatch_isolation_breaches_total",
+    "tenantwatch_isolation_responses_checked_total",
+    "tenantwatch_isolation_responses_unchecked_total",
 } | {h + s for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
 SEVERITIES = {"critical", "warning", "info"}
 GRAFANA_BUILTINS = {"__rate_interval", "__interval", "__range", "__interval_ms", "__range_s"}
