@@ -74,6 +74,8 @@ SERVER_REQUESTS = "tenantwatch_http_server_requests_total"
 CLIENT_REQUESTS = "tenantwatch_http_client_requests_total"
 EVENTS_LOST = "tenantwatch_events_lost_total"
 TICKS = "tenantwatch_ticks_total"
+CHECKED = "tenantwatch_isolation_responses_checked_total"
+BREACHES = "tenantwatch_isolation_breaches_total"
 
 # The end of both wrk scripts: hand out the precomputed requests in turn.
 WRK_LUA_REQUEST = """
@@ -171,6 +173,10 @@ tenancy:
   sources: [{header: X-Tenant-Context, side: client, trusted: true}, {header: X-Tenant-ID, side: server}]
 capture: {tls: %(tls)s}
 """
+# --response-check (issue 17): the upstream marks each response with the tenant it served, and
+# the daemon compares it on the upstream leg (docs/isolation.md).
+RESPONSE_CHECK_CONFIG = "  response_check: {header: X-Served-Tenant, side: client}\n"
+SERVED_HEADER = "            add_header X-Served-Tenant $http_x_tenant_context;\n"
 
 
 class BenchError(RuntimeError):
@@ -197,6 +203,8 @@ class Run:
     daemon_other_counted: int | None = None  # ... under any other label (misattributed, or
     #                                          traffic of another nginx on this host)
     daemon_client_counted: int | None = None  # gateway -> upstream requests (0 for /direct)
+    daemon_checked: int | None = None  # responses the response check compared
+    daemon_breaches: int | None = None  # ... that named another tenant (the bench plants none)
     daemon_by_tenant: dict[str, int] = field(default_factory=dict)
     daemon_events_lost: int | None = None
     bpf: dict[str, Any] | None = None  # --bpf-stats: run time of the daemon's BPF programs
@@ -360,6 +368,8 @@ class Counts:
     by_tenant: dict[str, int]
     lost: int
     ticks: int
+    checked: int = 0  # responses the response check compared (--response-check)
+    breaches: int = 0
 
     @classmethod
     def from_metrics(cls, text: str) -> Counts:
@@ -374,6 +384,8 @@ class Counts:
             by_tenant=by_tenant,
             lost=int(sum(v for _, v in m.get(EVENTS_LOST, []))),
             ticks=int(sum(v for _, v in m.get(TICKS, []))),
+            checked=int(sum(v for _, v in m.get(CHECKED, []))),
+            breaches=int(sum(v for _, v in m.get(BREACHES, []))),
         )
 
 
@@ -585,6 +597,8 @@ def one_run(rnd: int, variant: str, with_daemon: bool, ctx: dict[str, Any],
             after_counts = daemon.settled_counts(at_least=total)
             run.daemon_counted = after_counts.server - before.server
             run.daemon_client_counted = after_counts.client - before.client
+            run.daemon_checked = after_counts.checked - before.checked
+            run.daemon_breaches = after_counts.breaches - before.breaches
             run.daemon_events_lost = after_counts.lost - before.lost
             run.daemon_by_tenant = {
                 t: n - before.by_tenant.get(t, 0) for t, n in sorted(after_counts.by_tenant.items())
@@ -676,6 +690,8 @@ def summarize(runs: list[Run], no_daemon: bool, goal: float = RATIO_GOAL) -> dic
         "client_counted": sum(r.daemon_client_counted or 0 for r in b),
         "server_counted": sum(r.daemon_counted or 0 for r in b),
         "events_lost": sum(r.daemon_events_lost or 0 for r in b),
+        "responses_checked": sum(r.daemon_checked or 0 for r in b),
+        "breaches": sum(r.daemon_breaches or 0 for r in b),
         "socket_errors": sum(r.socket_errors for r in runs),
         "non_2xx": sum(r.non_2xx for r in runs),
     }
@@ -721,6 +737,8 @@ def print_summary(s: dict[str, Any], runs: list[Run], no_daemon: bool) -> None:
         print(f"upstream side         {s['client_counted']} requests nginx -> backend counted "
               f"(client side), {s['server_counted']} client -> nginx (server side)")
     print(f"events lost           {s['events_lost']}")
+    if s["responses_checked"]:
+        print(f"responses checked     {s['responses_checked']} ({s['breaches']} breaches)")
     tenants: dict[str, int] = {}
     for r in runs:
         for t, n in r.daemon_by_tenant.items():
@@ -795,12 +813,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run the daemon with capture.tls: false (no libssl uprobes, no TLS check "
                         "on the syscall path): what TLS capture costs plain HTTP")
     p.add_argument("--check", action="store_true", help="exit 1 when a goal is missed")
+    p.add_argument("--response-check", action="store_true",
+                   help="the upstream marks responses with X-Served-Tenant and the daemon checks "
+                        "them on the upstream leg (tenancy.response_check; needs --heads browser)")
     args = p.parse_args(argv)
     args.gateway_kwargs = apply_layout(args, p)
     if args.heads == "browser":
         args.upstream = "nginx"
         if args.path == "/direct":
             args.path = BROWSER_PATH + BROWSER_QUERY
+    if args.response_check and args.heads != "browser":
+        p.error("--response-check needs --heads browser (its upstream marks the responses)")
     if args.rounds < 1 or args.seconds <= 0 or args.connections < 1 or args.threads < 1:
         p.error("--rounds, --seconds, --connections and --threads must be positive")
     if args.connections < args.threads:
@@ -839,14 +862,18 @@ def apply_layout(args: argparse.Namespace, p: argparse.ArgumentParser) -> dict[s
     return {"cpu_affinity": "1" + "0" * (cpus - 1)}
 
 
-def start_upstream(tmp: Path, backend_port: int, heads: str) -> NginxGateway:
+def start_upstream(tmp: Path, backend_port: int, heads: str,
+                   served_header: bool = False) -> NginxGateway:
     """A second nginx under another name (comm), so the daemon does not trace it: `/up` answers
-    "ok", or with --heads browser `/api/` answers the browser-sized response head and JSON."""
+    "ok", or with --heads browser `/api/` answers the browser-sized response head and JSON
+    (with `served_header`, marked with X-Served-Tenant: the request's X-Tenant-Context)."""
     link = tmp / "tw-bench-upstream"
     link.symlink_to(Path(shutil.which("nginx") or "/usr/sbin/nginx").resolve())
     upstream = NginxGateway(
         tmp / "upstream", free_port(), backend_port, workers=1, nginx=str(link),
-        extra_server=BROWSER_UPSTREAM if heads == "browser" else
+        extra_server=(BROWSER_UPSTREAM.replace("            return 200", SERVED_HEADER +
+                                               "            return 200")
+                      if served_header else BROWSER_UPSTREAM) if heads == "browser" else
         '        location = /up { return 200 "ok\\n"; }\n        access_log off;')
     upstream.start()
     return upstream
@@ -894,7 +921,8 @@ def main(argv: list[str] | None = None) -> int:
             backend.start()
             upstream_port = backend.port
             if args.upstream == "nginx":
-                upstream = start_upstream(tmp, backend.port, args.heads)
+                upstream = start_upstream(tmp, backend.port, args.heads,
+                                          served_header=args.response_check)
                 upstream_port = upstream.listen_port
             listen = free_port()
             tls = tls_listener(tmp) if args.tls else {}
@@ -909,8 +937,11 @@ def main(argv: list[str] | None = None) -> int:
                 scheme, listen = "https", gateway.tls_port
             daemon_port = free_port()
             config = tmp / "tenantwatch.yaml"
-            config.write_text(DAEMON_CONFIG % {"port": daemon_port,
-                                               "tls": "false" if args.no_tls_capture else "true"})
+            text = DAEMON_CONFIG % {"port": daemon_port,
+                                    "tls": "false" if args.no_tls_capture else "true"}
+            if args.response_check:
+                text = text.replace("\ncapture:", "\n" + RESPONSE_CHECK_CONFIG + "capture:")
+            config.write_text(text)
             host = f"127.0.0.1:{listen}"
             ctx = {
                 "gateway": gateway, "tmp": tmp, "wrk": wrk, "tenantwatch": args.tenantwatch,

@@ -46,8 +46,10 @@ log = logging.getLogger(__name__)
 
 NS_PER_SECOND = 1_000_000_000
 # How far a loss reaches (docs/detection.md, "Completeness").  Losses of sampled events
-# (slow-request spans): no count is missing.
-SAMPLING_LOSSES = frozenset({"slow_rate_limited", "slow_buffer_full"})
+# (slow-request spans, isolation-breach events) and of breach pairs (their total is in
+# tw_iso): no request, byte or CPU count is missing.
+SAMPLING_LOSSES = frozenset({"slow_rate_limited", "slow_buffer_full", "breach_rate_limited",
+                             "breach_buffer_full", "breach_map_full"})
 # Counts and CPU that went nowhere, or under a reserved label (__other__ for a full identity
 # or CPU map; an untracked connection's CPU goes to __unattributed__): never charged to a wrong
 # tenant, so a tenant's share measured with them is at most its true share.  They hold back no
