@@ -52,11 +52,13 @@ sys_nginx_running && NGINX_WAS_RUNNING=1
 # Plain packages: same names on Debian and Ubuntu.
 missing=()
 # redis-server: only the tests of tenancy.registry run one (their own, on a free port).
-for p in python3-bpfcc wrk curl openssl make python3-venv python3-pip redis-server; do
+# nghttp2-client: nghttp and h2load, HTTP/2 clients for the HTTP/2 tests and benchmarks.
+for p in python3-bpfcc wrk curl openssl make python3-venv python3-pip redis-server \
+         nghttp2-client; do
     installed "$p" || missing+=("$p")
 done
 if [ "${#missing[@]}" -eq 0 ]; then
-    say "apt packages" "ok (python3-bpfcc wrk curl openssl make python3-venv python3-pip redis-server)"
+    say "apt packages" "ok (python3-bpfcc wrk curl openssl make python3-venv python3-pip redis-server nghttp2-client)"
 else
     apt_install "${missing[@]}"
     say "apt packages" "done (installed ${missing[*]})"

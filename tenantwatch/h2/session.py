@@ -16,9 +16,6 @@ known, else by their end in the response direction), are counted without a tenan
 
 from __future__ import annotations
 
-from hpack import Decoder, HPACKError
-
-from tenantwatch.h2 import huffman_cache
 from tenantwatch.h2.counts import TickCounts
 from tenantwatch.h2.frames import (
     CONTINUATION,
@@ -32,12 +29,11 @@ from tenantwatch.h2.frames import (
     Frame,
     FrameSplitter,
 )
+from tenantwatch.h2.hpack_lazy import HpackError, LazyDecoder
 from tenantwatch.h2.identity import Identity, IdentityPicker
 from tenantwatch.h2.records import H2Event
 from tenantwatch.h2.status import CLASS_NONE, grpc_class, http_class, parse_int
 from tenantwatch.kernel.records import Side
-
-huffman_cache.install()  # repeated values on new connections cost a dict lookup
 
 # Streams open at once per connection.  Servers advertise SETTINGS_MAX_CONCURRENT_STREAMS of
 # 100-128 (nginx http2_max_concurrent_streams 128, grpc-go 100 .. unlimited): 1000 leaves room
@@ -64,7 +60,7 @@ _STATUS = b":status"
 _CONTENT_TYPE = b"content-type"
 _GRPC_STATUS = b"grpc-status"
 _GRPC = b"application/grpc"
-_DECODE_ERRORS = (HPACKError, ValueError, IndexError)
+_RESPONSE_NAMES = frozenset((_STATUS, _CONTENT_TYPE, _GRPC_STATUS))
 
 
 class _Stream:
@@ -87,8 +83,8 @@ class _Direction:
     def __init__(self, is_request: bool) -> None:
         self.is_request = is_request
         self.splitter = FrameSplitter(MAX_HEADER_BLOCK)
-        self.decoder: Decoder | None = Decoder(max_header_list_size=MAX_HEADER_LIST)
-        self.decoder.max_allowed_table_size = MAX_HPACK_TABLE
+        self.decoder: LazyDecoder | None = LazyDecoder(max_header_list_size=MAX_HEADER_LIST,
+                                                       max_allowed_table_size=MAX_HPACK_TABLE)
         self.next_seq = 0
         self.pending: dict[int, H2Event] = {}
         self.waited = 0  # polls a gap before next_seq has stayed open
@@ -298,9 +294,10 @@ class Session:
         data = b"".join(d.block)
         d.block.clear()
         if self.broken is None and d.decoder is not None:
-            try:
-                headers = d.decoder.decode(data, raw=True)
-            except _DECODE_ERRORS:
+            try:  # only the fields a stream needs are built (hpack_lazy)
+                headers = d.decoder.decode(data, self._names if d.is_request
+                                           else _RESPONSE_NAMES)
+            except HpackError:
                 self._break("h2_decode")
             else:
                 if btype == PUSH_PROMISE:

@@ -1,0 +1,204 @@
+"""An HPACK decoder (RFC 7541) that keeps the dynamic table exact and gives only the fields the
+caller names.
+
+tenantwatch needs, per header block, a handful of fields (the identity headers, `:status`,
+`content-type`, `grpc-status`), but HPACK's dynamic table makes every block depend on all
+earlier ones of its direction, so every block must be walked.  This walks it without building
+what nobody reads:
+
+- an indexed field costs one table lookup, and a tuple only when its name is wanted;
+- a literal that is not added to the table (without indexing, never indexed) whose name is not
+  wanted is skipped by its length: its value is never Huffman-decoded;
+- a literal added to the table is decoded (its decoded length sets the table's size, which
+  decides what the encoder and this decoder evict), through huffman.decode's LRU.
+
+It accepts and refuses what the `hpack` package's Decoder does (the differential tests compare
+them on generated and recorded streams), with two documented differences: a value this decoder
+skips is not checked for a valid Huffman code, and the header-list bound counts a skipped
+Huffman value at its longest possible decoded length (8/5 of its coded bytes).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from hpack.table import HeaderTable
+
+from tenantwatch.h2.huffman import HuffmanError
+from tenantwatch.h2.huffman import decode as huffman
+
+STATIC: tuple[tuple[bytes, bytes], ...] = tuple(HeaderTable.STATIC_TABLE)
+NSTATIC = len(STATIC)
+ENTRY_OVERHEAD = 32  # RFC 7541 4.1
+DEFAULT_TABLE_SIZE = 4096  # SETTINGS_HEADER_TABLE_SIZE's initial value
+MAX_INT_BYTES = 5  # as hpack's VARINT_MAX_LENGTH: a prefix and continuation bytes
+
+
+class HpackError(ValueError):
+    """The block cannot be decoded; the direction's HPACK state is lost with it."""
+
+
+def _integer(data: bytes, i: int, mask: int) -> tuple[int, int]:
+    """(value, next index) of an integer whose prefix is data[i] & mask (RFC 7541 5.1)."""
+    n = data[i] & mask
+    i += 1
+    if n < mask:
+        return n, i
+    shift = 0
+    start = i - 1
+    while True:
+        if i >= len(data):
+            raise HpackError("truncated integer")
+        b = data[i]
+        i += 1
+        n += (b & 0x7F) << shift
+        if b < 0x80:
+            return n, i
+        shift += 7
+        if i - start > MAX_INT_BYTES:
+            raise HpackError("integer too long")
+
+
+class LazyDecoder:
+    """One direction's HPACK decoding state."""
+
+    __slots__ = ("_entries", "_size", "max_allowed_table_size", "max_header_list_size",
+                 "table_size")
+
+    def __init__(self, max_header_list_size: int = 65536,
+                 max_allowed_table_size: int = DEFAULT_TABLE_SIZE) -> None:
+        self._entries: deque[tuple[bytes, bytes, int]] = deque()  # newest first
+        self._size = 0
+        self.table_size = DEFAULT_TABLE_SIZE  # the encoder's current maximum
+        self.max_allowed_table_size = max_allowed_table_size
+        self.max_header_list_size = max_header_list_size
+
+    @property
+    def entries(self) -> list[tuple[bytes, bytes]]:
+        """The dynamic table, newest first (for tests)."""
+        return [(n, v) for n, v, _ in self._entries]
+
+    def decode(self, data: bytes, wanted: frozenset[bytes] | set[bytes]
+               ) -> list[tuple[bytes, bytes]]:
+        """The block's fields whose name is in `wanted`, in order; raises HpackError."""
+        out: list[tuple[bytes, bytes]] = []
+        entries = self._entries
+        inflated = 0
+        fields = 0
+        i, end = 0, len(data)
+        limit = self.max_header_list_size
+        while i < end:
+            b = data[i]
+            if b & 0x80:  # indexed field
+                if b != 0xFF:
+                    index = b & 0x7F
+                    i += 1
+                else:
+                    index, i = _integer(data, i, 0x7F)
+                if 0 < index <= NSTATIC:
+                    name, value = STATIC[index - 1]
+                    size = len(name) + len(value) + ENTRY_OVERHEAD
+                elif NSTATIC < index <= NSTATIC + len(entries):
+                    name, value, size = entries[index - NSTATIC - 1]
+                else:
+                    raise HpackError(f"invalid table index {index}")
+                fields += 1
+                inflated += size
+                if inflated > limit:
+                    raise HpackError("header list too large")
+                if name in wanted:
+                    out.append((name, value))
+                continue
+            if b & 0x40:
+                mask, index_it = 0x3F, True
+            elif b & 0x20:  # dynamic table size update, only before the block's first field
+                if fields:
+                    raise HpackError("table size update after a field")
+                size, i = _integer(data, i, 0x1F)
+                if size > self.max_allowed_table_size:
+                    raise HpackError("table size update over the allowed maximum")
+                self._resize(size)
+                continue
+            else:
+                mask, index_it = 0x0F, False
+            if b & mask:
+                index, i = _integer(data, i, mask)
+                if 0 < index <= NSTATIC:
+                    name = STATIC[index - 1][0]
+                elif NSTATIC < index <= NSTATIC + len(entries):
+                    name = entries[index - NSTATIC - 1][0]
+                else:
+                    raise HpackError(f"invalid table index {index}")
+            else:
+                i += 1
+                name, i = self._string(data, i)
+            # the value
+            if i >= end:
+                raise HpackError("truncated block")
+            h = data[i] & 0x80
+            length, i = _integer(data, i, 0x7F)
+            j = i + length
+            if j > end:
+                raise HpackError("truncated block")
+            if index_it or name in wanted:
+                raw = data[i:j]
+                try:
+                    value = huffman(raw) if h else raw
+                except HuffmanError as e:
+                    raise HpackError(str(e)) from None
+                size = len(name) + len(value) + ENTRY_OVERHEAD
+                if name in wanted:
+                    out.append((name, value))
+                if index_it:
+                    self._add(name, value, size)
+            else:  # neither kept nor wanted: skipped, at its longest possible decoded length
+                size = len(name) + (length * 8 // 5 if h else length) + ENTRY_OVERHEAD
+            i = j
+            fields += 1
+            inflated += size
+            if inflated > limit:
+                raise HpackError("header list too large")
+        if self.table_size > self.max_allowed_table_size:
+            raise HpackError("the encoder did not shrink the table to the allowed maximum")
+        return out
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _string(self, data: bytes, i: int) -> tuple[bytes, int]:
+        if i >= len(data):
+            raise HpackError("truncated block")
+        h = data[i] & 0x80
+        length, i = _integer(data, i, 0x7F)
+        j = i + length
+        if j > len(data):
+            raise HpackError("truncated block")
+        raw = data[i:j]
+        if not h:
+            return raw, j
+        try:
+            return huffman(raw), j
+        except HuffmanError as e:
+            raise HpackError(str(e)) from None
+
+    def _add(self, name: bytes, value: bytes, size: int) -> None:
+        if size > self.table_size:
+            self._entries.clear()
+            self._size = 0
+            return
+        self._entries.appendleft((name, value, size))
+        self._size += size
+        self._shrink()
+
+    def _resize(self, size: int) -> None:
+        old = self.table_size
+        self.table_size = size
+        if size <= 0:
+            self._entries.clear()
+            self._size = 0
+        elif size < old:
+            self._shrink()
+
+    def _shrink(self) -> None:
+        entries, limit = self._entries, self.table_size
+        while self._size > limit:
+            self._size -= entries.pop()[2]
