@@ -61,8 +61,23 @@ class TickCounts:
         self._bounds_ns = bounds
         self._max_keys = max_keys
         self._accs: dict[tuple[int, Side], _Acc] = {}
+        # take() starts a new generation: an accumulator a session holds on to (acc()) is
+        # good for the generation it was had in only
+        self.gen = 0
         self.lost: dict[str, int] = {}  # since the last take_lost()
         self.lost_total: dict[str, int] = {}  # since start
+
+    def acc(self, ident: Identity, side: Side) -> _Acc:
+        """The accumulator of (ident, side) in this generation, for a caller that adds to it
+        directly (head, rx, tx ...) and keeps it while ``gen`` is unchanged."""
+        return self._acc(ident, side)
+
+    def end_in(self, acc: _Acc, cls: int, latency_ns: int | None) -> None:
+        """end() into an accumulator had from acc() in this generation."""
+        acc.by_class[cls] += 1
+        if latency_ns is not None:
+            acc.buckets[bisect_left(self._bounds_ns, latency_ns)] += 1
+            acc.lat_sum += latency_ns
 
     def _acc(self, ident: Identity, side: Side) -> _Acc:
         acc = self._accs.get((ident.key, side))
@@ -120,6 +135,7 @@ class TickCounts:
                 connections_opened=a.opened, connections_closed=a.closed)
             for (_, side), a in self._accs.items())
         self._accs = {}
+        self.gen += 1
         return out
 
     def take_lost(self) -> dict[str, int]:

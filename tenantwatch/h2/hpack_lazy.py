@@ -20,8 +20,6 @@ Huffman value at its longest possible decoded length (8/5 of its coded bytes).
 
 from __future__ import annotations
 
-from collections import deque
-
 from hpack.table import HeaderTable
 
 from tenantwatch.h2.huffman import HuffmanError
@@ -30,6 +28,7 @@ from tenantwatch.h2.huffman import decode as huffman
 STATIC: tuple[tuple[bytes, bytes], ...] = tuple(HeaderTable.STATIC_TABLE)
 NSTATIC = len(STATIC)
 ENTRY_OVERHEAD = 32  # RFC 7541 4.1
+_STATIC_ENTRIES = tuple((n, v, len(n) + len(v) + ENTRY_OVERHEAD) for n, v in STATIC)
 DEFAULT_TABLE_SIZE = 4096  # SETTINGS_HEADER_TABLE_SIZE's initial value
 MAX_INT_BYTES = 5  # as hpack's VARINT_MAX_LENGTH: a prefix and continuation bytes
 
@@ -60,15 +59,19 @@ def _integer(data: bytes, i: int, mask: int) -> tuple[int, int]:
 
 
 class LazyDecoder:
-    """One direction's HPACK decoding state."""
+    """One direction's HPACK decoding state.
 
-    __slots__ = ("_entries", "_size", "max_allowed_table_size", "max_header_list_size",
+    The static and the dynamic table are one list, `_table`: the 61 static entries, then the
+    dynamic ones newest first, so that HPACK index i is `_table[i - 1]` for both (an insert is
+    a C memmove of at most a few hundred pointers).  Each entry is (name, value, RFC size)."""
+
+    __slots__ = ("_size", "_table", "max_allowed_table_size", "max_header_list_size",
                  "table_size")
 
     def __init__(self, max_header_list_size: int = 65536,
                  max_allowed_table_size: int = DEFAULT_TABLE_SIZE) -> None:
-        self._entries: deque[tuple[bytes, bytes, int]] = deque()  # newest first
-        self._size = 0
+        self._table: list[tuple[bytes, bytes, int]] = list(_STATIC_ENTRIES)
+        self._size = 0  # of the dynamic entries
         self.table_size = DEFAULT_TABLE_SIZE  # the encoder's current maximum
         self.max_allowed_table_size = max_allowed_table_size
         self.max_header_list_size = max_header_list_size
@@ -76,13 +79,13 @@ class LazyDecoder:
     @property
     def entries(self) -> list[tuple[bytes, bytes]]:
         """The dynamic table, newest first (for tests)."""
-        return [(n, v) for n, v, _ in self._entries]
+        return [(n, v) for n, v, _ in self._table[NSTATIC:]]
 
     def decode(self, data: bytes, wanted: frozenset[bytes] | set[bytes]
                ) -> list[tuple[bytes, bytes]]:
         """The block's fields whose name is in `wanted`, in order; raises HpackError."""
         out: list[tuple[bytes, bytes]] = []
-        entries = self._entries
+        table = self._table
         inflated = 0
         fields = 0
         i, end = 0, len(data)
@@ -95,13 +98,9 @@ class LazyDecoder:
                     i += 1
                 else:
                     index, i = _integer(data, i, 0x7F)
-                if 0 < index <= NSTATIC:
-                    name, value = STATIC[index - 1]
-                    size = len(name) + len(value) + ENTRY_OVERHEAD
-                elif NSTATIC < index <= NSTATIC + len(entries):
-                    name, value, size = entries[index - NSTATIC - 1]
-                else:
+                if not 0 < index <= len(table):
                     raise HpackError(f"invalid table index {index}")
+                name, value, size = table[index - 1]
                 fields += 1
                 inflated += size
                 if inflated > limit:
@@ -122,37 +121,43 @@ class LazyDecoder:
             else:
                 mask, index_it = 0x0F, False
             if b & mask:
-                index, i = _integer(data, i, mask)
-                if 0 < index <= NSTATIC:
-                    name = STATIC[index - 1][0]
-                elif NSTATIC < index <= NSTATIC + len(entries):
-                    name = entries[index - NSTATIC - 1][0]
+                if b & mask != mask:
+                    index = b & mask
+                    i += 1
                 else:
+                    index, i = _integer(data, i, mask)
+                if not 0 < index <= len(table):
                     raise HpackError(f"invalid table index {index}")
+                name = table[index - 1][0]
             else:
-                i += 1
-                name, i = self._string(data, i)
+                name, i = _string(data, i + 1)
             # the value
             if i >= end:
                 raise HpackError("truncated block")
-            h = data[i] & 0x80
-            length, i = _integer(data, i, 0x7F)
+            b = data[i]
+            if b & 0x7F != 0x7F:
+                length = b & 0x7F
+                i += 1
+            else:
+                length, i = _integer(data, i, 0x7F)
             j = i + length
             if j > end:
                 raise HpackError("truncated block")
             if index_it or name in wanted:
-                raw = data[i:j]
-                try:
-                    value = huffman(raw) if h else raw
-                except HuffmanError as e:
-                    raise HpackError(str(e)) from None
+                if b & 0x80:
+                    try:
+                        value = huffman(data[i:j])
+                    except HuffmanError as e:
+                        raise HpackError(str(e)) from None
+                else:
+                    value = data[i:j]
                 size = len(name) + len(value) + ENTRY_OVERHEAD
                 if name in wanted:
                     out.append((name, value))
                 if index_it:
                     self._add(name, value, size)
             else:  # neither kept nor wanted: skipped, at its longest possible decoded length
-                size = len(name) + (length * 8 // 5 if h else length) + ENTRY_OVERHEAD
+                size = len(name) + (length * 8 // 5 if b & 0x80 else length) + ENTRY_OVERHEAD
             i = j
             fields += 1
             inflated += size
@@ -164,28 +169,12 @@ class LazyDecoder:
 
     # --- internals ---------------------------------------------------------------------------
 
-    def _string(self, data: bytes, i: int) -> tuple[bytes, int]:
-        if i >= len(data):
-            raise HpackError("truncated block")
-        h = data[i] & 0x80
-        length, i = _integer(data, i, 0x7F)
-        j = i + length
-        if j > len(data):
-            raise HpackError("truncated block")
-        raw = data[i:j]
-        if not h:
-            return raw, j
-        try:
-            return huffman(raw), j
-        except HuffmanError as e:
-            raise HpackError(str(e)) from None
-
     def _add(self, name: bytes, value: bytes, size: int) -> None:
         if size > self.table_size:
-            self._entries.clear()
+            del self._table[NSTATIC:]
             self._size = 0
             return
-        self._entries.appendleft((name, value, size))
+        self._table.insert(NSTATIC, (name, value, size))
         self._size += size
         self._shrink()
 
@@ -193,12 +182,30 @@ class LazyDecoder:
         old = self.table_size
         self.table_size = size
         if size <= 0:
-            self._entries.clear()
+            del self._table[NSTATIC:]
             self._size = 0
         elif size < old:
             self._shrink()
 
     def _shrink(self) -> None:
-        entries, limit = self._entries, self.table_size
+        table, limit = self._table, self.table_size
         while self._size > limit:
-            self._size -= entries.pop()[2]
+            self._size -= table.pop()[2]
+
+
+def _string(data: bytes, i: int) -> tuple[bytes, int]:
+    """(the string at data[i:], its end): a literal name."""
+    if i >= len(data):
+        raise HpackError("truncated block")
+    h = data[i] & 0x80
+    length, i = _integer(data, i, 0x7F)
+    j = i + length
+    if j > len(data):
+        raise HpackError("truncated block")
+    raw = data[i:j]
+    if not h:
+        return raw, j
+    try:
+        return huffman(raw), j
+    except HuffmanError as e:
+        raise HpackError(str(e)) from None

@@ -38,6 +38,10 @@ AUTHORIZATION = b"authorization"
 # Control bytes the kernel flags BAD_BYTE in a value (tenantwatch/kernel/dfa.py C_CTL); CR and
 # LF end a line in HTTP/1 and are forbidden in an HTTP/2 value, so they are bad here too.
 _BAD_BYTE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# Identities remembered by (source, duplicate, value): a client repeats its tenant and token on
+# every request, and the keyed hash of a 600-byte token costs more than the rest of pick().
+# At most this many (each value at most TOKEN_MAX bytes: 8 MiB at worst); then it starts over.
+MAX_CACHED_IDENTITIES = 2048
 
 
 class Identity(NamedTuple):
@@ -75,6 +79,7 @@ class IdentityPicker:
                 names.update(hnames)
             self._by_side[side] = tuple(picks)
         self.names = frozenset(names)  # header names pick() looks at
+        self._cache: dict[tuple[int, bool, bytes], Identity] = {}
         self._none = {side: self._identity(-1, ValueFlag.NO_IDENTITY, b"") for side in Side}
 
     def pick(self, found: dict[bytes, list[bytes]], side: Side) -> Identity:
@@ -87,18 +92,24 @@ class IdentityPicker:
             if values is None:
                 continue
             value = values[0]
-            flags = ValueFlag.NONE
-            if len(values) > 1:
-                flags |= ValueFlag.DUPLICATE
-            elif len(hnames) > 1 and hnames[0] in found and hnames[1] in found \
-                    and found[hnames[1]] != [value]:
-                flags |= ValueFlag.DUPLICATE  # :authority and a different Host: ambiguous
+            # :authority and a different Host are ambiguous too
+            dup = len(values) > 1 or (len(hnames) > 1 and hnames[0] in found
+                                      and hnames[1] in found and found[hnames[1]] != [value])
+            ident = self._cache.get((index, dup, value))
+            if ident is not None:
+                return ident
+            flags = ValueFlag.DUPLICATE if dup else ValueFlag.NONE
             if _BAD_BYTE.search(value):
                 flags |= ValueFlag.BAD_BYTE
+            kept = value
             if len(value) > limit:
                 flags |= ValueFlag.TOO_LONG
-                value = value[:VALUE_MAX]
-            return self._identity(index, flags, value)
+                kept = value[:VALUE_MAX]
+            ident = self._identity(index, flags, kept)
+            if len(self._cache) >= MAX_CACHED_IDENTITIES:
+                self._cache.clear()
+            self._cache[(index, dup, value)] = ident
+            return ident
         return self._none[side]
 
     def _identity(self, index: int, flags: ValueFlag, value: bytes) -> Identity:

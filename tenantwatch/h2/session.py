@@ -64,10 +64,12 @@ _RESPONSE_NAMES = frozenset((_STATUS, _CONTENT_TYPE, _GRPC_STATUS))
 
 
 class _Stream:
-    __slots__ = ("grpc", "grpc_status", "ident", "resp_ns", "start_ns", "status")
+    __slots__ = ("acc", "gen", "grpc", "grpc_status", "ident", "resp_ns", "start_ns", "status")
 
-    def __init__(self, ident: Identity, start_ns: int, grpc: bool) -> None:
+    def __init__(self, ident: Identity, start_ns: int, grpc: bool, acc, gen: int) -> None:
         self.ident = ident
+        self.acc = acc  # its TickCounts accumulator, good while the counts' gen is `gen`
+        self.gen = gen
         self.start_ns = start_ns  # ts of the event that completed the request's header block
         self.grpc = grpc  # content-type application/grpc* (the response's when it has one)
         self.status: int | None = None  # final :status; -1 when missing or unreadable
@@ -77,11 +79,12 @@ class _Stream:
 
 class _Direction:
     __slots__ = ("block", "block_end_stream", "block_len", "block_sid", "block_type",
-                 "block_wire", "decoder", "is_request", "next_seq", "pending", "splitter",
-                 "synced", "waited")
+                 "block_wire", "decoder", "is_request", "next_seq", "pending", "received",
+                 "splitter", "synced", "waited")
 
-    def __init__(self, is_request: bool) -> None:
+    def __init__(self, is_request: bool, received: bool) -> None:
         self.is_request = is_request
+        self.received = received  # the gateway receives these bytes (rx), else sends them
         self.splitter = FrameSplitter(MAX_HEADER_BLOCK)
         self.decoder: LazyDecoder | None = LazyDecoder(max_header_list_size=MAX_HEADER_LIST,
                                                        max_allowed_table_size=MAX_HPACK_TABLE)
@@ -110,8 +113,9 @@ class Session:
         self._names = picker.names | {_CONTENT_TYPE}
         self._counts = counts
         self._max_streams = max_streams
-        self._req = _Direction(True)
-        self._resp = _Direction(False)
+        # server side: requests are received; client side: requests are sent
+        self._req = _Direction(True, side is Side.SERVER)
+        self._resp = _Direction(False, side is not Side.SERVER)
         self._streams: dict[int, _Stream] = {}
         self._last_sid = 0  # highest client stream id opened
         self._conn_ident: Identity | None = None  # identity of the first request
@@ -239,10 +243,22 @@ class Session:
         if self.broken is not None:
             return
         st = self._streams.get(sid)
-        ident = st.ident if st is not None else self._conn_ident
-        if ident is not None:
-            # server side: requests are received; client side: requests are sent
-            self._counts.bytes(ident, self.side, n, d.is_request == (self.side is Side.SERVER))
+        if st is not None:
+            acc = self._acc_of(st)
+        elif self._conn_ident is not None:
+            acc = self._counts.acc(self._conn_ident, self.side)
+        else:
+            return
+        if d.received:
+            acc.rx += n
+        else:
+            acc.tx += n
+
+    def _acc_of(self, st: _Stream):
+        counts = self._counts
+        if st.gen != counts.gen:
+            st.acc, st.gen = counts.acc(st.ident, self.side), counts.gen
+        return st.acc
 
     def _frame(self, d: _Direction, f: Frame, ts_ns: int) -> None:
         t = f.type
@@ -328,7 +344,8 @@ class Session:
                     found[name] = [value]
         ident = self._picker.pick(found, self.side)
         counts = self._counts
-        counts.head(ident, self.side)
+        acc = counts.acc(ident, self.side)
+        acc.heads += 1
         if self._conn_ident is None:
             self._conn_ident = ident
             counts.opened(ident, self.side)
@@ -338,7 +355,8 @@ class Session:
             return
         ctype = found.get(_CONTENT_TYPE)
         self._streams[sid] = _Stream(ident, ts_ns,
-                                     ctype is not None and ctype[0].startswith(_GRPC))
+                                     ctype is not None and ctype[0].startswith(_GRPC),
+                                     acc, counts.gen)
 
     def _response(self, sid: int, headers: list, end_stream: bool, ts_ns: int) -> None:
         st = self._streams.get(sid)
@@ -378,4 +396,4 @@ class Session:
         else:
             cls = http_class(st.status)
         latency = None if cls == CLASS_NONE else max(0, st.resp_ns - st.start_ns)
-        self._counts.end(st.ident, self.side, cls, latency)
+        self._counts.end_in(self._acc_of(st), cls, latency)
