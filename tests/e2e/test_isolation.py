@@ -238,7 +238,7 @@ def test_every_planted_breach_is_caught_once_on_both_legs_and_nothing_else(gatew
 def test_a_client_claim_on_its_own_leg_is_never_checked(gateway, tmp_path):
     """The shipped config: X-Tenant-ID is the client's claim.  Its leg is counted as not checked
     (request_identity), whatever the client names; the upstream leg still catches the breaches."""
-    planted, total, none = _expected()
+    planted, total, _ = _expected()
     d = _daemon(tmp_path, "")
     clients = None
     try:

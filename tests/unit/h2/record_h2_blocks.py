@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
-from tenantwatch.h2.frames import (  # noqa: E402
+from tenantwatch.h2.frames import (
     CONTINUATION,
     HEADERS,
     PUSH_PROMISE,
@@ -107,8 +107,7 @@ class Relay:
 def blocks(data: bytes) -> list[str]:
     """The header blocks of one direction's raw bytes (DATA payloads included, unlike what the
     kernel hands tenantwatch/h2, so the frames are walked here)."""
-    if data.startswith(PREFACE):
-        data = data[len(PREFACE):]
+    data = data.removeprefix(PREFACE)
     out, block, pos = [], [], 0
     while len(data) - pos >= 9:
         length = int.from_bytes(data[pos:pos + 3], "big")
