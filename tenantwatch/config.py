@@ -59,6 +59,8 @@ Keys [default]:
                     SSL_write and their _ex forms) [true]
     tokens_per_second  new bearer tokens (jwt sources) sent to user space per CPU,
                     1..100000 [100]
+    h2_budget_ms_per_tick  CPU time HTTP/2 decoding may take per tick, 1..60000 [250]; beyond
+                    it the costliest connections are shed (docs/http2.md)
   detection:        noisy-neighbour and hotspot rules: see docs/detection.md
   otel:             OpenTelemetry export, off unless an endpoint is given here or in
                     OTEL_EXPORTER_OTLP_(METRICS_|TRACES_)ENDPOINT (docs/opentelemetry.md)
@@ -253,6 +255,7 @@ class Capture:
     slow_requests_per_second: int = 20  # per CPU; the rest is counted (slow_rate_limited)
     tls: bool = True  # uprobes on the targets' libssl
     tokens_per_second: int = 100  # per CPU; the rest is counted (token_rate_limited)
+    h2_budget_ms_per_tick: float = 250.0  # HTTP/2 decoding per tick; beyond: connections shed
 
 
 @dataclass(frozen=True)
@@ -709,7 +712,7 @@ def _parse_capture(value: Any, field: str, env: Mapping[str, str]) -> Capture:
     m = _mapping(value, field)
     _check_keys(m, ("latency_buckets", "tick_seconds", "max_connections", "rescan_seconds",
                     "slow_request_seconds", "slow_requests_per_second", "tls",
-                    "tokens_per_second"), field)
+                    "tokens_per_second", "h2_budget_ms_per_tick"), field)
     f = f"{field}.latency_buckets"
     items = _list(m.get("latency_buckets", DEFAULT_LATENCY_BUCKETS), f)
     if not 1 <= len(items) <= MAX_LATENCY_BUCKETS:
@@ -736,6 +739,8 @@ def _parse_capture(value: Any, field: str, env: Mapping[str, str]) -> Capture:
         tls=_bool(m.get("tls", True), f"{field}.tls"),
         tokens_per_second=_int(m.get("tokens_per_second", 100), f"{field}.tokens_per_second",
                                1, 100000),
+        h2_budget_ms_per_tick=_number(m.get("h2_budget_ms_per_tick", 250.0),
+                                      f"{field}.h2_budget_ms_per_tick", 1.0, 60000.0),
     )
 
 

@@ -133,7 +133,9 @@ class Daemon:
         self.resolver = IdentityResolver(config.tenancy, verifiers=self.verifiers,
                                          registry=self.tenant_registry)
         # HTTP/2: HPACK decoded in user space, per connection, in order (docs/http2.md)
-        self.h2 = H2Tracker(config.tenancy.sources, config.capture.latency_buckets)
+        self.h2 = H2Tracker(config.tenancy.sources, config.capture.latency_buckets,
+                            max_connections=config.capture.max_connections,
+                            budget_ns_per_tick=round(config.capture.h2_budget_ms_per_tick * 1e6))
         self.aggregator = Aggregator(self.resolver, config.capture.latency_buckets)
         # the response-side tenant check (tenancy.response_check, docs/isolation.md)
         self.isolation = IsolationTally(self.resolver, config.tenancy.response_check.sides) \

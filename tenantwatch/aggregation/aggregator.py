@@ -54,7 +54,11 @@ SAMPLING_LOSSES = frozenset({"slow_rate_limited", "slow_buffer_full", "breach_ra
 # or CPU map; an untracked connection's CPU goes to __unattributed__): never charged to a wrong
 # tenant, so a tenant's share measured with them is at most its true share.  They hold back no
 # flag and no cap.
-UNDERSTATING_LOSSES = frozenset({"conn_map_full", "identity_map_full", "cpu_map_full"})
+UNDERSTATING_LOSSES = frozenset({"conn_map_full", "identity_map_full", "cpu_map_full",
+                                 # HTTP/2 connections shed over the decoding budget: their
+                                 # streams go to __unattributed__, never to a tenant, and a
+                                 # flood that forces shedding must not hold back every flag
+                                 "h2_budget"})
 # Charged by the kernel to the identity whose numbers they may have raised (IdentityCounts.
 # losses): they hold back that tenant only.  Where a connection has no identity yet, nothing
 # of it was charged to anyone, and they hold back nobody.

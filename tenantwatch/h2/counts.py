@@ -32,6 +32,8 @@ LOST_REASONS = (
     "h2_conn_limit",  # a connection beyond max_connections: not decoded (per connection)
     "h2_midstream",  # a connection older than the daemon: never decoded (per stream, by its
     #                  request HEADERS frame, under __unattributed__)
+    "h2_budget",  # the tick's decoding budget ran out: the costliest connections are shed (its
+    #               open streams under __unattributed__, then per connection: not decoded)
 )
 
 

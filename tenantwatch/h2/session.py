@@ -135,6 +135,13 @@ class Session:
         return any(e.seq == 0 and (self._req if e.is_request else self._resp).next_seq > 0
                    for e in events)
 
+    def shed(self, reason: str) -> None:
+        """Stop decoding (the tracker's budget): open streams are lost for ``reason``; close()
+        then counts the connection closed."""
+        self._break(reason)
+        for d in (self._req, self._resp):
+            d.pending.clear()
+
     def start_undecoded(self, reason: str) -> None:
         """A connection older than the daemon: its frames are followed from here on (the
         kernel took it up at a frame boundary), its header blocks never decoded; each stream is

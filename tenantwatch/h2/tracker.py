@@ -7,13 +7,21 @@ Each connection is a Session (session.py); this module routes events to them and
 number: at most ``max_connections`` are decoded at once, a closed one is freed at once.
 
 Cost: one HPACK decode per header block, in Python (docs/http2.md has the measured figure).
+With a budget (``budget_ns_per_tick``), the time spent on each connection in the tick is
+measured; when the tick's total goes over the budget, the costliest connections of the tick are
+shed until what is left fits: their open streams are counted under __unattributed__
+("h2_budget"), their connection is closed in the counts, and their later events are dropped
+unread (one "h2_budget" per connection).  So a client with huge header blocks, CONTINUATION
+floods or table churn costs at most the budget, and the cheap connections of other tenants are
+the last to go.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -43,10 +51,21 @@ class H2Tracker:
 
     def __init__(self, sources: Sequence[Source], latency_bounds_seconds: Sequence[float],
                  secret: bytes | None = None, max_connections: int = MAX_CONNECTIONS,
-                 max_streams: int = MAX_STREAMS, max_keys: int = MAX_TICK_KEYS) -> None:
-        """``secret``: key of the identity hash (default: random per process)."""
+                 max_streams: int = MAX_STREAMS, max_keys: int = MAX_TICK_KEYS,
+                 budget_ns_per_tick: int | None = None,
+                 clock: Callable[[], int] = time.thread_time_ns) -> None:
+        """``secret``: key of the identity hash (default: random per process).
+        ``budget_ns_per_tick``: CPU time the tick's feed() calls may take (None: no budget);
+        ``clock`` measures it (the thread's CPU time: time the daemon was not scheduled does
+        not count)."""
         if max_connections < 1 or max_streams < 1 or max_keys < 1:
             raise ValueError("limits must be positive")
+        if budget_ns_per_tick is not None and budget_ns_per_tick < 1:
+            raise ValueError("the budget must be positive")
+        self._budget = budget_ns_per_tick
+        self._clock = clock
+        self._spent = 0  # this tick, ns
+        self._cost: dict[int, int] = {}  # connection -> ns spent on it this tick
         self._picker = IdentityPicker(sources, secret)
         self._counts = TickCounts(latency_bounds_seconds, max_keys)
         self._max_connections = max_connections
@@ -75,16 +94,34 @@ class H2Tracker:
                 by_conn[ev.conn] = [ev]
             else:
                 evs.append(ev)
+        clock, cost = self._clock, self._cost
         for conn, evs in by_conn.items():
+            if conn in self._ignored and not any(e.seq == 0 for e in evs):
+                if any(e.closed for e in evs):
+                    self._ignored.pop(conn, None)
+                continue  # not decoded (shed, over the limit, mid-stream): no work at all
+            t0 = clock()
             self._feed_conn(conn, evs)
+            spent = clock() - t0
+            self._spent += spent
+            cost[conn] = cost.get(conn, 0) + spent
         for conn in list(self._waiting):
             sess = self._conns.get(conn)
             if sess is None or not sess.settle():
                 self._waiting.discard(conn)
+        if self._budget is not None and self._spent > self._budget:
+            self._shed()
 
     def take(self) -> tuple[IdentityCounts, ...]:
-        """This tick's counts per (key, side), since the previous take()."""
+        """This tick's counts per (key, side), since the previous take(); a new tick's budget."""
+        self._spent = 0
+        self._cost.clear()
         return self._counts.take()
+
+    @property
+    def spent_ns(self) -> int:
+        """Time feed() took in this tick so far."""
+        return self._spent
 
     def take_lost(self) -> dict[str, int]:
         """Lost streams by reason since the previous take_lost() (deltas, for KernelTick.lost)."""
@@ -124,6 +161,23 @@ class H2Tracker:
             self._end(conn, sess)
         elif sess.waiting:
             self._waiting.add(conn)
+
+    def _shed(self) -> None:
+        """Over the budget: shed the tick's costliest connections until the rest fits."""
+        assert self._budget is not None
+        excess = self._spent - self._budget
+        for conn, spent in sorted(self._cost.items(), key=lambda kv: kv[1], reverse=True):
+            if excess <= 0:
+                break
+            sess = self._conns.get(conn)
+            if sess is None:
+                continue
+            sess.shed("h2_budget")
+            self._end(conn, sess)
+            self._ignore(conn, "h2_budget")
+            excess -= spent
+            self._spent -= spent
+            del self._cost[conn]
 
     def _end(self, conn: int, sess: Session) -> None:
         sess.close()

@@ -132,3 +132,61 @@ def test_connection_flood_memory_and_release() -> None:
     per_conn = held / n
     assert per_conn < 12 * 1024, per_conn  # two HPACK tables, splitters, one open stream
     assert after < held / 10
+
+
+class _ByteClock:
+    """A clock for the budget that advances by the bytes the sessions are given (cost
+    proportional to bytes, deterministic); session._event is wrapped to feed it."""
+
+    def __init__(self) -> None:
+        self.now = 0
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def test_a_flood_is_shed_over_the_budget_and_a_cheap_tenant_stays_exact(monkeypatch) -> None:
+    from tenantwatch.h2 import session as session_mod
+
+    clock = _ByteClock()
+    original = session_mod.Session._event
+
+    def counted(self, d, e):
+        clock.now += len(e.data)
+        return original(self, d, e)
+
+    monkeypatch.setattr(session_mod.Session, "_event", counted)
+    t = tracker(budget_ns_per_tick=20_000, clock=clock)
+    good, flood = Encoder(), Encoder()
+    # the flood: huge header blocks (a 16 KiB junk header each, CONTINUATION-split), new
+    # values every time (table churn), on streams that never end
+    seq = {1: 1, 2: 1}
+    t.feed([ev(1, True, 0, SETTINGS), ev(2, True, 0, SETTINGS)])
+    sid = {1: 1, 2: 1}
+    for tick in range(5):
+        batch = []
+        for _ in range(4):  # the good tenant: 4 small requests a tick, answered
+            batch.append(ev(1, True, seq[1], headers_frame(good, sid[1], req("good"), True)))
+            seq[1] += 1
+            sid[1] += 2
+        for _ in range(3):
+            block = flood.encode([(":method", "GET"), (":path", "/"), ("x-tenant-id", "mallory"),
+                                  ("x-junk", f"{tick}-{sid[2]}-" + "j" * 16000)], huffman=False)
+            half = len(block) // 2
+            data = frame(0x1, 0x0, sid[2], block[:half]) + frame(0x9, 0x4, sid[2], block[half:])
+            batch.append(ev(2, True, seq[2], data))
+            seq[2] += 1
+            sid[2] += 2
+        t.feed(batch)
+        spent = t.spent_ns
+        got = fold(t.take())
+        assert got["good"].heads == 4, (tick, got)
+        if tick == 0:
+            assert got["mallory"].heads >= 1  # decoded until it was shed
+            assert spent <= 20_000  # the shed connection's cost is taken off the tick
+        else:
+            assert "mallory" not in got  # its events are dropped unread: no cost
+            assert spent < 2_000, spent  # the good tenant's four small requests only
+    assert t.connections == 1  # the flood's connection is gone, the good one decoded
+    assert t.lost_streams["h2_budget"] >= 2  # its open streams, and the connection once
+    assert t.lost_streams == {"h2_budget": t.lost_streams["h2_budget"]}
