@@ -61,16 +61,18 @@ def _integer(data: bytes, i: int, mask: int) -> tuple[int, int]:
 class LazyDecoder:
     """One direction's HPACK decoding state.
 
-    The static and the dynamic table are one list, `_table`: the 61 static entries, then the
+    The static and the dynamic table are one sequence, `_table`: the 61 static entries, then the
     dynamic ones newest first, so that HPACK index i is `_table[i - 1]` for both (an insert is
-    a C memmove of at most a few hundred pointers).  Each entry is (name, value, RFC size)."""
+    a C memmove of at most a few hundred pointers).  Each entry is (name, value, RFC size).
+    Until its first insert a decoder shares the static tuple (an idle connection's two decoders
+    cost no table of their own)."""
 
     __slots__ = ("_size", "_table", "max_allowed_table_size", "max_header_list_size",
                  "table_size")
 
     def __init__(self, max_header_list_size: int = 65536,
                  max_allowed_table_size: int = DEFAULT_TABLE_SIZE) -> None:
-        self._table: list[tuple[bytes, bytes, int]] = list(_STATIC_ENTRIES)
+        self._table: list | tuple = _STATIC_ENTRIES
         self._size = 0  # of the dynamic entries
         self.table_size = DEFAULT_TABLE_SIZE  # the encoder's current maximum
         self.max_allowed_table_size = max_allowed_table_size
@@ -117,6 +119,7 @@ class LazyDecoder:
                 if size > self.max_allowed_table_size:
                     raise HpackError("table size update over the allowed maximum")
                 self._resize(size)
+                table = self._table  # _resize may put the shared static tuple back
                 continue
             else:
                 mask, index_it = 0x0F, False
@@ -156,6 +159,7 @@ class LazyDecoder:
                     out.append((name, value))
                 if index_it:
                     self._add(name, value, size)
+                    table = self._table  # _add may replace it (first insert, or cleared)
             else:  # neither kept nor wanted: skipped, at its longest possible decoded length
                 size = len(name) + (length * 8 // 5 if b & 0x80 else length) + ENTRY_OVERHEAD
             i = j
@@ -171,9 +175,11 @@ class LazyDecoder:
 
     def _add(self, name: bytes, value: bytes, size: int) -> None:
         if size > self.table_size:
-            del self._table[NSTATIC:]
+            self._table = _STATIC_ENTRIES
             self._size = 0
             return
+        if type(self._table) is tuple:
+            self._table = list(self._table)
         self._table.insert(NSTATIC, (name, value, size))
         self._size += size
         self._shrink()
@@ -182,7 +188,7 @@ class LazyDecoder:
         old = self.table_size
         self.table_size = size
         if size <= 0:
-            del self._table[NSTATIC:]
+            self._table = _STATIC_ENTRIES
             self._size = 0
         elif size < old:
             self._shrink()

@@ -190,3 +190,29 @@ def test_a_flood_is_shed_over_the_budget_and_a_cheap_tenant_stays_exact(monkeypa
     assert t.connections == 1  # the flood's connection is gone, the good one decoded
     assert t.lost_streams["h2_budget"] >= 2  # its open streams, and the connection once
     assert t.lost_streams == {"h2_budget": t.lost_streams["h2_budget"]}
+
+
+IDLE_BYTES_PER_CONNECTION = 3 * 1024  # documented in docs/http2.md ("Limits")
+
+
+def test_fifty_thousand_idle_connections_stay_within_the_documented_memory() -> None:
+    """The seed's node: 50,000 connections.  Idle HTTP/2 ones (SETTINGS both ways, no request
+    yet) cost their session, two splitters and two decoders sharing the static table."""
+    n = 50_000
+    t = tracker(max_connections=65536)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for start in range(0, n, 5000):
+            t.feed([e for c in range(start, start + 5000)
+                    for e in (ev(c, True, 0, SETTINGS), ev(c, False, 0, SETTINGS))])
+        held = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert t.connections == n
+    per_conn = held / n
+    print(f"{per_conn:.0f} bytes per idle HTTP/2 connection")
+    assert per_conn < IDLE_BYTES_PER_CONNECTION, per_conn
+    t2 = tracker(max_connections=n - 10)  # the tracker honours its connection bound
+    t2.feed([ev(c, True, 0, SETTINGS) for c in range(n)])
+    assert t2.connections == n - 10 and t2.lost_streams == {"h2_conn_limit": 10}
