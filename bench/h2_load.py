@@ -39,6 +39,7 @@ from nginx_ab import (
     Daemon,
     default_tenantwatch,
     free_port,
+    http_get,
     make_cert,
     median,
     start_upstream,
@@ -87,6 +88,9 @@ tenancy:
     - {{header: X-Tenant-ID, side: server}}
     - {{jwt: {{claim: tenant_id}}, side: server}}
 """
+# The cost of decoding everything: no budget shedding (--budget-ms sets one; 0 leaves the key
+# out, for a daemon older than the budget)
+BUDGET_CONFIG = "capture: {{h2_budget_ms_per_tick: {budget}}}\n"
 
 
 def jwt(tenant: str) -> str:
@@ -107,13 +111,16 @@ def headers(tenant: str) -> list[str]:
     return h
 
 
-def run_h2load(url: str, seconds: float) -> tuple[int, float]:
-    """Three h2load processes at once, one per tenant: (requests succeeded, wall seconds)."""
+def run_h2load(url: str, seconds: float, rate: int | None) -> tuple[int, float]:
+    """Three h2load processes at once, one per tenant: (requests succeeded, wall seconds).
+    `rate`: requests per second in all (h2load --rps per client), None: as fast as it goes."""
     procs = []
     start = time.monotonic()
     for tenant in TENANTS:
-        argv = ["h2load", "-c", str(CLIENTS_PER_TENANT), "-m", str(STREAMS), "-D", str(seconds),
-                "--warm-up-time=0.2"]
+        argv = ["h2load", "-c", str(CLIENTS_PER_TENANT), "-m", str(STREAMS),
+                "-D", str(max(1, round(seconds)))]
+        if rate:
+            argv.append(f"--rps={max(1, rate // (len(TENANTS) * CLIENTS_PER_TENANT))}")
         for h in headers(tenant):
             argv += ["-H", h]
         procs.append(subprocess.Popen([*argv, f"{url}/api/{tenant}/orders?page=2"],
@@ -134,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tls", action="store_true", help="h2 over TLS (ALPN) instead of h2c")
     ap.add_argument("--tenantwatch", default=default_tenantwatch())
+    ap.add_argument("--rate", type=int, default=6000,
+                    help="requests per second in all (0: as fast as h2load goes) [6000]")
+    ap.add_argument("--budget-ms", type=float, default=60000,
+                    help="capture.h2_budget_ms_per_tick of the daemon [60000: none binding]")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("must run as root (the daemon loads BPF programs)", file=sys.stderr)
@@ -152,22 +163,29 @@ def main(argv: list[str] | None = None) -> int:
                                                     h2c=h2c, h2s=h2s, cert=cert, key=key))
         subprocess.run(["nginx", "-p", str(tmp), "-c", str(tmp / "gw.conf")], check=True)
         port = free_port()
-        (tmp / "tenantwatch.yaml").write_text(DAEMON_CONFIG.format(port=port))
+        (tmp / "tenantwatch.yaml").write_text(
+            DAEMON_CONFIG.format(port=port)
+            + (BUDGET_CONFIG.format(budget=args.budget_ms) if args.budget_ms > 0 else ""))
         daemon = Daemon(args.tenantwatch, tmp / "tenantwatch.yaml", port, tmp / "daemon.log")
         url = f"https://127.0.0.1:{h2s}" if args.tls else f"http://127.0.0.1:{h2c}"
         rows = []
         try:
             daemon.start()
-            run_h2load(url, 1.0)  # warm: connections to the upstream, caches
+            run_h2load(url, 1.0, args.rate)  # warm: connections to the upstream, caches
             for rnd in range(1, args.rounds + 1):
                 before, c0 = daemon.counts(), daemon.cpu_ticks()
-                done, wall = run_h2load(url, args.seconds)
+                done, wall = run_h2load(url, args.seconds, args.rate)
                 c1 = daemon.cpu_ticks()
                 after = daemon.settled_counts(at_least=before.server + done)
                 cpu_pct = (c1 - c0) / hz / wall * 100
                 rps = done / wall
                 counted = after.server - before.server
                 rows.append((rps, cpu_pct, cpu_pct / (rps / 10_000), counted / done))
+                text = http_get(daemon.url + "/metrics", timeout=5)[1]
+                lost = {m.group(1): float(m.group(2)) for m in re.finditer(
+                    r'tenantwatch_events_lost_total\{reason="([^"]+)"\} (\S+)', text)}
+                if lost:
+                    print(f"  events lost (since start): {lost}", flush=True)
                 print(f"round {rnd}: {rps:8.0f} req/s  daemon {cpu_pct:5.1f} % of a core  "
                       f"{cpu_pct / (rps / 10_000):5.1f} %/10k req/s  counted/sent "
                       f"{counted / done:.5f}", flush=True)

@@ -529,6 +529,18 @@ class HttpProbes:
             midstream=bool(e.flags & abi.H2_F_MIDSTREAM)))
         return 0
 
+    def poll_h2(self) -> tuple[H2Event, ...]:
+        """Between ticks: read the event buffers now (HTTP/2 bytes fill the ring buffer far
+        faster than once a tick can empty it) and give the HTTP/2 events read so far; the
+        other events wait for drain()."""
+        if self._bpf is None:
+            return ()
+        if self._ringbuf:
+            self._bpf.ring_buffer_consume()
+        else:
+            self._bpf.perf_buffer_poll(timeout=0)
+        return self._take_h2()
+
     def _take_h2(self) -> tuple[H2Event, ...]:
         out = tuple(self._h2)
         self._h2.clear()
