@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from tenantwatch import __version__
 from tenantwatch.aggregation import Aggregator
@@ -171,6 +171,8 @@ class Daemon:
             self.registry.register(RegistryCollector(self.tenant_registry.status))
         if self.isolation is not None:
             self.registry.register(IsolationCollector(self.isolation.totals))
+        # the daemon's own CPU, memory and file descriptors (process_*), from /proc/self
+        ProcessCollector(registry=self.registry)
         self.api = ApiServer(config.listen_host, config.listen_port, self.snapshot, self.health,
                              self.registry,
                              extra_routes={
@@ -499,7 +501,7 @@ class Daemon:
 def apply_logging(fmt: str | None, level: str) -> None:
     """For a reload: set the root log level and, when `fmt` is given, the format of the stderr
     handlers `tenantwatch run` installed (cli.setup_logging); no handler is replaced."""
-    from tenantwatch.cli import JsonFormatter
+    from tenantwatch.cli import make_formatter
 
     root = logging.getLogger()
     root.setLevel(level.upper())
@@ -507,9 +509,7 @@ def apply_logging(fmt: str | None, level: str) -> None:
         return
     for h in root.handlers:
         if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is sys.stderr:
-            # the text format of cli.setup_logging
-            h.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
-                "%(levelname)s %(name)s: %(message)s"))
+            h.setFormatter(make_formatter(fmt))  # as cli.setup_logging
 
 
 def _is_process(tgid: int) -> bool:

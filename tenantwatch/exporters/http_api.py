@@ -3,7 +3,10 @@
 Takes: callables for the latest Snapshot and the daemon's health dict, and the Prometheus registry
 holding the ``TenantCollector``.  Gives: the endpoints of DESIGN.md section 7:
 
-- ``/metrics``         Prometheus text format (0.0.4) from the registry.
+- ``/``                a landing page (HTML) linking every endpoint, with the version.
+- ``/metrics``         Prometheus text format (0.0.4) from the registry, or OpenMetrics when the
+                       scraper's Accept asks for it; gzip-compressed when its Accept-Encoding
+                       allows gzip (as the Prometheus client library's own handler does).
 - ``/healthz``         200 with the health dict as JSON when ``health["ok"]``, else 503.
 - ``/readyz``          200 when the latest snapshot says ready, else 503.
 - ``/api/v1/tenants``  per-(tenant, side) totals as JSON, with p50/p99 estimated from the
@@ -17,6 +20,8 @@ never blocks shutdown.
 
 from __future__ import annotations
 
+import gzip
+import html
 import json
 import logging
 import socket
@@ -27,18 +32,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from prometheus_client import generate_latest
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
+from tenantwatch import __version__
 from tenantwatch.aggregation.aggregator import estimate_quantile
 from tenantwatch.aggregation.records import Snapshot, TenantSideStats
 from tenantwatch.errors import TenantwatchError
 
 log = logging.getLogger(__name__)
 
-# generate_latest() writes the classic text format; all our names are valid legacy names.
-METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 JSON_CONTENT_TYPE = "application/json"
+HTML_CONTENT_TYPE = "text/html; charset=utf-8"
+# Bodies smaller than this are sent as they are even when gzip is acceptable.
+GZIP_MIN_BYTES = 1024
 
 # serve_forever() checks for shutdown this often: bounds how long stop() takes; 10 idle
 # wake-ups a second cost nothing measurable.
@@ -102,8 +109,12 @@ class _Handler(BaseHTTPRequestHandler):
         api = self.server.api
         try:
             if path == "/metrics":
-                body = generate_latest(api.registry)
-                self._send(HTTPStatus.OK, body, METRICS_CONTENT_TYPE)
+                encoder, content_type = choose_encoder(self.headers.get("Accept"))
+                self._send(HTTPStatus.OK, encoder(api.registry), content_type,
+                           compress=_accepts_gzip(self.headers.get("Accept-Encoding")))
+                return
+            if path == "/":
+                self._send(HTTPStatus.OK, api.landing_page().encode(), HTML_CONTENT_TYPE)
                 return
             route = api.routes.get(path)
             if route is None:
@@ -125,13 +136,35 @@ class _Handler(BaseHTTPRequestHandler):
         body = text.encode() + b"\n"
         self._send(status, body, JSON_CONTENT_TYPE)
 
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
+    def _send(self, status: int, body: bytes, content_type: str,
+              compress: bool = False) -> None:
+        compress = compress and len(body) >= GZIP_MIN_BYTES
+        if compress:
+            body = gzip.compress(body, compresslevel=6)
         self.send_response(status)
         self.send_header("Content-Type", content_type)
+        if compress:
+            self.send_header("Content-Encoding", "gzip")
+        self.send_header("Vary", "Accept, Accept-Encoding")
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
         self.wfile.write(body)
+
+
+def _accepts_gzip(accept_encoding: str | None) -> bool:
+    """Does an Accept-Encoding allow gzip (q > 0)?"""
+    for part in (accept_encoding or "").split(","):
+        coding, _, params = part.strip().partition(";")
+        if coding.strip().lower() in ("gzip", "*"):
+            q = params.strip()
+            if q.startswith("q="):
+                try:
+                    return float(q[2:]) > 0
+                except ValueError:
+                    return False
+            return True
+    return False
 
 
 class ApiServer:
@@ -162,6 +195,17 @@ class ApiServer:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.port: int | None = None
+
+    def landing_page(self) -> str:
+        """The page at /: what this is, and a link to every endpoint."""
+        links = ["/metrics", *sorted(self.routes)]
+        items = "\n".join(f'<li><a href="{html.escape(p)}">{html.escape(p)}</a></li>'
+                          for p in links)
+        return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+                f"<title>tenantwatch {html.escape(__version__)}</title></head>\n<body>\n"
+                f"<h1>tenantwatch {html.escape(__version__)}</h1>\n"
+                "<p>Per-tenant traffic, CPU and isolation of this gateway node, from eBPF.</p>\n"
+                f"<ul>\n{items}\n</ul>\n</body></html>\n")
 
     def start(self) -> None:
         """Bind and serve on a background thread; binding errors raise TenantwatchError."""

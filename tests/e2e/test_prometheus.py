@@ -403,6 +403,12 @@ def test_every_expression_parses_and_main_panels_have_data(scraped: Prometheus, 
         '{job=~"$job", tenant=~"$tenant"}[$__rate_interval]))', variables))
     rates = {r["metric"]["tenant"]: float(r["value"][1]) for r in res["data"]["result"]}
     assert all(rates.get(t, 0) > 0 for t in TENANTS), rates
+    # The daemon's own process (process_*): its memory, CPU and open files are scraped.
+    for name in ("process_resident_memory_bytes", "process_cpu_seconds_total",
+                 "process_open_fds"):
+        res = scraped.query(substitute(f'{name}{{job=~"$job"}}', variables))
+        values = [float(r["value"][1]) for r in res["data"]["result"]]
+        assert values and all(v > 0 for v in values), (name, res)
 
 
 def test_rule_groups_load_healthy_and_no_meta_alert(scraped: Prometheus):

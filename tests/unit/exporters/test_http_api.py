@@ -119,7 +119,43 @@ def test_unknown_path_is_a_json_404(live_api: LiveApi) -> None:
     status, doc = get_json(live_api.url + "/nope")
     assert status == 404
     assert "error" in doc
-    assert get_json(live_api.url + "/")[0] == 404
+
+
+def test_the_landing_page_links_every_endpoint(live_api: LiveApi) -> None:
+    status, headers, body = get(live_api.url + "/")
+    assert status == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
+    page = body.decode()
+    for path in ("/metrics", "/healthz", "/readyz", "/api/v1/tenants"):
+        assert f'<a href="{path}">' in page
+    assert "<title>tenantwatch " in page
+
+
+def _get_with(url: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return r.status, dict(r.headers), r.read()
+
+
+def test_openmetrics_when_asked_for_and_gzip_when_allowed(live_api: LiveApi) -> None:
+    import gzip
+
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as om
+
+    status, headers, body = _get_with(
+        live_api.url + "/metrics", Accept="application/openmetrics-text; version=1.0.0")
+    assert status == 200
+    assert headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
+    text = body.decode()
+    assert text.endswith("# EOF\n")
+    assert "tenantwatch_http_server_requests" in {f.name for f in om(text)}
+    status, headers, body = _get_with(live_api.url + "/metrics", **{
+        "Accept-Encoding": "gzip, deflate"})
+    assert headers.get("Content-Encoding") == "gzip"
+    plain = gzip.decompress(body).decode()
+    assert "tenantwatch_http_server_requests_total" in plain
+    status, headers, body = _get_with(live_api.url + "/metrics", **{
+        "Accept-Encoding": "gzip;q=0, identity"})
+    assert "Content-Encoding" not in headers and body.decode().startswith("#")
 
 
 def test_no_per_request_logging(live_api: LiveApi, capfd: pytest.CaptureFixture) -> None:

@@ -1,0 +1,56 @@
+"""journald priorities: when stderr is the journal stream systemd gave the service
+(JOURNAL_STREAM=dev:inode), each log line starts with its syslog priority ("<3>" ...), which
+journald reads, so `journalctl -p warning` shows the daemon's warnings and errors."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tenantwatch.cli import JournalPrefix, journal_stream, make_formatter, syslog_priority
+
+
+def test_levels_map_to_syslog_priorities() -> None:
+    assert [syslog_priority(x) for x in (logging.CRITICAL, logging.ERROR, logging.WARNING,
+                                         logging.INFO, logging.DEBUG)] == [2, 3, 4, 6, 7]
+
+
+def test_the_journal_stream_is_recognised_by_device_and_inode(tmp_path: Path) -> None:
+    f = tmp_path / "stream"
+    with open(f, "w") as fh:
+        st = os.fstat(fh.fileno())
+        assert journal_stream({"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}, fh.fileno())
+        assert not journal_stream({"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino + 1}"}, fh.fileno())
+        assert not journal_stream({"JOURNAL_STREAM": "junk"}, fh.fileno())
+        assert not journal_stream({}, fh.fileno())
+
+
+def test_every_line_of_a_record_carries_the_prefix() -> None:
+    f = JournalPrefix(logging.Formatter("%(levelname)s %(message)s"))
+    rec = logging.LogRecord("x", logging.WARNING, __file__, 1, "one\ntwo", None, None)
+    assert f.format(rec) == "<4>WARNING one\n<4>two"
+    assert isinstance(make_formatter("json", journal=True), JournalPrefix)
+    assert not isinstance(make_formatter("text", journal=False), JournalPrefix)
+
+
+def test_the_daemon_logs_with_priorities_on_its_journal_stream(tmp_path: Path) -> None:
+    """`tenantwatch run` with a bad config, its stderr a file named as its journal stream."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("targets: []\n")
+    err = tmp_path / "stderr"
+    with open(err, "w") as fh:
+        st = os.fstat(fh.fileno())
+        env = {**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+        rc = subprocess.run([sys.executable, "-m", "tenantwatch.cli", "run", "--config", str(bad)],
+                            stderr=fh, stdout=subprocess.DEVNULL, env=env, timeout=60).returncode
+    assert rc != 0
+    lines = err.read_text().splitlines()
+    assert any(x.startswith("<3>ERROR tenantwatch: bad configuration") for x in lines), lines
+    with open(err, "w") as fh:  # not the journal: plain lines
+        env.pop("JOURNAL_STREAM")
+        subprocess.run([sys.executable, "-m", "tenantwatch.cli", "run", "--config", str(bad)],
+                       stderr=fh, stdout=subprocess.DEVNULL, env=env, timeout=60)
+    assert err.read_text().startswith("ERROR tenantwatch: bad configuration")
