@@ -102,7 +102,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     for advice in advisories(config):
         log.warning("configuration: %s", advice)
 
-    daemon = Daemon(config, config_path=args.config or os.environ.get("TENANTWATCH_CONFIG"))
+    try:
+        daemon = Daemon(config, config_path=args.config or os.environ.get("TENANTWATCH_CONFIG"))
+    except ConfigError as e:  # a file the config names (web_config_file) is bad
+        log.error("bad configuration: %s", e)
+        return EX_CONFIG
     if args.print_bpf:
         print(daemon.probes.print_bpf())
         return 0
@@ -119,6 +123,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         config = _load(args)
+        if config.web_config_file:
+            from tenantwatch.exporters.web_config import load_web_config
+
+            load_web_config(config.web_config_file)
     except ConfigError as e:
         print(f"invalid: {e}", file=sys.stderr)
         return EX_CONFIG

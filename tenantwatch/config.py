@@ -7,6 +7,8 @@ dotted path of the offending key (``tenancy.sources[2].side``), the environment 
 
 Keys [default]:
 
+  web_config_file   TLS and basic auth of the endpoints: a Prometheus exporter-toolkit web
+                    config file (tls_server_config, bcrypt basic_auth_users) [none]
   listen            host:port serving /metrics /healthz /readyz /api/v1/* ["127.0.0.1:9477"];
                     IPv6 in brackets ("[::1]:9477"); 0.0.0.0 or [::] for all interfaces
   log_format        text | json ["text"]
@@ -280,6 +282,8 @@ class Config:
     log_level: str = "info"
     detection: DetectionSettings = field(default_factory=DetectionSettings)
     otel: Otel = field(default_factory=Otel)
+    # TLS and basic auth of the endpoints, exporter-toolkit format (exporters/web_config.py)
+    web_config_file: str | None = None
 
     @property
     def listen_host(self) -> str:
@@ -351,7 +355,12 @@ def parse_config(data: Any, env: Mapping[str, str] = os.environ) -> Config:
     _warn_unknown_env(env)
     top = _mapping(data, "<file>")
     _check_keys(top, ("listen", "targets", "tenancy", "enforcement", "capture", "detection",
-                      "otel", "log_format", "log_level"), "")
+                      "otel", "log_format", "log_level", "web_config_file"), "")
+    web = top.get("web_config_file")
+    if web is not None:
+        web = _str(web, "web_config_file")
+        if not web.startswith("/"):
+            raise ConfigError("web_config_file", "must be an absolute path")
     listen, field = _pick(top, "listen", "", DEFAULT_LISTEN, env, ENV_LISTEN)
     listen = _str(listen, field)
     _split_listen(listen, field)
@@ -367,6 +376,7 @@ def parse_config(data: Any, env: Mapping[str, str] = os.environ) -> Config:
         log_level=_choice(_lower(log_level), LOG_LEVELS, level_field),
         detection=parse_detection(top.get("detection"), "detection"),
         otel=_parse_otel(top.get("otel"), "otel"),
+        web_config_file=web,
     )
 
 

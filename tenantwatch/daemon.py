@@ -40,6 +40,7 @@ from tenantwatch.exporters.isolation import report as report_breaches
 from tenantwatch.exporters.otel import OtelMetricsExporter, otel_requested
 from tenantwatch.exporters.otel_traces import OtelSpanExporter, traces_requested
 from tenantwatch.exporters.registry import RegistryCollector
+from tenantwatch.exporters.web_config import load_web_config
 from tenantwatch.h2 import H2Tracker
 from tenantwatch.identity import IdentityResolver
 from tenantwatch.identity.jwt_verifier import build_verifiers, total_counts
@@ -179,7 +180,9 @@ class Daemon:
                                  "/api/v1/hotspots": lambda: hotspots_payload(self.detection),
                                  "/api/v1/tenants": self.tenants_document,
                                  "/api/v1/caps": lambda: (200, self.enforcer.payload()),
-                             })
+                             },
+                             web=load_web_config(config.web_config_file)
+                             if config.web_config_file else None)
         otel = config.otel
         self.otel_metrics = None
         if otel_requested(otel.endpoint):

@@ -25,6 +25,7 @@ import html
 import json
 import logging
 import socket
+import ssl
 import threading
 from collections.abc import Mapping
 from http import HTTPStatus
@@ -39,6 +40,7 @@ from tenantwatch import __version__
 from tenantwatch.aggregation.aggregator import estimate_quantile
 from tenantwatch.aggregation.records import Snapshot, TenantSideStats
 from tenantwatch.errors import TenantwatchError
+from tenantwatch.exporters.web_config import WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +89,13 @@ def _tenant_entry(stats: TenantSideStats, bounds: tuple[float, ...]) -> dict[str
     }
 
 
+# A TLS handshake must finish within this (it runs on the request's own thread).
+HANDSHAKE_TIMEOUT_SECONDS = 10.0
+
+
 class _Server(ThreadingHTTPServer):
-    """ThreadingHTTPServer that knows its ApiServer and picks IPv4 or IPv6 from the host."""
+    """ThreadingHTTPServer that knows its ApiServer and picks IPv4 or IPv6 from the host; with
+    TLS, the handshake runs on each request's thread, never in the accept loop."""
 
     daemon_threads = True
     api: ApiServer
@@ -97,6 +104,19 @@ class _Server(ThreadingHTTPServer):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.api = api
         super().__init__(address, _Handler)
+        web = api.web
+        if web is not None and web.ssl_context is not None:
+            self.socket = web.ssl_context.wrap_socket(self.socket, server_side=True,
+                                                      do_handshake_on_connect=False)
+
+    def finish_request(self, request, client_address) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            request.settimeout(HANDSHAKE_TIMEOUT_SECONDS)
+            try:
+                request.do_handshake()
+            except (OSError, ssl.SSLError):
+                return  # not TLS, a bad certificate, a timeout: nothing to answer
+        super().finish_request(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -108,6 +128,12 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path.rstrip("/") or "/"
         api = self.server.api
         try:
+            if api.web is not None and not api.web.authorized(self.headers.get("Authorization")):
+                self.send_response(HTTPStatus.UNAUTHORIZED)
+                self.send_header("WWW-Authenticate", 'Basic realm="tenantwatch"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             if path == "/metrics":
                 encoder, content_type = choose_encoder(self.headers.get("Accept"))
                 self._send(HTTPStatus.OK, encoder(api.registry), content_type,
@@ -178,8 +204,11 @@ class ApiServer:
         get_health: Callable[[], Mapping[str, Any]],
         registry: CollectorRegistry,
         extra_routes: Mapping[str, JsonRoute] | None = None,
+        web: WebConfig | None = None,
     ) -> None:
-        """``extra_routes`` maps more paths (e.g. /api/v1/caps) to () -> (status, JSON document)."""
+        """``extra_routes`` maps more paths (e.g. /api/v1/caps) to () -> (status, JSON document);
+        ``web``: TLS and basic auth (web_config.py), None for plain HTTP to anyone."""
+        self.web = web
         self._host = host.strip("[]")  # accept "[::1]" as written in a listen address
         self._requested_port = port
         self._get_snapshot = get_snapshot

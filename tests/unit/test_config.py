@@ -670,6 +670,14 @@ def test_check_config_prints_the_advisories(tmp_path: Path, capsys: Any) -> None
     assert out.err.startswith("warning: 'x-tenant-context' is trusted")
 
 
+def test_web_config_file_must_be_an_absolute_path() -> None:
+    assert parse(MINIMAL).web_config_file is None
+    assert parse({**MINIMAL, "web_config_file": "/etc/tenantwatch/web.yml"}).web_config_file \
+        == "/etc/tenantwatch/web.yml"
+    with pytest.raises(ConfigError, match="absolute path"):
+        parse({**MINIMAL, "web_config_file": "web.yml"})
+
+
 def test_response_check_parses_with_defaults_and_both_sides() -> None:
     c = parse(with_("tenancy.response_check", {"header": "X-Served-Tenant"}))
     assert c.tenancy.response_check == cfg.ResponseCheck("x-served-tenant", (Side.CLIENT,), 20)

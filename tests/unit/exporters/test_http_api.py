@@ -221,3 +221,77 @@ def test_ipv6_loopback() -> None:
         assert get_json(f"http://[::1]:{server.port}/healthz") == (200, {"ok": True})
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------------------- TLS, basic auth
+
+
+def _cert(tmp_path) -> tuple[str, str]:
+    import subprocess
+
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True,
+                   timeout=60)
+    return str(cert), str(key)
+
+
+def test_tls_and_basic_auth_from_an_exporter_toolkit_web_config(tmp_path) -> None:
+    import base64
+    import ssl
+
+    import bcrypt
+
+    from tenantwatch.exporters.web_config import load_web_config
+
+    cert, key = _cert(tmp_path)
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    web_file = tmp_path / "web.yml"
+    web_file.write_text(f"tls_server_config: {{cert_file: {cert}, key_file: {key}}}\n"
+                        f"basic_auth_users: {{prometheus: '{hashed}'}}\n")
+    web = load_web_config(str(web_file))
+    api = ApiServer("127.0.0.1", 0, lambda: make_snapshot(), lambda: {"ok": True},
+                    CollectorRegistry(), web=web)
+    api.start()
+    try:
+        ctx = ssl.create_default_context(cafile=cert)
+        url = f"https://127.0.0.1:{api.port}/metrics"
+
+        def fetch(auth: str | None) -> int:
+            req = urllib.request.Request(url, headers={"Authorization": auth} if auth else {})
+            try:
+                with urllib.request.urlopen(req, timeout=5, context=ctx) as r:
+                    return r.status
+            except urllib.error.HTTPError as e:
+                assert e.headers["WWW-Authenticate"] == 'Basic realm="tenantwatch"'
+                return e.code
+
+        good = "Basic " + base64.b64encode(b"prometheus:s3cret").decode()
+        bad = "Basic " + base64.b64encode(b"prometheus:guess").decode()
+        assert fetch(good) == 200 and fetch(good) == 200  # the second from the cache
+        assert fetch(None) == 401 and fetch(bad) == 401
+        assert fetch("Basic !!notbase64") == 401
+        with pytest.raises((urllib.error.URLError, ConnectionError)):  # plain HTTP: no answer
+            urllib.request.urlopen(f"http://127.0.0.1:{api.port}/metrics", timeout=5)
+        assert fetch(good) == 200  # the server goes on after a failed handshake
+    finally:
+        api.stop()
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("basic_auth_users: {alice: plaintext}\n", "bcrypt hash"),
+    ("tls_server_config: {cert_file: /nope}\n", "key_file is required"),
+    ("tls_server_config: {cert_file: /nope.crt, key_file: /nope.key}\n", "cannot load"),
+    ("tls_server_config: {cert_file: a, key_file: b, min_version: TLS10}\n", "min_version"),
+    ("tsl_server_config: {}\n", "unknown keys"),
+    ("- a list\n", "a mapping"),
+])
+def test_a_bad_web_config_is_a_config_error_naming_the_problem(tmp_path, text, words) -> None:
+    from tenantwatch.exporters.web_config import load_web_config
+
+    f = tmp_path / "web.yml"
+    f.write_text(text)
+    with pytest.raises(TenantwatchError) as e:
+        load_web_config(str(f))
+    assert words in str(e.value) and "web_config_file" in str(e.value)
