@@ -442,3 +442,70 @@ def test_tenantwatch_down_goes_pending_when_the_daemon_stops(scraped: Prometheus
     assert alert["state"] == "pending"  # `for: 2m` has not elapsed
     assert alert["labels"]["severity"] == "critical"
     assert alert["annotations"]["runbook_url"].endswith("#tenantwatchdown")
+
+
+# ---------------------------------------------------------------------------- TLS, basic auth
+
+
+class _SecuredPrometheus(Prometheus):
+    """Two jobs on the same target over HTTPS: `secure` with the right basic auth, `anonymous`
+    with none."""
+
+    ca: str = ""
+    password_file: str = ""
+
+    def write_config(self) -> Path:
+        tls = {"ca_file": self.ca}
+        cfg = {
+            "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+            "scrape_configs": [
+                {"job_name": "secure", "scheme": "https", "tls_config": tls,
+                 "basic_auth": {"username": "prometheus", "password_file": self.password_file},
+                 "static_configs": [{"targets": [self.target]}]},
+                {"job_name": "anonymous", "scheme": "https", "tls_config": tls,
+                 "static_configs": [{"targets": [self.target]}]},
+            ],
+        }
+        path = self.workdir / "prometheus.yml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        return path
+
+
+def test_a_real_prometheus_scrapes_over_tls_with_auth_and_is_refused_without(
+        daemon_factory, tmp_path) -> None:
+    import bcrypt
+
+    require_root()
+    binary = prometheus_binary()
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=tenantwatch", "-addext", f"subjectAltName=IP:{HOST}",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True,
+                   timeout=60)
+    (tmp_path / "pass").write_text("s3cret-for-prometheus")
+    hashed = bcrypt.hashpw(b"s3cret-for-prometheus", bcrypt.gensalt(rounds=6)).decode()
+    web = tmp_path / "web.yml"
+    web.write_text(f"tls_server_config: {{cert_file: {cert}, key_file: {key}}}\n"
+                   f"basic_auth_users: {{prometheus: '{hashed}'}}\n")
+    d = daemon_factory(f"web_config_file: {web}\n", start=False)
+    d.start(wait=False)
+    prom = _SecuredPrometheus(tmp_path / "prom", f"{HOST}:{d.port}")
+    prom.ca, prom.password_file = str(cert), str(tmp_path / "pass")
+    prom.start(binary)
+    try:
+        def up() -> dict:
+            res = prom.query("up")
+            return {r["metric"]["job"]: float(r["value"][1])
+                    for r in res.get("data", {}).get("result", [])}
+
+        assert wait_for(lambda: up().get("secure") == 1 and "anonymous" in up(), 60.0), \
+            (up(), prom.log_text())
+        assert up()["anonymous"] == 0
+        res = prom.query('tenantwatch_build_info{job="secure"}')
+        assert res["data"]["result"], res
+        targets = prom.api("targets")["data"]["activeTargets"]
+        anon = next(t for t in targets if t["labels"]["job"] == "anonymous")
+        assert "401" in anon["lastError"], anon
+    finally:
+        prom.stop()
+        d.stop()
