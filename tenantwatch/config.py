@@ -324,11 +324,47 @@ _UniqueKeyLoader.add_constructor(
 )
 
 
+# Drop-in files beside the config: <its directory>/conf.d/*.yaml (and *.yml), merged over it in
+# name order (a mapping merges key by key, anything else replaces), so that a package's conffile
+# can stay untouched and each change lives in a file of its own.
+CONF_D = "conf.d"
+
+
 def load_config(path: str | None = None, env: Mapping[str, str] = os.environ) -> Config:
     """Read, parse and validate the file at ``path`` (default: $TENANTWATCH_CONFIG, then
-    DEFAULT_CONFIG_PATH)."""
+    DEFAULT_CONFIG_PATH) with the drop-ins of its conf.d/ merged over it."""
     if path is None:
         path = env.get(ENV_CONFIG) or DEFAULT_CONFIG_PATH
+    data = _read_yaml(path)
+    if data is None:
+        raise ConfigError("<file>", f"{path} is empty")
+    conf_d = os.path.join(os.path.dirname(os.path.abspath(path)), CONF_D)
+    if os.path.isdir(conf_d):
+        for name in sorted(os.listdir(conf_d)):
+            if not name.endswith((".yaml", ".yml")) or name.startswith("."):
+                continue
+            drop_in = os.path.join(conf_d, name)
+            more = _read_yaml(drop_in)
+            if more is None:
+                continue  # an empty drop-in changes nothing
+            if not isinstance(more, dict) or not isinstance(data, dict):
+                raise ConfigError("<file>", f"{drop_in}: a drop-in must be a mapping of keys "
+                                  "to merge over the config")
+            data = _merge(data, more)
+    return parse_config(data, env)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: str) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -345,9 +381,7 @@ def load_config(path: str | None = None, env: Mapping[str, str] = os.environ) ->
             where = f"{path}:{mark.line + 1}:{mark.column + 1}"
             problem = getattr(e, "problem", None) or problem
         raise ConfigError("<file>", f"{where}: YAML error: {problem}") from e
-    if data is None:
-        raise ConfigError("<file>", f"{path} is empty")
-    return parse_config(data, env)
+    return data
 
 
 def parse_config(data: Any, env: Mapping[str, str] = os.environ) -> Config:

@@ -719,3 +719,28 @@ def test_a_response_check_with_no_trusted_source_on_its_side_is_an_advisory() ->
         {"header": "X-Tenant-ID", "side": "server"}]
     (advice,) = cfg.advisories(parse(data))  # dry-run: only this one
     assert "server side" in advice and "docs/isolation.md" in advice
+
+
+def test_conf_d_drop_ins_merge_over_the_config_in_name_order(tmp_path: Path) -> None:
+    main = tmp_path / "tenantwatch.yaml"
+    main.write_text("targets: [{process: nginx}]\ntenancy: {max_tenants: 10, idle_seconds: 60}\n")
+    assert cfg.load_config(str(main), env={}).tenancy.max_tenants == 10  # no conf.d: as is
+    d = tmp_path / "conf.d"
+    d.mkdir()
+    (d / "20-tenants.yaml").write_text("tenancy: {max_tenants: 500}\n")
+    (d / "10-listen.yml").write_text('listen: "0.0.0.0:9477"\ntenancy: {max_tenants: 50}\n')
+    (d / "30-empty.yaml").write_text("")
+    (d / "README").write_text("not yaml, not read")
+    c = cfg.load_config(str(main), env={})
+    assert c.listen == "0.0.0.0:9477"
+    assert c.tenancy.max_tenants == 500  # 20- after 10-: the later file wins
+    assert c.tenancy.idle_seconds == 60  # merged key by key, the rest kept
+    (d / "40-bad.yaml").write_text("- a list\n")
+    with pytest.raises(ConfigError, match="40-bad.yaml: a drop-in must be a mapping"):
+        cfg.load_config(str(main), env={})
+    (d / "40-bad.yaml").write_text("tenancy: {max_tenants: [\n")
+    with pytest.raises(ConfigError, match="40-bad.yaml:.*YAML error"):
+        cfg.load_config(str(main), env={})
+    (d / "40-bad.yaml").write_text("tenancy: {max_tennants: 5}\n")
+    with pytest.raises(ConfigError, match="did you mean 'max_tenants'"):
+        cfg.load_config(str(main), env={})
