@@ -1,0 +1,42 @@
+"""Every metric family the daemon's collectors export is named in the README's metrics table
+(the README already missed one once), and every tenantwatch_* name the README's table gives is
+exported: a cheap guard until one metric catalog generates both."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tenantwatch.exporters import TenantCollector
+from tenantwatch.exporters.detection import DetectionCollector
+from tenantwatch.exporters.enforcement import EnforcementCollector
+from tenantwatch.exporters.isolation import IsolationCollector
+from tenantwatch.exporters.registry import RegistryCollector
+from tests.unit.exporters.snapshots import make_snapshot
+
+README = Path(__file__).resolve().parents[3] / "README.md"
+
+
+def _exported() -> set[str]:
+    families = list(TenantCollector(lambda: make_snapshot(), {"version": "x", "kernel": "y"},
+                                    jwt_counts=lambda: {}).describe())
+    for cls in (DetectionCollector, EnforcementCollector, RegistryCollector, IsolationCollector):
+        families += cls(lambda: None).describe()
+    names = set()
+    for f in families:
+        names.add(f.name + "_total" if f.type == "counter" else f.name)
+    return names
+
+
+def _readme_table() -> set[str]:
+    rows = [line for line in README.read_text().splitlines()
+            if line.startswith("| `tenantwatch_")]
+    return {name for row in rows for name in re.findall(r"`(tenantwatch_[a-z0-9_]+)`",
+                                                         row.split("|")[1])}
+
+
+def test_every_exported_family_is_in_the_readme_table_and_back() -> None:
+    exported, documented = _exported(), _readme_table()
+    assert len(exported) > 30
+    assert exported - documented == set(), "exported but not in the README's metrics table"
+    assert documented - exported == set(), "in the README's metrics table but not exported"
