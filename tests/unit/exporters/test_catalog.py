@@ -19,7 +19,7 @@ README = Path(__file__).resolve().parents[3] / "README.md"
 
 def _exported() -> set[str]:
     families = list(TenantCollector(lambda: make_snapshot(), {"version": "x", "kernel": "y"},
-                                    jwt_counts=lambda: {}).describe())
+                                    jwt_counts=dict).describe())
     for cls in (DetectionCollector, EnforcementCollector, RegistryCollector, IsolationCollector):
         families += cls(lambda: None).describe()
     names = set()
