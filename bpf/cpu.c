@@ -61,6 +61,36 @@ static __always_inline void tw_thread_set(struct tw_conn *c)
 	}
 }
 
+/* The CPU key of HTTP/2 stream `sid` of connection `h2id` (tenantwatch/h2/tracker.py computes
+ * the same): the side's TW_CPU_H2 bit tells it from an identity key. */
+static __always_inline __u64 tw_h2_stream_key(__u64 h2id, __u32 sid)
+{
+	return h2id * 0x9e3779b97f4a7c15ull + sid;
+}
+
+/* After a syscall on HTTP/2 connection c: the thread works for the stream of the last frame it
+ * moved (docs/http2.md, "CPU"); none yet: nobody's. */
+static __always_inline void tw_thread_set_h2(struct tw_conn *c)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct tw_thread *t = tw_thread_slot((__u32)id);
+	if (!t)
+		return;
+	if (t->id != id) {
+		t->id = id;
+		t->wake_ns = 0;
+	}
+	if (c->h2sid && !c->h2mid) {
+		t->key = tw_h2_stream_key(c->h2id, c->h2sid);
+		t->side = (c->side & 1) | TW_CPU_H2;
+		t->attributed = 1;
+	} else {
+		t->key = TW_KEY_UNATTRIBUTED;
+		t->side = TW_SIDE_SERVER;
+		t->attributed = 0;
+	}
+}
+
 static __always_inline void tw_cpu_charge(struct tw_ctl *ctl, struct tw_cpu_key *k, __u64 ns)
 {
 	k->gen = ctl->active & 1;

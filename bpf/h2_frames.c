@@ -104,6 +104,12 @@ TW_TAIL_PROG(tw_h2)
 		__builtin_memcpy(ev->b + (off & (TW_H2_CHUNK - 1)), h, 9);
 		ev->len = off + 9;
 		__u64 flen = ((__u64)h[0] << 16) | ((__u64)h[1] << 8) | h[2];
+		if (h[3] == 0 || h[3] == 1 || h[3] == 9) {  /* DATA, HEADERS, CONTINUATION */
+			__u32 sid = (((__u32)h[5] & 0x7f) << 24) | ((__u32)h[6] << 16) |
+				    ((__u32)h[7] << 8) | h[8];
+			if (sid)
+				c->h2sid = sid;
+		}
 		if (h[3] == 0)
 			p->skip = flen;  /* DATA: its payload never leaves the kernel */
 		else
@@ -121,6 +127,6 @@ TW_TAIL_PROG(tw_h2)
 		c->h2seq[d] += 1;
 		c->h2 = 2;
 	}
-	tw_thread_set(0);  /* HTTP/2 CPU is not split per stream: __unattributed__ */
+	tw_thread_set_h2(c);  /* its CPU goes to the stream of the last frame moved */
 	return 0;
 }

@@ -88,6 +88,10 @@
  * tw_ctl.runq_bounds_ns, exported as tenantwatch_runqueue_delay_seconds. */
 #define TW_RUNQ_BUCKETS 16
 
+/* tw_cpu_key.side bit: the key is an HTTP/2 stream's, tw_h2_stream_key(connection id, stream
+ * id); user space maps it to the stream's identity (tenantwatch/h2). */
+#define TW_CPU_H2 2
+
 /* CPU time per (identity, process, CPU, side) in one tick; double-buffered by the
  * gen field (= tw_ctl.active) so user space drains a generation nobody writes. */
 struct tw_cpu_key {

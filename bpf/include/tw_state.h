@@ -148,6 +148,8 @@ struct tw_conn {
 	__u32 h2;               /* HTTP/2 (the client preface was seen): bytes go to tw_h2 */
 	__u32 h2seq[2];         /* next tw_h2_event seq, by is_req */
 	__u32 h2mid;            /* HTTP/2 seen mid-stream (older than the daemon): TW_H2_F_MIDSTREAM */
+	__u32 h2sid;            /* the stream of the last HEADERS, CONTINUATION or DATA frame moved
+				 * (either direction): the thread's CPU after it is that stream's */
 	__u64 h2id;             /* this HTTP/2 connection's id in events: fds are reused at once */
 	__u32 req_hold;         /* requests resync only after a response ends the exchange (tw_resync) */
 	__u32 lost_pending;     /* losses of this run not yet charged (tw_lose_on, tw_charge_losses) */

@@ -15,6 +15,17 @@ from tenantwatch.h2.identity import H2_UNATTRIBUTED_KEY, Identity
 from tenantwatch.h2.status import CLASS_NONE
 from tenantwatch.kernel.records import STATUS_CLASSES, IdentityCounts, Side, ValueFlag
 
+# Streams begun per tick whose CPU key is remembered (~100 B each); the CPU of more streams
+# goes to __unattributed__.
+MAX_STREAM_KEYS = 65536
+MASK64 = (1 << 64) - 1
+
+
+def h2_stream_key(conn: int, sid: int) -> int:
+    """bpf/cpu.c tw_h2_stream_key: the CPU key of stream `sid` of connection id `conn`."""
+    return (conn * 0x9E3779B97F4A7C15 + sid) & MASK64
+
+
 # The kernel's TW_KEY_OVERFLOW (bpf/include/tw_abi.h): the resolver folds it into __other__.
 OVERFLOW_KEY = 2
 # Streams of a connection that cannot be decoded: the resolver gives __unattributed__ with
@@ -66,6 +77,10 @@ class TickCounts:
         # take() starts a new generation: an accumulator a session holds on to (acc()) is
         # good for the generation it was had in only
         self.gen = 0
+        # CPU keys of the streams begun in this tick and the last (h2_stream_key -> identity):
+        # the kernel charges a stream's CPU under such a key (bpf/cpu.c tw_thread_set_h2)
+        self.stream_keys: dict[int, Identity] = {}
+        self.prev_stream_keys: dict[int, Identity] = {}
         self.lost: dict[str, int] = {}  # since the last take_lost()
         self.lost_total: dict[str, int] = {}  # since start
 
@@ -138,7 +153,16 @@ class TickCounts:
             for (_, side), a in self._accs.items())
         self._accs = {}
         self.gen += 1
+        self.prev_stream_keys, self.stream_keys = self.stream_keys, {}
         return out
+
+    def add_stream(self, key: int, ident: Identity) -> None:
+        """A stream begun: its CPU key maps to its identity for this tick and the next."""
+        if len(self.stream_keys) < MAX_STREAM_KEYS:
+            self.stream_keys[key] = ident
+
+    def stream_identity(self, key: int) -> Identity | None:
+        return self.stream_keys.get(key) or self.prev_stream_keys.get(key)
 
     def take_lost(self) -> dict[str, int]:
         lost, self.lost = self.lost, {}

@@ -16,7 +16,7 @@ known, else by their end in the response direction), are counted without a tenan
 
 from __future__ import annotations
 
-from tenantwatch.h2.counts import TickCounts
+from tenantwatch.h2.counts import TickCounts, h2_stream_key
 from tenantwatch.h2.frames import (
     CONTINUATION,
     DATA,
@@ -104,11 +104,12 @@ class Session:
     """State of one connection (see the module docstring)."""
 
     __slots__ = ("_conn_ident", "_counts", "_last_sid", "_max_streams", "_names", "_picker",
-                 "_req", "_resp", "_streams", "broken", "side")
+                 "_req", "_resp", "_streams", "broken", "conn", "side")
 
     def __init__(self, side: Side, picker: IdentityPicker, counts: TickCounts,
-                 max_streams: int = MAX_STREAMS) -> None:
+                 max_streams: int = MAX_STREAMS, conn: int = 0) -> None:
         self.side = side
+        self.conn = conn  # the kernel's id of the connection (H2Event.conn)
         self._picker = picker
         self._names = picker.names | {_CONTENT_TYPE}
         self._counts = counts
@@ -351,6 +352,7 @@ class Session:
                     found[name] = [value]
         ident = self._picker.pick(found, self.side)
         counts = self._counts
+        counts.add_stream(h2_stream_key(self.conn, sid), ident)
         acc = counts.acc(ident, self.side)
         acc.heads += 1
         if self._conn_ident is None:

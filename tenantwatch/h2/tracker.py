@@ -29,7 +29,10 @@ from tenantwatch.h2.counts import TickCounts
 from tenantwatch.h2.identity import IdentityPicker
 from tenantwatch.h2.records import H2Event
 from tenantwatch.h2.session import MAX_STREAMS, Session
-from tenantwatch.kernel.records import IdentityCounts, KernelTick
+from tenantwatch.kernel.records import CpuCounts, IdentityCounts, KernelTick
+
+# bpf/include/tw_abi.h TW_KEY_UNATTRIBUTED: CPU of no known request
+KEY_UNATTRIBUTED = 3
 
 if TYPE_CHECKING:
     from tenantwatch.config import Source
@@ -150,7 +153,7 @@ class H2Tracker:
                 if closed:
                     self._ignored.pop(conn, None)
                 return
-            sess = Session(data[0].side, self._picker, self._counts, self._max_streams)
+            sess = Session(data[0].side, self._picker, self._counts, self._max_streams, conn)
             if any(e.midstream for e in data):
                 sess.start_undecoded("h2_midstream")
             self._conns[conn] = sess
@@ -198,5 +201,13 @@ class H2Tracker:
         lost = dict(tick.lost)
         for reason, n in self.take_lost().items():
             lost[reason] = lost.get(reason, 0) + n
+        cpu = tuple(self._stream_cpu(c) if c.h2_stream else c for c in tick.cpu)
         return dataclasses.replace(tick, identities=tick.identities + self.take(), lost=lost,
-                                   h2=())
+                                   h2=(), cpu=cpu)
+
+    def _stream_cpu(self, c: CpuCounts) -> CpuCounts:
+        """The kernel charged a stream's CPU under its stream key: put it under the stream's
+        identity (begun this tick or the last), else __unattributed__."""
+        ident = self._counts.stream_identity(c.key)
+        return dataclasses.replace(c, key=ident.key if ident is not None else KEY_UNATTRIBUTED,
+                                   h2_stream=False)

@@ -568,9 +568,9 @@ class HttpProbes:
             if k.gen != gen or not v.value:
                 continue
             key = abi.CpuKey(key=k.key, tgid=k.tgid, cpu=k.cpu, side=k.side, gen=k.gen)
-            out.append(CpuCounts(key=int(k.key), tgid=int(k.tgid), cpu=int(k.cpu),
-                                 side=Side.SERVER if k.side == abi.SIDE_SERVER else Side.CLIENT,
-                                 ns=int(v.value)))
+            side = Side.SERVER if k.side & 1 == abi.SIDE_SERVER else Side.CLIENT
+            out.append(CpuCounts(key=int(k.key), tgid=int(k.tgid), cpu=int(k.cpu), side=side,
+                                 ns=int(v.value), h2_stream=bool(k.side & abi.CPU_H2)))
             if k.key == abi.KEY_OVERFLOW and k.tgid == 0:
                 table[key] = ct.c_uint64(0)  # the overflow entry stays for the next full map
             else:

@@ -72,6 +72,9 @@ class CpuCounts:
     cpu: int
     side: Side
     ns: int
+    # `key` is an HTTP/2 stream's (tw_h2_stream_key of its connection id and stream id), not an
+    # identity: tenantwatch/h2 maps it to the stream's identity before aggregation
+    h2_stream: bool = False
 
 
 @dataclass(frozen=True)

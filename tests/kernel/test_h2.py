@@ -138,3 +138,91 @@ def test_interleaved_tenants_on_one_connection_are_counted_exactly(probes, h2_se
     # The bodies (5 x 10 KB) never reached user space: only frame headers and HPACK blocks did.
     assert sent < 5 * 10000, sent
     assert tracker.connections == 0  # the close event freed it
+
+
+# ----------------------------------------------------------------------------- CPU per stream
+
+# A server that burns a known CPU time per request, by tenant (the ground truth), in the thread
+# serving the connection, between reading the request and writing its response.
+BURN_MS = {"cheap": 5.0, "mid": 15.0, "dear": 30.0}  # the HTTP/2 work itself: < 0.3 ms
+CPU_SERVER = SERVER.replace(
+    'ctypes.CDLL(None).prctl(15, b"python3-twh2", 0, 0, 0)  # PR_SET_NAME',
+    'ctypes.CDLL(None).prctl(15, b"python3-twh2", 0, 0, 0)  # PR_SET_NAME\n'
+    'import time\nBURN = ' + repr({k.encode(): v for k, v in BURN_MS.items()}) + '\n'
+    'def burn(ms):\n    t0 = time.thread_time()\n    while time.thread_time() - t0 < ms / 1000:\n'
+    '        pass\n').replace(
+    '                h = dict(ev.headers)\n',
+    '                h = dict(ev.headers)\n                burn(BURN.get(h.get(b"x-tenant-id"), 0))\n')
+ROUNDS = 40  # requests per tenant
+
+
+def _cpu_by_tenant(tick) -> dict:
+    names = {c.key: c.raw_value for c in tick.identities if c.raw_value}
+    out: dict = {}
+    for c in tick.cpu:
+        t = names.get(c.key, b"?").decode()
+        out[t] = out.get(t, 0) + c.ns / 1e9
+    return out
+
+
+def _run(probes, batch: int) -> tuple[dict, dict]:
+    """ROUNDS requests per tenant on one connection, `batch` streams at a time (1: each
+    answered before the next is sent), tenants interleaved; (measured, ground truth) seconds."""
+    from tenantwatch.config import Source
+    from tenantwatch.h2 import H2Tracker
+    from tenantwatch.kernel.records import Side
+
+    proc = subprocess.Popen([sys.executable, "-c", CPU_SERVER], stdout=subprocess.PIPE, text=True)
+    port = int(proc.stdout.readline())
+    try:
+        probes.set_targets({proc.pid})
+        probes.drain()
+        tracker = H2Tracker([Source("header", "x-tenant-id", Side.SERVER, False)],
+                            (0.001, 0.01, 0.1, 1.0))
+        c = h2_connection.H2Connection(h2_config.H2Configuration(client_side=True))
+        s = socket.create_connection(("127.0.0.1", port))
+        c.initiate_connection()
+        order = [t for _ in range(ROUNDS) for t in BURN_MS]
+        s.settimeout(10)
+        for i in range(0, len(order), batch):
+            for tenant in order[i:i + batch]:
+                sid = c.get_next_available_stream_id()
+                c.send_headers(sid, [(":method", "GET"), (":path", "/"), (":scheme", "http"),
+                                     (":authority", "t"), ("x-tenant-id", tenant)],
+                               end_stream=True)
+            s.sendall(c.data_to_send())
+            done = 0
+            while done < len(order[i:i + batch]):
+                for ev in c.receive_data(s.recv(65536)):
+                    if isinstance(ev, h2_events.StreamEnded):
+                        done += 1
+                s.sendall(c.data_to_send())
+        s.close()
+        time.sleep(0.3)
+        measured = _cpu_by_tenant(tracker.merge(probes.drain()))
+    finally:
+        proc.kill()
+        proc.wait(5)
+        probes.set_targets(set())
+    truth = {t: ROUNDS * ms / 1000 for t, ms in BURN_MS.items()}
+    return measured, truth
+
+
+def test_cpu_of_sequential_streams_goes_to_their_tenants_within_ten_percent(probes):
+    """Three tenants of different cost multiplexed on one connection, one stream at a time:
+    the thread's CPU after a frame of stream S is S's (bpf/cpu.c tw_thread_set_h2)."""
+    measured, truth = _run(probes, batch=1)
+    print({t: (round(measured.get(t, 0), 4), truth[t]) for t in truth})
+    for t, want in truth.items():
+        assert abs(measured.get(t, 0) - want) <= 0.10 * want, (t, measured, truth)
+
+
+def test_cpu_of_concurrent_streams_is_split_by_the_last_frame_rule(probes):
+    """Three streams at a time: the CPU after one read holding three requests goes to the last
+    stream's tenant, so per-tenant error grows (docs/http2.md gives the measured figures);
+    nothing is lost: the three together stay within 10 % of the truth."""
+    measured, truth = _run(probes, batch=3)
+    errors = {t: round((measured.get(t, 0) - want) / want, 3) for t, want in truth.items()}
+    print(f"concurrent streams, relative error by tenant: {errors}")
+    total = sum(measured.get(t, 0) for t in truth)
+    assert abs(total - sum(truth.values())) <= 0.10 * sum(truth.values()), (measured, truth)
