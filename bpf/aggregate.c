@@ -204,16 +204,10 @@ static __always_inline void tw_slow(void *ctx, struct tw_ctl *ctl, struct tw_con
 	struct tw_rate *r = tw_slow_rate.lookup(&zero);
 	if (!r)
 		return;
-	__u64 now = bpf_ktime_get_ns();
-	if (now - r->window_ns >= 1000000000ull) {
-		r->window_ns = now;
-		r->sent = 0;
-	}
-	if (r->sent >= ctl->slow_per_cpu_per_sec) {
+	if (!tw_rate_take(r, bpf_ktime_get_ns(), ctl->slow_per_cpu_per_sec)) {
 		tw_lose(TW_LOST_SLOW_RATE_LIMITED);
 		return;
 	}
-	r->sent++;
 	struct tw_slow_event e = {
 		.key = f->key, .start_ns = f->start_ns, .latency_ns = lat, .method = f->method,
 		.tgid = bpf_get_current_pid_tgid() >> 32, .side = c->side, .status = status,
@@ -271,16 +265,10 @@ static __always_inline void tw_breach_report(void *ctx, struct tw_ctl *ctl, stru
 	struct tw_rate *r = tw_breach_rate.lookup(&zero);
 	if (!r)
 		return;
-	__u64 now = bpf_ktime_get_ns();
-	if (now - r->window_ns >= 1000000000ull) {
-		r->window_ns = now;
-		r->sent = 0;
-	}
-	if (r->sent >= ctl->breach_per_cpu_per_sec) {
+	if (!tw_rate_take(r, bpf_ktime_get_ns(), ctl->breach_per_cpu_per_sec)) {
 		tw_lose(TW_LOST_BREACH_RATE_LIMITED);
 		return;
 	}
-	r->sent++;
 	struct tw_breach_event *e = tw_breach_scratch.lookup(&zero);
 	if (!e)
 		return;

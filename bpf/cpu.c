@@ -39,8 +39,8 @@ static __always_inline struct tw_thread *tw_thread_slot(__u32 tid)
 	return tw_threads.lookup(&slot);
 }
 
-/* Called from http.c: the current thread now works for connection c (0: none). */
-static __always_inline void tw_thread_set(struct tw_conn *c)
+/* The current thread now works for identity `key` on `side` (attributed 0: for nobody). */
+static __always_inline void tw_thread_work(__u64 key, __u32 side, __u32 attributed)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct tw_thread *t = tw_thread_slot((__u32)id);
@@ -50,15 +50,24 @@ static __always_inline void tw_thread_set(struct tw_conn *c)
 		t->id = id;
 		t->wake_ns = 0;
 	}
-	if (c && c->opened) {
-		t->key = c->cur_key;
-		t->side = c->side;
+	if (attributed) {
+		t->key = key;
+		t->side = side;
 		t->attributed = 1;
 	} else {
 		t->key = TW_KEY_UNATTRIBUTED;
 		t->side = TW_SIDE_SERVER;
 		t->attributed = 0;
 	}
+}
+
+/* Called from http.c: the current thread now works for connection c (0: none). */
+static __always_inline void tw_thread_set(struct tw_conn *c)
+{
+	if (c && c->opened)
+		tw_thread_work(c->cur_key, c->side, 1);
+	else
+		tw_thread_work(0, 0, 0);
 }
 
 /* The CPU key of HTTP/2 stream `sid` of connection `h2id` (tenantwatch/h2/tracker.py computes
@@ -72,23 +81,10 @@ static __always_inline __u64 tw_h2_stream_key(__u64 h2id, __u32 sid)
  * moved (docs/http2.md, "CPU"); none yet: nobody's. */
 static __always_inline void tw_thread_set_h2(struct tw_conn *c)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct tw_thread *t = tw_thread_slot((__u32)id);
-	if (!t)
-		return;
-	if (t->id != id) {
-		t->id = id;
-		t->wake_ns = 0;
-	}
-	if (c->h2sid && !c->h2mid) {
-		t->key = tw_h2_stream_key(c->h2id, c->h2sid);
-		t->side = (c->side & 1) | TW_CPU_H2;
-		t->attributed = 1;
-	} else {
-		t->key = TW_KEY_UNATTRIBUTED;
-		t->side = TW_SIDE_SERVER;
-		t->attributed = 0;
-	}
+	if (c->h2sid && !c->h2mid)
+		tw_thread_work(tw_h2_stream_key(c->h2id, c->h2sid), (c->side & 1) | TW_CPU_H2, 1);
+	else
+		tw_thread_work(0, 0, 0);
 }
 
 static __always_inline void tw_cpu_charge(struct tw_ctl *ctl, struct tw_cpu_key *k, __u64 ns)

@@ -42,6 +42,21 @@ struct tw_rate {
 	__u64 window_ns;
 	__u64 sent;
 };
+
+/* One more event within `per_sec` per CPU, in windows of 1 s that start at the first event
+ * after the previous window ended: 1 when it may be sent (and counted as sent), 0 over the
+ * rate (the caller counts its loss). */
+static __always_inline int tw_rate_take(struct tw_rate *r, __u64 now, __u32 per_sec)
+{
+	if (now - r->window_ns >= 1000000000ull) {
+		r->window_ns = now;
+		r->sent = 0;
+	}
+	if (r->sent >= per_sec)
+		return 0;
+	r->sent++;
+	return 1;
+}
 BPF_PERCPU_ARRAY(tw_slow_rate, struct tw_rate, 1);
 BPF_PERCPU_ARRAY(tw_tok_rate, struct tw_rate, 1);
 #ifdef TW_HAVE_RINGBUF

@@ -144,15 +144,10 @@ TW_TAIL_PROG(tw_token_emit)
 	struct tw_rate *r = tw_tok_rate.lookup(&zero);
 	if (!r)
 		goto next;
-	if (now - r->window_ns >= 1000000000ull) {
-		r->window_ns = now;
-		r->sent = 0;
-	}
-	if (r->sent >= ctl->token_per_cpu_per_sec) {
+	if (!tw_rate_take(r, now, ctl->token_per_cpu_per_sec)) {
 		tw_lose_key(ctl, TW_LOST_TOKEN_RATE_LIMITED, key, c->side, c);
 		goto next;
 	}
-	r->sent++;
 	tb->key = key;
 	tb->side = c->side;
 #ifdef TW_HAVE_RINGBUF

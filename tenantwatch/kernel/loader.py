@@ -535,11 +535,15 @@ class HttpProbes:
         other events wait for drain()."""
         if self._bpf is None:
             return ()
+        self._consume()
+        return self._take_h2()
+
+    def _consume(self) -> None:
+        """Run the event callbacks on what the ring or perf buffers hold, without waiting."""
         if self._ringbuf:
             self._bpf.ring_buffer_consume()
         else:
             self._bpf.perf_buffer_poll(timeout=0)
-        return self._take_h2()
 
     def _take_h2(self) -> tuple[H2Event, ...]:
         out = tuple(self._h2)
@@ -548,10 +552,7 @@ class HttpProbes:
 
     def _poll_events(self) -> tuple[SlowRequest, ...]:
         """Consume the slow-request and token events; gives the slow requests."""
-        if self._ringbuf:
-            self._bpf.ring_buffer_consume()
-        else:
-            self._bpf.perf_buffer_poll(timeout=0)
+        self._consume()
         out = tuple(self._slow)
         self._slow.clear()
         return out

@@ -20,25 +20,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import _free_port, require_root
+from tests.e2e.auth_service import auth_handler
 from tests.e2e.conftest import CONFIG_TEMPLATE, Daemon
 
 REPO = Path(__file__).resolve().parents[2]
 KEYS = {"Bearer k-acme": "acme", "Bearer k-evil": "evil"}
-
-
-class _Auth(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self) -> None:
-        tenant = KEYS.get(self.headers.get("Authorization", ""))
-        self.send_response(200 if tenant else 401)
-        if tenant:
-            self.send_header("X-Auth-Tenant", tenant)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args) -> None:
-        pass
 
 
 class _Backend(BaseHTTPRequestHandler):
@@ -80,7 +66,7 @@ def get(port: int, key: str, headers: dict[str, str]) -> tuple[int, bytes]:
 def gateway(tmp_path_factory, nginx_binary):
     require_root()
     work = tmp_path_factory.mktemp("auth-request")
-    auth, backend = serve(_Auth), serve(_Backend)
+    auth, backend = serve(auth_handler(KEYS)), serve(_Backend)
     port = _free_port()
     conf = (REPO / "examples" / "nginx-auth-request.conf").read_text()
     for name, value in {"@PID@": str(work / "nginx.pid"),

@@ -58,13 +58,14 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from tenantwatch.demo import NginxGateway
 from tests.conftest import _free_port, require, require_root
+from tests.e2e.auth_service import auth_handler
 from tests.e2e.conftest import NGINX_COMM, REPO, Daemon, tenantwatch_command
 
 CPU = Path("/sys/fs/cgroup/cpu")
@@ -167,23 +168,6 @@ NGINX_SERVER = """\
 """
 
 KEYS = {"Bearer k-hog": "hog", "Bearer k-calm": "calm"}  # the auth service's credentials
-
-
-class _Auth(BaseHTTPRequestHandler):
-    """The auth service behind /_auth: 200 with X-Auth-Tenant for a known key, else 401."""
-
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self) -> None:
-        tenant = KEYS.get(self.headers.get("Authorization", ""))
-        self.send_response(200 if tenant else 401)
-        if tenant:
-            self.send_header("X-Auth-Tenant", tenant)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args) -> None:
-        pass
 
 CONFIG = """\
 listen: "127.0.0.1:{port}"
@@ -413,7 +397,7 @@ def stack(tmp_path_factory, nginx_binary) -> Iterator[Stack]:
             cgroups.enter(t, backends[t].pid)  # right after spawning: threads are made in there
         for t in TENANTS:
             assert backends[t].stdout.readline().strip() == "ready"
-        auth = ThreadingHTTPServer(("127.0.0.1", 0), _Auth)
+        auth = ThreadingHTTPServer(("127.0.0.1", 0), auth_handler(KEYS))
         auth.daemon_threads = True
         threading.Thread(target=auth.serve_forever, daemon=True).start()
         gw = NginxGateway(work / "nginx", _free_port(), ports["calm"], workers=2,
