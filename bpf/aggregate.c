@@ -24,9 +24,9 @@ static __always_inline void tw_agg_fill(struct tw_agg_val *t, struct tw_conn *c,
 	}
 }
 
-/* The entry for key in the active map; created (with the value from vbuf when
- * given) if missing, the overflow entry when the map is full. */
-static __always_inline struct tw_agg_val *tw_agg_get(struct tw_ctl *ctl, __u64 key, __u32 side,
+/* The entry for key in the active map, created (with the value from vbuf when given) if
+ * missing; 0 when the map is full. */
+static __always_inline struct tw_agg_val *tw_agg_try(struct tw_ctl *ctl, __u64 key, __u32 side,
 						     struct tw_conn *c, struct tw_parser *p,
 						     int with_value)
 {
@@ -48,12 +48,21 @@ static __always_inline struct tw_agg_val *tw_agg_get(struct tw_ctl *ctl, __u64 k
 		tw_agg1.update(&k, t);  /* BPF_ANY: a racing creator wins either way */
 	else
 		tw_agg0.update(&k, t);
-	v = tw_agg_lookup(&k, active);
+	return tw_agg_lookup(&k, active);
+}
+
+/* The entry for key in the active map; created (with the value from vbuf when
+ * given) if missing, the overflow entry when the map is full. */
+static __always_inline struct tw_agg_val *tw_agg_get(struct tw_ctl *ctl, __u64 key, __u32 side,
+						     struct tw_conn *c, struct tw_parser *p,
+						     int with_value)
+{
+	struct tw_agg_val *v = tw_agg_try(ctl, key, side, c, p, with_value);
 	if (v)
 		return v;
 	tw_lose(TW_LOST_IDENTITY_MAP_FULL);
-	k.key = TW_KEY_OVERFLOW;
-	return tw_agg_lookup(&k, active);
+	struct tw_agg_key k = {.key = TW_KEY_OVERFLOW, .side = side};
+	return tw_agg_lookup(&k, ctl->active & 1);
 }
 
 /* A loss that may have raised the numbers of identity `key` (counts or CPU charged to it that
@@ -221,12 +230,32 @@ static __always_inline void tw_slow(void *ctx, struct tw_ctl *ctl, struct tw_con
 #endif
 }
 
-/* A connection's time under its conn_key ends (a close, or a WebSocket upgrade moving it). */
-static __always_inline void tw_conn_end(struct tw_agg_val *v, struct tw_conn *c, __u64 now)
+/* A connection's time under its conn_key ends (a close, or a WebSocket upgrade moving it):
+ * counted in that identity's entry, or when the map is full, in tw_closes under the same key.
+ * Never in the overflow entry: its open was counted under conn_key, and the open minus the
+ * closes of each identity is the connections it has open. */
+static __always_inline void tw_conn_close(struct tw_ctl *ctl, struct tw_conn *c, __u64 now)
 {
-	__sync_fetch_and_add(&v->conn_closed, 1);
-	if (now > c->open_ns)
-		__sync_fetch_and_add(&v->conn_dur_ns, now - c->open_ns);
+	__u64 dur = now > c->open_ns ? now - c->open_ns : 0;
+	struct tw_agg_val *v = tw_agg_try(ctl, c->conn_key, c->side, c, &c->req, 0);
+	if (v) {
+		__sync_fetch_and_add(&v->conn_closed, 1);
+		__sync_fetch_and_add(&v->conn_dur_ns, dur);
+		return;
+	}
+	struct tw_close_key k = {.key = c->conn_key, .side = c->side, .gen = ctl->active & 1};
+	struct tw_close_val *s = tw_closes.lookup(&k);
+	if (!s) {
+		struct tw_close_val z = {};
+		tw_closes.insert(&k, &z);  /* BPF_NOEXIST: a racing creator's count stays */
+		s = tw_closes.lookup(&k);
+		if (!s) {
+			tw_lose(TW_LOST_CLOSE_MAP_FULL);
+			return;
+		}
+	}
+	__sync_fetch_and_add(&s->closed, 1);
+	__sync_fetch_and_add(&s->dur_ns, dur);
 }
 
 static __always_inline void tw_iso_count(__u32 side, __u32 what)
@@ -352,9 +381,7 @@ static __always_inline __u32 tw_response_done(void *ctx, struct tw_ctl *ctl, str
 		/* Upgraded (WebSocket): from now on the connection is the upgrade's tenant's,
 		 * not the tenant of an earlier keep-alive request on it.  Moved as a close under
 		 * the old identity and an open under the new one. */
-		struct tw_agg_val *old = tw_agg_get(ctl, c->conn_key, c->side, c, &c->req, 0);
-		if (old)
-			tw_conn_end(old, c, ts);
+		tw_conn_close(ctl, c, ts);
 		struct tw_agg_val *nv = tw_agg_get(ctl, f->key, c->side, c, &c->req, 0);
 		if (nv)
 			__sync_fetch_and_add(&nv->conn_opened, 1);

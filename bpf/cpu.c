@@ -13,10 +13,12 @@
  * non-target tasks it is two array lookups and a timestamp.
  */
 
-/* CPU entries per tick: identities x processes x CPUs.  16384 covers 1000 busy
- * tenants on 8 workers over 2 CPUs with room; beyond it time folds into the
- * overflow entry (lost cpu_map_full). */
+/* CPU entries per tick: identities x processes x CPUs.  Set by the loader to four per
+ * identity of TW_MAX_IDENTITIES, at least 16384 (1000 busy tenants on 8 workers over 2 CPUs);
+ * beyond it time folds into the overflow entry (lost cpu_map_full). */
+#ifndef TW_MAX_CPU_ENTRIES
 #define TW_MAX_CPU_ENTRIES 16384
+#endif
 
 struct tw_thread {
 	__u64 id;        /* pid_tgid of the thread owning the slot, 0 free */

@@ -17,6 +17,12 @@ BPF_ARRAY(tw_args, struct tw_args, TW_MAX_THREADS);
 BPF_F_TABLE("hash", __u64, struct tw_conn, tw_conns, TW_MAX_CONNS, BPF_F_NO_PREALLOC);
 BPF_HASH(tw_agg0, struct tw_agg_key, struct tw_agg_val, TW_MAX_IDENTITIES);
 BPF_HASH(tw_agg1, struct tw_agg_key, struct tw_agg_val, TW_MAX_IDENTITIES);
+/* Closes whose identity has no entry in a full aggregate map (aggregate.c, tw_conn_close).
+ * Distinct keys in one generation are at most the connections open at its start plus the
+ * identities it opened, so this size is never reached; not preallocated: it is used only when
+ * the aggregate map is full. */
+BPF_F_TABLE("hash", struct tw_close_key, struct tw_close_val, tw_closes,
+	    TW_MAX_CONNS + TW_MAX_IDENTITIES, BPF_F_NO_PREALLOC);
 BPF_PERCPU_ARRAY(tw_lost, __u64, TW_LOST_MAX);
 BPF_PERCPU_ARRAY(tw_jobs, struct tw_job, 1);
 struct tw_window {

@@ -103,11 +103,8 @@ static __always_inline int tw_close(void *ctx, __u32 fd)
 			tw_count_end(ctl, c, f->key, TW_CLASS_NONE, 0, 0, 0);
 			c->fifo_head = head + 1;
 		}
-		if (c->opened) {
-			struct tw_agg_val *v = tw_agg_get(ctl, c->conn_key, c->side, c, &c->req, 0);
-			if (v)
-				tw_conn_end(v, c, bpf_ktime_get_ns());
-		}
+		if (c->opened)
+			tw_conn_close(ctl, c, bpf_ktime_get_ns());
 	}
 	tw_conns.delete(&ck);
 	return 0;

@@ -63,6 +63,10 @@ Keys [default]:
                     1..100000 [100]
     h2_budget_ms_per_tick  CPU time HTTP/2 decoding may take per tick, 1..60000 [250]; beyond
                     it the costliest connections are shed (docs/http2.md)
+    max_identities  distinct identities the kernel counts per tick, both sides together,
+                    1024..262144 [2 x tenancy.max_tenants + 2048, at least 4096]; more fold
+                    into __other__ (events_lost{reason="identity_map_full"}).  Kernel memory:
+                    two maps of ~530 B an entry (docs/limits.md)
   detection:        noisy-neighbour and hotspot rules: see docs/detection.md
   otel:             OpenTelemetry export, off unless an endpoint is given here or in
                     OTEL_EXPORTER_OTLP_(METRICS_|TRACES_)ENDPOINT (docs/opentelemetry.md)
@@ -119,6 +123,12 @@ MAX_TARGETS = 8  # TW_MAX_COMMS: process names the kernel matches on exec
 # Each tenant costs ~50 series (2 sides x (6 status classes + 18 histogram series) + gauges):
 # 100k tenants is ~5M series, already more than one Prometheus server holds comfortably.
 MAX_TENANTS_LIMIT = 100_000
+# capture.max_identities: the kernel's aggregate maps (two, preallocated, ~530 B an entry with
+# the default histogram, docs/limits.md).  The default covers every admitted tenant on both
+# sides plus a tick's junk values; the limit keeps the maps under ~300 MB of kernel memory.
+MIN_DEFAULT_IDENTITIES = 4096
+JUNK_IDENTITIES = 2048
+MAX_IDENTITIES_LIMIT = 262_144
 
 DEFAULT_LISTEN = "127.0.0.1:9477"
 DEFAULT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
@@ -258,6 +268,8 @@ class Capture:
     tls: bool = True  # uprobes on the targets' libssl
     tokens_per_second: int = 100  # per CPU; the rest is counted (token_rate_limited)
     h2_budget_ms_per_tick: float = 250.0  # HTTP/2 decoding per tick; beyond: connections shed
+    # distinct identities per tick in the kernel (both sides); derived from max_tenants
+    max_identities: int = 4096
 
 
 @dataclass(frozen=True)
@@ -400,12 +412,13 @@ def parse_config(data: Any, env: Mapping[str, str] = os.environ) -> Config:
     _split_listen(listen, field)
     log_format, field = _pick(top, "log_format", "", "text", env, ENV_LOG_FORMAT)
     log_level, level_field = _pick(top, "log_level", "", "info", env, ENV_LOG_LEVEL)
+    tenancy = _parse_tenancy(top.get("tenancy"), "tenancy", env)
     return Config(
         listen=listen,
         targets=_parse_targets(top.get("targets"), "targets"),
-        tenancy=_parse_tenancy(top.get("tenancy"), "tenancy", env),
+        tenancy=tenancy,
         enforcement=_parse_enforcement(top.get("enforcement"), "enforcement", env),
-        capture=_parse_capture(top.get("capture"), "capture", env),
+        capture=_parse_capture(top.get("capture"), "capture", env, tenancy.max_tenants),
         log_format=_choice(log_format, LOG_FORMATS, field),
         log_level=_choice(_lower(log_level), LOG_LEVELS, level_field),
         detection=parse_detection(top.get("detection"), "detection"),
@@ -752,11 +765,18 @@ def _parse_enforcement(value: Any, field: str, env: Mapping[str, str]) -> Enforc
     )
 
 
-def _parse_capture(value: Any, field: str, env: Mapping[str, str]) -> Capture:
+def default_max_identities(max_tenants: int) -> int:
+    """capture.max_identities when the file gives none: every admitted tenant on both sides,
+    plus room for a tick's claimed junk values, at least MIN_DEFAULT_IDENTITIES."""
+    return max(MIN_DEFAULT_IDENTITIES, 2 * max_tenants + JUNK_IDENTITIES)
+
+
+def _parse_capture(value: Any, field: str, env: Mapping[str, str],
+                   max_tenants: int = 1000) -> Capture:
     m = _mapping(value, field)
     _check_keys(m, ("latency_buckets", "tick_seconds", "max_connections", "rescan_seconds",
                     "slow_request_seconds", "slow_requests_per_second", "tls",
-                    "tokens_per_second", "h2_budget_ms_per_tick"), field)
+                    "tokens_per_second", "h2_budget_ms_per_tick", "max_identities"), field)
     f = f"{field}.latency_buckets"
     items = _list(m.get("latency_buckets", DEFAULT_LATENCY_BUCKETS), f)
     if not 1 <= len(items) <= MAX_LATENCY_BUCKETS:
@@ -785,6 +805,8 @@ def _parse_capture(value: Any, field: str, env: Mapping[str, str]) -> Capture:
                                1, 100000),
         h2_budget_ms_per_tick=_number(m.get("h2_budget_ms_per_tick", 250.0),
                                       f"{field}.h2_budget_ms_per_tick", 1.0, 60000.0),
+        max_identities=_int(m.get("max_identities", default_max_identities(max_tenants)),
+                            f"{field}.max_identities", 1024, MAX_IDENTITIES_LIMIT),
     )
 
 

@@ -6,6 +6,7 @@ kernel (HttpProbes.drain) -> identity (IdentityResolver, inside the Aggregator)
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import logging
@@ -20,7 +21,7 @@ import threading
 import time
 from typing import Any
 
-from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client import Histogram, ProcessCollector
 
 from tenantwatch import __version__
 from tenantwatch.aggregation import Aggregator
@@ -35,6 +36,7 @@ from tenantwatch.errors import ConfigError
 from tenantwatch.exporters import ApiServer, TenantCollector, tenants_payload
 from tenantwatch.exporters.detection import DetectionCollector, hotspots_payload
 from tenantwatch.exporters.enforcement import EnforcementCollector
+from tenantwatch.exporters.exposition import Exposition
 from tenantwatch.exporters.isolation import IsolationCollector
 from tenantwatch.exporters.isolation import report as report_breaches
 from tenantwatch.exporters.otel import OtelMetricsExporter, otel_requested
@@ -56,6 +58,12 @@ log = logging.getLogger(__name__)
 SWEEP_EVERY_TICKS = 10
 # /healthz turns unhealthy when the tick loop has not completed for this many ticks.
 STALL_TICKS = 5
+# glibc's mallopt(M_MMAP_THRESHOLD): allocations this big get their own mapping, returned when
+# freed (fixed_mmap_threshold)
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 256 * 1024
+# tenantwatch_tick_duration_seconds: from 5 ms (a quiet node) to 5 s (a tick that overran)
+TICK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 def sd_notify(message: str) -> bool:
@@ -124,6 +132,7 @@ class Daemon:
             process_names=[t.process for t in config.targets],
             latency_bounds_seconds=config.capture.latency_buckets,
             max_connections=config.capture.max_connections,
+            max_identities=config.capture.max_identities,
             slow_request_seconds=config.capture.slow_request_seconds,
             slow_requests_per_cpu_per_second=config.capture.slow_requests_per_second,
             tokens_per_cpu_per_second=config.capture.tokens_per_second,
@@ -162,20 +171,28 @@ class Daemon:
             tenant_of_pid=self.placer.tenant_of_pid if self.placer else None,
             protected={default} if default else (),
             quota_source=self.tenant_registry.quotas if self.tenant_registry else None)
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(TenantCollector(self.snapshot, {
+        self.exposition = Exposition()  # /metrics: these collectors, in this order
+        self.registry = self.exposition.registry
+        metrics = self.exposition
+        metrics.register(TenantCollector(self.snapshot, {
             "version": __version__, "kernel": platform.release()},
             jwt_counts=(lambda: total_counts(self.verifiers)) if self.verifiers else None))
-        self.registry.register(DetectionCollector(lambda: self.detection))
-        self.registry.register(EnforcementCollector(self.enforcer.payload))
+        metrics.register(DetectionCollector(lambda: self.detection))
+        metrics.register(EnforcementCollector(self.enforcer.payload))
         if self.tenant_registry is not None:
-            self.registry.register(RegistryCollector(self.tenant_registry.status))
+            metrics.register(RegistryCollector(self.tenant_registry.status))
         if self.isolation is not None:
-            self.registry.register(IsolationCollector(self.isolation.totals))
+            metrics.register(IsolationCollector(self.isolation.totals))
         # the daemon's own CPU, memory and file descriptors (process_*), from /proc/self
-        ProcessCollector(registry=self.registry)
+        metrics.register(ProcessCollector(registry=None))
+        # how long each tick takes (drain, resolve, aggregate, detect, enforce): a tick that
+        # runs late delays every number (alert TenantwatchTickSlow)
+        self.tick_duration = metrics.register(Histogram(
+            "tenantwatch_tick_duration_seconds",
+            "Time one tick took: kernel drain, identity resolution, aggregation, detection and "
+            "enforcement", buckets=TICK_BUCKETS, registry=None))
         self.api = ApiServer(config.listen_host, config.listen_port, self.snapshot, self.health,
-                             self.registry,
+                             self.exposition,
                              extra_routes={
                                  "/api/v1/hotspots": lambda: hotspots_payload(self.detection),
                                  "/api/v1/tenants": self.tenants_document,
@@ -313,6 +330,13 @@ class Daemon:
                 and _is_process(t)}
 
     def tick(self) -> None:
+        started = time.monotonic()
+        try:
+            self._tick()
+        finally:
+            self.tick_duration.observe(time.monotonic() - started)
+
+    def _tick(self) -> None:
         self._ticks += 1
         if self._ticks % max(1, int(self.config.capture.rescan_seconds
                                     / self.config.capture.tick_seconds)) == 0:
@@ -346,6 +370,7 @@ class Daemon:
         for fd in self._wake_fds:
             os.set_blocking(fd, False)
         self._install_signals()
+        fixed_mmap_threshold()
         try:
             self.start()
             self.loop()
@@ -499,6 +524,18 @@ class Daemon:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, hup)
+
+
+def fixed_mmap_threshold(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
+    """Have glibc map every allocation of ``threshold`` bytes or more on its own, and unmap it
+    when freed.  By default glibc raises that threshold after the first big free (up to 32 MiB),
+    so a /metrics body of 50 MB (10k tenants) stays in the heap after each scrape: ~100 MB more
+    RSS (bench/scale.py).  False where it cannot be set (not glibc)."""
+    try:
+        libc = ctypes.CDLL(None)
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
+    except (OSError, AttributeError):
+        return False
 
 
 def apply_logging(fmt: str | None, level: str) -> None:

@@ -82,7 +82,8 @@
 #define TW_LOST_BREACH_RATE_LIMITED 16 /* an isolation breach not sent as an event: over the rate */
 #define TW_LOST_BREACH_BUFFER_FULL 17 /* an isolation-breach event did not fit the ring/perf buffer */
 #define TW_LOST_BREACH_MAP_FULL   18  /* a breach's (requester, served) pair did not fit tw_breach */
-#define TW_LOST_MAX               19
+#define TW_LOST_CLOSE_MAP_FULL    19  /* a close did not fit its identity's entry nor tw_closes */
+#define TW_LOST_MAX               20
 
 /* Run-queue delay buckets (wakeup -> running of target threads): bounds in
  * tw_ctl.runq_bounds_ns, exported as tenantwatch_runqueue_delay_seconds. */
@@ -106,6 +107,20 @@ struct tw_agg_key {
 	__u64 key;   /* keyed hash of (value, source, flags); or a TW_KEY_* */
 	__u32 side;  /* TW_SIDE_* */
 	__u32 _pad;
+};
+
+/* A connection's close counted apart from the aggregate maps (tw_closes): when the identity it
+ * opened under has no entry this tick and the map is full, the close still goes to that same
+ * key, never to the overflow entry, so that connections_active comes back to 0. */
+struct tw_close_key {
+	__u64 key;   /* the connection's conn_key */
+	__u32 side;  /* TW_SIDE_* */
+	__u32 gen;   /* ctl.active when it was counted */
+};
+
+struct tw_close_val {
+	__u64 closed;
+	__u64 dur_ns;
 };
 
 #define TW_VALUE_UNKNOWN 0xffffffffu  /* value_len when the entry was created without the value */

@@ -27,9 +27,12 @@
  * (docs/limits.md: the head bytes that makes) or 32 messages; the rest is counted
  * lost(scan_budget). */
 #define TW_MAX_TAILS 32
-/* Distinct identities per tick (both sides).  4096 covers max_tenants=1000 with
- * room for claimed junk values; a flood beyond it folds into __other__. */
+/* Distinct identities per tick (both sides): set by the loader from capture.max_identities
+ * (by default twice tenancy.max_tenants plus 2048 for claimed junk values, at least 4096);
+ * a flood beyond it folds into __other__. */
+#ifndef TW_MAX_IDENTITIES
 #define TW_MAX_IDENTITIES 4096
+#endif
 /* Slots for syscall arguments (a power of two: the slot is tid & (N - 1)). */
 #define TW_MAX_THREADS 16384
 /* Traced processes. */

@@ -48,8 +48,10 @@ NS_PER_SECOND = 1_000_000_000
 # How far a loss reaches (docs/detection.md, "Completeness").  Losses of sampled events
 # (slow-request spans, isolation-breach events) and of breach pairs (their total is in
 # tw_iso): no request, byte or CPU count is missing.
+# A close that fit nowhere (close_map_full) leaves one connection counted as open: no request,
+# byte or CPU count is missing either.
 SAMPLING_LOSSES = frozenset({"slow_rate_limited", "slow_buffer_full", "breach_rate_limited",
-                             "breach_buffer_full", "breach_map_full"})
+                             "breach_buffer_full", "breach_map_full", "close_map_full"})
 # Counts and CPU that went nowhere, or under a reserved label (__other__ for a full identity
 # or CPU map; an untracked connection's CPU goes to __unattributed__): never charged to a wrong
 # tenant, so a tenant's share measured with them is at most its true share.  They hold back no
@@ -95,6 +97,7 @@ class _Totals:
     connections_opened: int = 0
     connections_closed: int = 0
     connections_duration_ns: int = 0
+    connections_active: int = 0  # kept by the connection ledger (Aggregator._connections)
     cpu_ns: int = 0
 
     def __post_init__(self) -> None:
@@ -157,11 +160,6 @@ class _TickDeltas:
     cpus: dict[int, dict[str, float]] = field(default_factory=dict)
 
 
-def _sort_key(item: tuple[tuple[str, Side], _Totals]) -> tuple[str, str]:
-    (tenant, side), _ = item
-    return tenant, side.value
-
-
 class Aggregator:
     """Cumulative per-(tenant, side) counters since the daemon started, minus expired tenants."""
 
@@ -177,6 +175,17 @@ class Aggregator:
         self._clock = clock
         self._lock = threading.Lock()  # serialises apply(); readers use self._latest
         self._totals: dict[tuple[str, Side], _Totals] = {}
+        # The connection ledger: (kernel key, side) -> [the tenant its connections were opened
+        # under, how many are open].  A close goes to the tenant of its open, whatever the key
+        # resolves to by then (an evicted key, an expired tenant), so that connections_active
+        # is exact and comes back to 0.  One entry per identity with open connections: bounded
+        # by capture.max_connections.
+        self._connections: dict[tuple[int, Side], list] = {}
+        # The snapshot's rows, rebuilt only for the (tenant, side) pairs a tick touched: with
+        # 10k tenants, rebuilding them all every tick cost ~200 ms (bench/scale.py).
+        self._rows: dict[tuple[str, Side], TenantSideStats] = {}
+        self._dirty: set[tuple[str, Side]] = set()
+        self._order: list[tuple[str, Side]] = []  # sorted keys of _rows; [] when stale
         self._identity_rejected: dict[str, int] = {}
         self._events_lost: dict[str, int] = {}
         self._probes: dict[str, bool] = {}
@@ -217,8 +226,11 @@ class Aggregator:
             self._ticks += 1
             forgotten = set(self._resolver.expire())
             if forgotten:
-                for key in [k for k in self._totals if k[0] in forgotten]:
+                # a tenant with connections still open keeps its row (connections_active)
+                for key in [k for k, t in self._totals.items()
+                            if k[0] in forgotten and not t.connections_active]:
                     del self._totals[key]
+                    self._dirty.add(key)
                 log.debug("expired %d idle tenants", len(forgotten))
             self._latest = self._build_snapshot()
 
@@ -281,10 +293,13 @@ class Aggregator:
         self._backends = dict(host.backends)
 
     def _totals_of(self, tenant: str, side: Side) -> _Totals:
-        totals = self._totals.get((tenant, side))
+        """The totals of (tenant, side), created if new; marked for the next snapshot."""
+        key = (tenant, side)
+        totals = self._totals.get(key)
         if totals is None:
             totals = _Totals(self._n_buckets)
-            self._totals[(tenant, side)] = totals
+            self._totals[key] = totals
+        self._dirty.add(key)
         return totals
 
     def _node_tick(self, tick: KernelTick, host: HostSample | None, d: _TickDeltas,
@@ -343,10 +358,9 @@ class Aggregator:
             self._identity_rejected[reason] = self._identity_rejected.get(reason, 0) + (
                 c.request_heads
             )
-        totals = self._totals.get((identity.tenant, c.side))
-        if totals is None:
-            totals = _Totals(self._n_buckets)
-            self._totals[(identity.tenant, c.side)] = totals
+        if c.connections_opened or c.connections_closed:
+            self._ledger(c, identity.tenant)
+        totals = self._totals_of(identity.tenant, c.side)
         if identity.trust is Trust.TRUSTED and (c.request_heads or any(c.requests_by_class)):
             totals.trusted = True
         if len(c.requests_by_class) == len(STATUS_CLASSES):
@@ -362,9 +376,27 @@ class Aggregator:
             totals.latency_sum_ns += c.latency_sum_ns
         else:
             self._warn_shape("latency_buckets", len(c.latency_buckets), self._n_buckets)
-        totals.connections_opened += c.connections_opened
-        totals.connections_closed += c.connections_closed
+
+    def _ledger(self, c: IdentityCounts, tenant: str) -> None:
+        """Count c's opens and closes under the tenant its key's connections were opened
+        under (``tenant`` for a key with none open).  A close without an open (a connection
+        that predates a restart of the ledger) counts as closed, not below 0."""
+        entry = self._connections.get((c.key, c.side))
+        if entry is None:
+            entry = [tenant, 0]
+        label = entry[0]
+        opened, closed = c.connections_opened, c.connections_closed
+        totals = self._totals_of(label, c.side)
+        totals.connections_opened += opened
+        totals.connections_closed += closed
         totals.connections_duration_ns += c.connections_duration_ns
+        open_now = max(0, entry[1] + opened - closed)
+        totals.connections_active = max(0, totals.connections_active + open_now - entry[1])
+        if open_now:
+            entry[1] = open_now
+            self._connections[(c.key, c.side)] = entry
+        else:
+            self._connections.pop((c.key, c.side), None)
 
     def _warn_shape(self, what: str, got: int, want: int) -> None:
         # A mismatch means kernel and user space disagree on the ABI: say it once, skip the field.
@@ -372,26 +404,38 @@ class Aggregator:
             self._shape_warned = True
             log.warning("kernel sent %d %s, expected %d; ignoring them", got, what, want)
 
-    def _build_snapshot(self) -> Snapshot:
-        tenants = tuple(
-            TenantSideStats(
-                tenant=tenant,
-                side=side,
-                trusted=t.trusted,
-                requests_by_class=MappingProxyType(dict(zip(STATUS_CLASSES, t.requests_by_class))),
-                rx_bytes=t.rx_bytes,
-                tx_bytes=t.tx_bytes,
-                latency_buckets=_cumulative(t.latency_buckets),
-                latency_sum_seconds=t.latency_sum_ns / NS_PER_SECOND,
-                connections_opened=t.connections_opened,
-                # closed > opened happens for connections that predate the daemon
-                connections_active=max(0, t.connections_opened - t.connections_closed),
-                cpu_seconds=t.cpu_ns / NS_PER_SECOND,
-                connections_closed=t.connections_closed,
-                connection_seconds=t.connections_duration_ns / NS_PER_SECOND,
-            )
-            for (tenant, side), t in sorted(self._totals.items(), key=_sort_key)
+    def _row(self, tenant: str, side: Side, t: _Totals) -> TenantSideStats:
+        return TenantSideStats(
+            tenant=tenant,
+            side=side,
+            trusted=t.trusted,
+            requests_by_class=MappingProxyType(dict(zip(STATUS_CLASSES, t.requests_by_class))),
+            rx_bytes=t.rx_bytes,
+            tx_bytes=t.tx_bytes,
+            latency_buckets=_cumulative(t.latency_buckets),
+            latency_sum_seconds=t.latency_sum_ns / NS_PER_SECOND,
+            connections_opened=t.connections_opened,
+            connections_active=t.connections_active,
+            cpu_seconds=t.cpu_ns / NS_PER_SECOND,
+            connections_closed=t.connections_closed,
+            connection_seconds=t.connections_duration_ns / NS_PER_SECOND,
         )
+
+    def _build_snapshot(self) -> Snapshot:
+        rows = self._rows
+        for key in self._dirty:
+            t = self._totals.get(key)
+            if t is None:
+                if rows.pop(key, None) is not None:
+                    self._order = []
+            else:
+                if key not in rows:
+                    self._order = []
+                rows[key] = self._row(key[0], key[1], t)
+        self._dirty.clear()
+        if not self._order and rows:
+            self._order = sorted(rows, key=lambda k: (k[0], k[1].value))
+        tenants = tuple(rows[k] for k in self._order)
         return Snapshot(
             tenants=tenants,
             latency_bounds_seconds=self._bounds,

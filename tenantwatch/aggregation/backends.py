@@ -30,14 +30,19 @@ class BackendCpuReader:
         self.root = root
         self._clock = clock
         self._exists: dict[str, tuple[float, bool]] = {}
+        self._parent: tuple[float, bool] | None = None
 
     def path(self, tenant: str) -> str:
         p = self.template.format(tenant=tenant)
         return os.path.join(self.root, p.lstrip("/")) if self.root != "/" else p
 
     def read(self, tenants: Iterable[str]) -> dict[str, BackendUsage]:
-        out = {}
+        out: dict[str, BackendUsage] = {}
         now = self._clock()
+        tenants = tuple(tenants)
+        if not self._parent_exists(now):
+            self._exists.clear()
+            return out  # no tenant cgroup can exist: not one stat per tenant (10k tenants)
         for tenant in tenants:
             seen = self._exists.get(tenant)
             if seen is None or now - seen[0] > EXISTS_TTL_SECONDS:
@@ -51,6 +56,16 @@ class BackendCpuReader:
         for gone in set(self._exists) - set(tenants):
             del self._exists[gone]
         return out
+
+    def _parent_exists(self, now: float) -> bool:
+        """Does the directory that holds the tenants' cgroups exist (checked with the same TTL)?
+        For the default template, /sys/fs/cgroup/tenants.slice."""
+        parent = os.path.dirname(self.path("\0").split("\0", 1)[0] + "x")
+        seen = self._parent
+        if seen is None or now - seen[0] > EXISTS_TTL_SECONDS:
+            seen = (now, os.path.isdir(parent))
+            self._parent = seen
+        return seen[1]
 
     def _read_one(self, path: str) -> BackendUsage | None:
         stat = _kv(os.path.join(path, "cpu.stat"))

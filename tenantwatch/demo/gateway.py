@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -163,6 +164,8 @@ class NginxGateway:
         ssl_certificate: str | Path | None = None,
         ssl_certificate_key: str | Path | None = None,
         cpu_affinity: str | None = None,
+        worker_connections: int = 1024,
+        reuseport: bool = False,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         # nginx's worker_cpu_affinity (a bitmask per worker, e.g. "10": CPU 1), for benchmarks
@@ -171,6 +174,13 @@ class NginxGateway:
                 m and set(m) <= {"0", "1"} for m in cpu_affinity.split()):
             raise GatewayError(f"cpu_affinity {cpu_affinity!r}: bitmasks of 0 and 1 expected")
         self.cpu_affinity = cpu_affinity
+        # Connections per worker (client and upstream ones together).  Past ~1000 a worker also
+        # needs the open-file limit raised (worker_rlimit_nofile, set to twice this); this
+        # machine's hard limit is 20 000 per process, so big tests spread over several workers.
+        # reuseport gives each worker its own listening socket: the kernel spreads connections
+        # evenly instead of waking whichever worker is idle.
+        self.worker_connections = int(worker_connections)
+        self.reuseport = bool(reuseport)
         self.listen_port = int(listen_port)
         self.upstream_port = int(upstream_port)
         self.workers = int(workers)
@@ -222,9 +232,10 @@ worker_processes {self.workers};
 {f"worker_cpu_affinity {self.cpu_affinity};" if self.cpu_affinity else ""}
 pid {self.pid_path};
 error_log {self.error_log} warn;
+{f"worker_rlimit_nofile {self._nofile()};" if self.worker_connections > 1024 else ""}
 
 events {{
-    worker_connections 1024;
+    worker_connections {self.worker_connections};
 }}
 
 http {{
@@ -257,7 +268,7 @@ http {{
 {self.extra_http}
 
     server {{
-        listen {self.host}:{self.listen_port};
+        listen {self.host}:{self.listen_port}{" reuseport" if self.reuseport else ""};
         {tls}keepalive_requests 100000;
 
         location = /direct {{
@@ -285,6 +296,12 @@ http {{
     }}
 }}
 """
+
+    def _nofile(self) -> int:
+        """Open files per worker: twice its connections, within the hard limit."""
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        want = 2 * self.worker_connections
+        return want if hard == resource.RLIM_INFINITY else min(want, hard)
 
     def write_config(self) -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)

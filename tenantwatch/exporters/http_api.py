@@ -40,6 +40,7 @@ from tenantwatch import __version__
 from tenantwatch.aggregation.aggregator import estimate_quantile
 from tenantwatch.aggregation.records import Snapshot, TenantSideStats
 from tenantwatch.errors import TenantwatchError
+from tenantwatch.exporters.exposition import Exposition
 from tenantwatch.exporters.web_config import WebConfig
 
 log = logging.getLogger(__name__)
@@ -135,8 +136,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self.end_headers()
                 return
             if path == "/metrics":
-                encoder, content_type = choose_encoder(self.headers.get("Accept"))
-                self._send(HTTPStatus.OK, encoder(api.registry), content_type,
+                if isinstance(api.registry, Exposition):
+                    body, content_type = api.registry.encode(self.headers.get("Accept"))
+                else:
+                    encoder, content_type = choose_encoder(self.headers.get("Accept"))
+                    body = encoder(api.registry)
+                self._send(HTTPStatus.OK, body, content_type,
                            compress=_accepts_gzip(self.headers.get("Accept-Encoding")))
                 return
             if path == "/":
@@ -202,7 +207,7 @@ class ApiServer:
         port: int,
         get_snapshot: Callable[[], Snapshot | None],
         get_health: Callable[[], Mapping[str, Any]],
-        registry: CollectorRegistry,
+        registry: CollectorRegistry | Exposition,
         extra_routes: Mapping[str, JsonRoute] | None = None,
         web: WebConfig | None = None,
     ) -> None:

@@ -138,14 +138,15 @@ class IdentityResolver:
     def resolve(self, key: int, raw_value: bytes | None, source_index: int, flags: ValueFlag,
                 side: Side) -> TenantIdentity:
         """The tenant of one kernel identity key (see the module docstring for the rules)."""
+        if raw_value is None and not flags:
+            # The kernel created this entry without the value (a response, or bytes, that
+            # arrived in a later tick than the request head): the key alone says who it is.
+            # First: the most common call, and no flag test (IntFlag operations are slow).
+            return self._from_cache(key)
         if flags & ValueFlag.OVERFLOW:
             return TenantIdentity(OTHER, Trust.NONE, "kernel_overflow")
         if flags & ValueFlag.UNATTRIBUTED:  # tenantwatch/h2: a connection it could not decode
             return TenantIdentity(UNATTRIBUTED, Trust.NONE, "h2_lost")
-        if raw_value is None and not flags:
-            # The kernel created this entry without the value (a response, or bytes, that
-            # arrived in a later tick than the request head): the key alone says who it is.
-            return self._from_cache(key)
         if flags & _BAD_FLAGS:
             reason = next(r for f, r in _FLAG_REASONS if flags & f)
             verdict = TenantIdentity(INVALID, Trust.NONE, reason)

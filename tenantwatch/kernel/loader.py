@@ -51,6 +51,10 @@ PARSE_WINDOWS = (64, 28, 16)
 # one: a probe that read the old index finishes within microseconds (a full chain
 # of 33 tail calls parses at most 8 KiB), so 10 ms is a wide grace period.
 FLIP_GRACE_SECONDS = 0.01
+# tw_cpu (cpu.c) holds, per generation, four (process, CPU, side) entries per identity of
+# capture.max_identities, and at least MIN_CPU_ENTRIES: 2 x 4 x 22k x ~80 B = 14 MB at 10k tenants.
+CPU_ENTRIES_PER_IDENTITY = 4
+MIN_CPU_ENTRIES = 16384
 # Whole bearer tokens kept in user space (up to TOKEN_MAX bytes each: at most 16 MiB).
 MAX_TOKENS = 4096
 
@@ -99,6 +103,12 @@ class KernelResponseCheck:
     events_per_cpu_per_second: int = 20
 
 
+def cpu_entries(max_identities: int) -> int:
+    """Entries of one generation of tw_cpu (identity, process, CPU, side): four per identity,
+    at least 16384."""
+    return max(MIN_CPU_ENTRIES, CPU_ENTRIES_PER_IDENTITY * max_identities)
+
+
 class HttpProbes:
     """The HTTP capture: one bcc module, its tracepoints, and its maps."""
 
@@ -108,6 +118,7 @@ class HttpProbes:
         process_names: Sequence[str],
         latency_bounds_seconds: Sequence[float],
         max_connections: int = 65536,
+        max_identities: int = 4096,
         slow_request_seconds: float = 0.0,
         slow_requests_per_cpu_per_second: int = 20,
         tokens_per_cpu_per_second: int = 100,
@@ -127,6 +138,7 @@ class HttpProbes:
         self.process_names = tuple(process_names)
         self.bounds = tuple(latency_bounds_seconds)
         self.max_connections = max_connections
+        self.max_identities = max_identities
         self.slow_ns = round(slow_request_seconds * 1e9)
         self.slow_rate = slow_requests_per_cpu_per_second
         self._slow: list[SlowRequest] = []
@@ -160,6 +172,8 @@ class HttpProbes:
             f"-I{bpf_dir() / 'include'}",
             f"-I{bpf_dir()}",
             f"-DTW_MAX_CONNS={int(self.max_connections)}",
+            f"-DTW_MAX_IDENTITIES={int(self.max_identities)}",
+            f"-DTW_MAX_CPU_ENTRIES={cpu_entries(self.max_identities)}",
             f"-DTW_TARGET_WORDS={self._target_words}",
         ]
         if kernel_version() >= (5, 5):
@@ -433,6 +447,7 @@ class HttpProbes:
         table = b[b"tw_agg1" if old else b"tw_agg0"]
         rows = self._read_and_clear(table)
         self._insert_overflow(table)
+        self._drain_closes(old)
         identities = tuple(_to_counts(k, v, len(self.bounds), self._tokens) for k, v in rows
                            if _has_counts(v)) + self._take_swept_closes()
         runq, runq_sum = self._runq_totals()
@@ -587,6 +602,22 @@ class HttpProbes:
         buckets = tuple(sum(int(x) for x in table[ct.c_int(i)]) for i in range(n + 1))
         total = sum(int(x) for x in table[ct.c_int(abi.RUNQ_BUCKETS + 1)])
         return buckets, total
+
+    def _drain_closes(self, gen: int) -> None:
+        """Closes the kernel counted in tw_closes (their identity had no room in a full
+        aggregate map) in the generation it no longer writes: added to the swept closes, under
+        the same key."""
+        table = self._bpf[b"tw_closes"]
+        for k, v in list(table.items()):
+            if k.gen != gen:
+                continue
+            acc = self._swept_closes.setdefault((int(k.key), int(k.side)), [0, 0])
+            acc[0] += int(v.closed)
+            acc[1] += int(v.dur_ns)
+            try:
+                del table[k]
+            except KeyError:
+                pass
 
     def _take_swept_closes(self) -> tuple[IdentityCounts, ...]:
         nb = len(self.bounds) + 1

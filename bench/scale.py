@@ -1,0 +1,259 @@
+#!/usr/bin/env python3
+"""The seed's node at full size: many concurrent connections and tenants through one nginx.
+
+nginx (comm `nginx`, the daemon's target; `--workers` workers with reuseport) proxies `/up` to
+an untraced upstream nginx (`tw-bench-upstream`).  `--processes` client processes
+(tenantwatch.demo.many_clients) open `--connections` keep-alive connections between them, from
+loopback addresses 127.10x.y.z, and send one request each naming one of `--tenants` tenants in
+X-Tenant-ID (`--requests` per connection), as fast as nginx accepts them; the connections are
+held open, measured, then closed and measured again.
+
+    sudo .venv/bin/python bench/scale.py                          # 50k connections, 10k tenants
+    sudo .venv/bin/python bench/scale.py --connections 100000 --processes 8   # 2x
+    sudo .venv/bin/python bench/scale.py --server-histograms off  # the scrape without them
+
+Prints: the time to open and answer every connection, the requests counted per side against
+those sent (exact per tenant or not), connections_active while open and after close, events
+lost by reason, the daemon's tick duration (from tenantwatch_tick_duration_seconds), RSS,
+/metrics size and scrape time.  Numbers only; it asserts nothing (tests/e2e/test_scale.py does
+at the default size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from nginx_ab import (  # noqa: E402 - after the path insert
+    BenchError,
+    Daemon,
+    default_tenantwatch,
+    free_port,
+    http_get,
+    parse_metrics,
+    start_upstream,
+)
+
+from tenantwatch.demo.gateway import NginxGateway  # noqa: E402
+from tenantwatch.demo.many_clients import ClientFleet  # noqa: E402
+
+DAEMON_CONFIG = """\
+listen: "127.0.0.1:{port}"
+targets: [{{process: nginx}}]
+tenancy:
+  max_tenants: {max_tenants}
+  sources:
+    - {{header: X-Tenant-Context, side: client, trusted: true}}
+    - {{header: X-Tenant-ID, side: server}}
+capture:
+  max_connections: {max_connections}
+"""
+SERVER_HISTOGRAMS = "exporters: {{server_histograms: {value}}}\n"
+SETTLE_S = 30.0
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def rss_text(pid: int) -> str:
+    return (f"RSS {rss_mb(pid):.0f} MB (anonymous {rss_mb(pid, 'RssAnon'):.0f}, "
+            f"file-backed {rss_mb(pid, 'RssFile'):.0f})")
+
+
+def scrape(url: str) -> tuple[dict, float, int]:
+    t0 = time.monotonic()
+    status, body = http_get(url + "/metrics", timeout=30.0)
+    took = time.monotonic() - t0
+    if status != 200:
+        raise BenchError(f"GET /metrics -> {status}")
+    return parse_metrics(body), took, len(body.encode())
+
+
+def per_tenant(m: dict, name: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for labels, v in m.get(name, []):
+        out[labels["tenant"]] = out.get(labels["tenant"], 0) + int(v)
+    return out
+
+
+def total(m: dict, name: str, **match: str) -> float:
+    return sum(v for labels, v in m.get(name, [])
+               if all(labels.get(k) == want for k, want in match.items()))
+
+
+def tick_hist(m: dict) -> tuple[float, float, dict[float, float]]:
+    """(count, sum, cumulative count by bound) of tenantwatch_tick_duration_seconds."""
+    return (total(m, "tenantwatch_tick_duration_seconds_count"),
+            total(m, "tenantwatch_tick_duration_seconds_sum"),
+            {float(lb["le"]): v for lb, v in m.get("tenantwatch_tick_duration_seconds_bucket", [])})
+
+
+def tick_stats(m: dict, since: dict | None = None) -> str:
+    """The ticks between two scrapes (or since start): how many, mean, the bound all were under."""
+    count, total_s, buckets = tick_hist(m)
+    if since is not None:
+        c0, s0, b0 = tick_hist(since)
+        count, total_s = count - c0, total_s - s0
+        buckets = {le: v - b0.get(le, 0) for le, v in buckets.items()}
+    if not count:
+        return "no ticks (or no tenantwatch_tick_duration_seconds)"
+    worst = next((le for le, v in sorted(buckets.items()) if v >= count), float("inf"))
+    within = buckets.get(0.1, 0) / count
+    return (f"{count:.0f} ticks, mean {total_s / count * 1000:.1f} ms, all <= {worst * 1000:g} ms, "
+            f"{within:.0%} <= 100 ms")
+
+
+def settle(daemon: Daemon, want_server: int) -> tuple[dict, float, int]:
+    deadline = time.monotonic() + SETTLE_S
+    while True:
+        m, took, size = scrape(daemon.url)
+        got = total(m, "tenantwatch_http_server_requests_total")
+        if got >= want_server or time.monotonic() > deadline:
+            return m, took, size
+        time.sleep(1.0)
+
+
+def compare(name: str, got: dict[str, int], want: dict[str, int]) -> None:
+    wrong = {t for t in set(got) | set(want) if got.get(t, 0) != want.get(t, 0)}
+    print(f"  {name:<7} counted {sum(got.values())} of {sum(want.values())}; tenants exact "
+          f"{len(set(want) - wrong)} of {len(want)}; other labels "
+          f"{ {t: got[t] for t in sorted(set(got) - set(want))} }")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--connections", type=int, default=50000)
+    p.add_argument("--tenants", type=int, default=10000)
+    p.add_argument("--processes", type=int, default=4)
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--requests", type=int, default=1)
+    p.add_argument("--max-connections", type=int, default=131072,
+                   help="capture.max_connections (both legs share it) [131072]")
+    p.add_argument("--server-histograms", choices=("on", "off"), default=None)
+    p.add_argument("--tenantwatch", default=default_tenantwatch())
+    p.add_argument("--hold", type=float, default=3.0, help="seconds the connections stay open "
+                   "after being counted [3]")
+    p.add_argument("--json", help="also write the results here")
+    p.add_argument("--profile", metavar="SVG", help="py-spy record the daemon while the "
+                   "connections are open (needs py-spy on PATH)")
+    args = p.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench/scale.py needs root (the daemon loads BPF programs)", file=sys.stderr)
+        return 2
+    per_worker = -(-args.connections // args.workers) + 1024
+    results: dict = {"args": vars(args)}
+    with tempfile.TemporaryDirectory(prefix="tw-scale-") as tmp_s:
+        tmp = Path(tmp_s)
+        upstream = start_upstream(tmp, free_port(), "small")
+        gw = NginxGateway(tmp / "gw", free_port(), upstream.listen_port, workers=args.workers,
+                          worker_connections=per_worker, reuseport=True)
+        gw.start()
+        port = free_port()
+        cfg = tmp / "tw.yaml"
+        text = DAEMON_CONFIG.format(port=port, max_tenants=max(args.tenants, 1000),
+                                    max_connections=args.max_connections)
+        if args.server_histograms:
+            text += SERVER_HISTOGRAMS.format(value="true" if args.server_histograms == "on"
+                                             else "false")
+        cfg.write_text(text)
+        daemon = Daemon(args.tenantwatch, cfg, port, tmp / "tw.log")
+        fleet = ClientFleet(gw.listen_port, args.connections, args.tenants, args.processes,
+                            path="/up", requests=args.requests)
+        try:
+            daemon.start()
+            assert daemon.proc is not None
+            rss0 = rss_mb(daemon.proc.pid)
+            print(f"daemon ready, {rss_text(daemon.proc.pid)}; opening {args.connections} connections "
+                  f"({args.processes} processes, {args.tenants} tenants, {args.workers} workers)",
+                  flush=True)
+            with fleet:
+                opened = fleet.open()
+                print(f"clients: {opened['open']} open, {opened['ok']} answered in "
+                      f"{opened['seconds']:.1f} s, failed {opened['failed']} {opened['errors']}",
+                      flush=True)
+                want = fleet.expected()
+                spy = None
+                if args.profile:
+                    spy = subprocess.Popen(["py-spy", "record", "-o", args.profile, "-d", "20",
+                                            "-p", str(daemon.proc.pid)],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                burst, took, size = settle(daemon, sum(want.values()))
+                time.sleep(args.hold)
+                if spy is not None:
+                    spy.wait()
+                m, took, size = scrape(daemon.url)
+                server = per_tenant(m, "tenantwatch_http_server_requests_total")
+                client = per_tenant(m, "tenantwatch_http_client_requests_total")
+                print("while open:")
+                compare("server", server, want)
+                compare("client", client, want)
+                active_s = total(m, "tenantwatch_connections_active", side="server")
+                active_c = total(m, "tenantwatch_connections_active", side="client")
+                lost = {lb.get("reason"): int(v) for lb, v in
+                        m.get("tenantwatch_events_lost_total", []) if v}
+                rss_open = rss_mb(daemon.proc.pid)
+                print(f"  connections_active server {active_s:.0f} (open {opened['open']}), "
+                      f"client {active_c:.0f}")
+                conns = {t: n // args.requests for t, n in want.items()}
+                by_tenant = {lb["tenant"]: int(v) for lb, v in
+                             m.get("tenantwatch_connections_active", []) if lb["side"] == "server"}
+                off = {t: (by_tenant.get(t, 0), conns.get(t, 0)) for t in set(conns) | set(by_tenant)
+                       if by_tenant.get(t, 0) != conns.get(t, 0)}
+                if off:
+                    print(f"  connections_active off for {len(off)} tenants, e.g. "
+                          f"{dict(sorted(off.items())[:8])} (counted, open)")
+                print(f"  events lost {lost or 0}")
+                print(f"  ticks until counted (the burst): {tick_stats(burst)}")
+                print(f"  ticks while held: {tick_stats(m, burst)}")
+                print(f"  /metrics {size / 1e6:.1f} MB in {took:.2f} s; {rss_text(daemon.proc.pid)}",
+                      flush=True)
+                results["open"] = {
+                    "clients": opened, "server_counted": sum(server.values()),
+                    "client_counted": sum(client.values()), "sent": sum(want.values()),
+                    "server_exact": server == want, "client_exact": client == want,
+                    "active_server": active_s, "active_client": active_c, "lost": lost,
+                    "scrape_s": took, "scrape_bytes": size, "rss_mb": rss_open}
+                held = m
+                t0 = time.monotonic()
+                closed = fleet.close()
+                print(f"closed {closed} connections in {time.monotonic() - t0:.1f} s", flush=True)
+            deadline = time.monotonic() + SETTLE_S
+            while True:
+                time.sleep(2.0)
+                m, took, size = scrape(daemon.url)
+                active_s = total(m, "tenantwatch_connections_active", side="server")
+                if active_s == 0 or time.monotonic() > deadline:
+                    break
+            lost = {lb.get("reason"): int(v) for lb, v in
+                    m.get("tenantwatch_events_lost_total", []) if v}
+            print("after close:")
+            print(f"  connections_active server {active_s:.0f}, client "
+                  f"{total(m, 'tenantwatch_connections_active', side='client'):.0f}")
+            print(f"  events lost {lost or 0}")
+            print(f"  ticks after close: {tick_stats(m, held)}")
+            print(f"  {rss_text(daemon.proc.pid)}", flush=True)
+            results["closed"] = {"active_server": active_s, "lost": lost,
+                                 "rss_mb": rss_mb(daemon.proc.pid)}
+        finally:
+            daemon.stop()
+            gw.stop()
+            upstream.stop()
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
