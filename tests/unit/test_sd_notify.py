@@ -373,3 +373,43 @@ def test_sighup_reloads_at_once_and_sigterm_stops(tmp_path, notify, caplog, root
     assert keys == ["READY", "RELOADING", "READY", "STOPPING"]
     assert "reload: configuration unchanged" in caplog.text
     assert d._wake_fds is None and d.probes.closed
+
+
+class SweepProbes(FakeProbes):
+    """Targets as a test sets them; counts the connection-table walks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: set[int] = {10, 11}
+        self.sweeps: list[set[int]] = []
+
+    def targets(self) -> set[int]:
+        return set(self.live)
+
+    def forget_connections(self, live) -> int:
+        self.sweeps.append(set(live))
+        return 0
+
+
+def test_the_connection_table_is_walked_only_when_a_target_left(tmp_path):
+    from tenantwatch import daemon as daemon_module
+
+    probes = SweepProbes()
+    d = make_daemon(tmp_path, probes=probes)
+    every = daemon_module.SWEEP_EVERY_TICKS
+    d._ticks = daemon_module.SWEEP_BACKSTOP_TICKS  # away from the backstop's ticks
+    d._seen_targets = {10, 11}
+    d._ticks += every - d._ticks % every - 1
+    d._tick()  # a sweep tick, nobody left: no walk
+    assert probes.sweeps == []
+    probes.live = {10}  # 11 exited
+    for _ in range(every):
+        d._tick()
+    assert probes.sweeps == [{10}]
+    for _ in range(every):
+        d._tick()
+    assert probes.sweeps == [{10}]  # nobody left since
+    while d._ticks % daemon_module.SWEEP_BACKSTOP_TICKS:
+        d._tick()
+    assert probes.sweeps == [{10}, {10}]  # the backstop
+    d.api.stop()
