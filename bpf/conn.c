@@ -71,6 +71,7 @@ static __always_inline struct tw_conn *tw_conn_new(__u64 ck, __u32 side)
 		tw_lose(TW_LOST_CONN_MAP_FULL);
 		return 0;
 	}
+	tw_conn_counted(0);
 	return tw_conns.lookup(&ck);
 }
 

@@ -24,6 +24,9 @@ BPF_HASH(tw_agg1, struct tw_agg_key, struct tw_agg_val, TW_MAX_IDENTITIES);
 BPF_F_TABLE("hash", struct tw_close_key, struct tw_close_val, tw_closes,
 	    TW_MAX_CONNS + TW_MAX_IDENTITIES, BPF_F_NO_PREALLOC);
 BPF_PERCPU_ARRAY(tw_lost, __u64, TW_LOST_MAX);
+/* tw_conns' fill without walking it: entries created [0] and deleted [1], per CPU (user space
+ * adds its own deletes, the sweep's). */
+BPF_PERCPU_ARRAY(tw_conn_count, __u64, 2);
 BPF_PERCPU_ARRAY(tw_jobs, struct tw_job, 1);
 struct tw_window {
 	__u8 b[TW_READ + 8 * TW_SKIP_WORDS];  /* room for the word loads past the last byte */
@@ -98,6 +101,13 @@ BPF_PERF_OUTPUT(tw_breach_events);
 
 #define TW_FNV_PRIME1 0x100000001b3ull
 #define TW_FNV_PRIME2 0x9e3779b97f4a7c15ull
+
+static __always_inline void tw_conn_counted(__u32 what)
+{
+	__u64 *n = tw_conn_count.lookup(&what);
+	if (n)
+		*n += 1;
+}
 
 static __always_inline void tw_lose(__u32 reason)
 {

@@ -64,7 +64,8 @@ static __always_inline int tw_sendfile_exit(long ret)
 static __always_inline int tw_reset_fd(__u32 fd, __u32 side)
 {
 	__u64 ck = (bpf_get_current_pid_tgid() & 0xffffffff00000000ull) | fd;
-	tw_conns.delete(&ck);
+	if (tw_conns.delete(&ck) == 0)
+		tw_conn_counted(1);
 	tw_conn_new(ck, side);
 	if (side == TW_SIDE_SERVER)
 		tw_thread_set(0);  /* accepting is nobody's request yet */
@@ -106,6 +107,7 @@ static __always_inline int tw_close(void *ctx, __u32 fd)
 		if (c->opened)
 			tw_conn_close(ctl, c, bpf_ktime_get_ns());
 	}
-	tw_conns.delete(&ck);
+	if (tw_conns.delete(&ck) == 0)
+		tw_conn_counted(1);
 	return 0;
 }

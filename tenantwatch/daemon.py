@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Any
 
-from prometheus_client import Histogram, ProcessCollector
+from prometheus_client import ProcessCollector
 
 from tenantwatch import __version__
 from tenantwatch.aggregation import Aggregator
@@ -41,6 +41,7 @@ from tenantwatch.exporters.isolation import report as report_breaches
 from tenantwatch.exporters.otel import OtelMetricsExporter, otel_requested
 from tenantwatch.exporters.otel_traces import OtelSpanExporter, traces_requested
 from tenantwatch.exporters.registry import RegistryCollector
+from tenantwatch.exporters.self_metrics import tick_duration
 from tenantwatch.exporters.web_config import load_web_config
 from tenantwatch.h2 import H2Tracker
 from tenantwatch.identity import IdentityResolver
@@ -59,8 +60,8 @@ SWEEP_EVERY_TICKS = 10
 SWEEP_BACKSTOP_TICKS = 60
 # /healthz turns unhealthy when the tick loop has not completed for this many ticks.
 STALL_TICKS = 5
-# tenantwatch_tick_duration_seconds: from 5 ms (a quiet node) to 5 s (a tick that overran)
-TICK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# /healthz names a kernel table this full (alert TenantwatchKernelTableFull fires at the same)
+TABLE_FULL_RATIO = 0.9
 
 
 def sd_notify(message: str) -> bool:
@@ -182,12 +183,8 @@ class Daemon:
             metrics.register(IsolationCollector(self.isolation.totals))
         # the daemon's own CPU, memory and file descriptors (process_*), from /proc/self
         metrics.register(ProcessCollector(registry=None))
-        # how long each tick takes (drain, resolve, aggregate, detect, enforce): a tick that
-        # runs late delays every number (alert TenantwatchTickSlow)
-        self.tick_duration = metrics.register(Histogram(
-            "tenantwatch_tick_duration_seconds",
-            "Time one tick took: kernel drain, identity resolution, aggregation, detection and "
-            "enforcement", buckets=TICK_BUCKETS, registry=None))
+        # how long each tick takes: a tick that runs late delays every number
+        self.tick_duration = metrics.register(tick_duration())
         self.api = ApiServer(config.listen_host, config.listen_port, self.snapshot, self.health,
                              self.exposition,
                              extra_routes={
@@ -243,6 +240,11 @@ class Daemon:
             "events_lost_total": sum(lost.values()),
             "identity_rejected": dict(snap.identity_rejected),
             "drain_path": self.probes.drain_path,
+            # each kernel table's fill; "tables_full" names those at TABLE_FULL_RATIO or more
+            "tables": {name: {"entries": n, "capacity": cap}
+                       for name, (n, cap) in sorted(snap.tables.items())},
+            "tables_full": sorted(name for name, (n, cap) in snap.tables.items()
+                                  if cap and n >= TABLE_FULL_RATIO * cap),
             **({"registry": self.tenant_registry.status()}
                if self.tenant_registry is not None else {}),
         }

@@ -189,6 +189,7 @@ class Aggregator:
         self._identity_rejected: dict[str, int] = {}
         self._events_lost: dict[str, int] = {}
         self._probes: dict[str, bool] = {}
+        self._tables: dict[str, tuple[int, int]] = {}
         self._targets = 0
         self._ticks = 0
         self._shape_warned = False
@@ -222,6 +223,7 @@ class Aggregator:
             for reason, delta in tick.lost.items():
                 self._events_lost[reason] = self._events_lost.get(reason, 0) + delta
             self._probes = dict(tick.probes)
+            self._tables = dict(tick.tables)
             self._targets = tick.targets
             self._ticks += 1
             forgotten = set(self._resolver.expire())
@@ -442,6 +444,7 @@ class Aggregator:
             identity_rejected=MappingProxyType(dict(self._identity_rejected)),
             events_lost=MappingProxyType(dict(self._events_lost)),
             probes=MappingProxyType(dict(self._probes)),
+            tables=MappingProxyType(dict(self._tables)),
             targets=self._targets,
             ticks=self._ticks,
             ready=False,

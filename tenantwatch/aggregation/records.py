@@ -50,6 +50,8 @@ class Snapshot:
     runq_sum_seconds: float = 0.0
     psi_some_avg10: float | None = None  # /proc/pressure/cpu, percent; None when unavailable
     backends: Mapping[str, BackendUsage] = field(default_factory=dict)  # tenant's own cgroup
+    # the kernel's tables as of the last tick: name -> (entries, capacity) (KernelTick.tables)
+    tables: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

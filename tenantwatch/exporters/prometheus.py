@@ -139,7 +139,7 @@ class TenantCollector:
         )
         active = GaugeMetricFamily(
             PREFIX + "connections_active",
-            "Connections open now (opened minus closed since start, at least 0)",
+            "Connections open now, under the tenant of each one's first request",
             labels=["tenant", "side"],
         )
         opened = CounterMetricFamily(
@@ -199,6 +199,17 @@ class TenantCollector:
             labels=["tenant"],
         )
         targets = GaugeMetricFamily(PREFIX + "targets", "Gateway processes traced now")
+        table_entries = GaugeMetricFamily(
+            PREFIX + "kernel_table_entries",
+            "Entries in a kernel table: connections now; identities, cpu and closes as the last "
+            "tick used them (docs/limits.md)",
+            labels=["table"],
+        )
+        table_capacity = GaugeMetricFamily(
+            PREFIX + "kernel_table_capacity",
+            "Entries a kernel table holds (capture.max_connections, capture.max_identities)",
+            labels=["table"],
+        )
         ticks = CounterMetricFamily(
             PREFIX + "ticks_total", "Aggregation ticks completed since start"
         )
@@ -238,6 +249,9 @@ class TenantCollector:
                 pressure.add_metric([], snap.psi_some_avg10 / 100.0)
             targets.add_metric([], snap.targets)
             ticks.add_metric([], snap.ticks)
+            for table, (entries, capacity) in sorted(snap.tables.items()):
+                table_entries.add_metric([table], entries)
+                table_capacity.add_metric([table], capacity)
 
         return [
             requests[Side.SERVER],
@@ -260,6 +274,8 @@ class TenantCollector:
             probes,
             targets,
             ticks,
+            table_entries,
+            table_capacity,
             self._build_info_family(),
         ]
 

@@ -160,6 +160,7 @@ class HttpProbes:
         self._bits_written: dict[int, int] = {}  # bitmap words as last written
         # (conn_key, side) -> [closes, their summed lifetimes in ns]
         self._swept_closes: dict[tuple[int, int], list[int]] = {}
+        self._swept_deletes = 0  # tw_conns entries the sweep deleted (tw_conn_count: the kernel's)
         self.probes: dict[str, bool] = {}
         self.window = PARSE_WINDOWS[0]  # bytes per tw_parse run, as loaded
         self.tls = tls  # uprobes on the targets' libssl (SSL_read/SSL_write ...)
@@ -428,7 +429,8 @@ class HttpProbes:
                                                         [0, 0])
                     acc[0] += 1
                     acc[1] += max(0, now - int(head.open_ns))
-            lib.bpf_delete_elem(table.map_fd, ct.byref(k))
+            if lib.bpf_delete_elem(table.map_fd, ct.byref(k)) == 0:
+                self._swept_deletes += 1
         return len(stale)
 
     def connections(self) -> int:
@@ -447,7 +449,8 @@ class HttpProbes:
         table = b[b"tw_agg1" if old else b"tw_agg0"]
         rows = self._read_and_clear(table)
         self._insert_overflow(table)
-        self._drain_closes(old)
+        closes = self._drain_closes(old)
+        cpu = self._drain_cpu(old)
         identities = tuple(_to_counts(k, v, len(self.bounds), self._tokens) for k, v in rows
                            if _has_counts(v)) + self._take_swept_closes()
         runq, runq_sum = self._runq_totals()
@@ -455,11 +458,12 @@ class HttpProbes:
         self._breaches.clear()
         return KernelTick(identities=identities, lost=self._lost_deltas(),
                           targets=len(self.targets()), probes=dict(self.probes),
-                          monotonic_ns=time.monotonic_ns(), cpu=self._drain_cpu(old),
+                          monotonic_ns=time.monotonic_ns(), cpu=cpu,
                           runq_bounds_seconds=RUNQ_BOUNDS_SECONDS, runq_buckets=runq,
                           runq_sum_ns=runq_sum, slow=slow, h2=self._take_h2(),
                           isolation=self._isolation_deltas(),
-                          breaches=self._drain_breaches(old), breach_events=breach_events)
+                          breaches=self._drain_breaches(old), breach_events=breach_events,
+                          tables=self._tables(len(rows), len(cpu), closes))
 
     def _isolation_deltas(self) -> tuple[IsolationCounts, ...]:
         """The response check's outcomes per side since the last drain (tw_iso)."""
@@ -603,14 +607,28 @@ class HttpProbes:
         total = sum(int(x) for x in table[ct.c_int(abi.RUNQ_BUCKETS + 1)])
         return buckets, total
 
-    def _drain_closes(self, gen: int) -> None:
+    def _tables(self, identities: int, cpu: int, closes: int) -> dict[str, tuple[int, int]]:
+        """The kernel tables' fill: tw_conns now, the per-tick ones as the drained generation
+        used them."""
+        made, deleted = (sum(int(x) for x in self._bpf[b"tw_conn_count"][ct.c_int(i)])
+                         for i in (0, 1))
+        return {
+            "connections": (max(0, made - deleted - self._swept_deletes), self.max_connections),
+            "identities": (identities, self.max_identities),
+            "cpu": (cpu, cpu_entries(self.max_identities)),
+            "closes": (closes, self.max_connections + self.max_identities),
+        }
+
+    def _drain_closes(self, gen: int) -> int:
         """Closes the kernel counted in tw_closes (their identity had no room in a full
         aggregate map) in the generation it no longer writes: added to the swept closes, under
-        the same key."""
+        the same key.  Gives the entries read."""
         table = self._bpf[b"tw_closes"]
+        n = 0
         for k, v in list(table.items()):
             if k.gen != gen:
                 continue
+            n += 1
             acc = self._swept_closes.setdefault((int(k.key), int(k.side)), [0, 0])
             acc[0] += int(v.closed)
             acc[1] += int(v.dur_ns)
@@ -618,6 +636,7 @@ class HttpProbes:
                 del table[k]
             except KeyError:
                 pass
+        return n
 
     def _take_swept_closes(self) -> tuple[IdentityCounts, ...]:
         nb = len(self.bounds) + 1

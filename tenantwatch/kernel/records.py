@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class Side(str, enum.Enum):
@@ -170,3 +170,7 @@ class KernelTick:
     isolation: tuple[IsolationCounts, ...] = ()
     breaches: tuple[BreachCount, ...] = ()
     breach_events: tuple[BreachEvent, ...] = ()
+    # The kernel's tables: name -> (entries, capacity).  "connections" (tw_conns) now; the
+    # per-tick ones ("identities" tw_agg, "cpu" tw_cpu, "closes" tw_closes) as this tick used
+    # them (docs/limits.md).
+    tables: Mapping[str, tuple[int, int]] = field(default_factory=dict)

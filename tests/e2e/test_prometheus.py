@@ -99,7 +99,8 @@ EXPECT_DATA = {
 }
 # Meta-alerts a healthy daemon must not trigger (not even pending).
 HEALTHY_QUIET = ("TenantwatchDown", "TenantwatchAbsent", "TenantwatchProbeDetached",
-                 "TenantwatchTickStalled", "TenantwatchNoTargets")
+                 "TenantwatchTickStalled", "TenantwatchNoTargets", "TenantwatchTickSlow",
+                 "TenantwatchKernelTableFull")
 
 
 def prometheus_binary() -> str:

@@ -76,6 +76,7 @@ def test_closes_in_a_full_map_stay_with_their_tenant(small_probes, server):
     assert sum(c.connections_opened for c in keeper) == KEPT
     key = keeper[0].key
     assert active("keeper") == KEPT
+    assert first.tables["connections"] == (KEPT, 65536)  # the kernel's count, no walk
 
     with socket.create_connection(("127.0.0.1", server)) as flood:
         for i in range(0, FLOOD, PIPELINE):  # pipelined: no delayed ACK per request
@@ -89,6 +90,9 @@ def test_closes_in_a_full_map_stay_with_their_tenant(small_probes, server):
         agg.apply(second)
         assert time.monotonic() < deadline
     lost = second.lost
+    assert second.tables["identities"] == (MAX_IDENTITIES, MAX_IDENTITIES)
+    assert second.tables["closes"][0] >= 1  # the keeper's key, in its generation
+    assert second.tables["connections"] == (1, 65536)  # the flood's own, still open
     assert lost.get("identity_map_full", 0) > 0, lost  # the flood did fill the map
     assert lost.get("close_map_full", 0) == 0, lost
     closed = sum(c.connections_closed for c in second.identities if c.key == key)

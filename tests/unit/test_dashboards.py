@@ -40,6 +40,7 @@ HISTOGRAMS = {
     "tenantwatch_http_server_request_duration_seconds",
     "tenantwatch_http_client_request_duration_seconds",
     "tenantwatch_runqueue_delay_seconds",
+    "tenantwatch_tick_duration_seconds",
 }
 METRICS = {
     "tenantwatch_http_server_requests_total",
@@ -69,6 +70,8 @@ METRICS = {
     "tenantwatch_isolation_breaches_total",
     "tenantwatch_isolation_responses_checked_total",
     "tenantwatch_isolation_responses_unchecked_total",
+    "tenantwatch_kernel_table_entries",
+    "tenantwatch_kernel_table_capacity",
 } | {h + s for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
 SEVERITIES = {"critical", "warning", "info"}
 GRAFANA_BUILTINS = {"__rate_interval", "__interval", "__range", "__interval_ms", "__range_s"}
