@@ -10,7 +10,7 @@ held open, measured, then closed and measured again.
 
     sudo .venv/bin/python bench/scale.py                          # 50k connections, 10k tenants
     sudo .venv/bin/python bench/scale.py --connections 100000 --processes 8   # 2x
-    sudo .venv/bin/python bench/scale.py --server-histograms off  # the scrape without them
+    sudo .venv/bin/python bench/scale.py --histograms client      # no server-side histograms
 
 Prints: the time to open and answer every connection, the requests counted per side against
 those sent (exact per tenant or not), connections_active while open and after close, events
@@ -55,8 +55,9 @@ tenancy:
     - {{header: X-Tenant-ID, side: server}}
 capture:
   max_connections: {max_connections}
+  slow_request_seconds: 0
 """
-SERVER_HISTOGRAMS = "exporters: {{server_histograms: {value}}}\n"
+HISTOGRAMS = "metrics: {{histograms: [{sides}]}}\n"
 SETTLE_S = 30.0
 
 
@@ -141,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=1)
     p.add_argument("--max-connections", type=int, default=131072,
                    help="capture.max_connections (both legs share it) [131072]")
-    p.add_argument("--server-histograms", choices=("on", "off"), default=None)
+    p.add_argument("--histograms", default=None, metavar="SIDES",
+                   help="metrics.histograms: server,client | client | server | none "
+                        "[the default: both]")
     p.add_argument("--tenantwatch", default=default_tenantwatch())
     p.add_argument("--hold", type=float, default=3.0, help="seconds the connections stay open "
                    "after being counted [3]")
@@ -164,9 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = tmp / "tw.yaml"
         text = DAEMON_CONFIG.format(port=port, max_tenants=max(args.tenants, 1000),
                                     max_connections=args.max_connections)
-        if args.server_histograms:
-            text += SERVER_HISTOGRAMS.format(value="true" if args.server_histograms == "on"
-                                             else "false")
+        if args.histograms is not None:
+            sides = "" if args.histograms == "none" else args.histograms
+            text += HISTOGRAMS.format(sides=", ".join(x for x in sides.split(",") if x))
         cfg.write_text(text)
         daemon = Daemon(args.tenantwatch, cfg, port, tmp / "tw.log")
         fleet = ClientFleet(gw.listen_port, args.connections, args.tenants, args.processes,

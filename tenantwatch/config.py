@@ -68,6 +68,11 @@ Keys [default]:
                     into __other__ (events_lost{reason="identity_map_full"}).  Kernel memory:
                     two maps of ~530 B an entry (docs/limits.md)
   detection:        noisy-neighbour and hotspot rules: see docs/detection.md
+  metrics:          what /metrics carries per tenant
+    histograms      sides whose per-tenant latency histograms are exported, a list of server
+                    and client [[server, client]]; [] exports none.  Each is 19 series per
+                    tenant with the default buckets, ~60 % of a tenant's series
+                    (docs/performance.md, "The node at full size")
   otel:             OpenTelemetry export, off unless an endpoint is given here or in
                     OTEL_EXPORTER_OTLP_(METRICS_|TRACES_)ENDPOINT (docs/opentelemetry.md)
     endpoint        base URL of an OTLP/HTTP receiver, e.g. http://collector:4318 [null]
@@ -282,6 +287,15 @@ class Otel:
 
 
 @dataclass(frozen=True)
+class Metrics:
+    """What /metrics carries per tenant (the kernel counts the same either way)."""
+
+    # sides whose per-tenant latency histograms are exported; the others keep their request
+    # counters (the JSON API, OTLP and detection still have the histograms)
+    histogram_sides: tuple[str, ...] = ("server", "client")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated configuration."""
 
@@ -296,6 +310,7 @@ class Config:
     otel: Otel = field(default_factory=Otel)
     # TLS and basic auth of the endpoints, exporter-toolkit format (exporters/web_config.py)
     web_config_file: str | None = None
+    metrics: Metrics = field(default_factory=lambda: Metrics())
 
     @property
     def listen_host(self) -> str:
@@ -401,7 +416,7 @@ def parse_config(data: Any, env: Mapping[str, str] = os.environ) -> Config:
     _warn_unknown_env(env)
     top = _mapping(data, "<file>")
     _check_keys(top, ("listen", "targets", "tenancy", "enforcement", "capture", "detection",
-                      "otel", "log_format", "log_level", "web_config_file"), "")
+                      "otel", "log_format", "log_level", "web_config_file", "metrics"), "")
     web = top.get("web_config_file")
     if web is not None:
         web = _str(web, "web_config_file")
@@ -423,8 +438,22 @@ def parse_config(data: Any, env: Mapping[str, str] = os.environ) -> Config:
         log_level=_choice(_lower(log_level), LOG_LEVELS, level_field),
         detection=parse_detection(top.get("detection"), "detection"),
         otel=_parse_otel(top.get("otel"), "otel"),
+        metrics=_parse_metrics(top.get("metrics"), "metrics"),
         web_config_file=web,
     )
+
+
+def _parse_metrics(value: Any, field: str) -> Metrics:
+    if value is None:
+        return Metrics()
+    m = _mapping(value, field)
+    _check_keys(m, ("histograms",), field)
+    f = f"{field}.histograms"
+    sides = tuple(_choice(v, ("server", "client"), f"{f}[{i}]")
+                  for i, v in enumerate(_list(m.get("histograms", ["server", "client"]), f)))
+    if len(set(sides)) != len(sides):
+        raise ConfigError(f, "names a side twice")
+    return Metrics(histogram_sides=sides)
 
 
 def _parse_otel(value: Any, field: str) -> Otel:

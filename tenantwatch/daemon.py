@@ -174,7 +174,8 @@ class Daemon:
         metrics = self.exposition
         metrics.register(TenantCollector(self.snapshot, {
             "version": __version__, "kernel": platform.release()},
-            jwt_counts=(lambda: total_counts(self.verifiers)) if self.verifiers else None))
+            jwt_counts=(lambda: total_counts(self.verifiers)) if self.verifiers else None,
+            histogram_sides=config.metrics.histogram_sides))
         metrics.register(DetectionCollector(lambda: self.detection))
         metrics.register(EnforcementCollector(self.enforcer.payload))
         if self.tenant_registry is not None:

@@ -47,9 +47,13 @@ class TenantCollector:
         get_snapshot: Callable[[], Snapshot | None],
         build_info: Mapping[str, str],
         jwt_counts: Callable[[], Mapping[str, int]] | None = None,
+        histogram_sides: tuple[str, ...] = ("server", "client"),
     ) -> None:
         self._get_snapshot = get_snapshot
         self._jwt_counts = jwt_counts  # identity.jwt_verifier.total_counts; None: no verifier
+        # sides with per-tenant latency histograms (config metrics.histograms); the families of
+        # the others stay, without samples
+        self._histogram_sides = frozenset(Side(s) for s in histogram_sides)
         self._build_info: tuple[tuple[str, str], ...] = tuple(
             (str(k), str(v)) for k, v in build_info.items()
         )
@@ -87,7 +91,7 @@ class TenantCollector:
             return _encode(self._build_info_family(), openmetrics)
         try:
             bounds = [floatToGoString(b) for b in snapshot.latency_bounds_seconds] + ["+Inf"]
-            samples = tenant_text.families(snapshot.tenants, bounds)
+            samples = tenant_text.families(snapshot.tenants, bounds, self._histogram_sides)
             # every family but the per-tenant ones from the library, in collect()'s order
             families = self._families(dataclasses.replace(snapshot, tenants=()))
             parts = []
@@ -217,7 +221,8 @@ class TenantCollector:
         if snap is not None:
             bounds = [floatToGoString(b) for b in snap.latency_bounds_seconds] + ["+Inf"]
             for stats in snap.tenants:
-                self._add_tenant(stats, bounds, requests, durations, received, sent)
+                self._add_tenant(stats, bounds, requests, durations, received, sent,
+                                 self._histogram_sides)
                 active.add_metric([stats.tenant, stats.side.value], stats.connections_active)
                 opened.add_metric([stats.tenant, stats.side.value], stats.connections_opened)
                 conn_duration.add_metric([stats.tenant, stats.side.value],
@@ -287,12 +292,13 @@ class TenantCollector:
         durations: Mapping[Side, HistogramMetricFamily],
         received: CounterMetricFamily,
         sent: CounterMetricFamily,
+        histogram_sides: frozenset[Side] = frozenset(Side),
     ) -> None:
         for status_class in STATUS_CLASSES:
             requests[stats.side].add_metric(
                 [stats.tenant, status_class], stats.requests_by_class.get(status_class, 0)
             )
-        if len(stats.latency_buckets) == len(bounds):
+        if len(stats.latency_buckets) == len(bounds) and stats.side in histogram_sides:
             durations[stats.side].add_metric(
                 [stats.tenant],
                 buckets=list(zip(bounds, stats.latency_buckets)),

@@ -54,7 +54,8 @@ def header(name: str, mtype: str, doc: str, openmetrics: bool) -> str:
     return f"# HELP {shown} {doc}\n# TYPE {shown} {mtype}\n"
 
 
-def _row_lines(row: TenantSideStats, bounds: Sequence[str]) -> dict[str, str]:
+def _row_lines(row: TenantSideStats, bounds: Sequence[str],
+               histogram_sides: frozenset[Side] = frozenset(Side)) -> dict[str, str]:
     """The sample lines of one (tenant, side) row, by family name (families it is not in are
     absent).  The library sorts each sample's labels by name: le, side and status_class all
     come before tenant."""
@@ -66,7 +67,7 @@ def _row_lines(row: TenantSideStats, bounds: Sequence[str]) -> dict[str, str]:
     by_class = row.requests_by_class
     out[name] = "".join(f'{name}_total{{status_class="{c}",tenant="{t}"}} '
                         f"{g(by_class.get(c, 0))}\n" for c in STATUS_CLASSES)
-    if len(row.latency_buckets) == len(bounds):
+    if len(row.latency_buckets) == len(bounds) and row.side in histogram_sides:
         name = DURATIONS[row.side]
         lines = [f'{name}_bucket{{le="{le}",tenant="{t}"}} {g(v)}\n'
                  for le, v in zip(bounds, row.latency_buckets)]
@@ -85,12 +86,13 @@ def _row_lines(row: TenantSideStats, bounds: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def families(rows: Sequence[TenantSideStats], bounds: Sequence[str]) -> dict[str, str]:
+def families(rows: Sequence[TenantSideStats], bounds: Sequence[str],
+             histogram_sides: frozenset[Side] = frozenset(Side)) -> dict[str, str]:
     """The samples (no header) of every family in FAMILIES, in the library's order.  Nothing is
     kept between scrapes: kept, the formatted rows of 10k tenants took ~50 MB (bench/scale.py),
     a scrape formats them again in ~0.3 s."""
     bounds = tuple(bounds)
-    per_row = [_row_lines(row, bounds) for row in rows]
+    per_row = [_row_lines(row, bounds, histogram_sides) for row in rows]
     out = {name: "".join([lines.get(name, "") for lines in per_row]) for name in ROW_FAMILIES}
     del per_row
     cpu: dict[str, float] = {}

@@ -744,3 +744,32 @@ def test_conf_d_drop_ins_merge_over_the_config_in_name_order(tmp_path: Path) -> 
     (d / "40-bad.yaml").write_text("tenancy: {max_tennants: 5}\n")
     with pytest.raises(ConfigError, match="did you mean 'max_tenants'"):
         cfg.load_config(str(main), env={})
+
+
+def test_metrics_histogram_sides():
+    from tenantwatch.config import parse_config
+    base = {"targets": [{"process": "nginx"}]}
+    assert parse_config(base, env={}).metrics.histogram_sides == ("server", "client")
+    got = parse_config({**base, "metrics": {"histograms": ["client"]}}, env={})
+    assert got.metrics.histogram_sides == ("client",)
+    assert parse_config({**base, "metrics": {"histograms": []}}, env={}).metrics.histogram_sides == ()
+    for bad, field in (({"histograms": ["upstream"]}, "metrics.histograms[0]"),
+                       ({"histograms": ["server", "server"]}, "metrics.histograms"),
+                       ({"buckets": 3}, "metrics")):
+        with pytest.raises(ConfigError) as e:
+            parse_config({**base, "metrics": bad}, env={})
+        assert field in str(e.value)
+
+
+def test_max_identities_follows_max_tenants():
+    from tenantwatch.config import parse_config
+    base = {"targets": [{"process": "nginx"}]}
+    assert parse_config(base, env={}).capture.max_identities == 4096
+    ten_k = parse_config({**base, "tenancy": {"max_tenants": 10000}}, env={})
+    assert ten_k.capture.max_identities == 2 * 10000 + 2048
+    set_ = parse_config({**base, "capture": {"max_identities": 5000}}, env={})
+    assert set_.capture.max_identities == 5000
+    for bad in (1023, 262145):
+        with pytest.raises(ConfigError) as e:
+            parse_config({**base, "capture": {"max_identities": bad}}, env={})
+        assert "capture.max_identities" in str(e.value)

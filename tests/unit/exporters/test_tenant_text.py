@@ -65,6 +65,18 @@ def test_the_fast_text_is_the_libraries_byte_for_byte(seed: int, openmetrics: bo
     assert collector.render(openmetrics) == want
 
 
+@pytest.mark.parametrize("sides", [(), ("client",), ("server",)])
+def test_histograms_of_a_side_can_be_left_out(sides) -> None:
+    snap = make_snapshot(*random_rows(random.Random(7), 10))
+    collector = TenantCollector(lambda: snap, BUILD, histogram_sides=sides)
+    text = collector.render()
+    assert text == library(collector, False)
+    for side in ("server", "client"):
+        has = f"tenantwatch_http_{side}_request_duration_seconds_bucket{{" in text
+        assert has is (side in sides)
+        assert f"tenantwatch_http_{side}_requests_total{{" in text  # counters stay
+
+
 @pytest.mark.parametrize("openmetrics", [False, True])
 def test_the_shared_snapshot_and_none(openmetrics: bool) -> None:
     for snap in (make_snapshot(), make_snapshot(ACME_SERVER), None):
