@@ -39,6 +39,7 @@ from nginx_ab import (  # noqa: E402 - after the path insert
     free_port,
     http_get,
     parse_metrics,
+    proc_cpu_ticks,
     start_upstream,
 )
 
@@ -70,7 +71,7 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
 
 def rss_text(pid: int) -> str:
     return (f"RSS {rss_mb(pid):.0f} MB (anonymous {rss_mb(pid, 'RssAnon'):.0f}, "
-            f"file-backed {rss_mb(pid, 'RssFile'):.0f})")
+            f"file-backed {rss_mb(pid, 'RssFile'):.0f}; peak {rss_mb(pid, 'VmHWM'):.0f})")
 
 
 def scrape(url: str) -> tuple[dict, float, int]:
@@ -140,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--processes", type=int, default=4)
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--requests", type=int, default=1)
+    p.add_argument("--worker-connections", type=int, default=None,
+                   help="nginx worker_connections [connections / workers x 1.25 + 1024]")
     p.add_argument("--max-connections", type=int, default=131072,
                    help="capture.max_connections (both legs share it) [131072]")
     p.add_argument("--histograms", default=None, metavar="SIDES",
@@ -155,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench/scale.py needs root (the daemon loads BPF programs)", file=sys.stderr)
         return 2
-    per_worker = -(-args.connections // args.workers) + 1024
+    # nginx counts client and upstream connections against worker_connections, and reuseport
+    # spreads clients unevenly (a few %): short of it, nginx closes idle keep-alive connections
+    per_worker = args.worker_connections or -(-args.connections // args.workers) * 5 // 4 + 1024
     results: dict = {"args": vars(args)}
     with tempfile.TemporaryDirectory(prefix="tw-scale-") as tmp_s:
         tmp = Path(tmp_s)
@@ -182,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"({args.processes} processes, {args.tenants} tenants, {args.workers} workers)",
                   flush=True)
             with fleet:
+                cpu0 = proc_cpu_ticks(daemon.proc.pid)
                 opened = fleet.open()
                 print(f"clients: {opened['open']} open, {opened['ok']} answered in "
                       f"{opened['seconds']:.1f} s, failed {opened['failed']} {opened['errors']}",
@@ -193,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                                             "-p", str(daemon.proc.pid)],
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 burst, took, size = settle(daemon, sum(want.values()))
+                burst_cpu = (proc_cpu_ticks(daemon.proc.pid) - cpu0) / os.sysconf("SC_CLK_TCK")
                 time.sleep(args.hold)
                 if spy is not None:
                     spy.wait()
@@ -207,8 +214,9 @@ def main(argv: list[str] | None = None) -> int:
                 lost = {lb.get("reason"): int(v) for lb, v in
                         m.get("tenantwatch_events_lost_total", []) if v}
                 rss_open = rss_mb(daemon.proc.pid)
-                print(f"  connections_active server {active_s:.0f} (open {opened['open']}), "
-                      f"client {active_c:.0f}")
+                alive = fleet.alive()
+                print(f"  connections_active server {active_s:.0f} (open: {alive} by the "
+                      f"clients' check, {opened['open']} answered), client {active_c:.0f}")
                 conns = {t: n // args.requests for t, n in want.items()}
                 by_tenant = {lb["tenant"]: int(v) for lb, v in
                              m.get("tenantwatch_connections_active", []) if lb["side"] == "server"}
@@ -217,8 +225,17 @@ def main(argv: list[str] | None = None) -> int:
                 if off:
                     print(f"  connections_active off for {len(off)} tenants, e.g. "
                           f"{dict(sorted(off.items())[:8])} (counted, open)")
+                    opened_by = {lb["tenant"]: int(v) for lb, v in
+                                 m.get("tenantwatch_connections_opened_total", [])
+                                 if lb["side"] == "server"}
+                    closed_by = {lb["tenant"]: int(v) for lb, v in
+                                 m.get("tenantwatch_connection_duration_seconds_count", [])
+                                 if lb["side"] == "server"}
+                    print("  of those, (opened, closed): " + str(
+                        {t: (opened_by.get(t), closed_by.get(t)) for t in sorted(off)[:8]}))
                 print(f"  events lost {lost or 0}")
-                print(f"  ticks until counted (the burst): {tick_stats(burst)}")
+                print(f"  ticks until counted (the burst): {tick_stats(burst)}; daemon CPU "
+                      f"{burst_cpu:.1f} s")
                 print(f"  ticks while held: {tick_stats(m, burst)}")
                 print(f"  /metrics {size / 1e6:.1f} MB in {took:.2f} s; {rss_text(daemon.proc.pid)}",
                       flush=True)
@@ -227,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
                     "client_counted": sum(client.values()), "sent": sum(want.values()),
                     "server_exact": server == want, "client_exact": client == want,
                     "active_server": active_s, "active_client": active_c, "lost": lost,
-                    "scrape_s": took, "scrape_bytes": size, "rss_mb": rss_open}
+                    "alive": alive,
+                    "scrape_s": took, "scrape_bytes": size, "rss_mb": rss_open,
+                    "rss_anon_mb": rss_mb(daemon.proc.pid, "RssAnon"), "burst_cpu_s": burst_cpu}
                 held = m
                 t0 = time.monotonic()
                 closed = fleet.close()
@@ -248,8 +267,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  ticks after close: {tick_stats(m, held)}")
             print(f"  {rss_text(daemon.proc.pid)}", flush=True)
             results["closed"] = {"active_server": active_s, "lost": lost,
-                                 "rss_mb": rss_mb(daemon.proc.pid)}
+                                 "rss_mb": rss_mb(daemon.proc.pid),
+                                 "peak_rss_mb": rss_mb(daemon.proc.pid, "VmHWM")}
         finally:
+            for line in daemon.log_tail(400).splitlines():
+                if "sweep:" in line or "targets:" in line:
+                    print("  daemon log:", line.strip())
+            try:
+                for line in gw.error_log.read_text().splitlines():
+                    if "worker_connections" in line:
+                        print("  nginx:", line.strip()[:200])
+            except OSError:
+                pass
             daemon.stop()
             gw.stop()
             upstream.stop()

@@ -355,8 +355,12 @@ class Daemon:
         traced from its fork and that exited before a rescan saw it).  The walk of the
         connection table costs ~0.2 s at 50k connections (bench/scale.py)."""
         live = self.probes.targets()
-        if self._seen_targets - live or self._ticks % SWEEP_BACKSTOP_TICKS == 0:
-            self.probes.forget_connections(live)
+        gone = self._seen_targets - live
+        if gone or self._ticks % SWEEP_BACKSTOP_TICKS == 0:
+            n = self.probes.forget_connections(live)
+            if n:
+                log.info("sweep: %d connections of exited targets closed (gone: %s)", n,
+                         ", ".join(str(t) for t in sorted(gone)) or "none seen")
         self._seen_targets = set(live)
 
     def _apply(self) -> None:

@@ -11,7 +11,8 @@ tenant ``t<NNNNN>`` = (``--first`` + connection index) % ``--tenants`` in X-Tena
 
 Prints one JSON line when every connection has its responses (or failed): ``{"open": ...,
 "ok": ..., "failed": ..., "errors": {...}, "seconds": ...}``, then holds the connections open
-until a line arrives on stdin (or stdin closes), closes them all and prints ``{"closed": N}``.
+until a line other than "alive" arrives on stdin (or stdin closes), closes them all and prints
+``{"closed": N}``; "alive" prints ``{"alive": N}``, the connections the server has not closed.
 The per-tenant requests it sent are in the first line's ``"sent"`` map only with ``--report``.
 Nothing here is tenantwatch: it is a load generator, used by tests/e2e/test_scale.py and
 bench/scale.py.  An open-file limit below the connections asked for is an error before any
@@ -219,6 +220,19 @@ class ClientFleet:
             total["seconds"] = max(total["seconds"], r["seconds"])
         return total
 
+    def alive(self) -> int:
+        """Connections still open, summed over the processes (the ground truth for a gauge of
+        open connections: a server may close idle keep-alive ones)."""
+        for proc in self.procs:
+            assert proc.stdin is not None
+            proc.stdin.write("alive\n")
+            proc.stdin.flush()
+        total = 0
+        for proc in self.procs:
+            assert proc.stdout is not None
+            total += json.loads(proc.stdout.readline())["alive"]
+        return total
+
     def close(self) -> int:
         closed = 0
         for proc in self.procs:
@@ -270,12 +284,35 @@ def main(argv: list[str] | None = None) -> int:
     if args.connections < 1 or args.tenants < 1 or args.requests < 1:
         p.error("--connections, --tenants and --requests must be positive")
     print(json.dumps(run(args)), flush=True)
-    sys.stdin.readline()
     conns = run.conns  # type: ignore[attr-defined]
+    for line in sys.stdin:  # "alive": how many are still open; anything else (or EOF): close
+        if line.strip() != "alive":
+            break
+        print(json.dumps({"alive": alive(conns)}), flush=True)
     for c in conns:
         c.sock.close()
     print(json.dumps({"closed": len(conns)}), flush=True)
     return 0
+
+
+def alive(conns: list[_Conn]) -> int:
+    """Connections answered and not closed by the server since (a server may close idle
+    keep-alive connections: nginx does when it runs short of worker_connections)."""
+    n = 0
+    for c in conns:
+        if c.state != "open":
+            continue
+        try:
+            if c.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+                c.state = "closed by server"
+                continue
+        except BlockingIOError:
+            pass  # nothing to read: still open
+        except OSError:
+            c.state = "closed by server"
+            continue
+        n += 1
+    return n
 
 
 if __name__ == "__main__":

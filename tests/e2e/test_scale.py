@@ -8,7 +8,8 @@ as nginx takes them and send one request each, for tenant t<NNNNN> = connection 
 
 - per-tenant request counts are exact on both sides (the gateway -> upstream leg carries the
   tenant in X-Tenant-Context);
-- connections_active equals the connections open, then exactly 0 after they close;
+- connections_active equals the connections open (as the clients find them: a server may close
+  idle keep-alive connections), then exactly 0 after they close;
 - nothing is lost (slow-request spans are off: they are rate-limited samples by design);
 - /metrics answers within 1 s (best of three scrapes, the client's clock), and the daemon's
   own tick histogram shows the ticks while the connections are held within 100 ms;
@@ -123,7 +124,7 @@ def stack(tmp_path_factory, nginx_binary):
                                          "        access_log off;").start()
     gw = NginxGateway(work / "gw", _free_port(), upstream.listen_port, workers=WORKERS,
                       nginx=nginx_binary, reuseport=True,
-                      worker_connections=CONNECTIONS // WORKERS + 2048).start()
+                      worker_connections=CONNECTIONS // WORKERS * 5 // 4 + 1024).start()
     port = _free_port()
     daemon = Daemon(work / "daemon", port, CONFIG.format(
         port=port, nginx=Path(nginx_binary).name, tenants=TENANTS)).start()
@@ -157,7 +158,12 @@ def test_fifty_thousand_connections_of_ten_thousand_tenants(stack):
         held = {le: v - start.get(le, 0) for le, v in end.items()}
         assert m.by_tenant("server") == want
         assert m.by_tenant("client") == want
-        assert m.active("server") == CONNECTIONS
+        # the ground truth: the connections the clients still hold (nginx closes idle
+        # keep-alive connections when short of worker_connections; the headroom below keeps it
+        # from doing so, but the gauge must equal what is really open either way)
+        alive = fleet.alive()
+        assert alive >= CONNECTIONS * 0.99, alive
+        assert m.active("server") == alive
         assert m.lost() == {}, m.lost()
         assert min(scrapes) <= SCRAPE_LIMIT_S, scrapes
         # held ticks within 100 ms; one of them may have run beside the scrape that opened
