@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from nginx_ab import (  # noqa: E402 - after the path insert
+from nginx_ab import (
     BenchError,
     Daemon,
     default_tenantwatch,
@@ -43,8 +43,8 @@ from nginx_ab import (  # noqa: E402 - after the path insert
     start_upstream,
 )
 
-from tenantwatch.demo.gateway import NginxGateway  # noqa: E402
-from tenantwatch.demo.many_clients import ClientFleet  # noqa: E402
+from tenantwatch.demo.gateway import NginxGateway
+from tenantwatch.demo.many_clients import ClientFleet
 
 DAEMON_CONFIG = """\
 listen: "127.0.0.1:{port}"
@@ -182,7 +182,6 @@ def main(argv: list[str] | None = None) -> int:
         try:
             daemon.start()
             assert daemon.proc is not None
-            rss0 = rss_mb(daemon.proc.pid)
             print(f"daemon ready, {rss_text(daemon.proc.pid)}; opening {args.connections} connections "
                   f"({args.processes} processes, {args.tenants} tenants, {args.workers} workers)",
                   flush=True)

@@ -45,7 +45,7 @@ def source_address(prefix: str, i: int) -> str:
 
 
 class _Conn:
-    __slots__ = ("sock", "tenant", "left", "buf", "state")
+    __slots__ = ("buf", "left", "sock", "state", "tenant")
 
     def __init__(self, sock: socket.socket, tenant: str, requests: int) -> None:
         self.sock = sock
@@ -254,7 +254,7 @@ class ClientFleet:
         self.procs = []
         return closed
 
-    def __enter__(self) -> ClientFleet:
+    def __enter__(self) -> ClientFleet:  # noqa: PYI034
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -28,18 +28,24 @@ class Exposition:
 
     def encode(self, accept: str | None) -> tuple[bytes, str]:
         """(body, content type) for a scrape with this Accept header."""
+        parts, content_type = self.encode_parts(accept)
+        return b"".join(parts), content_type
+
+    def encode_parts(self, accept: str | None) -> tuple[list[bytes], str]:
+        """The body in parts (a family each for a collector with render_parts), each encoded as
+        soon as it is written: a body of 50 MB (10k tenants) is held once, as bytes."""
         encoder, content_type = choose_encoder(accept or "")
         openmetrics = content_type.startswith("application/openmetrics-text")
-        parts = []
+        parts: list[bytes] = []
         for collector in self._collectors:
-            render = getattr(collector, "render", None)
+            render = getattr(collector, "render_parts", None)
             if render is not None:
-                parts.append(render(openmetrics))
+                parts.extend(text.encode() for text in render(openmetrics))
                 continue
-            text = encoder(collector).decode()
-            if openmetrics and text.endswith(EOF_LINE):
-                text = text[: -len(EOF_LINE)]
-            parts.append(text)
+            body = encoder(collector)
+            if openmetrics and body.endswith(EOF_LINE.encode()):
+                body = body[: -len(EOF_LINE)]
+            parts.append(body)
         if openmetrics:
-            parts.append(EOF_LINE)
-        return "".join(parts).encode(), content_type
+            parts.append(EOF_LINE.encode())
+        return parts, content_type

@@ -20,13 +20,13 @@ never blocks shutdown.
 
 from __future__ import annotations
 
-import gzip
 import html
 import json
 import logging
 import socket
 import ssl
 import threading
+import zlib
 from collections.abc import Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -136,8 +136,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self.end_headers()
                 return
             if path == "/metrics":
+                body: bytes | list[bytes]
                 if isinstance(api.registry, Exposition):
-                    body, content_type = api.registry.encode(self.headers.get("Accept"))
+                    body, content_type = api.registry.encode_parts(self.headers.get("Accept"))
                 else:
                     encoder, content_type = choose_encoder(self.headers.get("Accept"))
                     body = encoder(api.registry)
@@ -167,20 +168,27 @@ class _Handler(BaseHTTPRequestHandler):
         body = text.encode() + b"\n"
         self._send(status, body, JSON_CONTENT_TYPE)
 
-    def _send(self, status: int, body: bytes, content_type: str,
+    def _send(self, status: int, body: bytes | list[bytes], content_type: str,
               compress: bool = False) -> None:
-        compress = compress and len(body) >= GZIP_MIN_BYTES
+        """One response; a body in parts is compressed or written part by part, never joined."""
+        parts = [body] if isinstance(body, bytes) else body
+        length = sum(len(p) for p in parts)
+        compress = compress and length >= GZIP_MIN_BYTES
         if compress:
-            body = gzip.compress(body, compresslevel=6)
+            z = zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: the gzip format
+            parts = [z.compress(p) for p in parts] + [z.flush()]
+            length = sum(len(p) for p in parts)
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         if compress:
             self.send_header("Content-Encoding", "gzip")
         self.send_header("Vary", "Accept, Accept-Encoding")
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(length))
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
-        self.wfile.write(body)
+        for p in parts:
+            if p:
+                self.wfile.write(p)
 
 
 def _accepts_gzip(accept_encoding: str | None) -> bool:

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Iterator, Mapping
 from typing import Callable
 
+from prometheus_client import exposition
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -22,7 +23,6 @@ from prometheus_client.metrics_core import (
     Metric,
     SummaryMetricFamily,
 )
-from prometheus_client import exposition
 from prometheus_client.openmetrics import exposition as om_exposition
 from prometheus_client.utils import floatToGoString
 
@@ -82,30 +82,45 @@ class TenantCollector:
         """The same families as collect() and as the library would encode them (plain text, or
         OpenMetrics without its final "# EOF"), the per-tenant ones written by tenant_text:
         ~10x faster with 10k tenants."""
+        return "".join(self.render_parts(openmetrics))
+
+    def render_parts(self, openmetrics: bool = False) -> Iterator[str]:
+        """render() one family at a time, for a caller that encodes and drops each part (a
+        scrape of 10k tenants then holds its text once, not two or three times over)."""
         try:
             snapshot = self._get_snapshot()
         except Exception:  # a scrape must not fail because the pipeline did
             log.exception("cannot read the latest snapshot; exporting build_info only")
             snapshot = None
         if snapshot is None:
-            return _encode(self._build_info_family(), openmetrics)
+            yield _encode(self._build_info_family(), openmetrics)
+            return
         try:
             bounds = [floatToGoString(b) for b in snapshot.latency_bounds_seconds] + ["+Inf"]
-            samples = tenant_text.families(snapshot.tenants, bounds, self._histogram_sides)
             # every family but the per-tenant ones from the library, in collect()'s order
             families = self._families(dataclasses.replace(snapshot, tenants=()))
             parts = []
-            for family in families:
-                if family.name in tenant_text.FAMILIES:
-                    parts.append(tenant_text.header(family.name, family.type,
-                                                    family.documentation, openmetrics))
-                    parts.append(samples[family.name])
+            for f in families:
+                if f.name in tenant_text.FAMILIES:
+                    parts.append((f, tenant_text.header(f.name, f.type, f.documentation,
+                                                        openmetrics)))
                 else:
-                    parts.append(_encode(family, openmetrics))
-            return "".join(parts)
+                    parts.append((f, _encode(f, openmetrics)))
         except Exception:
             log.exception("cannot build metric families; exporting build_info only")
-            return _encode(self._build_info_family(), openmetrics)
+            yield _encode(self._build_info_family(), openmetrics)
+            return
+        for f, text in parts:
+            if f.name in tenant_text.FAMILIES:
+                try:
+                    samples = tenant_text.family(f.name, snapshot.tenants, bounds,
+                                                 self._histogram_sides)
+                except Exception:  # this family only: the others are still worth a scrape
+                    log.exception("cannot write the samples of %s", f.name)
+                    samples = ""
+                yield text + samples
+            else:
+                yield text
 
     def _build_info_family(self) -> GaugeMetricFamily:
         family = GaugeMetricFamily(
@@ -323,5 +338,5 @@ def _encode(family: Metric, openmetrics: bool) -> str:
     """One family as the library encodes it (OpenMetrics without the final "# EOF")."""
     if openmetrics:
         text = om_exposition.generate_latest(_One(family)).decode()
-        return text[: -len("# EOF\n")] if text.endswith("# EOF\n") else text
+        return text.removesuffix("# EOF\n")
     return exposition.generate_latest(_One(family)).decode()  # type: ignore[arg-type]

@@ -6,9 +6,9 @@ Why: with 10,000 tenants the per-tenant families are ~330,000 samples (~50 MB). 
 prometheus_client Metric objects and encoded by the library, one scrape took ~3 s of the daemon's
 CPU (bench/scale.py), holding the GIL against the tick; written here, ~0.3 s.
 
-Takes: the snapshot's rows and the latency bounds.  Gives: the text of one family (header and
-samples) in the plain (0.0.4) or the OpenMetrics format; the caller writes the headers' names,
-types and help from the families TenantCollector describes.
+Takes: the snapshot's rows and the latency bounds.  Gives: the samples of one family (the same
+in the plain 0.0.4 and the OpenMetrics format) and its header in either; the caller takes the
+headers' names, types and help from the families TenantCollector describes.
 """
 
 from __future__ import annotations
@@ -32,9 +32,8 @@ ACTIVE = "tenantwatch_connections_active"
 OPENED = "tenantwatch_connections_opened"
 CONN_DURATION = "tenantwatch_connection_duration_seconds"
 CPU = "tenantwatch_cpu_seconds"
-ROW_FAMILIES = (REQUESTS[Side.SERVER], DURATIONS[Side.SERVER], REQUESTS[Side.CLIENT],
-                DURATIONS[Side.CLIENT], RECEIVED, SENT, ACTIVE, OPENED, CONN_DURATION)
-FAMILIES = frozenset(ROW_FAMILIES + (CPU,))
+FAMILIES = frozenset((REQUESTS[Side.SERVER], DURATIONS[Side.SERVER], REQUESTS[Side.CLIENT],
+                      DURATIONS[Side.CLIENT], RECEIVED, SENT, ACTIVE, OPENED, CONN_DURATION, CPU))
 
 
 def label_value(v: str) -> str:
@@ -54,50 +53,60 @@ def header(name: str, mtype: str, doc: str, openmetrics: bool) -> str:
     return f"# HELP {shown} {doc}\n# TYPE {shown} {mtype}\n"
 
 
-def _row_lines(row: TenantSideStats, bounds: Sequence[str],
-               histogram_sides: frozenset[Side] = frozenset(Side)) -> dict[str, str]:
-    """The sample lines of one (tenant, side) row, by family name (families it is not in are
-    absent).  The library sorts each sample's labels by name: le, side and status_class all
-    come before tenant."""
-    g = floatToGoString
-    t = label_value(row.tenant)
-    side = row.side.value
-    out: dict[str, str] = {}
-    name = REQUESTS[row.side]
+def _requests(name: str, row: TenantSideStats, t: str) -> str:
     by_class = row.requests_by_class
-    out[name] = "".join(f'{name}_total{{status_class="{c}",tenant="{t}"}} '
-                        f"{g(by_class.get(c, 0))}\n" for c in STATUS_CLASSES)
-    if len(row.latency_buckets) == len(bounds) and row.side in histogram_sides:
-        name = DURATIONS[row.side]
-        lines = [f'{name}_bucket{{le="{le}",tenant="{t}"}} {g(v)}\n'
-                 for le, v in zip(bounds, row.latency_buckets)]
-        if float(bounds[0]) >= 0:  # as the library: no count and sum with a negative bound
-            lines.append(f'{name}_count{{tenant="{t}"}} {g(row.latency_buckets[-1])}\n')
-            lines.append(f'{name}_sum{{tenant="{t}"}} {g(row.latency_sum_seconds)}\n')
-        out[name] = "".join(lines)
-    if row.side is Side.SERVER:
-        out[RECEIVED] = f'{RECEIVED}_total{{tenant="{t}"}} {g(row.rx_bytes)}\n'
-        out[SENT] = f'{SENT}_total{{tenant="{t}"}} {g(row.tx_bytes)}\n'
-    labels = f'{{side="{side}",tenant="{t}"}}'
-    out[ACTIVE] = f"{ACTIVE}{labels} {g(row.connections_active)}\n"
-    out[OPENED] = f"{OPENED}_total{labels} {g(row.connections_opened)}\n"
-    out[CONN_DURATION] = (f"{CONN_DURATION}_count{labels} {g(row.connections_closed)}\n"
-                          f"{CONN_DURATION}_sum{labels} {g(row.connection_seconds)}\n")
-    return out
+    return "".join([f'{name}_total{{status_class="{c}",tenant="{t}"}} '
+                    f"{floatToGoString(by_class.get(c, 0))}\n" for c in STATUS_CLASSES])
 
 
-def families(rows: Sequence[TenantSideStats], bounds: Sequence[str],
-             histogram_sides: frozenset[Side] = frozenset(Side)) -> dict[str, str]:
-    """The samples (no header) of every family in FAMILIES, in the library's order.  Nothing is
-    kept between scrapes: kept, the formatted rows of 10k tenants took ~50 MB (bench/scale.py),
-    a scrape formats them again in ~0.3 s."""
-    bounds = tuple(bounds)
-    per_row = [_row_lines(row, bounds, histogram_sides) for row in rows]
-    out = {name: "".join([lines.get(name, "") for lines in per_row]) for name in ROW_FAMILIES}
-    del per_row
-    cpu: dict[str, float] = {}
-    for row in rows:
-        cpu[row.tenant] = cpu.get(row.tenant, 0.0) + row.cpu_seconds
-    out[CPU] = "".join([f'{CPU}_total{{tenant="{label_value(t)}"}} {floatToGoString(v)}\n'
+def _durations(name: str, row: TenantSideStats, t: str, bounds: Sequence[str]) -> str:
+    g = floatToGoString
+    lines = [f'{name}_bucket{{le="{le}",tenant="{t}"}} {g(v)}\n'
+             for le, v in zip(bounds, row.latency_buckets)]
+    if float(bounds[0]) >= 0:  # as the library: no count and sum with a negative bound
+        lines.append(f'{name}_count{{tenant="{t}"}} {g(row.latency_buckets[-1])}\n')
+        lines.append(f'{name}_sum{{tenant="{t}"}} {g(row.latency_sum_seconds)}\n')
+    return "".join(lines)
+
+
+def family(name: str, rows: Sequence[TenantSideStats], bounds: Sequence[str],
+           histogram_sides: frozenset[Side] = frozenset(Side)) -> str:
+    """The samples (no header) of family ``name`` (one of FAMILIES), in the library's order.
+    One family at a time: a scrape of 10k tenants holds ~50 MB of text, not twice that.  The
+    library sorts each sample's labels by name: le, side and status_class come before tenant."""
+    g = floatToGoString
+    if name == CPU:
+        cpu: dict[str, float] = {}
+        for row in rows:
+            cpu[row.tenant] = cpu.get(row.tenant, 0.0) + row.cpu_seconds
+        return "".join([f'{CPU}_total{{tenant="{label_value(t)}"}} {g(v)}\n'
                         for t, v in sorted(cpu.items())])
-    return out
+    for side in Side:
+        if name == REQUESTS[side]:
+            return "".join([_requests(name, r, label_value(r.tenant))
+                            for r in rows if r.side is side])
+        if name == DURATIONS[side]:
+            if side not in histogram_sides:
+                return ""
+            n = len(bounds)
+            return "".join([_durations(name, r, label_value(r.tenant), bounds)
+                            for r in rows if r.side is side and len(r.latency_buckets) == n])
+    server = [r for r in rows if r.side is Side.SERVER]
+    if name == RECEIVED:
+        return "".join([f'{RECEIVED}_total{{tenant="{label_value(r.tenant)}"}} {g(r.rx_bytes)}\n'
+                        for r in server])
+    if name == SENT:
+        return "".join([f'{SENT}_total{{tenant="{label_value(r.tenant)}"}} {g(r.tx_bytes)}\n'
+                        for r in server])
+    labels = [f'{{side="{r.side.value}",tenant="{label_value(r.tenant)}"}}' for r in rows]
+    if name == ACTIVE:
+        return "".join([f"{ACTIVE}{lb} {g(r.connections_active)}\n"
+                        for lb, r in zip(labels, rows)])
+    if name == OPENED:
+        return "".join([f"{OPENED}_total{lb} {g(r.connections_opened)}\n"
+                        for lb, r in zip(labels, rows)])
+    if name == CONN_DURATION:
+        return "".join([f"{CONN_DURATION}_count{lb} {g(r.connections_closed)}\n"
+                        f"{CONN_DURATION}_sum{lb} {g(r.connection_seconds)}\n"
+                        for lb, r in zip(labels, rows)])
+    raise KeyError(name)

@@ -180,5 +180,5 @@ def test_fifty_thousand_connections_of_ten_thousand_tenants(stack):
         time.sleep(1.0)
     assert m.active("server") == 0
     assert m.lost() == {}, m.lost()
-    print(f"scrapes {['%.2f' % x for x in scrapes]} s, RSS anon {rss_anon_mb:.0f} MB, "
+    print(f"scrapes {[f'{x:.2f}' for x in scrapes]} s, RSS anon {rss_anon_mb:.0f} MB, "
           f"held ticks: {held}")

@@ -31,7 +31,7 @@ def library(collector: TenantCollector, openmetrics: bool) -> str:
 
 def random_rows(rng: random.Random, n: int) -> tuple[TenantSideStats, ...]:
     rows = []
-    names = ["t-%05d" % i for i in range(n)] + ['we"ird\\na\nme', "__other__", "ütf"]
+    names = [f"t-{i:05d}" for i in range(n)] + ['we"ird\\na\nme', "__other__", "ütf"]
     for name in names:
         for side in (Side.SERVER, Side.CLIENT):
             if rng.random() < 0.3:
