@@ -5,10 +5,9 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from prometheus_client import CollectorRegistry
-
 from tenantwatch.aggregation.records import Snapshot
 from tenantwatch.exporters import ApiServer, TenantCollector
+from tenantwatch.exporters.exposition import Exposition
 from tests.unit.exporters.snapshots import make_snapshot
 
 
@@ -18,7 +17,7 @@ class LiveApi:
     def __init__(self) -> None:
         self.snapshot: Snapshot | None = make_snapshot(ready=True)
         self.health: dict[str, Any] = {"ok": True, "ticks": 42, "events_lost": {"ringbuf_full": 2}}
-        registry = CollectorRegistry()
+        registry = Exposition()  # as the daemon serves /metrics: in parts, TenantCollector's fast
         registry.register(TenantCollector(lambda: self.snapshot, {"version": "t", "kernel": "k"}))
         self.server = ApiServer(
             "127.0.0.1", 0, lambda: self.snapshot, lambda: self.health, registry
