@@ -389,7 +389,9 @@ class HttpProbes:
         # TLS: uprobes per target process (armed in its memory only); a process's maps are
         # read once, when it becomes a target.
         if self._tls is not None:
-            self._tls.detach(have - want)
+            # every probed process not wanted now: the kernel forgets an exited target by
+            # itself, so "have" no longer names it
+            self._tls.detach(self._tls.pids() - want)
             if self._tls.attach(want - self._untraced):
                 self.probes["uprobe:libssl"] = True
         return want - have, have - want

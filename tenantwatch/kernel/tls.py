@@ -98,6 +98,7 @@ class TlsProbes:
         self._proc_root = proc_root
         # pid -> {libssl path probed for it: its probe points}
         self._attached: dict[int, dict[str, tuple[ProbePoint, ...]]] = {}
+        self._events: dict[int, list[bytes]] = {}  # pid -> bcc's uprobe event names for it
         self._failed: set[tuple[int, int, int]] = set()  # (pid, device, inode) that failed
         self._points: dict[tuple[int, int], tuple[ProbePoint, ...]] = {}  # by (device, inode)
 
@@ -159,41 +160,43 @@ class TlsProbes:
             self._attached[pid] = done  # also when empty: its maps are read once
         return tuple(new)
 
+    def pids(self) -> set[int]:
+        """The processes probed (or tried)."""
+        return set(self._attached) | set(self._events)
+
     def detach(self, pids: Iterable[int]) -> None:
-        """Remove the probes of processes that are gone (or no longer targets)."""
+        """Remove the probes of processes that are gone (or no longer targets), and close
+        their perf event fds."""
         gone = set(pids)
         for pid in gone:
-            for path, points in self._attached.pop(pid, {}).items():
-                self._detach(path, pid, [("u", None)]
-                             + [(k, p.vaddr) for p in points for k in ("u", "r")])
+            self._attached.pop(pid, None)
+            self._detach(self._events.pop(pid, []))
         self._failed = {f for f in self._failed if f[0] not in gone}
 
     def _attach(self, path: str, pid: int, points: tuple[ProbePoint, ...]) -> None:
-        done: list[tuple[str, int | None]] = []  # (kind, address; None: SSL_set_fd)
         b, name = self._bpf, path.encode()
+        before = set(b.uprobe_fds)
         try:  # bcc wants bytes; an address is the ELF virtual address (bcc maps it to the file)
             b.attach_uprobe(name=name, sym=SET_FD[0].encode(), fn_name=SET_FD[1].encode(),
                             pid=pid)
-            done.append(("u", None))
             for p in points:
                 b.attach_uprobe(name=name, addr=p.vaddr, fn_name=p.program.encode(), pid=pid)
-                done.append(("u", p.vaddr))
                 b.attach_uretprobe(name=name, addr=p.vaddr, fn_name=RETURN_PROGRAM.encode(),
                                    pid=pid)
-                done.append(("r", p.vaddr))
         except Exception:
-            self._detach(path, pid, done)  # all or none
+            self._detach([e for e in b.uprobe_fds if e not in before])  # all or none
             raise
+        finally:
+            # bcc's names of the events made here: detach by name, never by resolving the
+            # path and symbol again (bcc reads /proc/PID/maps for that, which fails once the
+            # process is gone, and the event's fd then stayed open: 5 fds per nginx worker
+            # at every reload, bench/soak.py)
+            made = [e for e in b.uprobe_fds if e not in before]
+            self._events.setdefault(pid, []).extend(made)
 
-    def _detach(self, path: str, pid: int, which: list[tuple[str, int | None]]) -> None:
-        name = path.encode()
-        for kind, addr in which:
+    def _detach(self, events: Iterable[bytes]) -> None:
+        for ev in events:
             try:
-                if addr is None:
-                    self._bpf.detach_uprobe(name=name, sym=SET_FD[0].encode(), pid=pid)
-                elif kind == "u":
-                    self._bpf.detach_uprobe(name=name, addr=addr, pid=pid)
-                else:
-                    self._bpf.detach_uretprobe(name=name, addr=addr, pid=pid)
-            except Exception:  # noqa: BLE001, S110 - the process may be gone already
+                self._bpf.detach_uprobe_event(ev)
+            except Exception:  # noqa: BLE001, S110 - detached already (a failed attach)
                 pass

@@ -8,6 +8,7 @@ with the openssl command.  The client is this test process (not traced).
 from __future__ import annotations
 
 import shutil
+import os
 import socket
 import ssl
 import subprocess
@@ -121,3 +122,29 @@ def test_this_libssl_is_probed_inside_its_wrappers(probes, tls_server):
     points = [p for pts in tls._points.values() for p in pts]
     assert sorted(p.stands_for for p in points) == ["SSL_read+SSL_read_ex",
                                                      "SSL_write+SSL_write_ex"]
+
+
+def test_the_uprobes_of_an_exited_process_are_closed(probes, tmp_path):
+    """Each traced process with libssl gets its own uprobes (5 perf events); when it exits,
+    they are detached and their fds closed, also though its /proc entry is gone (nginx reloads
+    replace every worker: 10 fds leaked per reload before)."""
+    cert, key = make_cert(tmp_path)
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = None
+    for _ in range(4):
+        proc = subprocess.Popen([sys.executable, "-c", SERVER, "python3-twtls", str(cert),
+                                 str(key)], stdout=subprocess.PIPE, text=True)
+        int(proc.stdout.readline())
+        probes.set_targets({proc.pid})
+        if before is not None:
+            assert fds() >= before + 5  # its uprobes are attached
+        proc.kill()
+        proc.wait(5)
+        proc.stdout.close()
+        probes.set_targets(set())  # gone: detached (its maps cannot be read any more)
+        if before is None:  # after the first: the uprobe programs are loaded once, and kept
+            before = fds()
+    assert fds() == before
