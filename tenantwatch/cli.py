@@ -13,73 +13,13 @@ import logging
 import os
 import platform
 import sys
-from collections.abc import Mapping
 
 from tenantwatch import __version__
 from tenantwatch.errors import ConfigError, KernelSupportError, PermissionProblem, TenantwatchError
+from tenantwatch.logs import LOG_FORMATS, setup_logging
 
 EX_CONFIG = 78
 log = logging.getLogger("tenantwatch")
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        doc = {"ts": round(record.created, 3), "level": record.levelname.lower(),
-               "logger": record.name, "msg": record.getMessage()}
-        if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc)
-
-
-# syslog priorities (sd-daemon.h SD_ERR ...) by logging level, for journald
-_PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4),
-               (logging.INFO, 6))
-
-
-def syslog_priority(levelno: int) -> int:
-    return next((p for level, p in _PRIORITIES if levelno >= level), 7)
-
-
-def journal_stream(env: Mapping[str, str] | None = None, fd: int = 2) -> bool:
-    """Is `fd` the journal stream systemd gave this service (JOURNAL_STREAM=dev:inode)?"""
-    value = (os.environ if env is None else env).get("JOURNAL_STREAM", "")
-    try:
-        dev, ino = (int(x) for x in value.split(":"))
-        st = os.fstat(fd)
-    except (ValueError, OSError):
-        return False
-    return st.st_dev == dev and st.st_ino == ino
-
-
-class JournalPrefix(logging.Formatter):
-    """Each line of a record starts with its syslog priority ("<3>" for an error), which
-    journald reads (SyslogLevelPrefix=, on by default), so `journalctl -p warning` works."""
-
-    def __init__(self, inner: logging.Formatter) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def format(self, record: logging.LogRecord) -> str:
-        prefix = f"<{syslog_priority(record.levelno)}>"
-        return "\n".join(prefix + line for line in self.inner.format(record).split("\n"))
-
-
-def make_formatter(fmt: str, journal: bool | None = None) -> logging.Formatter:
-    """The stderr formatter of `fmt` (text | json), with journald priorities when stderr is
-    the journal (`journal` None: detect it)."""
-    inner: logging.Formatter = JsonFormatter() if fmt == "json" else \
-        logging.Formatter("%(levelname)s %(name)s: %(message)s")
-    if journal is None:
-        journal = journal_stream()
-    return JournalPrefix(inner) if journal else inner
-
-
-def setup_logging(fmt: str, level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(make_formatter(fmt))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
 
 
 def _load(args: argparse.Namespace):
@@ -211,11 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"tenantwatch {__version__}")
     p.add_argument("--config", help="config file [$TENANTWATCH_CONFIG or "
                    "/etc/tenantwatch/tenantwatch.yaml]")
-    p.add_argument("--log-format", choices=("text", "json"), default=None)
+    p.add_argument("--log-format", choices=LOG_FORMATS, default=None)
     # The same options after the subcommand (`tenantwatch run --config FILE`).
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", default=argparse.SUPPRESS)
-    common.add_argument("--log-format", choices=("text", "json"), default=argparse.SUPPRESS)
+    common.add_argument("--log-format", choices=LOG_FORMATS, default=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     _add = sub.add_parser
 

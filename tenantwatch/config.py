@@ -11,7 +11,7 @@ Keys [default]:
                     config file (tls_server_config, bcrypt basic_auth_users) [none]
   listen            host:port serving /metrics /healthz /readyz /api/v1/* ["127.0.0.1:9477"];
                     IPv6 in brackets ("[::1]:9477"); 0.0.0.0 or [::] for all interfaces
-  log_format        text | json ["text"]
+  log_format        text | json | logfmt ["text"]
   log_level         debug | info | warning | error | critical ["info"]
   targets           required, 1..MAX_TARGETS of:
     - process       process name (comm, 1..15 bytes); all matching processes, new ones too
@@ -112,6 +112,7 @@ from tenantwatch.detection.settings import DetectionSettings, parse_detection
 from tenantwatch.errors import ConfigError
 from tenantwatch.identity.records import INVALID, OTHER, UNATTRIBUTED
 from tenantwatch.kernel.records import Side
+from tenantwatch.logs import LOG_FORMATS  # one list, shared with the CLI
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ DEFAULT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
 DEFAULT_CGROUP = "/sys/fs/cgroup/tenants.slice/tenant-{tenant}.slice"
 DEFAULT_TENANT = "common"
 ENFORCEMENT_MODES = ("off", "dry-run", "enforce")
-LOG_FORMATS = ("text", "json")
+
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 JWT_ALGORITHMS = (
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",

@@ -15,7 +15,6 @@ import re
 import select
 import signal
 import socket
-import sys
 import threading
 import time
 from typing import Any
@@ -50,6 +49,7 @@ from tenantwatch.identity.registry import TenantRegistry
 from tenantwatch.kernel.loader import HttpProbes, KernelResponseCheck, KernelSource
 from tenantwatch.kernel.records import Side
 from tenantwatch.kernel.targets import ProcessScanner
+from tenantwatch.logs import apply_logging
 from tenantwatch.memory import after_compile, fixed_mmap_threshold
 
 log = logging.getLogger(__name__)
@@ -551,20 +551,6 @@ class Daemon:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, hup)
-
-
-def apply_logging(fmt: str | None, level: str) -> None:
-    """For a reload: set the root log level and, when `fmt` is given, the format of the stderr
-    handlers `tenantwatch run` installed (cli.setup_logging); no handler is replaced."""
-    from tenantwatch.cli import make_formatter
-
-    root = logging.getLogger()
-    root.setLevel(level.upper())
-    if fmt is None:
-        return
-    for h in root.handlers:
-        if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is sys.stderr:
-            h.setFormatter(make_formatter(fmt))  # as cli.setup_logging
 
 
 def _is_process(tgid: int) -> bool:

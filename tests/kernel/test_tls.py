@@ -7,8 +7,8 @@ with the openssl command.  The client is this test process (not traced).
 
 from __future__ import annotations
 
-import shutil
 import os
+import shutil
 import socket
 import ssl
 import subprocess

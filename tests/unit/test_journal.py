@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tenantwatch.cli import JournalPrefix, journal_stream, make_formatter, syslog_priority
+from tenantwatch.logs import JournalPrefix, journal_stream, make_formatter, syslog_priority
 
 
 def test_levels_map_to_syslog_priorities() -> None:
@@ -54,3 +54,31 @@ def test_the_daemon_logs_with_priorities_on_its_journal_stream(tmp_path: Path) -
         subprocess.run([sys.executable, "-m", "tenantwatch.cli", "run", "--config", str(bad)],
                        stderr=fh, stdout=subprocess.DEVNULL, env=env, timeout=60, check=False)
     assert err.read_text().startswith("ERROR tenantwatch: bad configuration")
+
+
+def test_logfmt_lines():
+    import logging
+
+    from tenantwatch.logs import LogfmtFormatter
+
+    rec = logging.LogRecord("tenantwatch.daemon", logging.WARNING, __file__, 1,
+                            'cap on "acme" = 0.5 cores', None, None)
+    rec.created = 1765000000.1234
+    line = LogfmtFormatter().format(rec)
+    assert line == ('ts=1765000000.123 level=warning logger=tenantwatch.daemon '
+                    'msg="cap on \\"acme\\" = 0.5 cores"')
+    rec2 = logging.LogRecord("x", logging.INFO, __file__, 1, "ready", None, None)
+    assert LogfmtFormatter().format(rec2).endswith(" level=info logger=x msg=ready")
+    assert "\n" not in LogfmtFormatter().format(
+        logging.LogRecord("x", logging.INFO, __file__, 1, "two\nlines", None, None))
+
+
+def test_the_daemon_does_not_import_the_cli():
+    import subprocess
+    import sys
+
+    code = ("import sys, tenantwatch.daemon; "
+            "print('tenantwatch.cli' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "False"

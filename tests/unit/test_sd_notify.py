@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from tenantwatch.cli import JsonFormatter
 from tenantwatch.config import load_config
 from tenantwatch.daemon import Daemon, sd_notify, watchdog_interval
 from tenantwatch.kernel.records import KernelTick
+from tenantwatch.logs import JsonFormatter
 from tests.conftest import _free_port
 
 CONFIG = """\
