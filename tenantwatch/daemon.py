@@ -17,7 +17,7 @@ import signal
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from prometheus_client import ProcessCollector
 
@@ -40,7 +40,7 @@ from tenantwatch.exporters.isolation import report as report_breaches
 from tenantwatch.exporters.otel import OtelMetricsExporter, otel_requested
 from tenantwatch.exporters.otel_traces import OtelSpanExporter, traces_requested
 from tenantwatch.exporters.registry import RegistryCollector
-from tenantwatch.exporters.self_metrics import tick_duration
+from tenantwatch.exporters.self_metrics import stage_errors, tick_duration
 from tenantwatch.exporters.web_config import load_web_config
 from tenantwatch.h2 import H2Tracker
 from tenantwatch.identity import IdentityResolver
@@ -60,6 +60,8 @@ SWEEP_EVERY_TICKS = 10
 SWEEP_BACKSTOP_TICKS = 60
 # /healthz turns unhealthy when the tick loop has not completed for this many ticks.
 STALL_TICKS = 5
+# The stages of a tick, in order, each isolated (Daemon._apply): tenantwatch_stage_errors_total
+TICK_STAGES = ("drain", "http2", "aggregate", "isolation", "spans", "detect", "enforce")
 # IdentityResolver's key cache: at least this, else twice capture.max_identities
 MIN_IDENTITY_CACHE = 65536
 # /healthz names a kernel table this full (alert TenantwatchKernelTableFull fires at the same)
@@ -196,6 +198,7 @@ class Daemon:
         metrics.register(ProcessCollector(registry=None))
         # how long each tick takes: a tick that runs late delays every number
         self.tick_duration = metrics.register(tick_duration())
+        self.stage_errors = metrics.register(stage_errors(TICK_STAGES))
         self.api = ApiServer(config.listen_host, config.listen_port, self.snapshot, self.health,
                              self.exposition,
                              extra_routes={
@@ -374,23 +377,48 @@ class Daemon:
         self._seen_targets = set(live)
 
     def _apply(self) -> None:
-        """Drain the kernel once and run the stages after it."""
-        tick = self.h2.merge(self.probes.drain())
-        self.aggregator.apply(tick, self.host.sample(self.resolver.tenants()),
-                              self.config.capture.tick_seconds)
-        breaches = self.isolation.apply(tick) if self.isolation is not None else ()
-        report_breaches(breaches)
+        """Drain the kernel once and run the stages after it, each isolated (TICK_STAGES): a
+        stage that raises is logged and counted (tenantwatch_stage_errors_total{stage}), and the
+        stages that would act on its missing result are skipped this tick; the daemon goes on.
+        What a failed drain did not read stays in the kernel's map: a later drain reads it
+        (late, not lost)."""
+        tick = self._stage("drain", self.probes.drain)
+        if tick is None:
+            return
+        merged = self._stage("http2", self.h2.merge, tick)
+        tick = merged if merged is not None else tick  # HTTP/2 streams missing this tick
+        if self._stage("aggregate", lambda: self.aggregator.apply(
+                tick, self.host.sample(self.resolver.tenants()),
+                self.config.capture.tick_seconds) or True) is None:
+            return  # detection and enforcement would act on the last tick's numbers again
+        breaches = ()
+        if self.isolation is not None:
+            breaches = self._stage("isolation", self.isolation.apply, tick) or ()
+            report_breaches(breaches)
         if self.otel_spans is not None:
-            self.otel_spans.export(self.aggregator.slow_spans())
-            self.otel_spans.export_breaches(breaches)
+            self._stage("spans", lambda: (self.otel_spans.export(self.aggregator.slow_spans()),
+                                          self.otel_spans.export_breaches(breaches)))
         node = self.aggregator.node_tick()
-        if node is not None:
-            self.detection = self.detector.update(node)
-            for change in self.detection.changes:  # one structured line per change
-                log.warning("detection %s", json.dumps(change.as_dict(), sort_keys=True))
-            snap = self.aggregator.snapshot(self._ready)
-            self.enforcer.tick(self.detection,
-                               {t: b.usage_seconds for t, b in snap.backends.items()})
+        if node is None:
+            return
+        detection = self._stage("detect", self.detector.update, node)
+        if detection is None:
+            return
+        self.detection = detection
+        for change in detection.changes:  # one structured line per change
+            log.warning("detection %s", json.dumps(change.as_dict(), sort_keys=True))
+        snap = self.aggregator.snapshot(self._ready)
+        self._stage("enforce", self.enforcer.tick, detection,
+                    {t: b.usage_seconds for t, b in snap.backends.items()})
+
+    def _stage(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """fn(*args), or None when it raised (logged with its traceback, counted)."""
+        try:
+            return fn(*args)
+        except Exception:
+            self.stage_errors.labels(stage=name).inc()
+            log.exception("tick stage %s failed; the tick goes on without it", name)
+            return None
 
     def run(self) -> int:
         self._wake_fds = os.pipe()

@@ -413,3 +413,53 @@ def test_the_connection_table_is_walked_only_when_a_target_left(tmp_path):
         d._tick()
     assert probes.sweeps == [{10}, {10}]  # the backstop
     d.api.stop()
+
+
+class FailingProbes(FakeProbes):
+    """drain() raises on the ticks listed."""
+
+    def __init__(self, fail_on: set[int]) -> None:
+        super().__init__()
+        self.fail_on = fail_on
+
+    def drain(self) -> KernelTick:
+        tick = super().drain()
+        if self.drains in self.fail_on:
+            raise OSError("bpf_map_lookup_batch: Bad address")
+        return tick
+
+
+def _stage_errors(d: Daemon) -> dict[str, float]:
+    return {s.labels["stage"]: s.value for m in d.stage_errors.collect() for s in m.samples
+            if s.name.endswith("_total")}
+
+
+def test_a_failing_stage_is_counted_and_the_daemon_goes_on(tmp_path, caplog):
+    probes = FailingProbes({2})
+    d = make_daemon(tmp_path, probes=probes)
+    try:
+        d._apply()  # drain 1: fine
+        ticks = d.aggregator.snapshot(True).ticks
+        with caplog.at_level(logging.ERROR):
+            d._apply()  # drain 2 raises: nothing else this tick
+        assert _stage_errors(d)["drain"] == 1
+        assert "tick stage drain failed" in caplog.text
+        assert d.aggregator.snapshot(True).ticks == ticks
+        d._apply()  # drain 3: fine again
+        assert d.aggregator.snapshot(True).ticks == ticks + 1
+
+        def boom(*_a, **_k):
+            raise ValueError("detector bug")
+
+        detected = d.detection
+        d.detector.update = boom
+        enforced = []
+        d.enforcer.tick = lambda *a: enforced.append(a)
+        d._apply()  # aggregation fine, detection raises: no enforcement on a stale result
+        assert _stage_errors(d)["detect"] == 1
+        assert enforced == [] and d.detection is detected
+        assert d.aggregator.snapshot(True).ticks == ticks + 2
+        assert set(_stage_errors(d)) == {"drain", "http2", "aggregate", "isolation", "spans",
+                                         "detect", "enforce"}  # all there from the start
+    finally:
+        d.api.stop()

@@ -12,7 +12,7 @@ from tenantwatch.exporters.detection import DetectionCollector
 from tenantwatch.exporters.enforcement import EnforcementCollector
 from tenantwatch.exporters.isolation import IsolationCollector
 from tenantwatch.exporters.registry import RegistryCollector
-from tenantwatch.exporters.self_metrics import tick_duration
+from tenantwatch.exporters.self_metrics import stage_errors, tick_duration
 from tests.unit.exporters.snapshots import make_snapshot
 
 README = Path(__file__).resolve().parents[3] / "README.md"
@@ -23,7 +23,7 @@ def _exported() -> set[str]:
                                     jwt_counts=dict).describe())
     for cls in (DetectionCollector, EnforcementCollector, RegistryCollector, IsolationCollector):
         families += cls(lambda: None).describe()
-    families += tick_duration().describe()
+    families += tick_duration().describe() + stage_errors(["drain"]).describe()
     names = set()
     for f in families:
         names.add(f.name + "_total" if f.type == "counter" else f.name)
