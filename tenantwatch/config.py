@@ -64,7 +64,8 @@ Keys [default]:
     h2_budget_ms_per_tick  CPU time HTTP/2 decoding may take per tick, 1..60000 [250]; beyond
                     it the costliest connections are shed (docs/http2.md)
     max_identities  distinct identities the kernel counts per tick, both sides together,
-                    1024..262144 [2 x tenancy.max_tenants + 2048, at least 4096]; more fold
+                    1024..262144 and at least 2 x tenancy.max_tenants + 16
+                    [2 x tenancy.max_tenants + 2048, at least 4096]; more fold
                     into __other__ (events_lost{reason="identity_map_full"}).  Kernel memory:
                     two maps of ~530 B an entry (docs/limits.md)
   detection:        noisy-neighbour and hotspot rules: see docs/detection.md
@@ -134,6 +135,9 @@ MAX_TENANTS_LIMIT = 100_000
 # sides plus a tick's junk values; the limit keeps the maps under ~300 MB of kernel memory.
 MIN_DEFAULT_IDENTITIES = 4096
 JUNK_IDENTITIES = 2048
+# the kernel's own entries beside the tenants: overflow and collision entries, requests with no
+# identity, the default tenant, flagged values (per side), with room
+RESERVED_IDENTITIES = 16
 MAX_IDENTITIES_LIMIT = 262_144
 
 DEFAULT_LISTEN = "127.0.0.1:9477"
@@ -835,9 +839,23 @@ def _parse_capture(value: Any, field: str, env: Mapping[str, str],
                                1, 100000),
         h2_budget_ms_per_tick=_number(m.get("h2_budget_ms_per_tick", 250.0),
                                       f"{field}.h2_budget_ms_per_tick", 1.0, 60000.0),
-        max_identities=_int(m.get("max_identities", default_max_identities(max_tenants)),
-                            f"{field}.max_identities", 1024, MAX_IDENTITIES_LIMIT),
+        max_identities=_max_identities(m, field, max_tenants),
     )
+
+
+def _max_identities(m: Mapping[str, Any], field: str, max_tenants: int) -> int:
+    """capture.max_identities: never below every admitted tenant on both sides plus the
+    reserved entries, so no fixed ceiling smaller than max_tenants folds a tenant into
+    __other__."""
+    f = f"{field}.max_identities"
+    n = _int(m.get("max_identities", default_max_identities(max_tenants)), f, 1024,
+             MAX_IDENTITIES_LIMIT)
+    need = 2 * max_tenants + RESERVED_IDENTITIES
+    if n < need:
+        raise ConfigError(f, f"{n} is less than 2 x tenancy.max_tenants + {RESERVED_IDENTITIES} "
+                             f"= {need}: a tick with every tenant on both sides would fold some "
+                             "into __other__; raise it or lower max_tenants")
+    return n
 
 
 # --- small validators ------------------------------------------------------------------------

@@ -773,3 +773,11 @@ def test_max_identities_follows_max_tenants():
         with pytest.raises(ConfigError) as e:
             parse_config({**base, "capture": {"max_identities": bad}}, env={})
         assert "capture.max_identities" in str(e.value)
+    # never below every tenant on both sides: no silent ceiling under max_tenants
+    with pytest.raises(ConfigError) as e:
+        parse_config({**base, "tenancy": {"max_tenants": 3000},
+                      "capture": {"max_identities": 5000}}, env={})
+    assert "2 x tenancy.max_tenants + 16 = 6016" in str(e.value)
+    ok = parse_config({**base, "tenancy": {"max_tenants": 3000},
+                       "capture": {"max_identities": 6016}}, env={})
+    assert ok.capture.max_identities == 6016
