@@ -31,8 +31,9 @@ from tenantwatch.config import Config, load_config
 from tenantwatch.detection import DetectionResult, Detector
 from tenantwatch.enforcement import AuditLog, Enforcer, Placer, StateStore
 from tenantwatch.errors import ConfigError
-from tenantwatch.exporters import ApiServer, TenantCollector, tenants_payload
+from tenantwatch.exporters import ApiServer, TenantCollector
 from tenantwatch.exporters.detection import DetectionCollector, hotspots_payload
+from tenantwatch.exporters.documents import health_document, tenants_document
 from tenantwatch.exporters.enforcement import EnforcementCollector
 from tenantwatch.exporters.exposition import Exposition
 from tenantwatch.exporters.isolation import IsolationCollector
@@ -64,8 +65,6 @@ STALL_TICKS = 5
 TICK_STAGES = ("drain", "http2", "aggregate", "isolation", "spans", "detect", "enforce")
 # IdentityResolver's key cache: at least this, else twice capture.max_identities
 MIN_IDENTITY_CACHE = 65536
-# /healthz names a kernel table this full (alert TenantwatchKernelTableFull fires at the same)
-TABLE_FULL_RATIO = 0.9
 
 
 def sd_notify(message: str) -> bool:
@@ -239,43 +238,19 @@ class Daemon:
         return snap
 
     def health(self) -> dict[str, Any]:
-        snap = self.aggregator.snapshot(self._ready)
-        age = time.monotonic() - self._last_tick
-        stalled = age > STALL_TICKS * self.config.capture.tick_seconds
-        detached = [p for p, ok in snap.probes.items() if not ok]
-        lost = dict(snap.events_lost)
-        return {
-            "ok": self._ready and not stalled,
-            "ready": self._ready,
-            "last_tick_age_seconds": round(age, 3),
-            "targets": snap.targets,
-            "probes_detached": detached,
-            "events_lost": lost,
-            "events_lost_total": sum(lost.values()),
-            "identity_rejected": dict(snap.identity_rejected),
-            "drain_path": self.probes.drain_path,
-            # each kernel table's fill; "tables_full" names those at TABLE_FULL_RATIO or more
-            "tables": {name: {"entries": n, "capacity": cap}
-                       for name, (n, cap) in sorted(snap.tables.items())},
-            "tables_full": sorted(name for name, (n, cap) in snap.tables.items()
-                                  if cap and n >= TABLE_FULL_RATIO * cap),
-            **({"registry": self.tenant_registry.status()}
-               if self.tenant_registry is not None else {}),
-        }
+        return health_document(
+            self.aggregator.snapshot(self._ready), ready=self._ready,
+            last_tick_age=time.monotonic() - self._last_tick,
+            stall_after=STALL_TICKS * self.config.capture.tick_seconds,
+            drain_path=self.probes.drain_path,
+            stage_errors={s.labels["stage"]: int(s.value)
+                          for m in self.stage_errors.collect() for s in m.samples
+                          if s.name.endswith("_total")},
+            registry=self.tenant_registry.status() if self.tenant_registry is not None else None)
 
     def tenants_document(self) -> tuple[int, dict[str, Any]]:
-        """/api/v1/tenants: the aggregation snapshot plus CPU shares and detection flags."""
-        doc = tenants_payload(self.snapshot())
-        result = self.detection
-        flags: dict[str, list[str]] = {}
-        if result is not None:
-            doc["cpu_share"] = dict(result.shares)
-            for v in result.noisy:
-                flags.setdefault(v.tenant, []).append("NOISY")
-            for h in result.hotspots:
-                flags.setdefault(h.tenant, []).append(f"HOT:{h.kind}{h.id}")
-        doc["flags"] = flags
-        return 200, doc
+        """/api/v1/tenants (exporters/documents.py)."""
+        return 200, tenants_document(self.snapshot(), self.detection)
 
     # ------------------------------------------------------------------ lifecycle
 
