@@ -11,6 +11,7 @@ latest ``Snapshot`` is built at the end of ``apply()`` and published by one attr
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import logging
 import threading
@@ -185,7 +186,7 @@ class Aggregator:
         # 10k tenants, rebuilding them all every tick cost ~200 ms (bench/scale.py).
         self._rows: dict[tuple[str, Side], TenantSideStats] = {}
         self._dirty: set[tuple[str, Side]] = set()
-        self._order: list[tuple[str, Side]] = []  # sorted keys of _rows; [] when stale
+        self._order: list[tuple[str, Side]] = []  # the keys of _rows, sorted
         self._tenants: tuple[TenantSideStats, ...] = ()  # the rows in that order
         self._identity_rejected: dict[str, int] = {}
         self._events_lost: dict[str, int] = {}
@@ -427,19 +428,18 @@ class Aggregator:
     def _build_snapshot(self) -> Snapshot:
         rows = self._rows
         if self._dirty or not rows:
+            order = self._order  # sorted by (tenant, side): Side compares as its value
             for key in self._dirty:
                 t = self._totals.get(key)
                 if t is None:
                     if rows.pop(key, None) is not None:
-                        self._order = []
+                        order.remove(key)
                 else:
                     if key not in rows:
-                        self._order = []
+                        bisect.insort(order, key)  # a few new pairs a tick, not a full sort
                     rows[key] = self._row(key[0], key[1], t)
             self._dirty.clear()
-            if not self._order and rows:
-                self._order = sorted(rows, key=lambda k: (k[0], k[1].value))
-            self._tenants = tuple(rows[k] for k in self._order)
+            self._tenants = tuple(rows[k] for k in order)
         tenants = self._tenants  # a tick that touched no row: the same tuple (40k tenants: 40 ms)
         return Snapshot(
             tenants=tenants,

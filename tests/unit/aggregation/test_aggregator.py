@@ -335,3 +335,30 @@ def test_every_kernel_loss_reason_has_a_reach() -> None:
                 or SAMPLING_LOSSES & TENANT_LOSSES)
     assert set(LOST_REASONS) - classified == node_wide
     assert classified <= set(LOST_REASONS) | set(H2_REASONS)
+
+
+def test_snapshot_rows_stay_sorted_and_fresh_as_tenants_come_and_go() -> None:
+    """Rows are rebuilt only for the pairs a tick touched and kept in (tenant, side) order."""
+    import random
+
+    rng = random.Random(3)
+    names = [f"t{i:03d}" for i in range(60)]
+    resolver = FakeResolver({i: TenantIdentity(n, Trust.CLAIMED) for i, n in enumerate(names)})
+    agg = Aggregator(resolver, BOUNDS, clock=lambda: 1.0)
+    want: dict[tuple[str, Side], int] = {}
+    for _ in range(30):
+        counts = []
+        for key in rng.sample(range(60), 7):
+            side = rng.choice([Side.SERVER, Side.CLIENT])
+            counts.append(make_counts(key, side, classes={"2xx": 1}))
+            want[(names[key], side)] = want.get((names[key], side), 0) + 1
+        gone = rng.sample(sorted({t for t, _ in want}), 2)
+        resolver.to_expire = gone
+        agg.apply(make_tick(*counts))
+        for t in gone:
+            for side in Side:
+                want.pop((t, side), None)
+        snap = agg.snapshot(True)
+        keys = [(s.tenant, s.side) for s in snap.tenants]
+        assert keys == sorted(want, key=lambda k: (k[0], k[1].value))
+        assert {k: s.requests_by_class["2xx"] for k, s in zip(keys, snap.tenants)} == want
