@@ -302,7 +302,7 @@ class Daemon:
     def _gateway_pids(self) -> set:
         """Every traced gateway process: a cgroup holding one is never capped."""
         pids = set(self.scanner.scan())
-        if self.probes._bpf is not None:
+        if self.probes.loaded:
             pids |= self.probes.targets()
         return pids
 
@@ -518,7 +518,7 @@ class Daemon:
         except Exception:
             log.exception("restoring CPU caps failed; run `tenantwatch release-caps`")
         breaches: tuple = ()
-        if self.probes._bpf is not None:
+        if self.probes.loaded:
             try:
                 tick = self.h2.merge(self.probes.drain())
                 self.aggregator.apply(tick)

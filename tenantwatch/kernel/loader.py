@@ -683,6 +683,11 @@ class HttpProbes:
         self._user_lost.clear()
         return out
 
+    @property
+    def loaded(self) -> bool:
+        """The programs are loaded and the maps can be read (between load() and close())."""
+        return self._bpf is not None
+
     def close(self) -> None:
         """Detach everything (idempotent)."""
         if self._bpf is not None:

@@ -147,14 +147,12 @@ class FakeProbes:
         self.loaded = False
         self.closed = False
         self.drains = 0
-        self._bpf = None
         self.probes: dict[str, bool] = {}
 
     def load(self) -> None:
         if self.on_load:
             self.on_load()
         self.loaded = True
-        self._bpf = object()
         self.probes = {"syscalls:sys_enter_read": True, "syscalls:sys_exit_read": True}
 
     def set_targets(self, tgids):
@@ -173,7 +171,7 @@ class FakeProbes:
 
     def close(self) -> None:
         self.closed = True
-        self._bpf = None
+        self.loaded = False
 
 
 def make_daemon(tmp_path: Path, tick: float = 1.0, level: str = "info",
