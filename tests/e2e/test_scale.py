@@ -12,7 +12,8 @@ as nginx takes them and send one request each, for tenant t<NNNNN> = connection 
   idle keep-alive connections), then exactly 0 after they close;
 - nothing is lost (slow-request spans are off: they are rate-limited samples by design);
 - /metrics answers within 1 s (best of three scrapes, the client's clock), and the daemon's
-  own tick histogram shows the ticks while the connections are held within 100 ms;
+  own tick histogram shows the ticks while the connections are held within 100 ms (but for the
+  one beside a scrape and a sweep);
 - the daemon's RSS (anonymous, what it owns) stays within RSS_ANON_LIMIT_MB.
 
 bench/scale.py measures the same at 2x and 4x; docs/performance.md has the numbers.
@@ -166,11 +167,12 @@ def test_fifty_thousand_connections_of_ten_thousand_tenants(stack):
         assert m.active("server") == alive
         assert m.lost() == {}, m.lost()
         assert min(scrapes) <= SCRAPE_LIMIT_S, scrapes
-        # held ticks within 100 ms; one of them may have run beside the scrape that opened
-        # the window (a scrape holds the interpreter for ~0.3 s), and no more
+        # held ticks within 100 ms, but for two: one may have run beside the scrape that opened
+        # the window (a scrape holds the interpreter for ~0.5 s), one may be the sweep's
+        # backstop (every 60 ticks it walks the 50k connections, ~0.2 s)
         n_held = held[float("inf")]
         assert n_held >= HOLD_S - 2, held
-        assert held[TICK_LIMIT_S] >= n_held - 1, held
+        assert held[TICK_LIMIT_S] >= n_held - 2, held
         assert held[1.0] == n_held, held
         rss_anon_mb = _status_kb(daemon.pid, "RssAnon") / 1024
         assert rss_anon_mb <= RSS_ANON_LIMIT_MB, rss_anon_mb
