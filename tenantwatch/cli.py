@@ -1,7 +1,8 @@
 """Command line: tenantwatch run|doctor|check-config|top|status|demo|release-caps|version.
 
 Exit codes: 0 ok; 1 runtime failure (probes could not attach: see `doctor`);
-2 usage; 78 bad configuration (EX_CONFIG, systemd's RestartPreventExitStatus);
+2 usage; 77 missing privileges (EX_NOPERM); 78 bad configuration (EX_CONFIG); the unit's
+RestartPreventExitStatus= names both;
 `status`: 0 running, 3 not running, 4 unknown.
 """
 
@@ -19,6 +20,7 @@ from tenantwatch.errors import ConfigError, KernelSupportError, PermissionProble
 from tenantwatch.logs import LOG_FORMATS, setup_logging
 
 EX_CONFIG = 78
+EX_NOPERM = 77  # sysexits.h: missing privileges (root, CAP_BPF): not restarted by the unit
 log = logging.getLogger("tenantwatch")
 
 
@@ -52,7 +54,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     try:
         return daemon.run()
-    except (KernelSupportError, PermissionProblem) as e:
+    except PermissionProblem as e:  # not root, no CAP_BPF: a restart cannot help
+        log.error("%s", e)
+        return EX_NOPERM
+    except KernelSupportError as e:
         log.error("%s", e)
         return 1
     except TenantwatchError as e:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tenantwatch.cli import EX_CONFIG, build_parser
+from tenantwatch.cli import EX_CONFIG, EX_NOPERM, build_parser
 from tests.conftest import require
 
 REPO = Path(__file__).resolve().parents[2]
@@ -75,13 +75,16 @@ def test_type_notify_with_watchdog_reload_and_restart_policy(service):
     assert one(service, "WatchdogSec") == "30s"
     assert one(service, "ExecReload") == "/bin/kill -HUP $MAINPID"
     assert one(service, "Restart") == "on-failure"
-    assert one(service, "RestartPreventExitStatus") == str(EX_CONFIG) == "78"
+    assert one(service, "RestartPreventExitStatus").split() == [str(EX_CONFIG), str(EX_NOPERM)] \
+        == ["78", "77"]
     assert "PYTHONUNBUFFERED=1" in service["Environment"]
 
 
 def test_exec_start_runs_what_install_sh_puts_in_place(service):
     assert one(service, "ExecStart") == (
-        "/usr/local/bin/tenantwatch run --config /etc/tenantwatch/tenantwatch.yaml")
+        "/usr/local/bin/tenantwatch run --config /etc/tenantwatch/tenantwatch.yaml "
+        "$TENANTWATCH_OPTS")
+    assert one(service, "EnvironmentFile") == "-/etc/default/tenantwatch"
     script = INSTALL.read_text()
     assert 'BIN_LINK="$ROOT/usr/local/bin/tenantwatch"' in script
     assert 'CONF="$CONF_DIR/tenantwatch.yaml"' in script and '"$ROOT/etc/tenantwatch"' in script
@@ -196,3 +199,20 @@ def test_the_score_reacts_to_the_hardening(tmp_path):
     bare.write_text("\n".join(line for line in UNIT.read_text().splitlines()
                               if line.startswith(keep)) + "\n")
     assert exposure(bare)[0] > exposure(UNIT)[0] + 3
+
+
+def test_missing_privileges_exit_77(monkeypatch, tmp_path):
+    """Not root (or no CAP_BPF): exit 77, which the unit does not restart in a loop."""
+    from tenantwatch import cli
+    from tenantwatch.daemon import Daemon
+    from tenantwatch.errors import PermissionProblem
+    from tests.conftest import _free_port
+
+    cfg = tmp_path / "tw.yaml"
+    cfg.write_text(f'listen: "127.0.0.1:{_free_port()}"\ntargets: [{{process: nginx}}]\n')
+
+    def no_privileges(self):
+        raise PermissionProblem("loading BPF programs needs root (or CAP_BPF+CAP_PERFMON)")
+
+    monkeypatch.setattr(Daemon, "run", no_privileges)
+    assert cli.main(["run", "--config", str(cfg)]) == EX_NOPERM == 77
