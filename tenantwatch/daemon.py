@@ -48,7 +48,7 @@ from tenantwatch.identity import IdentityResolver
 from tenantwatch.identity.jwt_verifier import build_verifiers, total_counts
 from tenantwatch.identity.registry import TenantRegistry
 from tenantwatch.kernel.loader import HttpProbes, KernelResponseCheck, KernelSource
-from tenantwatch.kernel.records import Side
+from tenantwatch.kernel.records import KernelTick, Side
 from tenantwatch.kernel.targets import ProcessScanner
 from tenantwatch.logs import apply_logging
 from tenantwatch.memory import after_compile, fixed_mmap_threshold
@@ -63,6 +63,7 @@ SWEEP_BACKSTOP_TICKS = 60
 STALL_TICKS = 5
 # The stages of a tick, in order, each isolated (Daemon._apply): tenantwatch_stage_errors_total
 TICK_STAGES = ("drain", "http2", "aggregate", "isolation", "spans", "detect", "enforce")
+FAILED = object()  # what Daemon._stage gives for a stage that raised
 # IdentityResolver's key cache: at least this, else twice capture.max_identities
 MIN_IDENTITY_CACHE = 65536
 
@@ -358,26 +359,25 @@ class Daemon:
         What a failed drain did not read stays in the kernel's map: a later drain reads it
         (late, not lost)."""
         tick = self._stage("drain", self.probes.drain)
-        if tick is None:
+        if tick is FAILED:
             return
         merged = self._stage("http2", self.h2.merge, tick)
-        tick = merged if merged is not None else tick  # HTTP/2 streams missing this tick
-        if self._stage("aggregate", lambda: self.aggregator.apply(
-                tick, self.host.sample(self.resolver.tenants()),
-                self.config.capture.tick_seconds) or True) is None:
+        if merged is not FAILED:
+            tick = merged  # else: this tick's HTTP/2 streams are missing
+        if self._stage("aggregate", self._aggregate, tick) is FAILED:
             return  # detection and enforcement would act on the last tick's numbers again
-        breaches = ()
+        breaches: tuple = ()
         if self.isolation is not None:
-            breaches = self._stage("isolation", self.isolation.apply, tick) or ()
+            found = self._stage("isolation", self.isolation.apply, tick)
+            breaches = () if found is FAILED else found
             report_breaches(breaches)
         if self.otel_spans is not None:
-            self._stage("spans", lambda: (self.otel_spans.export(self.aggregator.slow_spans()),
-                                          self.otel_spans.export_breaches(breaches)))
+            self._stage("spans", self._export_spans, breaches)
         node = self.aggregator.node_tick()
         if node is None:
             return
         detection = self._stage("detect", self.detector.update, node)
-        if detection is None:
+        if detection is FAILED:
             return
         self.detection = detection
         for change in detection.changes:  # one structured line per change
@@ -386,14 +386,23 @@ class Daemon:
         self._stage("enforce", self.enforcer.tick, detection,
                     {t: b.usage_seconds for t, b in snap.backends.items()})
 
+    def _aggregate(self, tick: KernelTick) -> None:
+        self.aggregator.apply(tick, self.host.sample(self.resolver.tenants()),
+                              self.config.capture.tick_seconds)
+
+    def _export_spans(self, breaches: tuple) -> None:
+        assert self.otel_spans is not None
+        self.otel_spans.export(self.aggregator.slow_spans())
+        self.otel_spans.export_breaches(breaches)
+
     def _stage(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
-        """fn(*args), or None when it raised (logged with its traceback, counted)."""
+        """fn(*args), or FAILED when it raised (logged with its traceback, counted)."""
         try:
             return fn(*args)
         except Exception:
             self.stage_errors.labels(stage=name).inc()
             log.exception("tick stage %s failed; the tick goes on without it", name)
-            return None
+            return FAILED
 
     def run(self) -> int:
         self._wake_fds = os.pipe()

@@ -19,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tenantwatch.errors import KernelSupportError, PermissionProblem
 from tenantwatch.kernel import abi, dfa
@@ -489,22 +490,28 @@ class HttpProbes:
         """Read and delete the breaching pairs of the generation the kernel no longer writes."""
         if self.response_check is None:
             return ()
-        table = self._bpf[b"tw_breach"]
         out = []
-        for k, v in list(table.items()):
-            if k.gen != gen:
-                continue
-            key = abi.BreachKey(req_key=k.req_key, served_h1=k.served_h1, side=k.side,
-                                gen=k.gen)
+        for k, v in self._take_generation(b"tw_breach", gen):
             n = min(int(v.served_len), abi.VALUE_MAX)
             out.append(BreachCount(
                 key=int(k.req_key), side=Side.SERVER if k.side == abi.SIDE_SERVER else Side.CLIENT,
                 served=bytes(v.served[:n]), count=int(v.count)))
+        return tuple(out)
+
+    def _take_generation(self, name: bytes, gen: int) -> list[tuple[Any, Any]]:
+        """Read and delete the entries of a map keyed with the tick generation (`gen` field)
+        that belong to generation `gen`, the one the kernel no longer writes."""
+        table = self._bpf[name]
+        out = []
+        for k, v in list(table.items()):
+            if k.gen != gen:
+                continue
+            out.append((k, v))
             try:
-                del table[key]
+                del table[k]
             except KeyError:
                 pass
-        return tuple(out)
+        return out
 
     def _on_breach(self, _ctx, data, _size) -> int:
         e = ct.cast(data, ct.POINTER(abi.BreachEvent)).contents
@@ -625,20 +632,12 @@ class HttpProbes:
         """Closes the kernel counted in tw_closes (their identity had no room in a full
         aggregate map) in the generation it no longer writes: added to the swept closes, under
         the same key.  Gives the entries read."""
-        table = self._bpf[b"tw_closes"]
-        n = 0
-        for k, v in list(table.items()):
-            if k.gen != gen:
-                continue
-            n += 1
+        rows = self._take_generation(b"tw_closes", gen)
+        for k, v in rows:
             acc = self._swept_closes.setdefault((int(k.key), int(k.side)), [0, 0])
             acc[0] += int(v.closed)
             acc[1] += int(v.dur_ns)
-            try:
-                del table[k]
-            except KeyError:
-                pass
-        return n
+        return len(rows)
 
     def _take_swept_closes(self) -> tuple[IdentityCounts, ...]:
         nb = len(self.bounds) + 1
