@@ -74,6 +74,10 @@ Keys [default]:
                     and client [[server, client]]; [] exports none.  Each is 19 series per
                     tenant with the default buckets, ~60 % of a tenant's series
                     (docs/performance.md, "The node at full size")
+  power:            energy per tenant (docs/fleet.md, "Power and heat"): RAPL when readable,
+                    else this linear model of the node, else no energy is exported
+    idle_watts      the node's power at idle, 0..100000 [null]
+    max_watts       its power at full CPU load, idle_watts..100000 [null]; both or neither
   otel:             OpenTelemetry export, off unless an endpoint is given here or in
                     OTEL_EXPORTER_OTLP_(METRICS_|TRACES_)ENDPOINT (docs/opentelemetry.md)
     endpoint        base URL of an OTLP/HTTP receiver, e.g. http://collector:4318 [null]
@@ -301,6 +305,14 @@ class Metrics:
 
 
 @dataclass(frozen=True)
+class Power:
+    """The node's power model, used when RAPL cannot be read (aggregation/power.py)."""
+
+    idle_watts: float | None = None
+    max_watts: float | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated configuration."""
 
@@ -316,6 +328,7 @@ class Config:
     # TLS and basic auth of the endpoints, exporter-toolkit format (exporters/web_config.py)
     web_config_file: str | None = None
     metrics: Metrics = field(default_factory=lambda: Metrics())
+    power: Power = field(default_factory=lambda: Power())
 
     @property
     def listen_host(self) -> str:
@@ -421,7 +434,8 @@ def parse_config(data: Any, env: Mapping[str, str] = os.environ) -> Config:
     _warn_unknown_env(env)
     top = _mapping(data, "<file>")
     _check_keys(top, ("listen", "targets", "tenancy", "enforcement", "capture", "detection",
-                      "otel", "log_format", "log_level", "web_config_file", "metrics"), "")
+                      "otel", "log_format", "log_level", "web_config_file", "metrics",
+                      "power"), "")
     web = top.get("web_config_file")
     if web is not None:
         web = _str(web, "web_config_file")
@@ -444,6 +458,7 @@ def parse_config(data: Any, env: Mapping[str, str] = os.environ) -> Config:
         detection=parse_detection(top.get("detection"), "detection"),
         otel=_parse_otel(top.get("otel"), "otel"),
         metrics=_parse_metrics(top.get("metrics"), "metrics"),
+        power=_parse_power(top.get("power"), "power"),
         web_config_file=web,
     )
 
@@ -459,6 +474,20 @@ def _parse_metrics(value: Any, field: str) -> Metrics:
     if len(set(sides)) != len(sides):
         raise ConfigError(f, "names a side twice")
     return Metrics(histogram_sides=sides)
+
+
+def _parse_power(value: Any, field: str) -> Power:
+    if value is None:
+        return Power()
+    m = _mapping(value, field)
+    _check_keys(m, ("idle_watts", "max_watts"), field)
+    if ("idle_watts" in m) != ("max_watts" in m):
+        raise ConfigError(field, "give both idle_watts and max_watts, or neither")
+    if not m:
+        return Power()
+    idle = _number(m["idle_watts"], f"{field}.idle_watts", 0.0, 100000.0)
+    peak = _number(m["max_watts"], f"{field}.max_watts", idle, 100000.0)
+    return Power(idle_watts=idle, max_watts=peak)
 
 
 def _parse_otel(value: Any, field: str) -> Otel:

@@ -26,6 +26,7 @@ from tenantwatch.aggregation import Aggregator
 from tenantwatch.aggregation.backends import BackendCpuReader
 from tenantwatch.aggregation.host import HostSampler
 from tenantwatch.aggregation.isolation import IsolationTally
+from tenantwatch.aggregation.power import PowerMeter, PowerModel
 from tenantwatch.aggregation.records import Snapshot
 from tenantwatch.config import Config, load_config
 from tenantwatch.detection import DetectionResult, Detector
@@ -40,6 +41,7 @@ from tenantwatch.exporters.isolation import IsolationCollector
 from tenantwatch.exporters.isolation import report as report_breaches
 from tenantwatch.exporters.otel import OtelMetricsExporter, otel_requested
 from tenantwatch.exporters.otel_traces import OtelSpanExporter, traces_requested
+from tenantwatch.exporters.power import PowerCollector
 from tenantwatch.exporters.registry import RegistryCollector
 from tenantwatch.exporters.self_metrics import stage_errors, tick_duration
 from tenantwatch.exporters.web_config import load_web_config
@@ -165,6 +167,10 @@ class Daemon:
         self.isolation = IsolationTally(self.resolver, config.tenancy.response_check.sides) \
             if config.tenancy.response_check is not None else None
         self.host = HostSampler(backends=BackendCpuReader(config.enforcement.cgroup))
+        # the node's energy (RAPL, else the configured model) shared by the tenants' CPU time
+        p = config.power
+        self.power = PowerMeter(PowerModel(p.idle_watts, p.max_watts)
+                                if p.idle_watts is not None and p.max_watts is not None else None)
         default = config.tenancy.default
         self.detector = Detector(config.detection, ignore={default} if default else ())
         self.detection: DetectionResult | None = None
@@ -194,6 +200,7 @@ class Daemon:
             metrics.register(RegistryCollector(self.tenant_registry.status))
         if self.isolation is not None:
             metrics.register(IsolationCollector(self.isolation.totals))
+        metrics.register(PowerCollector(self.power.totals))
         # the daemon's own CPU, memory and file descriptors (process_*), from /proc/self
         metrics.register(ProcessCollector(registry=None))
         # how long each tick takes: a tick that runs late delays every number
@@ -376,6 +383,7 @@ class Daemon:
         node = self.aggregator.node_tick()
         if node is None:
             return
+        self._stage("power", self.power.apply, node, self._tenant_labels)
         detection = self._stage("detect", self.detector.update, node)
         if detection is FAILED:
             return
@@ -385,6 +393,10 @@ class Daemon:
         snap = self.aggregator.snapshot(self._ready)
         self._stage("enforce", self.enforcer.tick, detection,
                     {t: b.usage_seconds for t, b in snap.backends.items()})
+
+    def _tenant_labels(self) -> set[str]:
+        """Every label with a row in the snapshot (reserved and default ones included)."""
+        return {row.tenant for row in self.aggregator.snapshot(self._ready).tenants}
 
     def _aggregate(self, tick: KernelTick) -> None:
         self.aggregator.apply(tick, self.host.sample(self.resolver.tenants()),

@@ -339,6 +339,8 @@ class Aggregator:
             complete=not any(n for reason, n in tick.lost.items()
                              if reason not in SAMPLING_LOSSES | UNDERSTATING_LOSSES
                              | TENANT_LOSSES),
+            temperatures_celsius=MappingProxyType(dict(host.temperatures_celsius))
+            if host else MappingProxyType({}),
         )
 
     def _fold(self, c: IdentityCounts, per_tick: _TickDeltas | None = None) -> None:

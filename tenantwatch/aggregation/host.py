@@ -1,4 +1,4 @@
-"""Host samples for a tick: per-CPU busy time (/proc/stat) and CPU pressure (PSI).
+"""Host samples for a tick: per-CPU busy time (/proc/stat), CPU pressure (PSI), temperatures.
 
 Roots are constructor parameters so tests use fixture trees; a failed read gives None
 or an empty mapping, never an exception in the tick.
@@ -10,6 +10,7 @@ import os
 from collections.abc import Iterable
 
 from tenantwatch.aggregation.backends import BackendCpuReader
+from tenantwatch.aggregation.power import ThermalReader
 from tenantwatch.aggregation.records import HostSample
 
 USER_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -19,9 +20,11 @@ class HostSampler:
     """Reads /proc/stat and /proc/pressure/cpu (busy time is the delta since the last call) and,
     with a BackendCpuReader, the tenants' own backend cgroups."""
 
-    def __init__(self, proc: str = "/proc", backends: BackendCpuReader | None = None) -> None:
+    def __init__(self, proc: str = "/proc", backends: BackendCpuReader | None = None,
+                 thermal: ThermalReader | None = None) -> None:
         self.proc = proc
         self.backends = backends
+        self.thermal = thermal if thermal is not None else ThermalReader()
         self._last: dict[int, int] = {}
 
     def sample(self, tenants: Iterable[str] = ()) -> HostSample:
@@ -29,7 +32,8 @@ class HostSampler:
         delta = {cpu: max(0, t - self._last.get(cpu, t)) / USER_HZ for cpu, t in busy_now.items()}
         self._last = busy_now
         backends = self.backends.read(tenants) if self.backends is not None else {}
-        return HostSample(cpu_busy_seconds=delta, psi_some_avg10=self._psi(), backends=backends)
+        return HostSample(cpu_busy_seconds=delta, psi_some_avg10=self._psi(), backends=backends,
+                          temperatures_celsius=self.thermal.read())
 
     def _busy_ticks(self) -> dict[int, int]:
         out: dict[int, int] = {}

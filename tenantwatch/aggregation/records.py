@@ -71,6 +71,8 @@ class HostSample:
     cpu_busy_seconds: Mapping[int, float]  # per CPU, busy time since the previous sample
     psi_some_avg10: float | None  # /proc/pressure/cpu "some avg10" in percent
     backends: Mapping[str, BackendUsage] = field(default_factory=dict)  # cumulative, by tenant
+    # thermal zones and hwmon inputs, degrees Celsius by sensor (aggregation/power.py)
+    temperatures_celsius: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -129,3 +131,5 @@ class NodeTick:
     psi_some_avg10: float | None
     runq_p99_seconds: float | None  # p99 run-queue delay of gateway threads this tick
     complete: bool  # False when the kernel lost events this tick that reach every tenant
+    # the latest thermal zone and hwmon readings, degrees Celsius by sensor; empty when none
+    temperatures_celsius: Mapping[str, float] = field(default_factory=dict)

@@ -89,6 +89,9 @@ class Hotspots:
         usages: Mapping[int, Usage] = stats.cpus if kind == "cpu" else stats.workers
         usage = usages.get(int(ident), Usage(0.0, {}))
         tenant_seconds = usage.by_tenant.get(tenant, 0.0)
+        heat = {"max_temperature_celsius": max(stats.temperatures_celsius.values()),
+                "temperatures_celsius": dict(sorted(stats.temperatures_celsius.items()))} \
+            if stats.temperatures_celsius else {}
         return {
             "busy": round(usage.seconds / stats.seconds, _DIGITS) if stats.seconds > 0 else 0.0,
             "busy_seconds": round(usage.seconds, _DIGITS),
@@ -103,6 +106,7 @@ class Hotspots:
             "consecutive": latch.true_run,
             "calm": latch.false_run,
             "raised_at": latch.since,
+            **heat,
         }
 
 

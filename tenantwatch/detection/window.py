@@ -66,6 +66,8 @@ class WindowStats:
     cpus: Mapping[int, Usage]
     psi_some_avg10: float | None  # of the latest tick
     runq_p99_seconds: tuple[float | None, ...]  # one per tick, oldest first
+    # the latest tick's temperatures, degrees Celsius by sensor (none on machines without)
+    temperatures_celsius: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -150,6 +152,7 @@ class Window:
             cpus={k: v.freeze() for k, v in cpus.items()},
             psi_some_avg10=latest.psi_some_avg10,
             runq_p99_seconds=tuple(t.runq_p99_seconds for t in self._ticks),
+            temperatures_celsius=latest.temperatures_celsius,
         )
 
 

@@ -781,3 +781,20 @@ def test_max_identities_follows_max_tenants():
     ok = parse_config({**base, "tenancy": {"max_tenants": 3000},
                        "capture": {"max_identities": 6016}}, env={})
     assert ok.capture.max_identities == 6016
+
+
+def test_power_model():
+    from tenantwatch.config import parse_config
+    base = {"targets": [{"process": "nginx"}]}
+    p = parse_config(base, env={}).power
+    assert (p.idle_watts, p.max_watts) == (None, None)
+    p = parse_config({**base, "power": {"idle_watts": 90, "max_watts": 350.5}}, env={}).power
+    assert (p.idle_watts, p.max_watts) == (90.0, 350.5)
+    for bad, field in (({"idle_watts": 90}, "power"),
+                       ({"idle_watts": 200, "max_watts": 100}, "power.max_watts"),
+                       ({"idle_watts": -1, "max_watts": 100}, "power.idle_watts"),
+                       ({"idle_watts": "90W", "max_watts": 100}, "power.idle_watts"),
+                       ({"watts": 3}, "power")):
+        with pytest.raises(ConfigError) as e:
+            parse_config({**base, "power": bad}, env={})
+        assert field in str(e.value), (bad, str(e.value))

@@ -23,6 +23,8 @@ from tests.conftest import require
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARDS = REPO / "dashboards"
 RULES = DASHBOARDS / "alerts" / "tenantwatch.rules.yml"
+FLEET_RULES = DASHBOARDS / "alerts" / "tenantwatch.fleet.rules.yml"
+RULE_FILES = (RULES, FLEET_RULES)
 RULE_TESTS = sorted((DASHBOARDS / "alerts" / "tests").glob("*.yml"))
 ALERTMANAGER = DASHBOARDS / "alertmanager.example.yml"
 RUNBOOK = REPO / "docs" / "runbook.md"
@@ -72,6 +74,9 @@ METRICS = {
     "tenantwatch_isolation_responses_unchecked_total",
     "tenantwatch_kernel_table_entries",
     "tenantwatch_kernel_table_capacity",
+    "tenantwatch_tenant_energy_joules_total",
+    "tenantwatch_node_power_watts",
+    "tenantwatch_node_temperature_celsius",
 } | {h + s for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
 SEVERITIES = {"critical", "warning", "info"}
 GRAFANA_BUILTINS = {"__rate_interval", "__interval", "__range", "__interval_ms", "__range_s"}
@@ -103,8 +108,21 @@ def exprs(dash: dict) -> Iterator[tuple[dict, dict]]:
             yield p, t
 
 
+# A recorded series (level:metric:operations, docs/fleet.md).
+RECORDED = re.compile(r"[a-z_]*:tenantwatch_[a-z0-9_]+:[a-z0-9_]+")
+
+
+def recorded_names() -> set[str]:
+    return {r["record"] for path in RULE_FILES for g in yaml.safe_load(path.read_text())["groups"]
+            for r in g["rules"] if "record" in r}
+
+
 def metric_names(expr: str) -> set[str]:
-    return set(re.findall(r"\btenantwatch_[a-z0-9_]+\b", expr))
+    """The tenantwatch metrics an expression reads; a recorded series must be one a rule file
+    records, and stands for itself."""
+    recorded = set(RECORDED.findall(expr))
+    assert recorded <= recorded_names(), f"not recorded by any rule file: {recorded}"
+    return set(re.findall(r"\btenantwatch_[a-z0-9_]+\b", RECORDED.sub(" ", expr)))
 
 
 def slug(heading: str) -> str:
@@ -120,8 +138,8 @@ def runbook_anchors() -> set[str]:
 
 
 def alert_rules() -> list[dict]:
-    doc = yaml.safe_load(RULES.read_text())
-    return [r for g in doc["groups"] for r in g["rules"] if "alert" in r]
+    return [r for path in RULE_FILES for g in yaml.safe_load(path.read_text())["groups"]
+            for r in g["rules"] if "alert" in r]
 
 
 def promtool() -> str:
@@ -256,8 +274,7 @@ def test_provisioning_yaml():
 
 
 def test_rules_structure():
-    doc = yaml.safe_load(RULES.read_text())
-    names = [g["name"] for g in doc["groups"]]
+    names = [g["name"] for path in RULE_FILES for g in yaml.safe_load(path.read_text())["groups"]]
     assert len(set(names)) == len(names)
     rules = alert_rules()
     assert rules
@@ -303,7 +320,8 @@ def test_every_alert_has_firing_and_not_yet_firing_promtool_cases():
     quiet: set[str] = set()
     for path in RULE_TESTS:
         doc = yaml.safe_load(path.read_text())
-        assert doc["rule_files"] == ["../tenantwatch.rules.yml"], path.name
+        assert doc["rule_files"] in (["../tenantwatch.rules.yml"],
+                                     ["../tenantwatch.fleet.rules.yml"]), path.name
         for test in doc["tests"]:
             for case in test.get("alert_rule_test", []):
                 (firing if case.get("exp_alerts") else quiet).add(case["alertname"])
@@ -318,7 +336,22 @@ def run_tool(args: list[str]) -> None:
 
 
 def test_promtool_check_rules():
-    run_tool([promtool(), "check", "rules", str(RULES.relative_to(REPO))])
+    run_tool([promtool(), "check", "rules", *(str(p.relative_to(REPO)) for p in RULE_FILES)])
+
+
+def test_fleet_recording_rules_follow_the_naming_convention():
+    """level:metric:operations, the level being the labels kept (`:` alone: the whole fleet), and
+    each recorded series used by a later rule is recorded before it (one group, in order)."""
+    levels = {"node_tenant": {"node", "tenant"}, "node": {"node"}, "tenant": {"tenant"}, "": set()}
+    seen: set[str] = set()
+    for g in yaml.safe_load(FLEET_RULES.read_text())["groups"]:
+        for r in g["rules"]:
+            for used in RECORDED.findall(r["expr"]):
+                assert used in seen, f"{r.get('record') or r['alert']} reads {used} before it is recorded"
+            if "record" in r:
+                level, metric, ops = r["record"].split(":")
+                assert level in levels and metric.startswith("tenantwatch_") and ops, r["record"]
+                seen.add(r["record"])
 
 
 def test_promtool_test_rules():

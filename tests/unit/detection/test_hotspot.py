@@ -108,3 +108,17 @@ def test_hotspot_thresholds_are_settings() -> None:
     r = run(d, [worker_tick(1.0, 0.6, {"B": 0.58}), worker_tick(2.0, 0.6, {"B": 0.5})])
     assert hotspot_changes(r) == [(1.0, "worker", "101", "B", True),
                                   (2.0, "worker", "101", "B", False)]
+
+
+def test_hotspot_evidence_cites_the_node_temperatures_when_there_are_any() -> None:
+    import dataclasses
+    temps = {"x86_pkg_temp/thermal_zone0": 91.0, "coretemp/Core 0": 88.5}
+    d = Detector()
+    hot = run(d, [dataclasses.replace(worker_tick(float(t), 0.97, {"B": 0.8, "A": 0.17}),
+                                      temperatures_celsius=temps) for t in range(1, 6)])
+    ev = hot[-1].hotspots[0].evidence
+    assert ev["max_temperature_celsius"] == 91.0
+    assert ev["temperatures_celsius"] == dict(sorted(temps.items()))
+    # a machine without sensors (this VM): no temperature keys at all
+    plain = run(Detector(), [worker_tick(float(t), 0.97, {"B": 0.8}) for t in range(1, 6)])
+    assert "temperatures_celsius" not in plain[-1].hotspots[0].evidence

@@ -11,6 +11,7 @@ from tenantwatch.exporters import TenantCollector
 from tenantwatch.exporters.detection import DetectionCollector
 from tenantwatch.exporters.enforcement import EnforcementCollector
 from tenantwatch.exporters.isolation import IsolationCollector
+from tenantwatch.exporters.power import PowerCollector
 from tenantwatch.exporters.registry import RegistryCollector
 from tenantwatch.exporters.self_metrics import stage_errors, tick_duration
 from tests.unit.exporters.snapshots import make_snapshot
@@ -21,7 +22,8 @@ README = Path(__file__).resolve().parents[3] / "README.md"
 def _exported() -> set[str]:
     families = list(TenantCollector(lambda: make_snapshot(), {"version": "x", "kernel": "y"},
                                     jwt_counts=dict).describe())
-    for cls in (DetectionCollector, EnforcementCollector, RegistryCollector, IsolationCollector):
+    for cls in (DetectionCollector, EnforcementCollector, RegistryCollector, IsolationCollector,
+                PowerCollector):
         families += cls(lambda: None).describe()
     families += tick_duration().describe() + stage_errors(["drain"]).describe()
     names = set()
