@@ -39,6 +39,8 @@ from tests.e2e.conftest import Daemon
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARDS = REPO / "dashboards"
 RULES = DASHBOARDS / "alerts" / "tenantwatch.rules.yml"
+# the fleet's rules run here on one unlabelled node too (its instance is the node)
+RULE_FILES = (RULES, DASHBOARDS / "alerts" / "tenantwatch.fleet.rules.yml")
 
 HOST = "127.0.0.1"
 TENANTS = ("tw-prom-acme", "tw-prom-globex", "tw-prom-initech")
@@ -146,7 +148,7 @@ class Prometheus:
         cfg = {
             "global": {"scrape_interval": "1s", "scrape_timeout": "1s",
                        "evaluation_interval": "1s"},
-            "rule_files": [str(RULES)],
+            "rule_files": [str(r) for r in RULE_FILES],
             "scrape_configs": [{"job_name": "tenantwatch",
                                 "static_configs": [{"targets": [self.target]}]}],
         }
@@ -389,11 +391,13 @@ def test_every_expression_parses_and_main_panels_have_data(scraped: Prometheus, 
                 elif want == "tenant" and not set(TENANTS) <= tenants_of(result):
                     failures.append(f"{where}: tenants {sorted(tenants_of(result))}, "
                                     f"want all of {TENANTS}")
-    for r in (r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]):
+    for r in (r for f in RULE_FILES for g in yaml.safe_load(f.read_text())["groups"]
+              for r in g["rules"]):
         res = scraped.query(r["expr"])
         evaluated += 1
         if res.get("status") != "success":
-            failures.append(f"rule {r['alert']}: {res.get('errorType')}: {res.get('error')}")
+            failures.append(f"rule {r.get('alert') or r['record']}: {res.get('errorType')}: "
+                            f"{res.get('error')}")
     assert not failures, f"{len(failures)} of {evaluated} expressions failed:\n" + "\n".join(
         failures)
     assert set(EXPECT_DATA) <= seen, f"EXPECT_DATA names missing panels: {set(EXPECT_DATA) - seen}"
@@ -413,7 +417,7 @@ def test_every_expression_parses_and_main_panels_have_data(scraped: Prometheus, 
 
 
 def test_rule_groups_load_healthy_and_no_meta_alert(scraped: Prometheus):
-    file_groups = yaml.safe_load(RULES.read_text())["groups"]
+    file_groups = [g for f in RULE_FILES for g in yaml.safe_load(f.read_text())["groups"]]
     groups = {g["name"]: g for g in scraped.api("rules")["data"]["groups"]}
     assert set(groups) == {g["name"] for g in file_groups}
     for fg in file_groups:
@@ -424,6 +428,12 @@ def test_rule_groups_load_healthy_and_no_meta_alert(scraped: Prometheus):
     alerts = scraped.api("alerts")["data"]["alerts"]
     noisy = [a for a in alerts if a["labels"]["alertname"] in HEALTHY_QUIET]
     assert not noisy, noisy
+    # one node, unlabelled: the fleet rules take its instance as the node, and a fleet of one
+    # has no skew (every tenant's node share is its fleet share)
+    skew = scraped.query("node_tenant:tenantwatch_cpu_skew:ratio1m")["data"]["result"]
+    assert skew and {r["metric"]["node"] for r in skew} == {scraped.target}, skew
+    assert all(abs(float(r["value"][1]) - 1) < 1e-9 for r in skew
+               if r["value"][1] != "NaN"), skew
 
 
 def test_tenantwatch_down_goes_pending_when_the_daemon_stops(scraped: Prometheus,

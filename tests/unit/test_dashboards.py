@@ -35,6 +35,7 @@ UIDS = {
     "tenantwatch-tenant.json": "tenantwatch-tenant",
     "tenantwatch-node.json": "tenantwatch-node",
     "tenantwatch-health.json": "tenantwatch-health",
+    "tenantwatch-fleet.json": "tenantwatch-fleet",
 }
 # Every metric name the dashboards and rules may use: the ones on /metrics today (README) and the
 # CPU / detection / enforcement ones announced in CONVENTIONS.md.
