@@ -64,7 +64,7 @@ SWEEP_BACKSTOP_TICKS = 60
 # /healthz turns unhealthy when the tick loop has not completed for this many ticks.
 STALL_TICKS = 5
 # The stages of a tick, in order, each isolated (Daemon._apply): tenantwatch_stage_errors_total
-TICK_STAGES = ("drain", "http2", "aggregate", "isolation", "spans", "detect", "enforce")
+TICK_STAGES = ("drain", "http2", "aggregate", "isolation", "spans", "power", "detect", "enforce")
 FAILED = object()  # what Daemon._stage gives for a stage that raised
 # IdentityResolver's key cache: at least this, else twice capture.max_identities
 MIN_IDENTITY_CACHE = 65536
@@ -194,18 +194,22 @@ class Daemon:
             "version": __version__, "kernel": platform.release()},
             jwt_counts=(lambda: total_counts(self.verifiers)) if self.verifiers else None,
             histogram_sides=config.metrics.histogram_sides))
-        metrics.register(DetectionCollector(lambda: self.detection))
-        metrics.register(EnforcementCollector(self.enforcer.payload))
+        # the other stages' published state: on /metrics, and bridged into OTLP as well
+        state_collectors: list = [DetectionCollector(lambda: self.detection),
+                                  EnforcementCollector(self.enforcer.payload)]
         if self.tenant_registry is not None:
-            metrics.register(RegistryCollector(self.tenant_registry.status))
+            state_collectors.append(RegistryCollector(self.tenant_registry.status))
         if self.isolation is not None:
-            metrics.register(IsolationCollector(self.isolation.totals))
-        metrics.register(PowerCollector(self.power.totals))
+            state_collectors.append(IsolationCollector(self.isolation.totals))
+        state_collectors.append(PowerCollector(self.power.totals))
+        for collector in state_collectors:
+            metrics.register(collector)
         # the daemon's own CPU, memory and file descriptors (process_*), from /proc/self
         metrics.register(ProcessCollector(registry=None))
         # how long each tick takes: a tick that runs late delays every number
         self.tick_duration = metrics.register(tick_duration())
         self.stage_errors = metrics.register(stage_errors(TICK_STAGES))
+        state_collectors.append(self.stage_errors)
         self.api = ApiServer(config.listen_host, config.listen_port, self.snapshot, self.health,
                              self.exposition,
                              extra_routes={
@@ -221,7 +225,7 @@ class Daemon:
             try:
                 self.otel_metrics = OtelMetricsExporter(
                     self.snapshot, endpoint=otel.endpoint, interval_seconds=otel.interval_seconds,
-                    resource_attributes=otel.resource_attributes)
+                    resource_attributes=otel.resource_attributes, collectors=state_collectors)
             except ImportError as err:
                 log.error("OpenTelemetry export requested but unavailable: %s", err)
         self.otel_spans = OtelSpanExporter(

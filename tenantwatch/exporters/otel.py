@@ -24,11 +24,15 @@ import os
 import platform
 import socket
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Callable
+
+from prometheus_client.registry import Collector
 
 from tenantwatch import __version__
 from tenantwatch.aggregation.records import Snapshot
+from tenantwatch.exporters.otel_points import bridged_metrics, histogram_metrics
 from tenantwatch.kernel.records import STATUS_CLASSES, Side
 
 try:
@@ -45,10 +49,15 @@ try:
     )
     from opentelemetry.sdk.metrics.export import (
         AggregationTemporality,
+        MetricExporter,
+        MetricsData,
         PeriodicExportingMetricReader,
+        ResourceMetrics,
+        ScopeMetrics,
     )
     from opentelemetry.sdk.metrics.view import View
     from opentelemetry.sdk.resources import OTELResourceDetector, Resource
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 except ImportError as e:  # the optional extra is not installed
     _IMPORT_ERROR: ImportError | None = e
 else:
@@ -117,6 +126,7 @@ class OtelMetricsExporter:
         interval_seconds: float = 10.0,
         resource_attributes: Mapping[str, str] | None = None,
         max_stale_tenants: int = DEFAULT_MAX_STALE_TENANTS,
+        collectors: Sequence[Collector] = (),
     ) -> None:
         if _IMPORT_ERROR is not None:
             raise ImportError(
@@ -127,6 +137,9 @@ class OtelMetricsExporter:
         if not interval_seconds > 0:
             raise ValueError(f"interval_seconds must be > 0, got {interval_seconds!r}")
         self._get_snapshot = get_snapshot
+        # the other stages' Prometheus collectors, bridged into each export (otel_points.py)
+        self._collectors = tuple(collectors)
+        self._start_ns = time.time_ns()  # start of every cumulative point
         self._endpoint = endpoint
         self._interval_seconds = float(interval_seconds)
         self._resource_attributes = dict(resource_attributes or {})
@@ -233,9 +246,10 @@ class OtelMetricsExporter:
                 AggregationTemporality.CUMULATIVE,
             ),
         )
-        reader, views = _reader(exporter, self._interval_millis())
-        provider = MeterProvider(resource=self.resource(), metric_readers=[reader],
-                                 views=views)
+        resource = self.resource()
+        reader, views = _reader(_WithPoints(exporter, resource, self._points),
+                                self._interval_millis())
+        provider = MeterProvider(resource=resource, metric_readers=[reader], views=views)
         self._register(provider.get_meter(METER_NAME, __version__))
         log.info("OpenTelemetry metrics: OTLP/HTTP to %s every %.3g s",
                  getattr(exporter, "_endpoint", "?"),
@@ -257,12 +271,6 @@ class OtelMetricsExporter:
             counter(f"{name}.requests", "{request}",
                     f"HTTP requests completed on the gateway's {side.value} side, by status class",
                     _requests(side))
-            counter(f"{name}.request.duration.sum", "s",
-                    f"Sum of request head -> response head times on the gateway's {side.value} "
-                    "side (the Prometheus histogram's _sum)", _duration_sum(side))
-            counter(f"{name}.request.duration.count", "{request}",
-                    f"Requests with a latency sample on the gateway's {side.value} side "
-                    "(the Prometheus histogram's _count)", _duration_count(side))
         counter("http.server.received", "By",
                 "Bytes the gateway received from clients on server-side connections",
                 _server_bytes(rx=True))
@@ -289,9 +297,14 @@ class OtelMetricsExporter:
         counter("events.lost", "{event}",
                 "Kernel events or counts lost before reaching user space, by reason",
                 _by_reason("events_lost"))
-        counter("runqueue.delay.sum", "s", "Sum of run-queue delays of gateway threads",
-                _runq_sum)
-        counter("runqueue.delay.count", "{wakeup}", "Run-queue delays measured", _runq_count)
+        counter("backend.cpu", "s", "CPU time of the tenant's own backend cgroup",
+                _backends("usage_seconds"))
+        counter("backend.cpu.throttled", "s",
+                "Time the tenant's backend cgroup was throttled by its CPU limit",
+                _backends("throttled_seconds"))
+        gauge("kernel.table.entries", "{entry}", "Entries in each kernel table at the last tick",
+              _tables(0))
+        gauge("kernel.table.capacity", "{entry}", "Capacity of each kernel table", _tables(1))
         gauge("node.cpu.pressure", "1",
               "Share of time some task waited for CPU over the last 10 s (PSI some avg10 / 100)",
               _pressure)
@@ -303,6 +316,25 @@ class OtelMetricsExporter:
                 lambda s: [Observation(s.ticks)])
 
     # ------------------------------------------------------------------ collection
+
+    def _points(self) -> list[Any]:
+        """The histograms and bridged families of this export (otel_points.py); nothing when
+        the snapshot cannot be read, and a failing collector costs only its own families."""
+        snap = self._snapshot()
+        if snap is None:
+            return []
+        now = time.time_ns()
+        out = []
+        try:
+            out += histogram_metrics(snap, self._start_ns, now)
+        except Exception:
+            log.exception("cannot build the OpenTelemetry histograms")
+        for collector in self._collectors:
+            try:
+                out += bridged_metrics([collector], self._start_ns, now)
+            except Exception:
+                log.exception("cannot bridge %s to OpenTelemetry", type(collector).__name__)
+        return out
 
     def _callback(self, fn: Callable[[Snapshot], Iterable[Observation]]
                   ) -> Callable[[CallbackOptions], Iterator[Observation]]:
@@ -371,6 +403,49 @@ class OtelMetricsExporter:
                 self._recycling = False
 
 
+class _WithPoints(MetricExporter if _IMPORT_ERROR is None else object):  # type: ignore[misc]
+    """The OTLP exporter, with the points the SDK cannot observe added to each export under the
+    tenantwatch scope."""
+
+    def __init__(self, inner: Any, resource: Any, points: Callable[[], list[Any]]) -> None:
+        super().__init__(preferred_temporality=inner._preferred_temporality,
+                         preferred_aggregation=inner._preferred_aggregation)
+        self._inner = inner
+        self._resource = resource
+        self._points_fn = points
+
+    def export(self, metrics_data: Any, timeout_millis: float = 10_000, **kwargs: Any) -> Any:
+        extra = self._points_fn()
+        if extra:
+            metrics_data = _with_points(metrics_data, self._resource, extra)
+        return self._inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return self._inner.force_flush(timeout_millis=timeout_millis)
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        self._inner.shutdown(timeout_millis=timeout_millis, **kwargs)
+
+
+def _with_points(data: Any, resource: Any, extra: list[Any]) -> Any:
+    """`data` with `extra` metrics in the tenantwatch scope of its first resource."""
+    scope = InstrumentationScope(METER_NAME, __version__)
+    rms = list(data.resource_metrics) or [ResourceMetrics(resource=resource, scope_metrics=[],
+                                                          schema_url="")]
+    first = rms[0]
+    scopes = list(first.scope_metrics)
+    for i, sm in enumerate(scopes):
+        if sm.scope.name == METER_NAME:
+            scopes[i] = ScopeMetrics(scope=sm.scope, metrics=[*sm.metrics, *extra],
+                                     schema_url=sm.schema_url)
+            break
+    else:
+        scopes.append(ScopeMetrics(scope=scope, metrics=extra, schema_url=""))
+    rms[0] = ResourceMetrics(resource=first.resource, scope_metrics=scopes,
+                             schema_url=first.schema_url)
+    return MetricsData(resource_metrics=rms)
+
+
 def _reader(exporter: Any, interval_millis: float | None) -> tuple[Any, list[Any]]:
     """A PeriodicExportingMetricReader with CARDINALITY_LIMIT, whichever way this SDK version
     takes it (reader argument, else a View); older SDKs have no limit at all."""
@@ -399,24 +474,6 @@ def _requests(side: Side) -> Callable[[Snapshot], Iterator[Observation]]:
                 for status_class in STATUS_CLASSES:
                     yield Observation(s.requests_by_class.get(status_class, 0),
                                       {"tenant": s.tenant, "status_class": status_class})
-    return fn
-
-
-def _duration_sum(side: Side) -> Callable[[Snapshot], Iterator[Observation]]:
-    def fn(snap: Snapshot) -> Iterator[Observation]:
-        n = len(snap.latency_bounds_seconds) + 1
-        for s in snap.tenants:
-            if s.side is side and len(s.latency_buckets) == n:
-                yield Observation(float(s.latency_sum_seconds), {"tenant": s.tenant})
-    return fn
-
-
-def _duration_count(side: Side) -> Callable[[Snapshot], Iterator[Observation]]:
-    def fn(snap: Snapshot) -> Iterator[Observation]:
-        n = len(snap.latency_bounds_seconds) + 1
-        for s in snap.tenants:
-            if s.side is side and len(s.latency_buckets) == n:
-                yield Observation(s.latency_buckets[-1], {"tenant": s.tenant})  # +Inf bucket
     return fn
 
 
@@ -451,16 +508,18 @@ def _by_reason(field: str) -> Callable[[Snapshot], Iterator[Observation]]:
     return fn
 
 
-def _runq_ok(snap: Snapshot) -> bool:
-    return bool(snap.runq_buckets) and len(snap.runq_buckets) == len(snap.runq_bounds_seconds) + 1
+def _backends(field: str) -> Callable[[Snapshot], Iterator[Observation]]:
+    def fn(snap: Snapshot) -> Iterator[Observation]:
+        for tenant, usage in sorted(snap.backends.items()):
+            yield Observation(float(getattr(usage, field)), {"tenant": tenant})
+    return fn
 
 
-def _runq_sum(snap: Snapshot) -> list[Observation]:
-    return [Observation(float(snap.runq_sum_seconds))] if _runq_ok(snap) else []
-
-
-def _runq_count(snap: Snapshot) -> list[Observation]:
-    return [Observation(snap.runq_buckets[-1])] if _runq_ok(snap) else []
+def _tables(index: int) -> Callable[[Snapshot], Iterator[Observation]]:
+    def fn(snap: Snapshot) -> Iterator[Observation]:
+        for table, pair in sorted(snap.tables.items()):
+            yield Observation(pair[index], {"table": table})
+    return fn
 
 
 def _pressure(snap: Snapshot) -> list[Observation]:

@@ -34,6 +34,19 @@ def test_metrics_and_slow_request_spans_reach_the_collector(daemon_factory, e2e_
             time.sleep(0.5)
         tenants_in_metrics = {p.attributes.get("tenant")
                               for p in rx.points("tenantwatch.http.server.requests")}
+        # the latency histograms arrive with their buckets: 20 quick requests, 3 slow ones
+        # (>= 80 ms, so in buckets above the 50 ms bound)
+        assert rx.wait_for(lambda r: {
+            p.attributes.get("tenant"): p.count
+            for p in r.points("tenantwatch.http.server.request.duration")}.get(
+                "otlp-sluggish") == 3, 10.0)
+        hist = {p.attributes["tenant"]: p
+                for p in rx.points("tenantwatch.http.server.request.duration")}
+        assert hist["otlp-quick"].count == 20 and sum(hist["otlp-quick"].bucket_counts) == 20
+        slow = hist["otlp-sluggish"]
+        above = sum(n for bound, n in zip([*slow.explicit_bounds, float("inf")],
+                                          slow.bucket_counts) if bound > 0.05)
+        assert above == 3 and slow.sum >= 0.24, slow
         assert daemon.stop() == 0
     tenants = [attributes(sp.attributes)["tenant"] for sp in spans]
     # 3 slow requests, each seen on both sides of the gateway; the quick ones never

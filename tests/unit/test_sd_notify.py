@@ -458,6 +458,6 @@ def test_a_failing_stage_is_counted_and_the_daemon_goes_on(tmp_path, caplog):
         assert enforced == [] and d.detection is detected
         assert d.aggregator.snapshot(True).ticks == ticks + 2
         assert set(_stage_errors(d)) == {"drain", "http2", "aggregate", "isolation", "spans",
-                                         "detect", "enforce"}  # all there from the start
+                                         "power", "detect", "enforce"}  # all there from the start
     finally:
         d.api.stop()

@@ -66,6 +66,11 @@ class Point:
     time_unix_nano: int
     is_monotonic: bool | None
     temporality: int | None  # AggregationTemporality enum value (2 = cumulative)
+    # histogram points: count, sum, count per bucket (the last is +Inf), bounds
+    count: int | None = None
+    sum: float | None = None
+    bucket_counts: tuple[int, ...] = ()
+    explicit_bounds: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -257,6 +262,11 @@ def metric_points(m: Metric) -> list[Point]:
             value: float | int | None = getattr(dp, which) if which else None
         else:
             value = None
+        hist = {}
+        if kind == "histogram":
+            hist = {"count": dp.count, "sum": dp.sum, "bucket_counts": tuple(dp.bucket_counts),
+                    "explicit_bounds": tuple(dp.explicit_bounds)}
         out.append(Point(m.name, kind, m.unit, attributes(dp.attributes), value,
-                         dp.start_time_unix_nano, dp.time_unix_nano, monotonic, temporality))
+                         dp.start_time_unix_nano, dp.time_unix_nano, monotonic, temporality,
+                         **hist))
     return out

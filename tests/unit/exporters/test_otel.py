@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from tenantwatch import __version__
-from tenantwatch.aggregation.records import Snapshot
+from tenantwatch.aggregation.records import BackendUsage, Snapshot
 from tenantwatch.exporters.otel import (
     OtelMetricsExporter,
     metrics_url,
@@ -28,6 +28,7 @@ from tests.unit.exporters.otlp_receiver import OtlpReceiver
 from tests.unit.exporters.snapshots import (
     ACME_CLIENT,
     ACME_SERVER,
+    BOUNDS,
     GLOBEX_SERVER,
     classes,
     make_snapshot,
@@ -39,11 +40,9 @@ WAIT = 10.0  # bounded wait for an export (normally one interval)
 # OTel name -> (unit, data kind, attribute keys); docs/opentelemetry.md has the Prometheus side.
 EXPECTED = {
     "tenantwatch.http.server.requests": ("{request}", "sum", {"tenant", "status_class"}),
-    "tenantwatch.http.server.request.duration.sum": ("s", "sum", {"tenant"}),
-    "tenantwatch.http.server.request.duration.count": ("{request}", "sum", {"tenant"}),
+    "tenantwatch.http.server.request.duration": ("s", "histogram", {"tenant"}),
     "tenantwatch.http.client.requests": ("{request}", "sum", {"tenant", "status_class"}),
-    "tenantwatch.http.client.request.duration.sum": ("s", "sum", {"tenant"}),
-    "tenantwatch.http.client.request.duration.count": ("{request}", "sum", {"tenant"}),
+    "tenantwatch.http.client.request.duration": ("s", "histogram", {"tenant"}),
     "tenantwatch.http.server.received": ("By", "sum", {"tenant"}),
     "tenantwatch.http.server.sent": ("By", "sum", {"tenant"}),
     "tenantwatch.connections.active": ("{connection}", "gauge", {"tenant", "side"}),
@@ -53,8 +52,11 @@ EXPECTED = {
     "tenantwatch.cpu": ("s", "sum", {"tenant"}),
     "tenantwatch.identity.rejected": ("{request}", "sum", {"reason"}),
     "tenantwatch.events.lost": ("{event}", "sum", {"reason"}),
-    "tenantwatch.runqueue.delay.sum": ("s", "sum", set()),
-    "tenantwatch.runqueue.delay.count": ("{wakeup}", "sum", set()),
+    "tenantwatch.runqueue.delay": ("s", "histogram", set()),
+    "tenantwatch.backend.cpu": ("s", "sum", {"tenant"}),
+    "tenantwatch.backend.cpu.throttled": ("s", "sum", {"tenant"}),
+    "tenantwatch.kernel.table.entries": ("{entry}", "gauge", {"table"}),
+    "tenantwatch.kernel.table.capacity": ("{entry}", "gauge", {"table"}),
     "tenantwatch.node.cpu.pressure": ("1", "gauge", set()),
     "tenantwatch.probe.attached": ("{probe}", "gauge", {"probe"}),
     "tenantwatch.targets": ("{process}", "gauge", set()),
@@ -64,7 +66,8 @@ CUMULATIVE = 2  # opentelemetry.proto.metrics.v1.AggregationTemporality
 
 
 def full_snapshot() -> Snapshot:
-    """The shared snapshot plus CPU, run-queue delay and PSI, so every instrument has points."""
+    """The shared snapshot plus CPU, run-queue delay, PSI, a backend cgroup and the kernel's
+    tables, so every instrument has points."""
     snap = make_snapshot(
         dataclasses.replace(ACME_CLIENT, cpu_seconds=0.25),
         dataclasses.replace(ACME_SERVER, cpu_seconds=1.5),
@@ -72,7 +75,9 @@ def full_snapshot() -> Snapshot:
     )
     return dataclasses.replace(snap, runq_bounds_seconds=(1e-6, 4e-6),
                                runq_buckets=(5, 8, 11), runq_sum_seconds=0.002,
-                               psi_some_avg10=12.5)
+                               psi_some_avg10=12.5,
+                               backends={"acme": BackendUsage(3.5, 0.25, 7, 2)},
+                               tables={"conns": (12, 65536), "agg0": (3, 4096)})
 
 
 def key(**attrs: str) -> tuple[tuple[str, str], ...]:
@@ -141,6 +146,8 @@ def test_names_units_attributes_and_values_match_the_snapshot(receiver, exporter
         if kind == "sum":
             assert m.sum.is_monotonic, name
             assert m.sum.aggregation_temporality == CUMULATIVE, name
+        if kind == "histogram":
+            assert m.histogram.aggregation_temporality == CUMULATIVE, name
         for p in receiver.points(name):
             assert set(p.attributes) == attr_keys, (name, p.attributes)
 
@@ -155,13 +162,25 @@ def test_names_units_attributes_and_values_match_the_snapshot(receiver, exporter
     assert v("tenantwatch.http.client.requests") == {
         key(tenant="acme", status_class=c): ACME_CLIENT.requests_by_class[c]
         for c in STATUS_CLASSES}
-    # duration: sum and count (= the +Inf bucket) per tenant and side
-    assert v("tenantwatch.http.server.request.duration.sum") == {
-        key(tenant="acme"): 0.75, key(tenant="globex"): 0.0015}
-    assert v("tenantwatch.http.server.request.duration.count") == {
-        key(tenant="acme"): 10, key(tenant="globex"): 3}
-    assert v("tenantwatch.http.client.request.duration.sum") == {key(tenant="acme"): 0.05}
-    assert v("tenantwatch.http.client.request.duration.count") == {key(tenant="acme"): 9}
+    # duration: real histograms, the kernel's buckets per bucket (not cumulative), the bounds
+    def hist(name: str) -> dict:
+        return {tuple(sorted(p.attributes.items())):
+                (p.count, p.sum, p.bucket_counts, p.explicit_bounds)
+                for p in receiver.points(name)}
+    assert hist("tenantwatch.http.server.request.duration") == {
+        key(tenant="acme"): (10, 0.75, (2, 4, 3, 1), BOUNDS),
+        key(tenant="globex"): (3, 0.0015, (3, 0, 0, 0), BOUNDS)}
+    assert hist("tenantwatch.http.client.request.duration") == {
+        key(tenant="acme"): (9, 0.05, (0, 9, 0, 0), BOUNDS)}
+    assert hist("tenantwatch.runqueue.delay") == {(): (11, 0.002, (5, 3, 3), (1e-6, 4e-6))}
+    assert all(p.start_time_unix_nano and p.start_time_unix_nano <= p.time_unix_nano
+               for p in receiver.points("tenantwatch.runqueue.delay"))
+    assert v("tenantwatch.backend.cpu") == {key(tenant="acme"): 3.5}
+    assert v("tenantwatch.backend.cpu.throttled") == {key(tenant="acme"): 0.25}
+    assert v("tenantwatch.kernel.table.entries") == {key(table="conns"): 12,
+                                                      key(table="agg0"): 3}
+    assert v("tenantwatch.kernel.table.capacity") == {key(table="conns"): 65536,
+                                                       key(table="agg0"): 4096}
     # bytes: server side only, as /metrics
     assert v("tenantwatch.http.server.received") == {
         key(tenant="acme"): 1000, key(tenant="globex"): 300}
@@ -183,8 +202,6 @@ def test_names_units_attributes_and_values_match_the_snapshot(receiver, exporter
     assert v("tenantwatch.cpu") == {key(tenant="acme"): 1.75, key(tenant="globex"): 0.125}
     assert v("tenantwatch.identity.rejected") == {key(reason="pattern"): 4}
     assert v("tenantwatch.events.lost") == {key(reason="ringbuf_full"): 2}
-    assert v("tenantwatch.runqueue.delay.sum") == {(): 0.002}
-    assert v("tenantwatch.runqueue.delay.count") == {(): 11}
     assert v("tenantwatch.node.cpu.pressure") == {(): 0.125}
     assert v("tenantwatch.probe.attached") == {key(probe="http"): 1, key(probe="cpu"): 0}
     assert v("tenantwatch.targets") == {(): 3}
@@ -214,7 +231,7 @@ def test_optional_metrics_are_absent_without_data(receiver, exporters):
     e.start()
     assert receiver.wait_for_metric("tenantwatch.http.server.requests", WAIT)
     names = receiver.metric_names()
-    assert "tenantwatch.runqueue.delay.sum" not in names
+    assert "tenantwatch.runqueue.delay" not in names
     assert "tenantwatch.node.cpu.pressure" not in names
     assert receiver.values("tenantwatch.cpu") == {
         key(tenant="acme"): 0.0, key(tenant="globex"): 0.0}
@@ -296,7 +313,8 @@ def test_shutdown_flushes_and_is_idempotent(receiver, exporters):
     assert receiver.received == []  # nothing before the first interval...
     e.shutdown()
     assert len(receiver.metric_requests()) == 1  # ...and exactly the final flush after it
-    assert receiver.values("tenantwatch.http.server.request.duration.count") == {
+    assert {tuple(sorted(p.attributes.items())): p.count for p in
+            receiver.points("tenantwatch.http.server.request.duration")} == {
         key(tenant="acme"): 10, key(tenant="globex"): 3}
     e.shutdown()
     e.start()  # a shut-down exporter does not come back
@@ -446,3 +464,62 @@ def test_receiver_rejects_what_is_not_otlp(receiver):
     assert post("/v1/traces", b"") == 200  # an empty request is valid protobuf
     assert receiver.spans() == []
     assert receiver.metric_requests() == []
+
+
+def test_every_series_translates_to_its_metrics_name_labels_and_value(receiver, exporters):
+    """Parity: what arrives over OTLP, put through the Prometheus translation of OTLP
+    (prom_translation.py), is the same set of (name, labels, value) as /metrics for the same
+    state, the other stages' collectors included; the only differences are the documented
+    ones (docs/opentelemetry.md)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tenantwatch.aggregation.power import PowerMeter, PowerModel, RaplReader
+    from tenantwatch.detection import Detector, WorkerTick
+    from tenantwatch.detection.records import CpuTick, NodeTick, TenantTick
+    from tenantwatch.exporters import TenantCollector
+    from tenantwatch.exporters.detection import DetectionCollector
+    from tenantwatch.exporters.power import PowerCollector
+    from tests.unit.detection.ticks import node, run, tenant
+    from tests.unit.exporters.otlp_receiver import metric_points
+    from tests.unit.exporters.prom_translation import samples
+
+    snap = full_snapshot()
+    detection = run(Detector(), [node(float(t), [tenant("acme", 0.8), tenant("globex", 0.1)],
+                                      workers=[WorkerTick(101, 0.97, {"acme": 0.8})])
+                                 for t in range(1, 8)])[-1]
+    assert detection.hotspots and detection.shares
+    meter = PowerMeter(PowerModel(40.0, 120.0), rapl=RaplReader("/nonexistent"), cpus=2)
+    meter.apply(NodeTick(at=1.0, interval_seconds=1.0,
+                         tenants=(TenantTick("acme", True, 0.5, 3, ()),),
+                         workers=(), cpus=(CpuTick(0, 0.5, {}), CpuTick(1, 0.25, {})),
+                         latency_bounds=(), psi_some_avg10=None, runq_p99_seconds=None,
+                         complete=True, temperatures_celsius={"acpitz/thermal_zone0": 45.0}))
+    state = [DetectionCollector(lambda: detection), PowerCollector(meter.totals)]
+    e = make(exporters, lambda: snap, endpoint=receiver.url, collectors=state)
+    assert e.start() is True
+    assert receiver.wait_for(lambda r: {"tenantwatch.hotspot", "tenantwatch.tenant.energy",
+                                        "tenantwatch.node.temperature"} <= r.metric_names(),
+                             WAIT), receiver.metric_names()
+    got = samples([p for m in receiver.metrics().values() for p in metric_points(m)])
+
+    registry = CollectorRegistry()
+    registry.register(TenantCollector(lambda: snap, {"version": "x", "kernel": "y"}))
+    for c in state:
+        registry.register(c)
+    want = {(s.name, frozenset(s.labels.items()), float(s.value))
+            for f in text_string_to_metric_families(generate_latest(registry).decode())
+            for s in f.samples}
+    # /metrics only: build_info (OTLP: resource attributes, target_info); the connection
+    # duration summary (OTLP has no observable summary: two counters with other names)
+    metrics_only = {"tenantwatch_build_info", "tenantwatch_connection_duration_seconds_sum",
+                    "tenantwatch_connection_duration_seconds_count"}
+    otlp_only = {"tenantwatch_connection_duration_sum_seconds_total",
+                 "tenantwatch_connection_duration_count_total"}
+    want = {s for s in want if s[0] not in metrics_only}
+    got = {s for s in got if s[0] not in otlp_only}
+    assert got - want == set(), sorted(got - want)
+    assert want - got == set(), sorted(want - got)
+    assert any(name == "tenantwatch_hotspot" for name, _, _ in got)
+    assert any(name == "tenantwatch_http_server_request_duration_seconds_bucket"
+               for name, _, _ in got)
