@@ -8,7 +8,7 @@ RUFF    := $(if $(wildcard $(VENV)/bin/ruff),$(VENV)/bin/ruff,ruff)
 PYTEST_FLAGS := -q -p no:cacheprovider
 COMMA := ,
 
-.PHONY: all help deps root demo test test-unit lint bench clean install uninstall
+.PHONY: all help deps root demo test test-unit lint bench clean install uninstall deb image
 
 all: help
 
@@ -23,6 +23,8 @@ help:
 	@echo "make clean      remove caches and build artefacts (keeps .venv)"
 	@echo "make install    /opt/tenantwatch venv, unit, /etc/tenantwatch config if absent (root)"
 	@echo "make uninstall  remove what install put; PURGE=1 also config and state (root)"
+	@echo "make deb        dist/tenantwatch_<version>-1_amd64.deb, Python deps vendored (Debian 12)"
+	@echo "make image      localhost/tenantwatch:<version>, from Debian packages (mmdebstrap, podman) (root)"
 
 root:
 	@if [ "$$(id -u)" -ne 0 ]; then \
@@ -91,3 +93,10 @@ install:
 
 uninstall:
 	bash scripts/uninstall.sh
+
+# docs/operations.md, "Install from the package" and "Container image"
+deb:
+	bash scripts/build-deb.sh
+
+image: deps deb
+	bash scripts/build-image.sh

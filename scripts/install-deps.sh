@@ -54,12 +54,15 @@ missing=()
 # redis-server: only the tests of tenancy.registry run one (their own, on a free port).
 # nghttp2-client: nghttp and h2load, HTTP/2 clients for the HTTP/2 tests and benchmarks.
 # python3-matplotlib: the plot of bench/soak.py (the venv sees the system packages).
-for p in python3-bpfcc wrk curl openssl make python3-venv python3-pip redis-server \
-         nghttp2-client python3-matplotlib; do
+# mmdebstrap, podman, runc: make deb / make image and their test (tests/e2e/test_package.py);
+# runc because crun refuses hybrid cgroup layouts like this machine's.
+PACKAGES=(python3-bpfcc wrk curl openssl make python3-venv python3-pip redis-server
+          nghttp2-client python3-matplotlib mmdebstrap podman runc)
+for p in "${PACKAGES[@]}"; do
     installed "$p" || missing+=("$p")
 done
 if [ "${#missing[@]}" -eq 0 ]; then
-    say "apt packages" "ok (python3-bpfcc wrk curl openssl make python3-venv python3-pip redis-server nghttp2-client python3-matplotlib)"
+    say "apt packages" "ok (${PACKAGES[*]})"
 else
     apt_install "${missing[@]}"
     say "apt packages" "done (installed ${missing[*]})"
