@@ -49,6 +49,7 @@ from tenantwatch.h2 import H2Tracker
 from tenantwatch.identity import IdentityResolver
 from tenantwatch.identity.jwt_verifier import build_verifiers, total_counts
 from tenantwatch.identity.registry import TenantRegistry
+from tenantwatch.kernel.interface import KernelProbes
 from tenantwatch.kernel.loader import HttpProbes, KernelResponseCheck, KernelSource
 from tenantwatch.kernel.records import KernelTick, Side
 from tenantwatch.kernel.targets import ProcessScanner
@@ -134,11 +135,14 @@ EVENT_POLL_SECONDS = 0.05
 class Daemon:
     """One running tenantwatch: probes, pipeline, HTTP endpoints."""
 
-    def __init__(self, config: Config, config_path: str | None = None) -> None:
+    def __init__(self, config: Config, config_path: str | None = None,
+                 probes: KernelProbes | None = None) -> None:
+        """`probes`: the kernel side (kernel/interface.py); by default the BPF probes the
+        config describes (kernel/loader.py HttpProbes)."""
         self.config = config
         self.config_path = config_path
         self.stop_event = threading.Event()
-        self.probes = HttpProbes(
+        self.probes: KernelProbes = probes if probes is not None else HttpProbes(
             sources=kernel_sources(config),
             process_names=[t.process for t in config.targets],
             latency_bounds_seconds=config.capture.latency_buckets,

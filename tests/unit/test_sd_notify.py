@@ -169,18 +169,30 @@ class FakeProbes:
         return KernelTick(identities=(), lost={}, targets=0, probes=dict(self.probes),
                           monotonic_ns=time.monotonic_ns())
 
+    def poll_h2(self) -> tuple:
+        return ()
+
     def close(self) -> None:
         self.closed = True
         self.loaded = False
+
+
+def test_the_fakes_and_the_real_probes_implement_the_kernel_protocol():
+    from tenantwatch.kernel.interface import KernelProbes
+    from tenantwatch.kernel.loader import HttpProbes
+    assert isinstance(FakeProbes(), KernelProbes)
+    # constructing the real one needs no root (load() does)
+    real = HttpProbes(sources=[], process_names=["nginx"], latency_bounds_seconds=[0.1])
+    assert isinstance(real, KernelProbes)
+    assert not isinstance(object(), KernelProbes)
 
 
 def make_daemon(tmp_path: Path, tick: float = 1.0, level: str = "info",
                 probes: FakeProbes | None = None) -> Daemon:
     path = tmp_path / "tenantwatch.yaml"
     path.write_text(CONFIG.format(port=_free_port(), level=level, tick=tick))
-    d = Daemon(load_config(str(path), env={}), config_path=str(path))
-    d.probes = probes or FakeProbes()
-    return d
+    return Daemon(load_config(str(path), env={}), config_path=str(path),
+                  probes=probes or FakeProbes())
 
 
 def readyz(d: Daemon) -> int:
@@ -189,11 +201,12 @@ def readyz(d: Daemon) -> int:
 
 
 def test_ready_only_after_the_probes_and_the_http_endpoint(tmp_path, notify):
-    d = make_daemon(tmp_path)
     seen = {}
 
     def on_load():
         seen["at_load"] = notify.pending()
+
+    d = make_daemon(tmp_path, probes=FakeProbes(on_load))
 
     real_start = d.api.start
 
@@ -201,7 +214,6 @@ def test_ready_only_after_the_probes_and_the_http_endpoint(tmp_path, notify):
         seen["before_listen"] = notify.pending()
         real_start()
 
-    d.probes = FakeProbes(on_load)
     d.api.start = api_start
     try:
         d.start()
