@@ -5,7 +5,7 @@ Takes a real nginx (`tenantwatch.demo.gateway.NginxGateway`, 2 workers) in front
 `Backend`, and wrk (HTTP/1.1 keep-alive) rotating `X-Tenant-ID` over t1..t4 on every request.
 Gives per-run wrk throughput, the daemon's own CPU during the run (from /proc/<pid>/stat), and how
 many requests the daemon counted against what wrk and nginx's access log saw; then the medians and
-whether the goals of DESIGN.md §3 hold:
+whether the goals of docs/performance.md hold:
 
   throughput ratio  median over rounds of rps(B) / rps(A)            goal >= 0.95
   daemon CPU        % of one core per 10k req/s served in B          goal <= 5

@@ -128,7 +128,7 @@ bash "$REPO/scripts/install-prometheus.sh"
 # ---------------------------------------------------------------- kernel headers for bcc
 # bcc compiles against /lib/modules/$(uname -r)/build. When the running kernel has no headers
 # package (custom kernels), Debian's generic headers work when build -> /usr/src/linux-headers-*-ARCH
-# and source -> the matching -common directory (DESIGN.md §8).
+# and source -> the matching -common directory (docs/kernels.md).
 MODDIR="/lib/modules/$KREL"
 if [ -e "$MODDIR/build/Makefile" ] || [ -e "$MODDIR/build/include" ]; then
     say "kernel headers" "ok ($(readlink -f "$MODDIR/build"))"

@@ -2,7 +2,7 @@
 
 Takes: the daemon's base URL (``http://127.0.0.1:9477``, or a bare ``listen`` address).
 Gives: a live per-tenant table from ``/api/v1/tenants`` (``top``) and a one-line state from
-``/healthz`` (``status``), with the exit codes of CONVENTIONS.md: 0 running, 3 not running,
+``/healthz`` (``status``), with the exit codes of docs/conventions.md: 0 running, 3 not running,
 4 unknown.  Only the standard library is used, so both work on a node without extras.
 """
 

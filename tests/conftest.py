@@ -1,7 +1,7 @@
 """Shared fixtures: free loopback ports, a real Backend and a real nginx gateway.
 
 Root-only tests call `require_root()`: on a developer machine without root they skip with the
-reason; when the environment variable CI is set they fail loudly instead (TESTING.md).
+reason; when the environment variable CI is set they fail loudly instead (docs/testing.md).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """HTTP exporter: /metrics, /healthz, /readyz and the JSON API on one stdlib ThreadingHTTPServer.
 
 Takes: callables for the latest Snapshot and the daemon's health dict, and the Prometheus registry
-holding the ``TenantCollector``.  Gives: the endpoints of DESIGN.md section 7:
+holding the ``TenantCollector``.  Gives: the endpoints of the README ("HTTP endpoints"):
 
 - ``/``                a landing page (HTML) linking every endpoint, with the version.
 - ``/metrics``         Prometheus text format (0.0.4) from the registry, or OpenMetrics when the

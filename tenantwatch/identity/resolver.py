@@ -5,7 +5,7 @@ time the kernel sees the key, else None), the index of the configured source tha
 the kernel's ValueFlag bits and the side.  Gives a TenantIdentity: a tenant label with its Trust,
 or a reserved bucket (__other__, __invalid__, __unattributed__) with the reason it was folded.
 
-Bounds (DESIGN.md section 4): labels match tenancy.pattern (and the allow-list, when set); at most
+Bounds (docs/limits.md): labels match tenancy.pattern (and the allow-list, when set); at most
 tenancy.max_tenants distinct real labels are admitted at once, idle ones are forgotten by expire();
 the key -> value cache is an LRU of cache_size entries.  A flood of distinct values therefore
 costs O(cache_size + max_tenants) memory, whatever its size.  Deterministic, O(1) per call

@@ -458,7 +458,7 @@ DaemonFactory = Callable[..., Daemon]
 def daemon_factory(tmp_path_factory, request) -> Iterator[DaemonFactory]:
     """make(tenancy_extra="", start=True) -> a started Daemon; all stopped after the module.
     Every daemon stopped here must exit 0 on SIGTERM within STOP_TIMEOUT, and no daemon may
-    have logged an error or a traceback ("never an exception", TESTING.md case 7)."""
+    have logged an error or a traceback ("never an exception", docs/testing.md case 7)."""
     require_root()
     made: list[Daemon] = []
     base = tmp_path_factory.mktemp("tenantwatch")

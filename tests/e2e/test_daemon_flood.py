@@ -1,4 +1,4 @@
-"""TESTING.md case 8: a flood of distinct tenant values against a daemon with max_tenants: 50.
+"""docs/testing.md case 8: a flood of distinct tenant values against a daemon with max_tenants: 50.
 
 The label set and /metrics stay bounded, and every request is still counted somewhere: under its
 own tenant (the first 50 admitted) or under __other__.

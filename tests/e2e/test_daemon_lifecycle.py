@@ -1,4 +1,4 @@
-"""TESTING.md case 10 and clean shutdown: SIGKILL leaks no BPF program, map or probe, a restarted
+"""docs/testing.md case 10 and clean shutdown: SIGKILL leaks no BPF program, map or probe, a restarted
 daemon works; SIGTERM exits 0 and releases everything; ten SIGKILLs under traffic, half of them
 during start-up, then a clean stop, leave nothing of tenantwatch's loaded.
 

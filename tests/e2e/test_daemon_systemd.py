@@ -1,4 +1,4 @@
-"""The daemon as systemd runs it, without systemd as PID 1 (DESIGN.md section 8): what the unit
+"""The daemon as systemd runs it, without systemd as PID 1 (docs/operations.md): what the unit
 relies on, reproduced one piece at a time.
 
 - sd_notify over a real AF_UNIX datagram socket given as $NOTIFY_SOCKET: READY=1 once /readyz

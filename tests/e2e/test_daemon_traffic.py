@@ -1,4 +1,4 @@
-"""The daemon against real nginx traffic: TESTING.md cases 1-7 and 9.
+"""The daemon against real nginx traffic: docs/testing.md cases 1-7 and 9.
 
 Every test compares the daemon's /metrics (server side: client -> nginx, client side: nginx ->
 Backend) with the ground truth: what the raw-socket client sent and got back, and what the Backend

@@ -1,5 +1,5 @@
 """Static checks of dashboards/: Grafana JSON, provisioning, alert rules, their promtool tests,
-the Alertmanager example and the runbook anchors (CONVENTIONS.md "Alerts and dashboards").
+the Alertmanager example and the runbook anchors (docs/conventions.md, "Alerts and dashboards").
 
 `promtool check rules` / `promtool test rules` run here too: skipped when promtool is missing,
 a failure when CI is set (scripts/install-prometheus.sh installs it).  Every expression is also
@@ -38,7 +38,7 @@ UIDS = {
     "tenantwatch-fleet.json": "tenantwatch-fleet",
 }
 # Every metric name the dashboards and rules may use: the ones on /metrics today (README) and the
-# CPU / detection / enforcement ones announced in CONVENTIONS.md.
+# CPU, detection, enforcement, power and fleet ones (docs/conventions.md).
 HISTOGRAMS = {
     "tenantwatch_http_server_request_duration_seconds",
     "tenantwatch_http_client_request_duration_seconds",

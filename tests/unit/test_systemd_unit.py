@@ -1,4 +1,4 @@
-"""systemd/tenantwatch.service: what CONVENTIONS.md (systemd) requires and forbids, a clean
+"""systemd/tenantwatch.service: what docs/conventions.md ("systemd") requires and forbids, a clean
 `systemd-analyze verify`, and the `systemd-analyze security --offline=yes` exposure score, which
 must not get worse than the one recorded in docs/operations.md.
 
@@ -130,7 +130,7 @@ def test_syscall_filter_allows_bpf_and_perf_event_open(service):
 
 
 def test_exec_stop_post_releases_caps_with_a_command_that_exists(service):
-    """DESIGN.md section 6: caps left by a daemon that died are restored after every stop."""
+    """docs/enforcement.md: caps left by a daemon that died are restored after every stop."""
     assert one(service, "ExecStopPost") == (
         "/usr/local/bin/tenantwatch release-caps --config /etc/tenantwatch/tenantwatch.yaml")
     args = build_parser().parse_args(

@@ -2,7 +2,7 @@
 
     boot("6.1", "/usr/bin/python3 -c 'print(1)'", timeout=300) -> GuestResult
 
-The guest (DESIGN.md section 8):
+The guest (docs/kernels.md):
 - kernel and modules from the package extracted by scripts/install-vm-deps.sh into
   CACHE/kernels/<release>/ (never from /boot);
 - a busybox initramfs (cached per kernel release) loads the virtio, 9p and overlay modules in
@@ -39,7 +39,7 @@ CACHE = Path(os.environ.get("TW_VM_CACHE", "/var/cache/tenantwatch-vm"))
 BUSYBOX = "/bin/busybox"
 QEMU = "qemu-system-x86_64"
 
-# DESIGN.md section 8, in this order; each module's own dependencies (modules.dep) load before it,
+# docs/kernels.md, in this order; each module's own dependencies (modules.dep) load before it,
 # and a name the kernel does not have as a module (older kernels: virtio_pci_*_dev, netfs) is
 # skipped.
 MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev",
