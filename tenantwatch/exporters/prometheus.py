@@ -1,7 +1,7 @@
 """Prometheus exporter: a custom collector that turns the latest Snapshot into metric families.
 
 Takes: a callable returning the latest ``Snapshot`` (or None before the first tick), the build
-labels and, optionally, a callable returning the JWT verifier counts by result.  Gives: fresh metric families at every scrape (names: README "Metrics", docs/conventions.md).
+labels and, optionally, a callable returning the JWT verifier counts by result.  Gives: fresh metric families at every scrape (names: docs/metrics.md).
 
 The client library's labelled metrics keep every label set forever; building the per-tenant
 families here at scrape time means a tenant the aggregator expired disappears from /metrics.

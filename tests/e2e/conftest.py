@@ -25,6 +25,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -32,7 +33,10 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -436,6 +440,57 @@ def bpftool_ids(kind: str) -> set[int]:
 
 def config_text(port: int, process: str = NGINX_COMM, tenancy_extra: str = "") -> str:
     return CONFIG_TEMPLATE.format(port=port, process=process, tenancy_extra=tenancy_extra)
+
+
+class ThreadGroup:
+    """Load generators: `threads` started on enter; on exit `stop` is set and each thread is
+    joined for at most `join_seconds`.  Subclasses fill `threads` and watch `stop`."""
+
+    join_seconds = 15.0
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def __enter__(self) -> Self:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(self.join_seconds)
+
+
+class LoopbackService:
+    """A server process a test started (Prometheus, Alertmanager): ready when `/-/ready` on
+    `url` answers 200; stopped by pid (SIGTERM, SIGKILL after 10 s)."""
+
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        raise NotImplementedError
+
+    def _ready_or_exited(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            return True
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
 
 
 # ---------------------------------------------------------------------------- fixtures

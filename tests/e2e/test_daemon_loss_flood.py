@@ -24,6 +24,7 @@ import time
 import pytest
 
 from tests.conftest import require_root
+from tests.e2e.conftest import ThreadGroup
 from tests.e2e.test_daemon_noisy import (
     LIGHT_MS,
     TENANTS,
@@ -62,11 +63,11 @@ def _get(s: socket.socket, tenant: str, n: int = 1) -> None:
         got += chunk
 
 
-class Attacker:
+class Attacker(ThreadGroup):
     """Junk values and deep pipelines, each on a connection opened before the table fills."""
 
     def __init__(self, port: int) -> None:
-        self.stop = threading.Event()
+        super().__init__()
         self.errors: list = []
         self.sent = {"junk": 0, "pipelined": 0}
         self.junk = socket.create_connection(("127.0.0.1", port), timeout=10)
@@ -95,15 +96,8 @@ class Attacker:
             self.sent["pipelined"] += 16
         self._loop(step, 0.5)
 
-    def __enter__(self) -> Attacker:  # noqa: PYI034
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(15)
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
         self.junk.close()
         self.pipe.close()
 

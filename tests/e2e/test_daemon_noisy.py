@@ -22,7 +22,7 @@ import pytest
 
 from tenantwatch.demo import NginxGateway
 from tests.conftest import _free_port, require_root
-from tests.e2e.conftest import NGINX_COMM, Daemon
+from tests.e2e.conftest import NGINX_COMM, Daemon, ThreadGroup
 
 BACKEND_COMM = f"tw-e2e-be-{os.getpid()}"[:15]
 
@@ -66,14 +66,14 @@ TENANTS = ("ant", "bee", "cat", "dog")
 LIGHT_MS = 2.0
 
 
-class Load:
+class Load(ThreadGroup):
     """One keep-alive client per tenant, `rate` requests/s each, cost per tenant adjustable."""
 
     def __init__(self, port: int, rate: float = 15.0) -> None:
+        super().__init__()
         self.port, self.rate = port, rate
         self.cost = {t: LIGHT_MS for t in TENANTS}
         self.extra = {t: 0 for t in TENANTS}  # additional requests per tick for a tenant
-        self.stop = threading.Event()
         self.errors: list = []
         self.threads = [threading.Thread(target=self._run, args=(t,), daemon=True)
                         for t in TENANTS]
@@ -96,16 +96,6 @@ class Load:
                     self.stop.wait(1.0 / self.rate)
         except Exception as e:  # noqa: BLE001 - reported by the test
             self.errors.append((tenant, repr(e)))
-
-    def __enter__(self) -> Load:  # noqa: PYI034
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(15)
 
 
 def noisy_stack(work, nginx_binary: str, config: str, **fields: object):

@@ -66,7 +66,7 @@ import pytest
 from tenantwatch.demo import NginxGateway
 from tests.conftest import _free_port, require, require_root
 from tests.e2e.auth_service import auth_handler
-from tests.e2e.conftest import NGINX_COMM, REPO, Daemon, tenantwatch_command
+from tests.e2e.conftest import NGINX_COMM, REPO, Daemon, ThreadGroup, tenantwatch_command
 
 CPU = Path("/sys/fs/cgroup/cpu")
 CPUACCT = Path("/sys/fs/cgroup/cpuacct")
@@ -296,17 +296,19 @@ def _authenticated_head(key_of: str, ms: float, forged: str | None = None) -> st
             f"{claim}\r\n")
 
 
-class Traffic:
+class Traffic(ThreadGroup):
     """calm: CALM_CLIENTS keep-alive clients at CALM_RATE/s recording each latency; hog:
     HOG_CLIENTS keep-alive clients sending HOG_MS requests back to back while `hog_on` is set.
     `calm_head` and `hog_head` are each client's request head (default: routed by X-Tenant-ID)."""
 
+    join_seconds = 70.0
+
     def __init__(self, port: int, calm_head: str = _head("calm", CALM_MS),
                  hog_head: str = _head("hog", HOG_MS)) -> None:
+        super().__init__()
         self.port = port
         self.calm_head, self.hog_head = calm_head, hog_head
         self.hog_on = threading.Event()
-        self.stop = threading.Event()
         self.errors: list = []
         self.calm: list[tuple[float, float]] = []  # (end, latency seconds)
         self.hog_done = 0
@@ -348,16 +350,6 @@ class Traffic:
         if not lat:
             return math.inf, 0
         return lat[max(0, math.ceil(0.99 * len(lat)) - 1)], len(lat)
-
-    def __enter__(self) -> Traffic:  # noqa: PYI034
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(70)
 
 
 # ---------------------------------------------------------------------------- the stack

@@ -39,8 +39,10 @@ import yaml
 from tenantwatch.demo import NginxGateway
 from tenantwatch.demo.gateway import find_nginx
 from tests.conftest import _free_port, require, require_root
-from tests.e2e.conftest import Daemon
+from tests.e2e.conftest import Daemon, LoopbackService, ThreadGroup
 from tests.e2e.test_daemon_noisy import BACKEND
+from tests.e2e.test_daemon_noisy import CONFIG as NOISY_CONFIG
+from tests.e2e.test_enforcement import _request
 from tests.e2e.test_prometheus import Prometheus, prometheus_binary, substitute, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,15 +62,9 @@ BASELINE_S = 40.0
 FIRE_BOUND_S = 150.0
 RESOLVE_BOUND_S = 90.0
 
-CONFIG = """\
-listen: "127.0.0.1:{port}"
-targets: [{{process: {nginx}}}, {{process: {backend}}}]
-tenancy:
-  sources:
-    - {{header: X-Tenant-Context, trusted: true}}
-    - {{header: X-Tenant-ID, side: server}}
-power: {{idle_watts: 40, max_watts: 120}}
-"""
+# the noisy-neighbour test's node (nginx and its CPU-burning backend, both traced), with a power
+# model for energy per tenant
+CONFIG = NOISY_CONFIG + "power: {{idle_watts: 40, max_watts: 120}}\n"
 
 
 def alertmanager_binary() -> str:
@@ -109,7 +105,7 @@ class Webhook:
         self.server.server_close()
 
 
-class Alertmanager:
+class Alertmanager(LoopbackService):
     """prometheus-alertmanager on a free loopback port, no clustering, stopped by pid."""
 
     def __init__(self, workdir: Path, webhook: str) -> None:
@@ -141,25 +137,9 @@ class Alertmanager:
         pytest.fail("alertmanager did not become ready: "
                     + (self.workdir / "alertmanager.log").read_text()[-3000:], pytrace=False)
 
-    def _ready_or_exited(self) -> bool:
-        import urllib.request
-        if self.proc is None or self.proc.poll() is not None:
-            return True
-        try:
-            with urllib.request.urlopen(f"http://{HOST}:{self.port}/-/ready", timeout=1) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
 
 
 class FleetPrometheus(Prometheus):
@@ -186,14 +166,14 @@ class FleetPrometheus(Prometheus):
         return path
 
 
-class Load:
+class Load(ThreadGroup):
     """One keep-alive client per (node, tenant) sending `RATE x weight` requests/s of WORK_MS."""
 
     def __init__(self, ports: dict[str, int]) -> None:
+        super().__init__()
         self.ports = ports
         self.weights = {(n, t): 1.0 for n in NODES for t in STEADY}
         self.spread_hot()
-        self.stop = threading.Event()
         self.errors: list = []
         self.sent = 0
         self.threads = [threading.Thread(target=self._run, args=key, daemon=True)
@@ -212,8 +192,7 @@ class Load:
         idle one would meet nginx's keepalive_timeout) and opened again when work comes back."""
         import socket
         deadline = time.monotonic() + 600  # bounded whatever the test does
-        request = (f"GET /work/{WORK_MS} HTTP/1.1\r\nHost: t\r\nX-Tenant-ID: {tenant}\r\n\r\n"
-                   ).encode()
+        request = f"GET /work/{WORK_MS} HTTP/1.1\r\nHost: t\r\nX-Tenant-ID: {tenant}\r\n\r\n"
         s: socket.socket | None = None
         try:
             next_at = time.monotonic()
@@ -228,13 +207,7 @@ class Load:
                     continue
                 if s is None:
                     s = socket.create_connection((HOST, self.ports[node]), timeout=10)
-                s.sendall(request)
-                got = b""
-                while not got.endswith(b"ok\n"):
-                    chunk = s.recv(4096)
-                    if not chunk:
-                        raise ConnectionError("closed")
-                    got += chunk
+                _request(s, request)
                 self.sent += 1
                 next_at = max(next_at + 1.0 / (RATE * w), time.monotonic() - 1.0)
                 self.stop.wait(max(0.0, next_at - time.monotonic()))
@@ -243,16 +216,6 @@ class Load:
         finally:
             if s is not None:
                 s.close()
-
-    def __enter__(self) -> Load:  # noqa: PYI034
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(15)
 
 
 @pytest.fixture(scope="module")

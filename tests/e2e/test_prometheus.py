@@ -34,7 +34,7 @@ import yaml
 
 from tenantwatch.demo import Client
 from tests.conftest import _free_port, require, require_root
-from tests.e2e.conftest import Daemon
+from tests.e2e.conftest import Daemon, LoopbackService
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARDS = REPO / "dashboards"
@@ -124,7 +124,7 @@ def wait_for(pred, timeout: float, interval: float = 0.25):
 
 
 @dataclass
-class Prometheus:
+class Prometheus(LoopbackService):
     workdir: Path
     target: str
     proc: subprocess.Popen | None = None
@@ -173,26 +173,6 @@ class Prometheus:
                 return self
             self.stop()
         pytest.fail(f"prometheus did not become ready\n{self.log_text()}", pytrace=False)
-
-    def _ready_or_exited(self) -> bool:
-        if self.proc is None or self.proc.poll() is not None:
-            return True
-        try:
-            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as r:
-                return r.status == 200
-        except (OSError, urllib.error.URLError):
-            return False
-
-    def stop(self) -> None:
-        """SIGTERM our own Prometheus (by pid), SIGKILL after 10 s."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
 
     def api(self, path: str, params: dict | None = None) -> dict:
         url = f"{self.url}/api/v1/{path}"
