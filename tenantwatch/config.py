@@ -115,7 +115,7 @@ from tenantwatch.checks import int_in_range as _int
 from tenantwatch.checks import type_name as _type_name
 from tenantwatch.detection.settings import DetectionSettings, parse_detection
 from tenantwatch.errors import ConfigError
-from tenantwatch.identity.records import INVALID, OTHER, UNATTRIBUTED
+from tenantwatch.identity.records import RESERVED_LABELS
 from tenantwatch.kernel.records import Side
 from tenantwatch.logs import LOG_FORMATS  # one list, shared with the CLI
 
@@ -169,7 +169,7 @@ ENV_VARS = (
     "TENANTWATCH_BPF_DIR",  # read by kernel/loader.py: where bpf/*.c live
 )
 
-_RESERVED = (OTHER, INVALID, UNATTRIBUTED)
+_RESERVED = RESERVED_LABELS
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 7230 token (a header field name)
 _HOST_LITERAL = re.compile(r"[A-Za-z0-9.-]*")
 _HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")

@@ -18,9 +18,9 @@ from tenantwatch.detection.noisy import MAX_VICTIMS_IN_EVIDENCE, Contention, Noi
 from tenantwatch.detection.records import Change, DetectionResult, NodeTick
 from tenantwatch.detection.settings import DetectionSettings
 from tenantwatch.detection.window import Baseline, Window, WindowStats
-from tenantwatch.identity.records import INVALID, OTHER, UNATTRIBUTED
+from tenantwatch.identity.records import RESERVED_LABELS
 
-RESERVED = frozenset({UNATTRIBUTED, OTHER, INVALID})
+RESERVED = frozenset(RESERVED_LABELS)
 
 
 class Detector:

@@ -18,7 +18,7 @@ from typing import Any
 from tenantwatch.checks import int_in_range as _int
 from tenantwatch.checks import type_name as _type_name
 from tenantwatch.errors import ConfigError
-from tenantwatch.identity.records import INVALID, OTHER, UNATTRIBUTED
+from tenantwatch.identity.records import RESERVED_LABELS
 
 # Bounds of the knobs.  They reject values that cannot mean what the operator wants, nothing more.
 MAX_WINDOW_SECONDS = 600.0  # beyond 10 min a "window" is a trend, and detection is too slow to page
@@ -30,7 +30,7 @@ MAX_SHARE_FACTOR = 100.0  # 100 x fair share already needs >= 100 tenants to be 
 MAX_P99_FACTOR = 1000.0
 MAX_LATENCY_SECONDS = 60.0  # no gateway histogram goes beyond this (capture buckets end at 10 s)
 MAX_VICTIM_MIN_REQUESTS = 1_000_000_000
-_RESERVED = (OTHER, INVALID, UNATTRIBUTED)
+_RESERVED = RESERVED_LABELS
 
 
 @dataclass(frozen=True)

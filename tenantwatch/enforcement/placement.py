@@ -25,11 +25,11 @@ from typing import Callable
 from tenantwatch.cgroups import v1_siblings
 from tenantwatch.enforcement.cgroupfs import within_root
 from tenantwatch.enforcement.settings import Placement
-from tenantwatch.identity.records import INVALID, OTHER, UNATTRIBUTED
+from tenantwatch.identity.records import RESERVED_LABELS
 
 log = logging.getLogger(__name__)
 
-_RESERVED = frozenset({OTHER, INVALID, UNATTRIBUTED})
+_RESERVED = frozenset(RESERVED_LABELS)
 # The longest command line read per process: selectors look at how a worker was started, which
 # is in the first few hundred bytes; the bound keeps a scan of /proc cheap.
 MAX_CMDLINE = 4096

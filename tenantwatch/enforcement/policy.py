@@ -42,9 +42,9 @@ from tenantwatch.enforcement.records import (
     Decision,
     Lease,
 )
-from tenantwatch.identity.records import INVALID, OTHER, UNATTRIBUTED
+from tenantwatch.identity.records import RESERVED_LABELS
 
-_RESERVED_LABELS = frozenset({OTHER, INVALID, UNATTRIBUTED})
+_RESERVED_LABELS = frozenset(RESERVED_LABELS)
 # Cores are rounded to this many digits: finer than the kernel's 1 us of a 100 ms period.
 _DIGITS = 4
 _EPSILON = 10.0 ** -_DIGITS

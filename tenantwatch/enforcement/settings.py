@@ -18,7 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 from tenantwatch.errors import ConfigError
-from tenantwatch.identity.records import INVALID, OTHER, UNATTRIBUTED
+from tenantwatch.identity.records import RESERVED_LABELS
 
 # The kernel refuses a CFS quota below 1 ms (v1 EINVAL, v2 clamps): at the default 100 ms period
 # that is 0.01 cores, the smallest cap that means what it says.
@@ -30,7 +30,7 @@ MAX_SELECTORS = 64
 # Static quotas are per tenant; bounded like tenancy.max_tenants' default.
 MAX_QUOTAS = 1000
 
-_RESERVED = (OTHER, INVALID, UNATTRIBUTED)
+_RESERVED = RESERVED_LABELS
 _CORES = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(%|m|cores?|cpus?)?\s*",
                     re.IGNORECASE)
 

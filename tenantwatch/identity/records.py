@@ -10,6 +10,9 @@ from dataclasses import dataclass
 OTHER = "__other__"  # beyond max_tenants, or the kernel's identity map overflowed
 INVALID = "__invalid__"  # fails the pattern, the allow-list, or the kernel flagged it
 UNATTRIBUTED = "__unattributed__"  # no identity and no default tenant configured
+# Every reserved label, in this order (config errors name the first one a pattern matches); the
+# one definition the stages import.
+RESERVED_LABELS: tuple[str, ...] = (OTHER, INVALID, UNATTRIBUTED)
 
 
 class Trust(str, enum.Enum):

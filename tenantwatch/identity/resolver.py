@@ -33,7 +33,14 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable, Union
 
-from tenantwatch.identity.records import INVALID, OTHER, UNATTRIBUTED, TenantIdentity, Trust
+from tenantwatch.identity.records import (
+    INVALID,
+    OTHER,
+    RESERVED_LABELS,
+    UNATTRIBUTED,
+    TenantIdentity,
+    Trust,
+)
 from tenantwatch.kernel.records import Side, ValueFlag
 
 if TYPE_CHECKING:  # config imports this package; keep the import one-way at run time
@@ -66,7 +73,7 @@ REJECT_REASONS = (
     "h2_lost",  # __unattributed__: an HTTP/2 stream whose connection could not be decoded
 )
 
-_RESERVED = frozenset((OTHER, INVALID, UNATTRIBUTED))
+_RESERVED = frozenset(RESERVED_LABELS)
 _UNRESOLVED = -1  # _Entry.source_index when the value was learned without a usable source
 _NO_SOURCE = -2  # _Entry.source_index of a verdict that does not depend on the source
 
