@@ -25,9 +25,6 @@ import json
 import struct
 import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hpack import Decoder, Encoder
 

@@ -54,8 +54,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # run from a checkout without `pip install -e .`
 
 from tenantwatch.demo.backend import Backend
 from tenantwatch.demo.gateway import NginxGateway

@@ -34,10 +34,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-from bench.nginx_ab import (
+from nginx_ab import (
     BPF_STATS_SYSCTL,
     BROWSER_ACCEPT,
     BROWSER_COOKIE,

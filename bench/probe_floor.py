@@ -44,10 +44,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-from bench.nginx_ab import (
+from nginx_ab import (
     BROWSER_PATH,
     BROWSER_QUERY,
     BenchError,
@@ -61,6 +59,7 @@ from bench.nginx_ab import (
     tls_listener,
     write_wrk_script,
 )
+
 from tenantwatch.demo.backend import Backend
 from tenantwatch.demo.gateway import NginxGateway
 

@@ -42,8 +42,6 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from nginx_ab import Daemon, default_tenantwatch, free_port, http_get, make_cert, parse_metrics
 
 from tenantwatch.demo import Backend
