@@ -1,4 +1,4 @@
-"""Small config validators shared by config.py and the stages' own settings parsers
+"""Small config validators shared by tenantwatch/config/ and the stages' own settings parsers
 (detection/settings.py): every error is a ConfigError naming the field."""
 
 from __future__ import annotations

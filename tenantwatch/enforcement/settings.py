@@ -1,7 +1,7 @@
 """Parsers of the ``enforcement:`` values that need more than a type check: CPU amounts in human
 form, static quotas and the optional placement section.
 
-``config._parse_enforcement`` calls these; each raises ``ConfigError(field, message)`` naming the
+``config/enforcement.py`` ``_parse_enforcement`` calls these; each raises ``ConfigError(field, message)`` naming the
 offending key (``enforcement.floor``, ``enforcement.quotas.acme``,
 ``enforcement.placement.selectors[0].cmdline``).  Nothing here touches the file system.
 """

@@ -352,7 +352,7 @@ def has_key_source(settings: Mapping[str, Any] | None) -> bool:
 
 
 def verifier_from_settings(settings: Mapping[str, Any], name: str = "jwt") -> JwtVerifier:
-    """A JwtVerifier (not started) for one jwt source's parsed settings (config._parse_jwt)."""
+    """A JwtVerifier (not started) for one jwt source's parsed settings (config/tenancy.py _parse_jwt)."""
     algorithms = tuple(settings.get("algorithms", DEFAULT_ALGORITHMS))
     family = FAMILY_OF[algorithms[0]]
     source: KeySource

@@ -26,8 +26,7 @@ def test_layout_names_every_package_bpf_file_and_script():
         assert path.name in layout, f"bpf/{path.relative_to(REPO / 'bpf')}"
     for path in sorted((REPO / "scripts").glob("*.sh")):
         assert path.name in layout, f"scripts/{path.name}"
-    for module in ("cli.py", "daemon.py", "config.py", "logs.py", "memory.py", "top.py",
-                   "doctor.py"):
+    for module in ("cli.py", "daemon.py", "logs.py", "memory.py", "top.py", "doctor.py"):
         assert module in layout, module
 
 
