@@ -1,4 +1,5 @@
-"""Reading a config: YAML with unique keys, conf.d drop-ins, environment overrides, the whole file validated; advisories."""
+"""Reading a config: YAML with unique keys, conf.d drop-ins, environment overrides, the whole
+file validated; advisories."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The `targets` and `tenancy` sections: process names, identity sources, the registry, the response check, JWT settings."""
+"""The `targets` and `tenancy` sections: process names, identity sources, the registry, the
+response check, JWT settings."""
 
 from __future__ import annotations
 
