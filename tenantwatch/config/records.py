@@ -11,6 +11,7 @@ from typing import Any
 
 from tenantwatch.config.validators import _host_regex, _split_listen
 from tenantwatch.detection.settings import DetectionSettings
+from tenantwatch.enforcement.settings import Placement
 from tenantwatch.kernel.records import Side
 
 
@@ -98,7 +99,7 @@ class Enforcement:
     # while this file exists, every cap is released and none is made (docs/enforcement.md)
     kill_switch: str = "/var/lib/tenantwatch/enforcement-off"
     quotas: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
-    placement: Any = None
+    placement: Placement | None = None  # enforcement/settings.py
 
     def __post_init__(self) -> None:
         if not self.root:

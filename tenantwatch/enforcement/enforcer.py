@@ -27,7 +27,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from tenantwatch.detection.records import DetectionResult
 from tenantwatch.enforcement import records as r
@@ -40,6 +40,9 @@ from tenantwatch.enforcement.safety import SafetyChecks, reason_of
 from tenantwatch.enforcement.state import StateStore, restore_lease, why_not_adopt
 from tenantwatch.enforcement.usage import UsageMeter
 
+if TYPE_CHECKING:  # config imports this package at run time; annotations only
+    from tenantwatch.config import Enforcement
+
 log = logging.getLogger(__name__)
 
 OFF, DRY_RUN, ENFORCE = "off", "dry-run", "enforce"
@@ -51,7 +54,7 @@ class Enforcer:
     (tenantwatch's own pid is always added); ``tenant_of_pid`` (placement mode) names the tenant a
     process belongs to, or None.  ``protected`` tenants (the default tenant) are never capped."""
 
-    def __init__(self, settings: Any, mode: str | None = None, *,
+    def __init__(self, settings: Enforcement, mode: str | None = None, *,
                  writer_factory: WriterFactory = CgroupWriter.for_path,
                  state_store: StateStore | None = None, audit_log: AuditLog | None = None,
                  gateway_pids: Callable[[], Iterable[int]] = set,

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from tenantwatch.detection.records import Verdict
 from tenantwatch.enforcement.records import (
@@ -44,6 +44,9 @@ from tenantwatch.enforcement.records import (
 )
 from tenantwatch.identity.records import RESERVED_LABELS
 
+if TYPE_CHECKING:  # config imports this package at run time; annotations only
+    from tenantwatch.config import Enforcement
+
 _RESERVED_LABELS = frozenset(RESERVED_LABELS)
 # Cores are rounded to this many digits: finer than the kernel's 1 us of a 100 ms period.
 _DIGITS = 4
@@ -58,7 +61,7 @@ class Policy:
     win over them, and one below ``floor`` is raised to it.
     """
 
-    def __init__(self, settings: Any, *, protected: Iterable[str] = (),
+    def __init__(self, settings: Enforcement, *, protected: Iterable[str] = (),
                  host_cores: float | None = None,
                  clock: Callable[[], float] = time.time,
                  quota_source: Callable[[], Mapping[str, float]] | None = None) -> None:

@@ -30,7 +30,10 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # config imports this package at run time; annotations only
+    from tenantwatch.config import Registry
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +78,7 @@ def parse_record(tenant: str, raw: str | bytes) -> RegistryEntry:
 class TenantRegistry:
     """The registry of ``settings`` (config.Registry), refreshed by a background thread."""
 
-    def __init__(self, settings: Any, pattern: str, *,
+    def __init__(self, settings: Registry, pattern: str, *,
                  client_factory: Callable[[str, float], Any] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.settings = settings

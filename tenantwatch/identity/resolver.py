@@ -31,7 +31,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Callable, Union
+from typing import TYPE_CHECKING, Callable, Union
 
 from tenantwatch.identity.records import (
     INVALID,
@@ -46,6 +46,7 @@ from tenantwatch.kernel.records import Side, ValueFlag
 if TYPE_CHECKING:  # config imports this package; keep the import one-way at run time
     from tenantwatch.config import Source, Tenancy
     from tenantwatch.identity.jwt_verifier import JwtVerifier
+    from tenantwatch.identity.registry import TenantRegistry
 
 # Flags that make a value unusable, in the order their reason is reported.
 _FLAG_REASONS = (
@@ -107,7 +108,7 @@ class IdentityResolver:
     def __init__(self, tenancy: Tenancy, cache_size: int = 65536,
                  clock: Callable[[], float] = time.monotonic,
                  verifiers: Mapping[int, JwtVerifier] | None = None,
-                 registry: Any = None) -> None:
+                 registry: TenantRegistry | None = None) -> None:
         """``verifiers``: a JwtVerifier per jwt source index that names keys (jwt_verifier.
         build_verifiers); the caller starts and stops them.  ``registry``: a TenantRegistry
         (identity/registry.py) whose ``refusal(tenant)`` every label must pass; the caller
