@@ -61,8 +61,14 @@ def built(tmp_path_factory) -> Iterator[tuple[Path, Path]]:
     run(["bash", str(REPO / "scripts" / "build-deb.sh")], env=env)
     deb = work / DEB_NAME
     tar = work / "rootfs.tar"
-    run(["bash", str(REPO / "scripts" / "build-image.sh")],
-        env={**env, "DEB": str(deb), "TAR": str(tar), "NO_IMPORT": "1"})
+    # mmdebstrap downloads from the Debian mirror: one retry for a transient network error
+    build = ["bash", str(REPO / "scripts" / "build-image.sh")]
+    build_env = {**env, "DEB": str(deb), "TAR": str(tar), "NO_IMPORT": "1"}
+    first = subprocess.run(build, capture_output=True, text=True, timeout=900, check=False,
+                           env=build_env)
+    if first.returncode != 0:
+        print(f"build-image.sh failed once, retrying:\n{first.stderr[-2000:]}")
+        run(build, timeout=900, env=build_env)
     yield deb, tar
 
 
