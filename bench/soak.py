@@ -258,6 +258,8 @@ def sample(daemon: Daemon, pid: int, t0: float, last: dict) -> dict:
         "tenants": len(tenants),
     }
     last.update(count=count, sum=tsum, buckets=dict(buckets), cpu=ticks, at=now)
+    last["lost_by_reason"] = {lb.get("reason", ""): int(v) for lb, v in
+                              m.get("tenantwatch_events_lost_total", []) if v}
     return row
 
 
@@ -388,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
             gw.stop()
             backend.stop()
     print("sent", json.dumps(traffic.sent), "client errors", json.dumps(traffic.errors))
+    print("events lost by reason", json.dumps(last.get("lost_by_reason", {}), sort_keys=True))
     ok, text = verdict(rows, args)
     print(text)
     if args.png:
