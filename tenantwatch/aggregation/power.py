@@ -55,23 +55,21 @@ class PowerTotals:
 class RaplReader:
     """Joules since the last read, summed over the package domains (intel-rapl:N, not their
     sub-zones, which the package already counts).  None when no domain can be read (no RAPL,
-    or energy_uj readable only by root)."""
+    or energy_uj readable only by root).  The domains are found once, at construction."""
 
     def __init__(self, root: str = "/sys/class/powercap") -> None:
         self.root = root
+        self.domains = sorted(d for d in glob.glob(os.path.join(root, "intel-rapl:*"))
+                              if re.fullmatch(r"intel-rapl:\d+", os.path.basename(d)))
         self._last: dict[str, int] = {}
 
-    def domains(self) -> list[str]:
-        return sorted(d for d in glob.glob(os.path.join(self.root, "intel-rapl:*"))
-                      if re.fullmatch(r"intel-rapl:\d+", os.path.basename(d)))
-
     def available(self) -> bool:
-        return any(_read_int(os.path.join(d, "energy_uj")) is not None for d in self.domains())
+        return any(_read_int(os.path.join(d, "energy_uj")) is not None for d in self.domains)
 
     def joules(self) -> float | None:
         total = 0.0
         seen = False
-        for d in self.domains():
+        for d in self.domains:
             now = _read_int(os.path.join(d, "energy_uj"))
             if now is None:
                 continue
@@ -89,28 +87,28 @@ class RaplReader:
 
 
 class ThermalReader:
-    """Degrees Celsius by sensor name, from thermal zones and hwmon inputs."""
+    """Degrees Celsius by sensor name, from thermal zones and hwmon inputs.  The sensors and
+    their names are found once, at construction; each read() reads only their values."""
 
     def __init__(self, sys_root: str = "/sys") -> None:
         self.sys_root = sys_root
+        self.sensors: list[tuple[str, str]] = []  # (name, file of millidegrees)
+        for zone in sorted(glob.glob(os.path.join(sys_root, "class/thermal/thermal_zone*"))):
+            kind = _read_text(os.path.join(zone, "type")) or "zone"
+            self.sensors.append((f"{kind}/{os.path.basename(zone)}", os.path.join(zone, "temp")))
+        for hw in sorted(glob.glob(os.path.join(sys_root, "class/hwmon/hwmon*"))):
+            chip = _read_text(os.path.join(hw, "name")) or os.path.basename(hw)
+            for inp in sorted(glob.glob(os.path.join(hw, "temp*_input"))):
+                n = os.path.basename(inp)[:-len("_input")]
+                label = _read_text(os.path.join(hw, f"{n}_label")) or n
+                self.sensors.append((f"{chip}/{label}", inp))
 
     def read(self) -> dict[str, float]:
         out: dict[str, float] = {}
-        for zone in sorted(glob.glob(os.path.join(self.sys_root, "class/thermal/thermal_zone*"))):
-            milli = _read_int(os.path.join(zone, "temp"))
-            if milli is None:
-                continue
-            kind = _read_text(os.path.join(zone, "type")) or "zone"
-            out[f"{kind}/{os.path.basename(zone)}"] = milli / 1000.0
-        for hw in sorted(glob.glob(os.path.join(self.sys_root, "class/hwmon/hwmon*"))):
-            chip = _read_text(os.path.join(hw, "name")) or os.path.basename(hw)
-            for inp in sorted(glob.glob(os.path.join(hw, "temp*_input"))):
-                milli = _read_int(inp)
-                if milli is None:
-                    continue
-                n = os.path.basename(inp)[:-len("_input")]
-                label = _read_text(os.path.join(hw, f"{n}_label")) or n
-                out[f"{chip}/{label}"] = milli / 1000.0
+        for name, path in self.sensors:
+            milli = _read_int(path)
+            if milli is not None:
+                out[name] = milli / 1000.0
         return out
 
 
