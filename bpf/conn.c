@@ -112,7 +112,7 @@ static __always_inline struct tw_conn *tw_conn_adopt(__u64 ck, __u64 first, __u6
 						     __u32 is_write)
 {
 	int h2 = 0;
-	if (first_len < 8)
+	if (first_len < 8 || !tw_side_traced(is_write ? TW_SIDE_CLIENT : TW_SIDE_SERVER))
 		return 0;
 	__u8 b[9] = {};  /* one read for both checks: most unknown fds are files (an access log) */
 	if (tw_read_user(b, first_len < 9 ? 8 : 9, (void *)first) != 0)

@@ -66,6 +66,8 @@ static __always_inline int tw_reset_fd(__u32 fd, __u32 side)
 	__u64 ck = (bpf_get_current_pid_tgid() & 0xffffffff00000000ull) | fd;
 	if (tw_conns.delete(&ck) == 0)
 		tw_conn_counted(1);
+	if (!tw_side_traced(side))
+		return 0;  /* capture.sides: this leg is not followed */
 	tw_conn_new(ck, side);
 	if (side == TW_SIDE_SERVER)
 		tw_thread_set(0);  /* accepting is nobody's request yet */

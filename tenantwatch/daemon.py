@@ -153,6 +153,7 @@ class Daemon:
             tokens_per_cpu_per_second=config.capture.tokens_per_second,
             tls=config.capture.tls,
             response_check=kernel_response_check(config),
+            sides=config.capture.sides,
         )
         self.scanner = ProcessScanner([t.process for t in config.targets])
         self.verifiers = build_verifiers(config.tenancy.sources)  # jwt sources with keys

@@ -6,6 +6,13 @@
 #ifndef TW_MAX_CONNS
 #define TW_MAX_CONNS 65536
 #endif
+/* The legs followed (capture.sides): bit TW_SIDE_*.  A connection on another leg is never
+ * created, at accept/connect or by adoption, so its syscalls end at the connection lookup. */
+#ifndef TW_TRACE_SIDES
+#define TW_TRACE_SIDES 3
+#endif
+#define tw_side_traced(side) ((TW_TRACE_SIDES >> ((side) & 1)) & 1)
+
 /* Loop iterations per tw_parse run: one iteration is one DFA byte, a header line's name
  * compared a word at a time, or up to 64 bytes skipped eight words a step.  Verification
  * costs the iterations times the paths through one; the loader tries TW_ITERS from large

@@ -17,8 +17,18 @@ from tenantwatch.config.constants import (
     RESERVED_IDENTITIES,
 )
 from tenantwatch.config.records import Capture
-from tenantwatch.config.validators import _bool, _check_keys, _list, _mapping, _number, _pick
+from tenantwatch.config.validators import (
+    _bool,
+    _check_keys,
+    _choice,
+    _list,
+    _lower,
+    _mapping,
+    _number,
+    _pick,
+)
 from tenantwatch.errors import ConfigError
+from tenantwatch.kernel.records import Side
 
 
 def default_max_identities(max_tenants: int) -> int:
@@ -32,7 +42,8 @@ def _parse_capture(value: Any, field: str, env: Mapping[str, str],
     m = _mapping(value, field)
     _check_keys(m, ("latency_buckets", "tick_seconds", "max_connections", "rescan_seconds",
                     "slow_request_seconds", "slow_requests_per_second", "tls",
-                    "tokens_per_second", "h2_budget_ms_per_tick", "max_identities"), field)
+                    "tokens_per_second", "h2_budget_ms_per_tick", "max_identities", "sides"),
+                field)
     f = f"{field}.latency_buckets"
     items = _list(m.get("latency_buckets", DEFAULT_LATENCY_BUCKETS), f)
     if not 1 <= len(items) <= MAX_LATENCY_BUCKETS:
@@ -62,7 +73,22 @@ def _parse_capture(value: Any, field: str, env: Mapping[str, str],
         h2_budget_ms_per_tick=_number(m.get("h2_budget_ms_per_tick", 250.0),
                                       f"{field}.h2_budget_ms_per_tick", 1.0, 60000.0),
         max_identities=_max_identities(m, field, max_tenants),
+        sides=_sides(m.get("sides", [s.value for s in Capture.sides]), f"{field}.sides"),
     )
+
+
+def _sides(value: Any, field: str) -> tuple[Side, ...]:
+    """capture.sides: the legs the kernel follows, each once, at least one."""
+    items = _list(value, field)
+    if not 1 <= len(items) <= 2:
+        raise ConfigError(field, f"needs 1 or 2 of server, client; got {len(items)} entries")
+    sides: list[Side] = []
+    for i, item in enumerate(items):
+        side = Side(_choice(_lower(item), tuple(s.value for s in Side), f"{field}[{i}]"))
+        if side in sides:
+            raise ConfigError(f"{field}[{i}]", f"{side.value} is named twice")
+        sides.append(side)
+    return tuple(sorted(sides, key=lambda s: s is Side.CLIENT))
 
 
 def _max_identities(m: Mapping[str, Any], field: str, max_tenants: int) -> int:

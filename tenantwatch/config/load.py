@@ -21,7 +21,7 @@ from tenantwatch.config.constants import (
 )
 from tenantwatch.config.enforcement import _parse_enforcement
 from tenantwatch.config.exporting import _parse_metrics, _parse_otel, _parse_power
-from tenantwatch.config.records import Config
+from tenantwatch.config.records import Capture, Config, Tenancy
 from tenantwatch.config.tenancy import _parse_targets, _parse_tenancy
 from tenantwatch.config.validators import (
     _check_keys,
@@ -144,12 +144,14 @@ def parse_config(data: Any, env: Mapping[str, str] = os.environ) -> Config:
     log_format, field = _pick(top, "log_format", "", "text", env, ENV_LOG_FORMAT)
     log_level, level_field = _pick(top, "log_level", "", "info", env, ENV_LOG_LEVEL)
     tenancy = _parse_tenancy(top.get("tenancy"), "tenancy", env)
+    capture = _parse_capture(top.get("capture"), "capture", env, tenancy.max_tenants)
+    _check_traced_sides(tenancy, capture)
     return Config(
         listen=listen,
         targets=_parse_targets(top.get("targets"), "targets"),
         tenancy=tenancy,
         enforcement=_parse_enforcement(top.get("enforcement"), "enforcement", env),
-        capture=_parse_capture(top.get("capture"), "capture", env, tenancy.max_tenants),
+        capture=capture,
         log_format=_choice(log_format, LOG_FORMATS, field),
         log_level=_choice(_lower(log_level), LOG_LEVELS, level_field),
         detection=parse_detection(top.get("detection"), "detection"),
@@ -158,6 +160,22 @@ def parse_config(data: Any, env: Mapping[str, str] = os.environ) -> Config:
         power=_parse_power(top.get("power"), "power"),
         web_config_file=web,
     )
+
+
+def _check_traced_sides(tenancy: Tenancy, capture: Capture) -> None:
+    """A source or a response check on a leg capture.sides leaves untraced could never see a
+    request: an error naming it, not a silent nothing."""
+    traced = ", ".join(s.value for s in capture.sides)
+    for i, s in enumerate(tenancy.sources):
+        if s.side is not None and s.side not in capture.sides:
+            raise ConfigError(f"tenancy.sources[{i}].side",
+                              f"the {s.side.value} side is not traced (capture.sides: {traced})")
+    check = tenancy.response_check
+    for side in check.sides if check is not None else ():
+        if side not in capture.sides:
+            raise ConfigError("tenancy.response_check.side",
+                              f"checks the {side.value} side, which is not traced "
+                              f"(capture.sides: {traced})")
 
 
 def advisories(config: Config) -> list[str]:

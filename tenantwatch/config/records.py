@@ -122,6 +122,9 @@ class Capture:
     h2_budget_ms_per_tick: float = 250.0  # HTTP/2 decoding per tick; beyond: connections shed
     # distinct identities per tick in the kernel (both sides); derived from max_tenants
     max_identities: int = 4096
+    # the legs whose connections the kernel follows: server (client -> gateway), client
+    # (gateway -> upstream); an untraced leg costs its syscalls one failed lookup
+    sides: tuple[Side, ...] = (Side.SERVER, Side.CLIENT)
 
 
 @dataclass(frozen=True)

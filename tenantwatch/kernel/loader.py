@@ -125,6 +125,7 @@ class HttpProbes:
         tokens_per_cpu_per_second: int = 100,
         tls: bool = False,
         response_check: KernelResponseCheck | None = None,
+        sides: Sequence[Side] = (Side.SERVER, Side.CLIENT),
     ) -> None:
         if len(sources) > abi.MAX_SOURCES:
             raise ValueError(f"at most {abi.MAX_SOURCES} sources")
@@ -134,6 +135,9 @@ class HttpProbes:
             raise ValueError(f"at most {abi.MAX_COMMS} process names")
         self.sources = tuple(sources)
         self.response_check = response_check
+        if not sides:
+            raise ValueError("at least one side to trace")
+        self.sides = tuple(sides)  # the legs followed (capture.sides)
         self._breaches: list[BreachEvent] = []
         self._iso_seen: list[int] = [0] * (2 * abi.ISO_N)
         self.process_names = tuple(process_names)
@@ -177,6 +181,7 @@ class HttpProbes:
             f"-DTW_MAX_IDENTITIES={int(self.max_identities)}",
             f"-DTW_MAX_CPU_ENTRIES={cpu_entries(self.max_identities)}",
             f"-DTW_TARGET_WORDS={self._target_words}",
+            f"-DTW_TRACE_SIDES={sum(1 << _side_index(s) for s in set(self.sides))}",
         ]
         if kernel_version() >= (5, 5):
             flags.append("-DTW_HAVE_PROBE_READ_USER=1")

@@ -798,3 +798,34 @@ def test_power_model():
         with pytest.raises(ConfigError) as e:
             parse_config({**base, "power": bad}, env={})
         assert field in str(e.value), (bad, str(e.value))
+
+
+def test_capture_sides():
+    from tenantwatch.config import parse_config
+    from tenantwatch.kernel.records import Side
+    base = {"targets": [{"process": "nginx"}]}
+    assert parse_config(base, env={}).capture.sides == (Side.SERVER, Side.CLIENT)
+    one = parse_config({**base, "capture": {"sides": ["Server"]}}, env={})
+    assert one.capture.sides == (Side.SERVER,)
+    both = parse_config({**base, "capture": {"sides": ["client", "server"]}}, env={})
+    assert both.capture.sides == (Side.SERVER, Side.CLIENT)
+    for bad, field in (([], "capture.sides"), ("server", "capture.sides"),
+                       (["server", "SERVER"], "capture.sides[1]"),
+                       (["upstream"], "capture.sides[0]")):
+        with pytest.raises(ConfigError) as e:
+            parse_config({**base, "capture": {"sides": bad}}, env={})
+        assert str(e.value).startswith(field + ":"), e.value
+    # a source or a response check on a leg that is not followed could never see a request
+    with pytest.raises(ConfigError) as e:
+        parse_config({**base, "capture": {"sides": ["client"]}}, env={})  # default: server
+    assert "tenancy.sources[0].side" in str(e.value)
+    checked = {**base, "capture": {"sides": ["server"]},
+               "tenancy": {"sources": [{"header": "X-Tenant-ID", "side": "server"}],
+                           "response_check": {"header": "X-Served-Tenant"}}}
+    with pytest.raises(ConfigError) as e:
+        parse_config(checked, env={})
+    assert "tenancy.response_check.side" in str(e.value)
+    # a source for both sides is fine on one
+    anyside = {**base, "capture": {"sides": ["client"]},
+               "tenancy": {"sources": [{"header": "X-Tenant-Context"}]}}
+    assert parse_config(anyside, env={}).capture.sides == (Side.CLIENT,)
