@@ -248,10 +248,6 @@ class Backend:
         return self._requested_port
 
     @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
     def received(self) -> Counter:
         with self._lock:
             return Counter(self._received)

@@ -19,7 +19,6 @@ import signal
 import socket
 import subprocess
 import time
-from collections import Counter
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -522,6 +521,3 @@ http {{
             if len(records) >= count or time.monotonic() >= deadline:
                 return records
             time.sleep(0.02)
-
-    def access_log_counts(self, key: str = "tenant_root") -> Counter:
-        return Counter(r.get(key) for r in self.access_log_records())
