@@ -3,7 +3,7 @@
 
 nginx (comm `nginx`, the daemon's target; `--workers` workers with reuseport) proxies `/up` to
 an untraced upstream nginx (`tw-bench-upstream`).  `--processes` client processes
-(tenantwatch.demo.many_clients) open `--connections` keep-alive connections between them, from
+(harness.many_clients) open `--connections` keep-alive connections between them, from
 loopback addresses 127.10x.y.z, and send one request each naming one of `--tenants` tenants in
 X-Tenant-ID (`--requests` per connection), as fast as nginx accepts them; the connections are
 held open, measured, then closed and measured again.
@@ -41,8 +41,8 @@ from nginx_ab import (
     proc_cpu_ticks,
 )
 
+from harness.many_clients import ClientFleet
 from tenantwatch.demo.gateway import NginxGateway
-from tenantwatch.demo.many_clients import ClientFleet
 
 DAEMON_CONFIG = """\
 listen: "127.0.0.1:{port}"

@@ -208,6 +208,16 @@ else
     say "pip install -e .[test]" "ok (stamp newer than pyproject.toml)"
 fi
 
+# The test and benchmark harness (harness/, not part of the package), editable: bench scripts
+# (`.venv/bin/python bench/NAME.py`) import it as they import tenantwatch. Checked from / so
+# that the repository's own directory on the path does not count.
+if (cd / && "$VENV/bin/python" -c 'import harness.many_clients') 2>/dev/null; then
+    say "pip install -e harness" "ok"
+else
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$REPO/harness"
+    say "pip install -e harness" "done"
+fi
+
 if "$VENV/bin/python" -c 'import bcc' 2>/dev/null; then
     say "bcc in venv" "ok"
 else

@@ -1,13 +1,17 @@
-"""Real demo components shared by the tests and `tenantwatch demo`.
+"""What `tenantwatch demo` runs (run.py): real components on loopback, stopped by pid.
 
 - `Backend`: threaded HTTP/1.1 upstream counting received X-Tenant-Context values.
 - `NginxGateway`: a private nginx applying the tenant map and proxying to the Backend.
-- `Client` / `drive`: raw-socket ground-truth client (keep-alive, pipelining, split heads).
+- `Client`: raw-socket HTTP/1.1 client (keep-alive, pipelining, split heads).
+
+The tests and benchmarks use these classes too; what only they need (the counted `drive()`,
+the many-connection clients, /metrics parsing, the benchmarks' helpers) is in `harness/`,
+beside tests/, which is not part of the package.
 """
 
 from tenantwatch.demo.backend import Backend
 from tenantwatch.demo.gateway import GatewayError, NginxGateway, find_nginx
-from tenantwatch.demo.traffic import Client, ProtocolError, Response, drive
+from tenantwatch.demo.traffic import Client, ProtocolError, Response
 
 __all__ = [
     "Backend",
@@ -16,6 +20,5 @@ __all__ = [
     "NginxGateway",
     "ProtocolError",
     "Response",
-    "drive",
     "find_nginx",
 ]

@@ -12,7 +12,8 @@ from collections import Counter
 
 import pytest
 
-from tenantwatch.demo import Client, ProtocolError, drive
+from harness.traffic import drive
+from tenantwatch.demo import Client, ProtocolError
 from tests.e2e.conftest import RESERVED, SIDES, Baseline
 
 MAX_TENANTS = 50

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import Counter
 
-from tenantwatch.demo import drive
+from harness.traffic import drive
 from tests.e2e.conftest import Baseline, Daemon, bpftool_ids, expected_counts
 
 HOST = "127.0.0.1"

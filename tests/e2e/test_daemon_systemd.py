@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from tenantwatch.demo import drive
+from harness.traffic import drive
 from tests.conftest import _free_port, require, require_root
 from tests.e2e.conftest import (
     NGINX_COMM,

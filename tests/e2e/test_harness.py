@@ -7,7 +7,8 @@ import threading
 import time
 from collections import Counter
 
-from tenantwatch.demo import Client, drive
+from harness.traffic import drive
+from tenantwatch.demo import Client
 from tenantwatch.demo.gateway import _alive
 
 TENANTS = {"alpha": 23, "beta": 7, None: 3}

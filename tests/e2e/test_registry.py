@@ -16,7 +16,7 @@ from collections import Counter
 
 import pytest
 
-from tenantwatch.demo import drive
+from harness.traffic import drive
 from tests.conftest import _free_port
 from tests.e2e.conftest import Daemon
 

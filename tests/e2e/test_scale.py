@@ -1,7 +1,7 @@
 """The seed's node at full size (issue 13): 50,000 connections of 10,000 tenants through nginx.
 
 nginx (4 workers, reuseport) proxies /up to an untraced upstream nginx.  Four client processes
-(tenantwatch.demo.many_clients, from loopback addresses 127.10x.y.z: the per-process open-file
+(harness.many_clients, from loopback addresses 127.10x.y.z: the per-process open-file
 limit and the ephemeral ports both need spreading) open 50,000 keep-alive connections as fast
 as nginx takes them and send one request each, for tenant t<NNNNN> = connection index % 10,000
 (5 connections each).  With the connections held open, then closed:
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tenantwatch.demo.many_clients import ClientFleet
+from harness.many_clients import ClientFleet
 from tests.conftest import _free_port, require_root
 from tests.e2e.conftest import Daemon
 

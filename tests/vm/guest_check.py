@@ -42,7 +42,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tenantwatch.demo import Backend, NginxGateway, drive
+from harness.traffic import drive
+from tenantwatch.demo import Backend, NginxGateway
 from tenantwatch.demo.gateway import find_nginx
 from tenantwatch.demo.traffic import Client
 from tenantwatch.kernel import loader

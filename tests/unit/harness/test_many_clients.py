@@ -1,4 +1,4 @@
-"""tenantwatch.demo.many_clients against a plain Python server on loopback (no nginx, no BPF):
+"""harness.many_clients against a plain Python server on loopback (no nginx, no BPF):
 the addresses, the tenants, the framing, the alive check and the fleet's sums."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 
-from tenantwatch.demo.many_clients import (
+from harness.many_clients import (
     ClientFleet,
     _response_done,
     source_address,

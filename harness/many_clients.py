@@ -1,6 +1,6 @@
 """Many keep-alive client connections from one process, for the scale test and bench/scale.py.
 
-    python -m tenantwatch.demo.many_clients --port 8080 --connections 12500 --first 0 \\
+    python -m harness.many_clients --port 8080 --connections 12500 --first 0 \\
         --tenants 10000 --source 127.101
 
 opens ``--connections`` connections to ``--host:--port``, each from its own loopback source
@@ -30,7 +30,11 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+# The directory holding harness/: the client processes run `python -m harness.many_clients`
+# from there, whatever the caller's working directory.
+ROOT = Path(__file__).resolve().parent.parent
 CONNECTIONS_PER_ADDRESS = 4000
 IP_BIND_ADDRESS_NO_PORT = 24  # linux/in.h: the port is chosen at connect(), per 4-tuple
 
@@ -201,11 +205,11 @@ class ClientFleet:
             if n <= 0:
                 break
             self.procs.append(subprocess.Popen(
-                [self.python, "-m", "tenantwatch.demo.many_clients", "--port", str(self.port),
+                [self.python, "-m", "harness.many_clients", "--port", str(self.port),
                  "--path", self.path, "--connections", str(n), "--first", str(first),
                  "--tenants", str(self.tenants), "--requests", str(self.requests),
                  "--source", f"127.{100 + p}", "--timeout", str(self.timeout)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT))
         total = {"open": 0, "ok": 0, "failed": 0, "errors": {}, "seconds": 0.0}
         for proc in self.procs:
             assert proc.stdout is not None
@@ -265,7 +269,7 @@ class ClientFleet:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tenantwatch.demo.many_clients",
+    p = argparse.ArgumentParser(prog="python -m harness.many_clients",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
