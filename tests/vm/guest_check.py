@@ -1,6 +1,9 @@
 """One kernel's check, run inside a guest (tests/vm/harness.py) or directly on this machine.
 
-    .venv/bin/python tests/vm/guest_check.py [--cgroup-v2] [--forced-fallbacks] [--only STEPS]
+    .venv/bin/python -m tests.vm.guest_check [--cgroup-v2] [--forced-fallbacks] [--only STEPS]
+
+from the repository root (tests/vm/test_matrix.py runs it so), which puts tenantwatch and the
+harness on the path.
 
 Steps (each one recorded, a failure in one does not skip the others):
   load      every BPF program of bpf/http.c compiles, loads and attaches (HttpProbes.load), and
@@ -40,7 +43,6 @@ from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
 
 from harness.traffic import drive
 from tenantwatch.demo import Backend, NginxGateway

@@ -52,7 +52,9 @@ def python_in_guest() -> str:
 
 
 def check_command(kernel: str) -> list[str]:
-    cmd = [python_in_guest(), str(harness.REPO / "tests" / "vm" / "guest_check.py")]
+    # As a module from the repository root (a guest starts in /): tenantwatch and harness/
+    # import from there whichever python runs it.
+    cmd = ["env", "-C", str(harness.REPO), python_in_guest(), "-m", "tests.vm.guest_check"]
     if kernel in CGROUP_V2:
         cmd.append("--cgroup-v2")
     if kernel in FORCED_FALLBACKS:

@@ -23,8 +23,6 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-
 from tenantwatch.h2.frames import (
     CONTINUATION,
     HEADERS,
