@@ -1,8 +1,8 @@
 """Detection verdicts as Prometheus families and as the /api/v1/hotspots document.
 
 Takes: the latest detection.DetectionResult (or None before the first tick).
-Gives: tenantwatch_tenant_cpu_share, tenantwatch_noisy_neighbour, tenantwatch_hotspot,
-built fresh at each scrape so tenants and hotspots that went away disappear.
+Gives: the catalog's TENANT_CPU_SHARE, NOISY_NEIGHBOUR and HOTSPOT families (catalog.py), built
+fresh at each scrape so tenants and hotspots that went away disappear.
 """
 
 from __future__ import annotations
@@ -10,9 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from prometheus_client.core import GaugeMetricFamily
-
 from tenantwatch.detection import DetectionResult
+from tenantwatch.exporters import catalog
 from tenantwatch.exporters.state import StateCollector
 
 log = logging.getLogger(__name__)
@@ -23,17 +22,9 @@ class DetectionCollector(StateCollector):
 
     @staticmethod
     def _families(result: DetectionResult | None) -> list:
-        share = GaugeMetricFamily(
-            "tenantwatch_tenant_cpu_share",
-            "Tenant's share of the gateway CPU over the detection window (0..1)",
-            labels=["tenant"])
-        noisy = GaugeMetricFamily(
-            "tenantwatch_noisy_neighbour",
-            "1 while the tenant is flagged as a noisy neighbour", labels=["tenant"])
-        hotspot = GaugeMetricFamily(
-            "tenantwatch_hotspot",
-            "1 while a CPU or gateway worker is saturated mostly by one tenant",
-            labels=["kind", "id", "tenant"])
+        share = catalog.family(catalog.TENANT_CPU_SHARE)
+        noisy = catalog.family(catalog.NOISY_NEIGHBOUR)
+        hotspot = catalog.family(catalog.HOTSPOT)
         if result is not None:
             for tenant, value in sorted(result.shares.items()):
                 share.add_metric([tenant], value)

@@ -1,8 +1,8 @@
 """Enforcement state as Prometheus families, built from Enforcer.payload() at each scrape.
 
-Gives: tenantwatch_cpu_cap_cores{tenant} (caps in force, enforce mode), 
-tenantwatch_enforcement_actions_total{tenant,action,mode}, and
-tenantwatch_enforcement_refusals_total{reason} (one series per reason, zeros included).
+Gives: the catalog's CPU_CAP_CORES{tenant} (caps in force, enforce mode),
+ENFORCEMENT_ACTIONS{tenant,action,mode} and ENFORCEMENT_REFUSALS{reason} (one series per reason,
+zeros included) families (catalog.py).
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
 from tenantwatch.enforcement import REFUSAL_REASONS
+from tenantwatch.exporters import catalog
 from tenantwatch.exporters.state import StateCollector
 
 log = logging.getLogger(__name__)
@@ -24,17 +23,9 @@ class EnforcementCollector(StateCollector):
 
     @staticmethod
     def _families(doc: Mapping[str, Any] | None) -> list:
-        caps = GaugeMetricFamily("tenantwatch_cpu_cap_cores",
-                                 "CPU cap in force on the tenant's cgroup, in cores",
-                                 labels=["tenant"])
-        actions = CounterMetricFamily(
-            "tenantwatch_enforcement_actions_total",
-            "Enforcement decisions carried out (enforce) or logged as would-do (dry-run)",
-            labels=["tenant", "action", "mode"])
-        refusals = CounterMetricFamily(
-            "tenantwatch_enforcement_refusals_total",
-            "Caps refused, by reason (untrusted identity, gateway in the cgroup, ...)",
-            labels=["reason"])
+        caps = catalog.family(catalog.CPU_CAP_CORES)
+        actions = catalog.family(catalog.ENFORCEMENT_ACTIONS)
+        refusals = catalog.family(catalog.ENFORCEMENT_REFUSALS)
         if doc is not None:
             for cap in doc.get("caps", []):
                 caps.add_metric([cap["tenant"]], cap["cores"])

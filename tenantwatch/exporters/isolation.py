@@ -1,9 +1,9 @@
 """The response-side tenant check as Prometheus families, log lines and OTLP spans.
 
-Gives: tenantwatch_isolation_breaches_total{tenant, served, side} (a response named another
-tenant than its request's), tenantwatch_isolation_responses_checked_total{side} and
-tenantwatch_isolation_responses_unchecked_total{side, reason}; one error-level log line per
-sampled breach (report()); one span per sampled breach (breach_spans(), for OtelSpanExporter).
+Gives: the catalog's ISOLATION_BREACHES{tenant, served, side} (a response named another tenant
+than its request's), ISOLATION_RESPONSES_CHECKED{side} and ISOLATION_RESPONSES_UNCHECKED{side,
+reason} families (catalog.py); one error-level log line per sampled breach (report()); one span
+per sampled breach (breach_spans(), for OtelSpanExporter).
 docs/isolation.md says what each means and what is not caught.
 """
 
@@ -13,9 +13,8 @@ import json
 import logging
 from collections.abc import Iterable
 
-from prometheus_client.core import CounterMetricFamily
-
 from tenantwatch.aggregation.isolation import UNCHECKED_REASONS, IsolationBreach, IsolationTotals
+from tenantwatch.exporters import catalog
 from tenantwatch.exporters.state import StateCollector
 
 log = logging.getLogger("tenantwatch.isolation")
@@ -26,21 +25,9 @@ class IsolationCollector(StateCollector):
 
     @staticmethod
     def _families(totals: IsolationTotals | None) -> list:
-        breaches = CounterMetricFamily(
-            "tenantwatch_isolation_breaches",
-            "Responses whose served-tenant header named another tenant than the trusted "
-            "identity of the request they answered (tenancy.response_check)",
-            labels=["tenant", "served", "side"])
-        checked = CounterMetricFamily(
-            "tenantwatch_isolation_responses_checked",
-            "Responses compared with their request's identity (breaches included)",
-            labels=["side"])
-        unchecked = CounterMetricFamily(
-            "tenantwatch_isolation_responses_unchecked",
-            "Responses on a checked side that were not compared, by reason: no_header (no "
-            "served-tenant header), request_identity (the request had no clean trusted "
-            "identity), malformed (the header was repeated, folded, too long or had a "
-            "control byte)", labels=["side", "reason"])
+        breaches = catalog.family(catalog.ISOLATION_BREACHES)
+        checked = catalog.family(catalog.ISOLATION_RESPONSES_CHECKED)
+        unchecked = catalog.family(catalog.ISOLATION_RESPONSES_UNCHECKED)
         if totals is not None:
             for (tenant, served, side), n in sorted(totals.breaches.items(),
                                                     key=lambda kv: (kv[0][0], kv[0][1],

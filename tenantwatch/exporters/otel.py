@@ -5,8 +5,9 @@ endpoint, an export interval and extra resource attributes.  Gives: a background
 ``PeriodicExportingMetricReader`` (opentelemetry-sdk) that reads the Snapshot through observable
 instruments and pushes it with ``OTLPMetricExporter`` (HTTP/protobuf).
 
-Names and attributes mirror the Prometheus exporter (exporters/prometheus.py); the mapping table is
-in docs/opentelemetry.md.  The standard ``OTEL_*`` variables win over the arguments:
+Names, units, descriptions and attribute names come from the metric catalog (catalog.py), as the
+Prometheus exporter's do (exporters/prometheus.py); the mapping table is in
+docs/opentelemetry.md.  The standard ``OTEL_*`` variables win over the arguments:
 ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_ENDPOINT`` over ``endpoint``,
 ``OTEL_METRIC_EXPORT_INTERVAL`` over ``interval_seconds``, ``OTEL_SERVICE_NAME`` /
 ``OTEL_RESOURCE_ATTRIBUTES`` over the default and given resource attributes.
@@ -32,6 +33,8 @@ from prometheus_client.registry import Collector
 
 from tenantwatch import __version__
 from tenantwatch.aggregation.records import Snapshot
+from tenantwatch.exporters import catalog
+from tenantwatch.exporters.catalog import MetricSpec
 from tenantwatch.exporters.otel_points import bridged_metrics, histogram_metrics
 from tenantwatch.kernel.records import STATUS_CLASSES, Side
 
@@ -66,7 +69,7 @@ else:
 log = logging.getLogger(__name__)
 
 METER_NAME = "tenantwatch"
-PREFIX = "tenantwatch."
+PREFIX = METER_NAME + "."  # of every instrument name (catalog.py)
 METRICS_PATH = "/v1/metrics"
 
 # Every series is bounded upstream (tenancy.max_tenants, at most 100000, plus reserved labels);
@@ -84,9 +87,6 @@ ENV_SDK_DISABLED = "OTEL_SDK_DISABLED"
 ENV_METRICS_EXPORTER = "OTEL_METRICS_EXPORTER"
 ENV_TEMPORALITY = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE"
 ENV_PROTOCOLS = ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
-
-_SIDE_NAME: Mapping[Side, str] = {Side.SERVER: "http.server", Side.CLIENT: "http.client"}
-
 
 def otel_disabled(env: Mapping[str, str] | None = None) -> bool:
     """True when the standard variables switch metrics export off (OTEL_SDK_DISABLED=true or
@@ -257,63 +257,13 @@ class OtelMetricsExporter:
         return provider
 
     def _register(self, meter: Any) -> None:
-        def counter(name: str, unit: str, description: str,
-                    fn: Callable[[Snapshot], Iterable[Observation]]) -> None:
-            meter.create_observable_counter(PREFIX + name, callbacks=[self._callback(fn)],
-                                            unit=unit, description=description)
-
-        def gauge(name: str, unit: str, description: str,
-                  fn: Callable[[Snapshot], Iterable[Observation]]) -> None:
-            meter.create_observable_gauge(PREFIX + name, callbacks=[self._callback(fn)],
-                                          unit=unit, description=description)
-
-        for side, name in _SIDE_NAME.items():
-            counter(f"{name}.requests", "{request}",
-                    f"HTTP requests completed on the gateway's {side.value} side, by status class",
-                    _requests(side))
-        counter("http.server.received", "By",
-                "Bytes the gateway received from clients on server-side connections",
-                _server_bytes(rx=True))
-        counter("http.server.sent", "By",
-                "Bytes the gateway sent to clients on server-side connections",
-                _server_bytes(rx=False))
-        gauge("connections.active", "{connection}",
-              "Connections open now (opened minus closed since start, at least 0)",
-              _per_tenant_side("connections_active"))
-        counter("connections.opened", "{connection}",
-                "Connections opened (server: accepted by the gateway, client: opened by it)",
-                _per_tenant_side("connections_opened"))
-        counter("connection.duration.sum", "s",
-                "Summed lifetimes of closed connections (the Prometheus summary's _sum)",
-                _per_tenant_side("connection_seconds"))
-        counter("connection.duration.count", "{connection}",
-                "Connections closed (the Prometheus summary's _count)",
-                _per_tenant_side("connections_closed"))
-        counter("cpu", "s", "Gateway CPU time charged to the tenant (__unattributed__: no "
-                "current request)", _cpu)
-        counter("identity.rejected", "{request}",
-                "Requests whose identity value was rejected or folded, by reason",
-                _by_reason("identity_rejected"))
-        counter("events.lost", "{event}",
-                "Kernel events or counts lost before reaching user space, by reason",
-                _by_reason("events_lost"))
-        counter("backend.cpu", "s", "CPU time of the tenant's own backend cgroup",
-                _backends("usage_seconds"))
-        counter("backend.cpu.throttled", "s",
-                "Time the tenant's backend cgroup was throttled by its CPU limit",
-                _backends("throttled_seconds"))
-        gauge("kernel.table.entries", "{entry}", "Entries in each kernel table at the last tick",
-              _tables(0))
-        gauge("kernel.table.capacity", "{entry}", "Capacity of each kernel table", _tables(1))
-        gauge("node.cpu.pressure", "1",
-              "Share of time some task waited for CPU over the last 10 s (PSI some avg10 / 100)",
-              _pressure)
-        gauge("probe.attached", "{probe}", "1 when the probe is attached, 0 when it is not",
-              _probes)
-        gauge("targets", "{process}", "Gateway processes traced now",
-              lambda s: [Observation(s.targets)])
-        counter("ticks", "{tick}", "Aggregation ticks completed since start",
-                lambda s: [Observation(s.ticks)])
+        """One observable instrument per Snapshot family of _OBSERVED, named, described and
+        typed as the catalog says (a counter: an observable counter, a gauge: a gauge)."""
+        for spec, rows in _OBSERVED:
+            create = (meter.create_observable_counter if spec.kind == "counter"
+                      else meter.create_observable_gauge)
+            create(spec.otel_name, callbacks=[self._callback(_observations(spec, rows))],
+                   unit=spec.unit, description=spec.otel_description)
 
     # ------------------------------------------------------------------ collection
 
@@ -465,69 +415,107 @@ def _reader(exporter: Any, interval_millis: float | None) -> tuple[Any, list[Any
 
 
 # ---------------------------------------------------------------- Snapshot -> observations
+# Each function gives a family's (value, label values) from the Snapshot, the label values in the
+# order of the catalog's labels; _observations() names them.
+
+Rows = Callable[[Snapshot], Iterable[tuple[float, tuple[str, ...]]]]
 
 
-def _requests(side: Side) -> Callable[[Snapshot], Iterator[Observation]]:
-    def fn(snap: Snapshot) -> Iterator[Observation]:
+def _observations(spec: MetricSpec, rows: Rows) -> Callable[[Snapshot], list[Any]]:
+    labels = spec.labels
+
+    def fn(snap: Snapshot) -> list[Any]:
+        return [Observation(value, dict(zip(labels, values)) if labels else None)
+                for value, values in rows(snap)]
+    return fn
+
+
+def _requests(side: Side) -> Rows:
+    def fn(snap: Snapshot) -> Iterator[tuple[float, tuple[str, ...]]]:
         for s in snap.tenants:
             if s.side is side:
                 for status_class in STATUS_CLASSES:
-                    yield Observation(s.requests_by_class.get(status_class, 0),
-                                      {"tenant": s.tenant, "status_class": status_class})
+                    yield s.requests_by_class.get(status_class, 0), (s.tenant, status_class)
     return fn
 
 
-def _server_bytes(rx: bool) -> Callable[[Snapshot], Iterator[Observation]]:
-    def fn(snap: Snapshot) -> Iterator[Observation]:
+def _server_bytes(rx: bool) -> Rows:
+    def fn(snap: Snapshot) -> Iterator[tuple[float, tuple[str, ...]]]:
         for s in snap.tenants:
             if s.side is Side.SERVER:
-                yield Observation(s.rx_bytes if rx else s.tx_bytes, {"tenant": s.tenant})
+                yield s.rx_bytes if rx else s.tx_bytes, (s.tenant,)
     return fn
 
 
-def _per_tenant_side(field: str) -> Callable[[Snapshot], Iterator[Observation]]:
+def _per_tenant_side(field: str) -> Rows:
     """One point per (tenant, side): the TenantSideStats field `field`."""
-    def fn(snap: Snapshot) -> Iterator[Observation]:
+    def fn(snap: Snapshot) -> Iterator[tuple[float, tuple[str, ...]]]:
         for s in snap.tenants:
-            yield Observation(getattr(s, field), {"tenant": s.tenant, "side": s.side.value})
+            yield getattr(s, field), (s.tenant, s.side.value)
     return fn
 
 
-def _cpu(snap: Snapshot) -> Iterator[Observation]:
+def _cpu(snap: Snapshot) -> Iterator[tuple[float, tuple[str, ...]]]:
     by_tenant: dict[str, float] = {}
     for s in snap.tenants:
         by_tenant[s.tenant] = by_tenant.get(s.tenant, 0.0) + s.cpu_seconds
     for tenant, seconds in sorted(by_tenant.items()):
-        yield Observation(float(seconds), {"tenant": tenant})
+        yield float(seconds), (tenant,)
 
 
-def _by_reason(field: str) -> Callable[[Snapshot], Iterator[Observation]]:
-    def fn(snap: Snapshot) -> Iterator[Observation]:
+def _by_reason(field: str) -> Rows:
+    def fn(snap: Snapshot) -> Iterator[tuple[float, tuple[str, ...]]]:
         for reason, n in sorted(getattr(snap, field).items()):
-            yield Observation(n, {"reason": reason})
+            yield n, (reason,)
     return fn
 
 
-def _backends(field: str) -> Callable[[Snapshot], Iterator[Observation]]:
-    def fn(snap: Snapshot) -> Iterator[Observation]:
+def _backends(field: str) -> Rows:
+    def fn(snap: Snapshot) -> Iterator[tuple[float, tuple[str, ...]]]:
         for tenant, usage in sorted(snap.backends.items()):
-            yield Observation(float(getattr(usage, field)), {"tenant": tenant})
+            yield float(getattr(usage, field)), (tenant,)
     return fn
 
 
-def _tables(index: int) -> Callable[[Snapshot], Iterator[Observation]]:
-    def fn(snap: Snapshot) -> Iterator[Observation]:
+def _tables(index: int) -> Rows:
+    def fn(snap: Snapshot) -> Iterator[tuple[float, tuple[str, ...]]]:
         for table, pair in sorted(snap.tables.items()):
-            yield Observation(pair[index], {"table": table})
+            yield pair[index], (table,)
     return fn
 
 
-def _pressure(snap: Snapshot) -> list[Observation]:
+def _pressure(snap: Snapshot) -> list[tuple[float, tuple[str, ...]]]:
     if snap.psi_some_avg10 is None:
         return []
-    return [Observation(snap.psi_some_avg10 / 100.0)]
+    return [(snap.psi_some_avg10 / 100.0, ())]
 
 
-def _probes(snap: Snapshot) -> Iterator[Observation]:
+def _probes(snap: Snapshot) -> Iterator[tuple[float, tuple[str, ...]]]:
     for probe, attached in sorted(snap.probes.items()):
-        yield Observation(1 if attached else 0, {"probe": probe})
+        yield 1 if attached else 0, (probe,)
+
+
+# The Snapshot families the SDK observes, in the order they are registered (the histograms and
+# the other stages' families are added to each export by otel_points.py).
+_OBSERVED: tuple[tuple[MetricSpec, Rows], ...] = (
+    (catalog.HTTP_SERVER_REQUESTS, _requests(Side.SERVER)),
+    (catalog.HTTP_CLIENT_REQUESTS, _requests(Side.CLIENT)),
+    (catalog.HTTP_SERVER_RECEIVED_BYTES, _server_bytes(rx=True)),
+    (catalog.HTTP_SERVER_SENT_BYTES, _server_bytes(rx=False)),
+    (catalog.CONNECTIONS_ACTIVE, _per_tenant_side("connections_active")),
+    (catalog.CONNECTIONS_OPENED, _per_tenant_side("connections_opened")),
+    # the connection-duration summary, as two counters
+    (catalog.CONNECTION_DURATION_SUM, _per_tenant_side("connection_seconds")),
+    (catalog.CONNECTION_DURATION_COUNT, _per_tenant_side("connections_closed")),
+    (catalog.CPU_SECONDS, _cpu),
+    (catalog.IDENTITY_REJECTED, _by_reason("identity_rejected")),
+    (catalog.EVENTS_LOST, _by_reason("events_lost")),
+    (catalog.BACKEND_CPU_SECONDS, _backends("usage_seconds")),
+    (catalog.BACKEND_CPU_THROTTLED_SECONDS, _backends("throttled_seconds")),
+    (catalog.KERNEL_TABLE_ENTRIES, _tables(0)),
+    (catalog.KERNEL_TABLE_CAPACITY, _tables(1)),
+    (catalog.NODE_CPU_PRESSURE, _pressure),
+    (catalog.PROBE_ATTACHED, _probes),
+    (catalog.TARGETS, lambda snap: [(snap.targets, ())]),
+    (catalog.TICKS, lambda snap: [(snap.ticks, ())]),
+)

@@ -1,11 +1,12 @@
 """Prometheus exporter: a custom collector that turns the latest Snapshot into metric families.
 
 Takes: a callable returning the latest ``Snapshot`` (or None before the first tick), the build
-labels and, optionally, a callable returning the JWT verifier counts by result.  Gives: fresh metric families at every scrape (names: docs/metrics.md).
+labels and, optionally, a callable returning the JWT verifier counts by result.  Gives: fresh
+metric families at every scrape, named as the catalog says (catalog.py; docs/metrics.md).
 
 The client library's labelled metrics keep every label set forever; building the per-tenant
 families here at scrape time means a tenant the aggregator expired disappears from /metrics.
-A failed snapshot read gives ``tenantwatch_build_info`` alone, never an exception in the scrape.
+A failed snapshot read gives the build-info family alone, never an exception in the scrape.
 """
 
 from __future__ import annotations
@@ -18,28 +19,27 @@ from typing import Callable
 from prometheus_client import exposition
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
-    GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
-    SummaryMetricFamily,
 )
 from prometheus_client.openmetrics import exposition as om_exposition
+from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from tenantwatch.aggregation.records import Snapshot, TenantSideStats
-from tenantwatch.exporters import tenant_text
+from tenantwatch.exporters import catalog, tenant_text
+from tenantwatch.exporters.catalog import MetricSpec
 from tenantwatch.kernel.records import STATUS_CLASSES, Side
 
 log = logging.getLogger(__name__)
 
-PREFIX = "tenantwatch_"
+_REQUESTS: Mapping[Side, MetricSpec] = {Side.SERVER: catalog.HTTP_SERVER_REQUESTS,
+                                         Side.CLIENT: catalog.HTTP_CLIENT_REQUESTS}
+_DURATIONS: Mapping[Side, MetricSpec] = {Side.SERVER: catalog.HTTP_SERVER_REQUEST_DURATION,
+                                          Side.CLIENT: catalog.HTTP_CLIENT_REQUEST_DURATION}
 
-# CounterMetricFamily strips a trailing "_total" from the family name and adds it back to the
-# sample, so the names below are the exact sample names a scrape shows.
-_SIDE_PREFIX: Mapping[Side, str] = {Side.SERVER: "http_server", Side.CLIENT: "http_client"}
 
-
-class TenantCollector:
+class TenantCollector(Collector):
     """Builds every tenantwatch metric family from the latest Snapshot at each scrape."""
 
     def __init__(
@@ -122,116 +122,34 @@ class TenantCollector:
             else:
                 yield text
 
-    def _build_info_family(self) -> GaugeMetricFamily:
-        family = GaugeMetricFamily(
-            PREFIX + "build_info",
-            "tenantwatch build; the value is always 1",
-            labels=[k for k, _ in self._build_info],
-        )
+    def _build_info_family(self) -> Metric:
+        # the label names are the caller's (the daemon's: catalog.BUILD_INFO.labels)
+        family = catalog.family(catalog.BUILD_INFO, labels=[k for k, _ in self._build_info])
         family.add_metric([v for _, v in self._build_info], 1)
         return family
 
     def _families(self, snap: Snapshot | None) -> list[Metric]:
         """All families; with ``snap`` None, the same families without samples."""
-        requests: dict[Side, CounterMetricFamily] = {}
-        durations: dict[Side, HistogramMetricFamily] = {}
-        for side, name in _SIDE_PREFIX.items():
-            requests[side] = CounterMetricFamily(
-                f"{PREFIX}{name}_requests_total",
-                f"HTTP requests completed on the gateway's {side.value} side, by status class",
-                labels=["tenant", "status_class"],
-            )
-            durations[side] = HistogramMetricFamily(
-                f"{PREFIX}{name}_request_duration_seconds",
-                f"Time from request head to response head on the gateway's {side.value} side",
-                labels=["tenant"],
-            )
-        received = CounterMetricFamily(
-            PREFIX + "http_server_received_bytes_total",
-            "Bytes the gateway received from clients on server-side connections",
-            labels=["tenant"],
-        )
-        sent = CounterMetricFamily(
-            PREFIX + "http_server_sent_bytes_total",
-            "Bytes the gateway sent to clients on server-side connections",
-            labels=["tenant"],
-        )
-        active = GaugeMetricFamily(
-            PREFIX + "connections_active",
-            "Connections open now, under the tenant of each one's first request",
-            labels=["tenant", "side"],
-        )
-        opened = CounterMetricFamily(
-            PREFIX + "connections_opened_total",
-            "Connections opened (server: accepted by the gateway, client: opened by it)",
-            labels=["tenant", "side"],
-        )
-        conn_duration = SummaryMetricFamily(
-            PREFIX + "connection_duration_seconds",
-            "Lifetimes of closed connections (count: connections closed), from accept/connect "
-            "(or first sight, for one older than the daemon) to close; a WebSocket session's "
-            "from its upgrade, under the upgrade's tenant",
-            labels=["tenant", "side"],
-        )
-        rejected = CounterMetricFamily(
-            PREFIX + "identity_rejected_total",
-            "Requests whose identity value was rejected or folded, by reason",
-            labels=["reason"],
-        )
-        jwt_verify = CounterMetricFamily(
-            PREFIX + "jwt_verify_total",
-            "Bearer tokens verified (each distinct token once per cache lifetime), by result",
-            labels=["result"],
-        )
-        lost = CounterMetricFamily(
-            PREFIX + "events_lost_total",
-            "Kernel events or counts lost before reaching user space, by reason",
-            labels=["reason"],
-        )
-        probes = GaugeMetricFamily(
-            PREFIX + "probe_attached",
-            "1 when the probe is attached, 0 when it is not",
-            labels=["probe"],
-        )
-        cpu = CounterMetricFamily(
-            PREFIX + "cpu_seconds_total",
-            "Gateway CPU time charged to the tenant (on-CPU time of target threads while they "
-            "worked on the tenant's requests; __unattributed__: no current request)",
-            labels=["tenant"],
-        )
-        runq = HistogramMetricFamily(
-            PREFIX + "runqueue_delay_seconds",
-            "Time gateway threads waited in the run queue between wakeup and running",
-        )
-        pressure = GaugeMetricFamily(
-            PREFIX + "node_cpu_pressure_ratio",
-            "Share of time some task waited for CPU over the last 10 s (PSI some avg10 / 100)",
-        )
-        backend_cpu = CounterMetricFamily(
-            PREFIX + "backend_cpu_seconds_total",
-            "CPU time of the tenant's own backend cgroup (enforcement.cgroup), when it exists",
-            labels=["tenant"],
-        )
-        backend_throttled = CounterMetricFamily(
-            PREFIX + "backend_cpu_throttled_seconds_total",
-            "Time the tenant's own backend cgroup was throttled by its CPU limit",
-            labels=["tenant"],
-        )
-        targets = GaugeMetricFamily(PREFIX + "targets", "Gateway processes traced now")
-        table_entries = GaugeMetricFamily(
-            PREFIX + "kernel_table_entries",
-            "Entries in a kernel table: connections now; identities, cpu and closes as the last "
-            "tick used them (docs/limits.md)",
-            labels=["table"],
-        )
-        table_capacity = GaugeMetricFamily(
-            PREFIX + "kernel_table_capacity",
-            "Entries a kernel table holds (capture.max_connections, capture.max_identities)",
-            labels=["table"],
-        )
-        ticks = CounterMetricFamily(
-            PREFIX + "ticks_total", "Aggregation ticks completed since start"
-        )
+        requests = {side: catalog.family(spec) for side, spec in _REQUESTS.items()}
+        durations = {side: catalog.family(spec) for side, spec in _DURATIONS.items()}
+        received = catalog.family(catalog.HTTP_SERVER_RECEIVED_BYTES)
+        sent = catalog.family(catalog.HTTP_SERVER_SENT_BYTES)
+        active = catalog.family(catalog.CONNECTIONS_ACTIVE)
+        opened = catalog.family(catalog.CONNECTIONS_OPENED)
+        conn_duration = catalog.family(catalog.CONNECTION_DURATION)
+        rejected = catalog.family(catalog.IDENTITY_REJECTED)
+        jwt_verify = catalog.family(catalog.JWT_VERIFY)
+        lost = catalog.family(catalog.EVENTS_LOST)
+        probes = catalog.family(catalog.PROBE_ATTACHED)
+        cpu = catalog.family(catalog.CPU_SECONDS)
+        runq = catalog.family(catalog.RUNQUEUE_DELAY)
+        pressure = catalog.family(catalog.NODE_CPU_PRESSURE)
+        backend_cpu = catalog.family(catalog.BACKEND_CPU_SECONDS)
+        backend_throttled = catalog.family(catalog.BACKEND_CPU_THROTTLED_SECONDS)
+        targets = catalog.family(catalog.TARGETS)
+        table_entries = catalog.family(catalog.KERNEL_TABLE_ENTRIES)
+        table_capacity = catalog.family(catalog.KERNEL_TABLE_CAPACITY)
+        ticks = catalog.family(catalog.TICKS)
 
         if snap is not None:
             bounds = [floatToGoString(b) for b in snap.latency_bounds_seconds] + ["+Inf"]
@@ -324,7 +242,7 @@ class TenantCollector:
             sent.add_metric([stats.tenant], stats.tx_bytes)
 
 
-class _One:
+class _One(Collector):
     """One family as a collector, for the library's encoders."""
 
     def __init__(self, family: Metric) -> None:

@@ -1,9 +1,9 @@
 """The tenant registry's state as Prometheus families (identity/registry.py), at each scrape.
 
-Gives: tenantwatch_registry_tenants{state} (known tenants, and how many are active),
-tenantwatch_registry_stale (1 while the registry in use is not from the latest read),
-tenantwatch_registry_age_seconds (since the registry in use was read from Redis),
-tenantwatch_registry_read_failures_total.
+Gives: the catalog's REGISTRY_TENANTS{state} (known tenants, and how many are active),
+REGISTRY_STALE (1 while the registry in use is not from the latest read), REGISTRY_AGE_SECONDS
+(since the registry in use was read from Redis) and REGISTRY_READ_FAILURES families
+(catalog.py).
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
+from tenantwatch.exporters import catalog
 from tenantwatch.exporters.state import StateCollector
 
 
@@ -21,16 +20,10 @@ class RegistryCollector(StateCollector):
 
     @staticmethod
     def _families(doc: Mapping[str, Any] | None) -> list:
-        tenants = GaugeMetricFamily("tenantwatch_registry_tenants",
-                                    "Tenants in the registry in use (all, and active)",
-                                    labels=["state"])
-        stale = GaugeMetricFamily("tenantwatch_registry_stale",
-                                  "1 while the registry in use is not from the latest read "
-                                  "(Redis unreachable: the last good one, or its backup)")
-        age = GaugeMetricFamily("tenantwatch_registry_age_seconds",
-                                "Seconds since the registry in use was read from Redis")
-        failures = CounterMetricFamily("tenantwatch_registry_read_failures",
-                                       "Reads of the registry from Redis that failed")
+        tenants = catalog.family(catalog.REGISTRY_TENANTS)
+        stale = catalog.family(catalog.REGISTRY_STALE)
+        age = catalog.family(catalog.REGISTRY_AGE_SECONDS)
+        failures = catalog.family(catalog.REGISTRY_READ_FAILURES)
         if doc is not None:
             tenants.add_metric(["all"], doc["tenants"])
             tenants.add_metric(["active"], doc["active"])

@@ -18,22 +18,57 @@ from collections.abc import Sequence
 from prometheus_client.utils import floatToGoString
 
 from tenantwatch.aggregation.records import TenantSideStats
+from tenantwatch.exporters import catalog
+from tenantwatch.exporters.catalog import MetricSpec
 from tenantwatch.kernel.records import STATUS_CLASSES, Side
 
-# The families written here, by full family name (as TenantCollector describes them), and the
-# part of a row they come from.
-REQUESTS = {Side.SERVER: "tenantwatch_http_server_requests",
-            Side.CLIENT: "tenantwatch_http_client_requests"}
-DURATIONS = {Side.SERVER: "tenantwatch_http_server_request_duration_seconds",
-             Side.CLIENT: "tenantwatch_http_client_request_duration_seconds"}
-RECEIVED = "tenantwatch_http_server_received_bytes"
-SENT = "tenantwatch_http_server_sent_bytes"
-ACTIVE = "tenantwatch_connections_active"
-OPENED = "tenantwatch_connections_opened"
-CONN_DURATION = "tenantwatch_connection_duration_seconds"
-CPU = "tenantwatch_cpu_seconds"
+# The families written here, by full family name (the catalog's, as TenantCollector describes
+# them), and the part of a row they come from.
+REQUESTS = {Side.SERVER: catalog.HTTP_SERVER_REQUESTS.name,
+            Side.CLIENT: catalog.HTTP_CLIENT_REQUESTS.name}
+DURATIONS = {Side.SERVER: catalog.HTTP_SERVER_REQUEST_DURATION.name,
+             Side.CLIENT: catalog.HTTP_CLIENT_REQUEST_DURATION.name}
+RECEIVED = catalog.HTTP_SERVER_RECEIVED_BYTES.name
+SENT = catalog.HTTP_SERVER_SENT_BYTES.name
+ACTIVE = catalog.CONNECTIONS_ACTIVE.name
+OPENED = catalog.CONNECTIONS_OPENED.name
+CONN_DURATION = catalog.CONNECTION_DURATION.name
+CPU = catalog.CPU_SECONDS.name
 FAMILIES = frozenset((REQUESTS[Side.SERVER], DURATIONS[Side.SERVER], REQUESTS[Side.CLIENT],
                       DURATIONS[Side.CLIENT], RECEIVED, SENT, ACTIVE, OPENED, CONN_DURATION, CPU))
+
+
+def _line(spec: MetricSpec, suffix: str, first: str | None = None) -> tuple[str, ...]:
+    """The fixed text of one sample line of ``spec``: its name with ``suffix`` and its label
+    names (the catalog's, plus ``first``, e.g. le) in the library's order, sorted by name.  A
+    line is then ``parts[0] + value + parts[1] + value ... + parts[-1] + sample value``, the
+    label values in that order; the writer below gives the tenant last, which holds as long as
+    the other label sorts before it (checked here, at import)."""
+    names = sorted(spec.labels if first is None else (first, *spec.labels))
+    if names[-1] != catalog.TENANT or len(names) > 2:
+        raise ValueError(f"{spec.name}: the text writer expects at most one label before "
+                         f"{catalog.TENANT!r}, not {names}")
+    parts = [f'{spec.name}{suffix}{{{names[0]}="']
+    parts += [f'",{n}="' for n in names[1:]]
+    return (*parts, '"} ')
+
+
+# Per family: the text around the label values of a sample line (_line).
+_REQUESTS_LINE = {Side.SERVER: _line(catalog.HTTP_SERVER_REQUESTS, "_total"),
+                  Side.CLIENT: _line(catalog.HTTP_CLIENT_REQUESTS, "_total")}
+_BUCKET_LINE = {Side.SERVER: _line(catalog.HTTP_SERVER_REQUEST_DURATION, "_bucket", "le"),
+                Side.CLIENT: _line(catalog.HTTP_CLIENT_REQUEST_DURATION, "_bucket", "le")}
+_COUNT_LINE = {Side.SERVER: _line(catalog.HTTP_SERVER_REQUEST_DURATION, "_count"),
+               Side.CLIENT: _line(catalog.HTTP_CLIENT_REQUEST_DURATION, "_count")}
+_SUM_LINE = {Side.SERVER: _line(catalog.HTTP_SERVER_REQUEST_DURATION, "_sum"),
+             Side.CLIENT: _line(catalog.HTTP_CLIENT_REQUEST_DURATION, "_sum")}
+_RECEIVED_LINE = _line(catalog.HTTP_SERVER_RECEIVED_BYTES, "_total")
+_SENT_LINE = _line(catalog.HTTP_SERVER_SENT_BYTES, "_total")
+_ACTIVE_LINE = _line(catalog.CONNECTIONS_ACTIVE, "")
+_OPENED_LINE = _line(catalog.CONNECTIONS_OPENED, "_total")
+_CONN_COUNT_LINE = _line(catalog.CONNECTION_DURATION, "_count")
+_CONN_SUM_LINE = _line(catalog.CONNECTION_DURATION, "_sum")
+_CPU_LINE = _line(catalog.CPU_SECONDS, "_total")
 
 
 def label_value(v: str) -> str:
@@ -53,19 +88,22 @@ def header(name: str, mtype: str, doc: str, openmetrics: bool) -> str:
     return f"# HELP {shown} {doc}\n# TYPE {shown} {mtype}\n"
 
 
-def _requests(name: str, row: TenantSideStats, t: str) -> str:
+def _requests(side: Side, row: TenantSideStats, t: str) -> str:
+    a, b, c = _REQUESTS_LINE[side]
     by_class = row.requests_by_class
-    return "".join([f'{name}_total{{status_class="{c}",tenant="{t}"}} '
-                    f"{floatToGoString(by_class.get(c, 0))}\n" for c in STATUS_CLASSES])
+    return "".join([f"{a}{cls}{b}{t}{c}{floatToGoString(by_class.get(cls, 0))}\n"
+                    for cls in STATUS_CLASSES])
 
 
-def _durations(name: str, row: TenantSideStats, t: str, bounds: Sequence[str]) -> str:
+def _durations(side: Side, row: TenantSideStats, t: str, bounds: Sequence[str]) -> str:
     g = floatToGoString
-    lines = [f'{name}_bucket{{le="{le}",tenant="{t}"}} {g(v)}\n'
-             for le, v in zip(bounds, row.latency_buckets)]
+    a, b, c = _BUCKET_LINE[side]
+    lines = [f"{a}{le}{b}{t}{c}{g(v)}\n" for le, v in zip(bounds, row.latency_buckets)]
     if float(bounds[0]) >= 0:  # as the library: no count and sum with a negative bound
-        lines.append(f'{name}_count{{tenant="{t}"}} {g(row.latency_buckets[-1])}\n')
-        lines.append(f'{name}_sum{{tenant="{t}"}} {g(row.latency_sum_seconds)}\n')
+        n0, n1 = _COUNT_LINE[side]
+        s0, s1 = _SUM_LINE[side]
+        lines.append(f"{n0}{t}{n1}{g(row.latency_buckets[-1])}\n")
+        lines.append(f"{s0}{t}{s1}{g(row.latency_sum_seconds)}\n")
     return "".join(lines)
 
 
@@ -79,34 +117,37 @@ def family(name: str, rows: Sequence[TenantSideStats], bounds: Sequence[str],
         cpu: dict[str, float] = {}
         for row in rows:
             cpu[row.tenant] = cpu.get(row.tenant, 0.0) + row.cpu_seconds
-        return "".join([f'{CPU}_total{{tenant="{label_value(t)}"}} {g(v)}\n'
-                        for t, v in sorted(cpu.items())])
+        a, b = _CPU_LINE
+        return "".join([f"{a}{label_value(t)}{b}{g(v)}\n" for t, v in sorted(cpu.items())])
     for side in Side:
         if name == REQUESTS[side]:
-            return "".join([_requests(name, r, label_value(r.tenant))
+            return "".join([_requests(side, r, label_value(r.tenant))
                             for r in rows if r.side is side])
         if name == DURATIONS[side]:
             if side not in histogram_sides:
                 return ""
             n = len(bounds)
-            return "".join([_durations(name, r, label_value(r.tenant), bounds)
+            return "".join([_durations(side, r, label_value(r.tenant), bounds)
                             for r in rows if r.side is side and len(r.latency_buckets) == n])
     server = [r for r in rows if r.side is Side.SERVER]
     if name == RECEIVED:
-        return "".join([f'{RECEIVED}_total{{tenant="{label_value(r.tenant)}"}} {g(r.rx_bytes)}\n'
-                        for r in server])
+        a, b = _RECEIVED_LINE
+        return "".join([f"{a}{label_value(r.tenant)}{b}{g(r.rx_bytes)}\n" for r in server])
     if name == SENT:
-        return "".join([f'{SENT}_total{{tenant="{label_value(r.tenant)}"}} {g(r.tx_bytes)}\n'
-                        for r in server])
-    labels = [f'{{side="{r.side.value}",tenant="{label_value(r.tenant)}"}}' for r in rows]
+        a, b = _SENT_LINE
+        return "".join([f"{a}{label_value(r.tenant)}{b}{g(r.tx_bytes)}\n" for r in server])
     if name == ACTIVE:
-        return "".join([f"{ACTIVE}{lb} {g(r.connections_active)}\n"
-                        for lb, r in zip(labels, rows)])
+        a, b, c = _ACTIVE_LINE
+        return "".join([f"{a}{r.side.value}{b}{label_value(r.tenant)}{c}"
+                        f"{g(r.connections_active)}\n" for r in rows])
     if name == OPENED:
-        return "".join([f"{OPENED}_total{lb} {g(r.connections_opened)}\n"
-                        for lb, r in zip(labels, rows)])
+        a, b, c = _OPENED_LINE
+        return "".join([f"{a}{r.side.value}{b}{label_value(r.tenant)}{c}"
+                        f"{g(r.connections_opened)}\n" for r in rows])
     if name == CONN_DURATION:
-        return "".join([f"{CONN_DURATION}_count{lb} {g(r.connections_closed)}\n"
-                        f"{CONN_DURATION}_sum{lb} {g(r.connection_seconds)}\n"
-                        for lb, r in zip(labels, rows)])
+        n0, n1, n2 = _CONN_COUNT_LINE
+        s0, s1, s2 = _CONN_SUM_LINE
+        return "".join([f"{n0}{r.side.value}{n1}{t}{n2}{g(r.connections_closed)}\n"
+                        f"{s0}{r.side.value}{s1}{t}{s2}{g(r.connection_seconds)}\n"
+                        for r in rows for t in (label_value(r.tenant),)])
     raise KeyError(name)
