@@ -32,16 +32,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from nginx_ab import (
-    BenchError,
-    Daemon,
-    default_tenantwatch,
-    free_port,
-    http_get,
-    make_cert,
-    median,
-    start_upstream,
-)
+from harness.bench import BenchError, median
+from harness.metrics import EVENTS_LOST, parse_metrics
+from harness.processes import Daemon, default_tenantwatch, free_port, http_get
+from harness.workload import make_cert, start_upstream
 
 TENANTS = ("h2-alpha", "h2-beta", "h2-gamma")  # gamma: a bearer JWT, no X-Tenant-ID
 CLIENTS_PER_TENANT = 4
@@ -180,8 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                 counted = after.server - before.server
                 rows.append((rps, cpu_pct, cpu_pct / (rps / 10_000), counted / done))
                 text = http_get(daemon.url + "/metrics", timeout=5)[1]
-                lost = {m.group(1): float(m.group(2)) for m in re.finditer(
-                    r'tenantwatch_events_lost_total\{reason="([^"]+)"\} (\S+)', text)}
+                lost = {lb["reason"]: v for lb, v in parse_metrics(text).get(EVENTS_LOST, [])}
                 if lost:
                     print(f"  events lost (since start): {lost}", flush=True)
                 print(f"round {rnd}: {rps:8.0f} req/s  daemon {cpu_pct:5.1f} % of a core  "

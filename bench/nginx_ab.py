@@ -28,6 +28,9 @@ port of the same nginx (self-signed certificate made with `openssl req -x509` in
 directory); the daemon then reads the plaintext through its uprobes on nginx's libssl.  Note that
 uprobes are per library file: wrk maps the same libssl.so.3, so with the daemon on, wrk's own
 SSL_read/SSL_write calls also trap into the (filtered-out) probes -- the B side pays that too.
+
+What the other benchmarks share with this one (the daemon process, wrk and its workloads, the
+/metrics counts) is in harness/: harness.processes, harness.workload, harness.metrics.
 """
 
 from __future__ import annotations
@@ -37,131 +40,37 @@ import contextlib
 import json
 import os
 import platform
-import re
 import shutil
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-
+from harness.bench import BenchError, bpf_stats, median
+from harness.processes import Daemon, default_tenantwatch, free_port
+from harness.workload import (
+    BROWSER_PATH,
+    BROWSER_QUERY,
+    TENANTS,
+    add_heads_argument,
+    add_load_arguments,
+    apply_layout,
+    run_wrk,
+    start_upstream,
+    tls_listener,
+    write_wrk_script,
+)
 from tenantwatch.demo.backend import Backend
 from tenantwatch.demo.gateway import NginxGateway
 
-TENANTS = ("t1", "t2", "t3", "t4")
 RATIO_GOAL = 0.95  # B keeps at least 95% of A's throughput
 TLS_RATIO_GOAL = 0.90  # the same over TLS (issue 5): six uprobe traps per request on top
 CPU_GOAL_PER_10K = 5.0  # daemon CPU, % of one core, per 10k req/s the gateway serves
-READY_TIMEOUT_S = 60.0  # BPF compile is ~4 s on this VM class; leave room for a slow, busy box
-STOP_TIMEOUT_S = 15.0  # SIGTERM -> exit (detach probes, final flush), then SIGKILL
-WRK_SLACK_S = 30.0  # a wrk run gets --seconds plus this before it is killed
-METRICS_SETTLE_S = 10.0  # after wrk, wait at most this long for the daemon's counters to settle
-METRICS_POLL_S = 0.5
 COOLDOWN_S = 1.0  # between runs: let sockets in TIME_WAIT and CPU frequency settle a little
-SERVER_REQUESTS = "tenantwatch_http_server_requests_total"
-CLIENT_REQUESTS = "tenantwatch_http_client_requests_total"
-EVENTS_LOST = "tenantwatch_events_lost_total"
-TICKS = "tenantwatch_ticks_total"
-CHECKED = "tenantwatch_isolation_responses_checked_total"
-BREACHES = "tenantwatch_isolation_breaches_total"
-
-# The end of both wrk scripts: hand out the precomputed requests in turn.
-WRK_LUA_REQUEST = """
-request = function()
-  i = i % #requests + 1
-  return requests[i]
-end
-"""
-
-WRK_LUA = """\
--- written by bench/nginx_ab.py: rotate X-Tenant-ID over the tenants, one per request.
--- Each wrk thread has its own Lua state, so each rotates independently.
-local tenants = {%(tenants)s}
-local requests = {}
-local i = 0
-
-init = function(args)
-  for k, t in ipairs(tenants) do
-    requests[k] = wrk.format("GET", "%(path)s", {["Host"] = "%(host)s", ["X-Tenant-ID"] = t})
-  end
-end
-
-"""
-
-# --heads browser: what a browser-facing API gateway sees (issue 11).  Request heads of about
-# 900 bytes (a ~400-byte session cookie, the usual browser headers, a request id, the tenant,
-# a query string), answered by the untraced upstream nginx with a ~350-byte response head and
-# a 1 KiB JSON body; the gateway proxies both ways, so each head crosses the daemon's parser
-# twice (client -> gateway -> upstream, and back).
-BROWSER_PATH = "/api/v1/orders"
-BROWSER_QUERY = "?page=2&limit=50&sort=-created_at&fields=id,status,total,currency,items"
-BROWSER_UA = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
-              "Chrome/124.0.0.0 Safari/537.36")
-BROWSER_ACCEPT = ("text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,"
-                  "application/json;q=0.8,*/*;q=0.7")
-BROWSER_COOKIE = ("session=eyJ1c2VyIjoiYWxpY2UiLCJyb2xlcyI6WyJhZG1pbiJdLCJleHAiOjE3MzAwMDAwMDB9"
-                  ".c2lnbmF0dXJlLXBsYWNlaG9sZGVyLXNpZ25hdHVyZQ; _ga=GA1.2.1234567890.1712345678; "
-                  "_gid=GA1.2.987654321.1712345678; csrftoken=Zx8vK2mQ9pL4nR7sT1uW3yB6dF0hJ5kX; "
-                  "prefs=theme%3Ddark%26lang%3Den-US%26tz%3DEurope%252FBerlin; "
-                  "ab_test=checkout_v2%3Dvariant_b%7Csearch_v3%3Dcontrol; "
-                  "consent=analytics%3A1%2Cmarketing%3A0%2Cfunctional%3A1")
-BROWSER_REQUESTS_PER_TENANT = 8  # distinct request ids per tenant (precomputed in wrk's Lua)
-BROWSER_JSON = (
-    '{"data":[' + ",".join(
-        f'{{"id":"ord_{i:04d}","status":"shipped","total":{40 + i}.{i % 100:02d},'
-        '"currency":"EUR","items":3}' for i in range(12)) + '],"page":2,"limit":50}')
-BROWSER_UPSTREAM = (
-    "        location /api/ {\n"
-    "            default_type application/json;\n"
-    '            add_header Cache-Control "private, no-cache, no-store, max-age=0, '
-    'must-revalidate";\n'
-    "            add_header ETag '\"W/5f3c9a1e-4b2c-8d7f\"';\n"
-    '            add_header Vary "Accept-Encoding, Origin, Authorization";\n'
-    '            add_header Strict-Transport-Security "max-age=31536000; includeSubDomains; '
-    'preload";\n'
-    "            add_header X-Request-ID $http_x_request_id;\n"
-    "            add_header X-Content-Type-Options nosniff;\n"
-    f"            return 200 '{BROWSER_JSON}';\n"
-    "        }\n"
-    "        access_log off;")
-
-WRK_BROWSER_LUA = """\
--- written by bench/nginx_ab.py --heads browser: ~900-byte browser request heads, tenants
--- rotating, a few request ids per tenant (precomputed: wrk's CPU stays on the load).
-local tenants = {%(tenants)s}
-local requests = {}
-local i = 0
-
-init = function(args)
-  for k, t in ipairs(tenants) do
-    for r = 1, %(per_tenant)d do
-      local rid = string.format("%%08x-%%04x-4%%03x-a%%03x-%%012x", k * 7919 + r, r, k, r, k * r)
-      requests[#requests + 1] = wrk.format("GET", "%(path)s", {
-        ["Host"] = "%(host)s",
-        ["User-Agent"] = "%(ua)s",
-        ["Accept"] = "%(accept)s",
-        ["Accept-Language"] = "en-US,en;q=0.9,de;q=0.8",
-        ["Accept-Encoding"] = "gzip, deflate, br",
-        ["Referer"] = "https://app.example.com/orders?view=list&filter=open",
-        ["Cookie"] = "%(cookie)s",
-        ["X-Request-ID"] = rid,
-        ["X-Tenant-ID"] = t,
-      })
-    end
-  end
-end
-
-"""
 
 DAEMON_CONFIG = """\
 # written by bench/nginx_ab.py
@@ -174,11 +83,6 @@ capture: {tls: %(tls)s}
 # --response-check (issue 17): the upstream marks each response with the tenant it served, and
 # the daemon compares it on the upstream leg (docs/isolation.md).
 RESPONSE_CHECK_CONFIG = "  response_check: {header: X-Served-Tenant, side: client}\n"
-SERVED_HEADER = "            add_header X-Served-Tenant $http_x_tenant_context;\n"
-
-
-class BenchError(RuntimeError):
-    """A run could not be carried out (wrk, nginx or the daemon misbehaved); the message says how."""
 
 
 @dataclass
@@ -211,37 +115,6 @@ class Run:
 
 
 # ---------------------------------------------------------------- helpers
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def proc_cpu_ticks(pid: int) -> int:
-    """utime + stime of pid (all its threads), in clock ticks."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        data = f.read()
-    fields = data[data.rfind(b")") + 2:].split()  # comm may contain spaces: split after ')'
-    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5), 0-based after comm
-
-
-BPF_STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
-
-
-@contextlib.contextmanager
-def bpf_stats(enabled: bool) -> Iterator[None]:
-    """kernel.bpf_stats_enabled as asked for during the block, restored after.  Off unless
-    asked for: left on (by an interrupted run), it adds two clock reads to every program
-    run, so to the runs with probes and to none of the runs without."""
-    was = BPF_STATS_SYSCTL.read_text().strip() if BPF_STATS_SYSCTL.exists() else None
-    if was is not None:
-        BPF_STATS_SYSCTL.write_text("1\n" if enabled else "0\n")
-    try:
-        yield
-    finally:
-        if was is not None:
-            BPF_STATS_SYSCTL.write_text(was + "\n")
 
 
 def bpf_program_stats() -> dict[int, tuple[str, int, int]]:
@@ -327,220 +200,6 @@ def truncate(path: Path) -> None:
         os.truncate(path, 0)
     except FileNotFoundError:
         pass
-
-
-def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read().decode("utf-8", "replace")
-    except urllib.error.HTTPError as e:
-        return e.code, ""
-
-
-_SAMPLE_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
-_LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-
-
-def parse_metrics(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """Prometheus text format -> {metric name: [(labels, value)]}; comments skipped."""
-    out: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = _SAMPLE_RE.match(line)
-        if m is None:
-            continue
-        labels = dict(_LABEL_RE.findall(m.group(2) or ""))
-        try:
-            value = float(m.group(3))
-        except ValueError:
-            continue
-        out.setdefault(m.group(1), []).append((labels, value))
-    return out
-
-
-@dataclass
-class Counts:
-    server: int
-    client: int
-    by_tenant: dict[str, int]
-    lost: int
-    ticks: int
-    checked: int = 0  # responses the response check compared (--response-check)
-    breaches: int = 0
-
-    @classmethod
-    def from_metrics(cls, text: str) -> Counts:
-        m = parse_metrics(text)
-        by_tenant: dict[str, int] = {}
-        for labels, v in m.get(SERVER_REQUESTS, []):
-            t = labels.get("tenant", "")
-            by_tenant[t] = by_tenant.get(t, 0) + int(v)
-        return cls(
-            server=int(sum(v for _, v in m.get(SERVER_REQUESTS, []))),
-            client=int(sum(v for _, v in m.get(CLIENT_REQUESTS, []))),
-            by_tenant=by_tenant,
-            lost=int(sum(v for _, v in m.get(EVENTS_LOST, []))),
-            ticks=int(sum(v for _, v in m.get(TICKS, []))),
-            checked=int(sum(v for _, v in m.get(CHECKED, []))),
-            breaches=int(sum(v for _, v in m.get(BREACHES, []))),
-        )
-
-
-# ---------------------------------------------------------------- wrk
-
-def make_cert(tmp: Path) -> tuple[Path, Path]:
-    """A self-signed RSA-2048 certificate for 127.0.0.1: (cert.pem, key.pem)."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        raise BenchError("--tls needs the openssl command")
-    cert, key = tmp / "cert.pem", tmp / "key.pem"
-    p = subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                        "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
-                       capture_output=True, text=True, timeout=60, check=False)
-    if p.returncode != 0:
-        raise BenchError(f"openssl req failed:\n{p.stderr}")
-    return cert, key
-
-
-def tls_listener(tmp: Path) -> dict[str, Any]:
-    """NginxGateway keyword arguments for a TLS listener with a certificate made in tmp."""
-    cert, key = make_cert(tmp)
-    return {"tls_port": free_port(), "ssl_certificate": cert, "ssl_certificate_key": key}
-
-
-def write_wrk_script(tmp: Path, path: str, host: str, heads: str = "small") -> Path:
-    script = tmp / "tenants.lua"
-    tenants = ", ".join(f'"{t}"' for t in TENANTS)
-    if heads == "browser":
-        text = WRK_BROWSER_LUA % {
-            "tenants": tenants, "path": path, "host": host, "ua": BROWSER_UA,
-            "accept": BROWSER_ACCEPT, "cookie": BROWSER_COOKIE,
-            "per_tenant": BROWSER_REQUESTS_PER_TENANT,
-        }
-    else:
-        text = WRK_LUA % {"tenants": tenants, "path": path, "host": host}
-    script.write_text(text + WRK_LUA_REQUEST)
-    return script
-
-
-_RPS_RE = re.compile(r"^Requests/sec:\s+([0-9.]+)", re.MULTILINE)
-_TOTAL_RE = re.compile(r"^\s*(\d+) requests in ([0-9.]+)(us|ms|s|m|h)", re.MULTILINE)
-_SOCKERR_RE = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
-_NON2XX_RE = re.compile(r"Non-2xx or 3xx responses: (\d+)")
-_UNIT_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_wrk(out: str) -> tuple[float, int, float, int, int]:
-    """wrk's report -> (requests/sec, requests, seconds, socket errors, non-2xx/3xx)."""
-    rps = _RPS_RE.search(out)
-    total = _TOTAL_RE.search(out)
-    if rps is None or total is None:
-        raise BenchError(f"could not parse wrk output:\n{out}")
-    sockerr = _SOCKERR_RE.search(out)
-    non2xx = _NON2XX_RE.search(out)
-    return (
-        float(rps.group(1)),
-        int(total.group(1)),
-        float(total.group(2)) * _UNIT_S[total.group(3)],
-        sum(int(x) for x in sockerr.groups()) if sockerr else 0,
-        int(non2xx.group(1)) if non2xx else 0,
-    )
-
-
-def run_wrk(wrk: str, url: str, script: Path, args: argparse.Namespace,
-            seconds: float) -> tuple[float, int, float, int, int]:
-    cmd = [*getattr(args, "wrk_prefix", []), wrk, f"-t{args.threads}", f"-c{args.connections}",
-           f"-d{seconds:g}s", "--timeout", "5s", "-s", str(script), url]
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, check=False,
-                           timeout=seconds + WRK_SLACK_S)
-    except subprocess.TimeoutExpired as e:  # subprocess.run kills the child before raising
-        raise BenchError(f"wrk did not finish within {seconds + WRK_SLACK_S:g}s") from e
-    if p.returncode != 0:
-        raise BenchError(f"wrk exited {p.returncode}:\n{p.stderr}{p.stdout}")
-    return parse_wrk(p.stdout)
-
-
-# ---------------------------------------------------------------- the daemon
-
-class Daemon:
-    """`tenantwatch run --config CFG` as a child process; only this pid is ever signalled."""
-
-    def __init__(self, binary: str, config: Path, port: int, log: Path) -> None:
-        self.binary = binary
-        self.config = config
-        self.port = port
-        self.log = log
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log_tail(self, n: int = 30) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [self.binary, "run", "--config", str(self.config)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            rc = self.proc.poll()
-            if rc is not None:
-                raise BenchError(f"daemon exited {rc} before /readyz said 200:\n{self.log_tail()}")
-            try:
-                if http_get(self.url + "/readyz", timeout=1.0)[0] == 200:
-                    return
-            except OSError:
-                pass  # not listening yet
-            time.sleep(0.2)
-        raise BenchError(f"daemon not ready within {READY_TIMEOUT_S:g}s:\n{self.log_tail()}")
-
-    def counts(self) -> Counts:
-        status, body = http_get(self.url + "/metrics", timeout=5.0)
-        if status != 200:
-            raise BenchError(f"GET /metrics -> {status}")
-        return Counts.from_metrics(body)
-
-    def settled_counts(self, at_least: int) -> Counts:
-        """Counters after the run: the daemon reads the kernel once per tick, so poll until the
-        count reaches `at_least` and stops moving across a tick (bounded)."""
-        deadline = time.monotonic() + METRICS_SETTLE_S
-        last = self.counts()
-        while time.monotonic() < deadline:
-            time.sleep(METRICS_POLL_S)
-            now = self.counts()
-            if now.server >= at_least and now.server == last.server and now.ticks > last.ticks:
-                return now
-            last = now
-        return last
-
-    def cpu_ticks(self) -> int:
-        assert self.proc is not None
-        return proc_cpu_ticks(self.proc.pid)
-
-    def stop(self) -> int | None:
-        """SIGTERM, wait (bounded), SIGKILL. Idempotent; returns the exit code."""
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                return proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                print(f"  daemon pid {proc.pid} ignored SIGTERM for {STOP_TIMEOUT_S:g}s; SIGKILL",
-                      file=sys.stderr)
-                proc.kill()
-                return proc.wait(timeout=STOP_TIMEOUT_S)
-        return proc.returncode
 
 
 # ---------------------------------------------------------------- runs
@@ -641,10 +300,6 @@ def print_run(r: Run) -> None:
                         for name, p in list(r.bpf["programs"].items())[:4])
         print(f"{'':>9} bpf: {fmt(r.bpf['ns_per_request'], '.0f')} ns/request, "
               f"{fmt(r.bpf['cpu_pct'], '.1f')}% of one core; top: {top}", flush=True)
-
-
-def median(xs: list[float]) -> float | None:
-    return statistics.median(xs) if xs else None
 
 
 def summarize(runs: list[Run], no_daemon: bool, goal: float = RATIO_GOAL) -> dict[str, Any]:
@@ -771,13 +426,6 @@ def environment(wrk: str, gateway: NginxGateway) -> dict[str, Any]:
     }
 
 
-def default_tenantwatch() -> str | None:
-    cand = REPO / ".venv" / "bin" / "tenantwatch"
-    if os.access(cand, os.X_OK):
-        return str(cand)
-    return shutil.which("tenantwatch")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Interleaved A/B benchmark: nginx under wrk without (A) and with (B) the "
@@ -829,60 +477,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not args.path.startswith("/") or any(c in args.path for c in '"\\ \r\n'):
         p.error("--path must be an absolute path without quotes, backslashes or spaces")
     return args
-
-
-def add_load_arguments(p: argparse.ArgumentParser) -> None:
-    """wrk's and nginx's sizes and where they run (shared by the nginx benchmarks)."""
-    p.add_argument("--connections", type=int, default=20, help="wrk connections [20]")
-    p.add_argument("--threads", type=int, default=2, help="wrk threads (shared layout) [2]")
-    p.add_argument("--workers", type=int, default=2,
-                   help="nginx worker processes (shared layout) [2]")
-    p.add_argument("--layout", choices=("pinned", "shared"), default="pinned",
-                   help="pinned: one nginx worker on the last CPU, wrk (one thread) on CPU 0, so "
-                        "nginx is the bottleneck and runs are repeatable (±1%%); shared: "
-                        "--workers nginx workers and --threads wrk threads wherever the "
-                        "scheduler puts them (runs vary by ±10%%, bimodal) [pinned]")
-
-
-def apply_layout(args: argparse.Namespace, p: argparse.ArgumentParser) -> dict[str, Any]:
-    """Settle workers/threads/wrk_prefix for --layout; gives NginxGateway keyword arguments."""
-    args.wrk_prefix = []
-    if args.layout == "shared":
-        return {}
-    cpus = os.cpu_count() or 1
-    if cpus < 2:
-        p.error("--layout pinned needs 2 CPUs or more; use --layout shared")
-    taskset = shutil.which("taskset")
-    if taskset is None:
-        p.error("--layout pinned needs taskset (util-linux)")
-    args.workers, args.threads = 1, 1
-    args.wrk_prefix = [taskset, "-c", "0"]
-    return {"cpu_affinity": "1" + "0" * (cpus - 1)}
-
-
-def start_upstream(tmp: Path, backend_port: int, heads: str,
-                   served_header: bool = False) -> NginxGateway:
-    """A second nginx under another name (comm), so the daemon does not trace it: `/up` answers
-    "ok", or with --heads browser `/api/` answers the browser-sized response head and JSON
-    (with `served_header`, marked with X-Served-Tenant: the request's X-Tenant-Context)."""
-    link = tmp / "tw-bench-upstream"
-    link.symlink_to(Path(shutil.which("nginx") or "/usr/sbin/nginx").resolve())
-    upstream = NginxGateway(
-        tmp / "upstream", free_port(), backend_port, workers=1, nginx=str(link),
-        extra_server=(BROWSER_UPSTREAM.replace("            return 200", SERVED_HEADER +
-                                               "            return 200")
-                      if served_header else BROWSER_UPSTREAM) if heads == "browser" else
-        '        location = /up { return 200 "ok\\n"; }\n        access_log off;')
-    upstream.start()
-    return upstream
-
-
-def add_heads_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--heads", choices=("small", "browser"), default="small",
-                   help="small: wrk's minimal heads (~60 bytes); browser: ~900-byte browser "
-                        "request heads proxied to the untraced upstream nginx, which answers "
-                        "with a ~350-byte head and 1 KiB of JSON (implies --upstream nginx and "
-                        f"--path {BROWSER_PATH}{BROWSER_QUERY}) [small]")
 
 
 def _term(signum: int, frame: Any) -> None:

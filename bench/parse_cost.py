@@ -35,8 +35,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
-from nginx_ab import (
-    BPF_STATS_SYSCTL,
+from harness.bench import BPF_STATS_SYSCTL
+from harness.workload import (
     BROWSER_ACCEPT,
     BROWSER_COOKIE,
     BROWSER_JSON,

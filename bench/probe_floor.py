@@ -45,21 +45,19 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 
-from nginx_ab import (
+from harness.bench import BenchError, bpf_stats
+from harness.processes import free_port
+from harness.workload import (
     BROWSER_PATH,
     BROWSER_QUERY,
-    BenchError,
     add_heads_argument,
     add_load_arguments,
     apply_layout,
-    bpf_stats,
-    free_port,
     run_wrk,
     start_upstream,
     tls_listener,
     write_wrk_script,
 )
-
 from tenantwatch.demo.backend import Backend
 from tenantwatch.demo.gateway import NginxGateway
 

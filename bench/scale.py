@@ -31,17 +31,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from nginx_ab import (
-    BenchError,
-    Daemon,
-    default_tenantwatch,
-    free_port,
-    http_get,
-    parse_metrics,
-    proc_cpu_ticks,
-)
-
+from harness.bench import BenchError
 from harness.many_clients import ClientFleet
+from harness.metrics import parse_metrics
+from harness.processes import Daemon, default_tenantwatch, free_port, http_get, proc_cpu_ticks
 from tenantwatch.demo.gateway import NginxGateway
 
 DAEMON_CONFIG = """\

@@ -42,8 +42,9 @@ import threading
 import time
 from pathlib import Path
 
-from nginx_ab import Daemon, default_tenantwatch, free_port, http_get, make_cert, parse_metrics
-
+from harness.metrics import parse_metrics
+from harness.processes import Daemon, default_tenantwatch, free_port, http_get, proc_cpu_ticks
+from harness.workload import make_cert
 from tenantwatch.demo import Backend
 from tenantwatch.demo.gateway import NginxGateway
 
@@ -209,12 +210,6 @@ def proc_status(pid: int, field: str) -> float:
     return 0.0
 
 
-def cpu_ticks(pid: int) -> int:
-    data = Path(f"/proc/{pid}/stat").read_bytes()
-    fields = data[data.rfind(b")") + 2:].split()
-    return int(fields[11]) + int(fields[12])
-
-
 def sample(daemon: Daemon, pid: int, t0: float, last: dict) -> dict:
     status, body = http_get(daemon.url + "/metrics", timeout=30.0)
     if status != 200:
@@ -236,7 +231,7 @@ def sample(daemon: Daemon, pid: int, t0: float, last: dict) -> dict:
     prev = last.get("buckets", {})
     dcount = count - last.get("count", 0)
     worst = next((le for le, v in buckets if v - prev.get(le, 0) >= dcount), float("inf"))
-    ticks = cpu_ticks(pid)
+    ticks = proc_cpu_ticks(pid)
     now = time.monotonic()
     cpu = (ticks - last.get("cpu", ticks)) / os.sysconf("SC_CLK_TCK") / max(
         1e-9, now - last.get("at", now)) * 100 if "cpu" in last else 0.0

@@ -8,6 +8,12 @@ classes `tenantwatch demo` needs (`Backend`, `NginxGateway`, `Client`) stay in
   counted by (tenant, status) on the client side.
 - `many_clients`: tens of thousands of keep-alive connections from a few processes
   (`python -m harness.many_clients`, `ClientFleet`).
+- `metrics`: a /metrics scrape as {sample name: [(labels, value)]} (prometheus_client's parser),
+  and the daemon's counters a benchmark reads (`Counts`).
+- `processes`: the daemon as a child process (`Daemon`), free ports, a GET, CPU ticks from /proc.
+- `workload`: what the nginx benchmarks run: wrk scripts and runs, browser-sized heads, the
+  `--layout` of nginx and wrk, the untraced upstream nginx, a TLS listener.
+- `bench`: the benchmarks' error, their median, kernel.bpf_stats_enabled for a run.
 
 Importable from the repository root (pytest puts it on the path) and, for
 `.venv/bin/python bench/NAME.py`, from the venv, where `make deps` installs it editable
