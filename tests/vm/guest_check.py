@@ -42,8 +42,7 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-
+from harness.metrics import parse_metrics
 from harness.traffic import drive
 from tenantwatch.demo import Backend, NginxGateway
 from tenantwatch.demo.gateway import find_nginx
@@ -52,6 +51,7 @@ from tenantwatch.kernel import loader
 from tenantwatch.kernel.loader import HttpProbes, KernelSource
 from tenantwatch.kernel.records import STATUS_CLASSES, Side
 
+REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 # The known workload: requests per X-Tenant-ID (None: no header). nginx maps a missing header to
 # "common" upstream; every request is a 200.
@@ -319,21 +319,16 @@ tenancy:
     - {{header: X-Tenant-ID, side: server}}
 """
 
-_SAMPLE = re.compile(r'^tenantwatch_http_(server|client)_requests_total\{([^}]*)\} ([0-9.e+]+)$')
-
 
 def metrics_counts(port: int) -> dict:
     with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=10) as r:
-        text = r.read().decode()
+        samples = parse_metrics(r.read().decode())
     out: dict = {"server": Counter(), "client": Counter()}
-    for line in text.splitlines():
-        m = _SAMPLE.match(line)
-        if not m:
-            continue
-        labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2)))
-        n = int(float(m.group(3)))
-        if n:
-            out[m.group(1)][labels.get("tenant", "?")] += n
+    for side, counts in out.items():
+        for labels, value in samples.get(f"tenantwatch_http_{side}_requests_total", []):
+            n = int(value)
+            if n:
+                counts[labels.get("tenant", "?")] += n
     return {k: dict(v) for k, v in out.items()}
 
 
