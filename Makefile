@@ -83,7 +83,7 @@ bench: deps
 	$(PY) bench/nginx_ab.py
 
 clean:
-	rm -rf build dist *.egg-info .pytest_cache .ruff_cache
+	rm -rf build dist *.egg-info harness/*.egg-info .pytest_cache .ruff_cache
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -print0 | xargs -0 rm -rf
 
 # The scripts check for root themselves (TW_ROOT=DIR installs under DIR, for tests);
