@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import itertools
 import logging
+import operator
 import threading
 import time
 from collections.abc import Sequence
@@ -81,6 +83,10 @@ class Resolver(Protocol):
         side: Side,
     ) -> TenantIdentity: ...
 
+    def begin_tick(self) -> None: ...
+
+    def resolve_key(self, key: int) -> TenantIdentity: ...
+
     def expire(self) -> tuple[str, ...]: ...
 
 
@@ -116,12 +122,7 @@ def _check_bounds(bounds: Sequence[float]) -> tuple[float, ...]:
 
 
 def _cumulative(counts: Sequence[int]) -> tuple[int, ...]:
-    total = 0
-    out = []
-    for c in counts:
-        total += c
-        out.append(total)
-    return tuple(out)
+    return tuple(itertools.accumulate(counts))
 
 
 def estimate_quantile(bounds: Sequence[float], cumulative: Sequence[int], q: float) -> float | None:
@@ -211,6 +212,7 @@ class Aggregator:
         """Fold one tick's deltas into the cumulative state, expire idle tenants, publish."""
         with self._lock:
             per_tick = _TickDeltas()
+            self._resolver.begin_tick()
             for counts in tick.identities:
                 self._fold(counts, per_tick)
             for cpu in tick.cpu:
@@ -272,7 +274,7 @@ class Aggregator:
         elif c.key == KEY_OVERFLOW:
             tenant = OTHER
         else:  # a request's key: the resolver knows it from the request head
-            identity = self._resolver.resolve(c.key, None, -1, ValueFlag.NONE, c.side)
+            identity = self._resolver.resolve_key(c.key)
             tenant, trusted = identity.tenant, identity.trust is Trust.TRUSTED
         totals = self._totals_of(tenant, c.side)
         totals.cpu_ns += c.ns
@@ -344,44 +346,53 @@ class Aggregator:
         )
 
     def _fold(self, c: IdentityCounts, per_tick: _TickDeltas | None = None) -> None:
+        # The hot loop of a tick (one call per distinct identity and side): locals, and the
+        # element-wise sums with map() (bench/tick_cost.py).
         identity = self._resolver.resolve(c.key, c.raw_value, c.source_index, c.flags, c.side)
-        if per_tick is not None and identity.trust is Trust.TRUSTED and (
-                c.request_heads or any(c.requests_by_class)):
-            per_tick.trusted.add(identity.tenant)  # either side: the trusted source is upstream
-        if per_tick is not None and c.losses:
-            per_tick.losses[identity.tenant] = per_tick.losses.get(identity.tenant, 0) + c.losses
-        if per_tick is not None and c.side is Side.SERVER:
-            ended = sum(c.requests_by_class)
-            if ended:
-                per_tick.requests[identity.tenant] = per_tick.requests.get(identity.tenant, 0) \
-                    + ended
-            if len(c.latency_buckets) == self._n_buckets:
-                lat = per_tick.latency.setdefault(identity.tenant, [0] * self._n_buckets)
-                for i, n in enumerate(c.latency_buckets):
-                    lat[i] += n
+        tenant = identity.tenant
+        by_class = c.requests_by_class
+        ended = sum(by_class)
+        requested = c.request_heads or ended
+        trusted = identity.trust is Trust.TRUSTED and requested
+        buckets = c.latency_buckets
+        n_buckets = self._n_buckets
+        if per_tick is not None:
+            if trusted:
+                per_tick.trusted.add(tenant)  # either side: the trusted source is upstream
+            if c.losses:
+                per_tick.losses[tenant] = per_tick.losses.get(tenant, 0) + c.losses
+            if c.side is Side.SERVER:
+                if ended:
+                    per_tick.requests[tenant] = per_tick.requests.get(tenant, 0) + ended
+                if len(buckets) == n_buckets:
+                    lat = per_tick.latency.get(tenant)
+                    per_tick.latency[tenant] = list(buckets) if lat is None \
+                        else list(map(operator.add, lat, buckets))
         if identity.rejected_reason and c.request_heads:
             reason = identity.rejected_reason
             self._identity_rejected[reason] = self._identity_rejected.get(reason, 0) + (
                 c.request_heads
             )
         if c.connections_opened or c.connections_closed:
-            self._ledger(c, identity.tenant)
-        totals = self._totals_of(identity.tenant, c.side)
-        if identity.trust is Trust.TRUSTED and (c.request_heads or any(c.requests_by_class)):
+            self._ledger(c, tenant)
+        totals = self._totals_of(tenant, c.side)
+        if trusted:
             totals.trusted = True
-        if len(c.requests_by_class) == len(STATUS_CLASSES):
-            for i, n in enumerate(c.requests_by_class):
-                totals.requests_by_class[i] += n
+        if len(by_class) == len(STATUS_CLASSES):
+            if ended:
+                totals.requests_by_class = list(map(operator.add, totals.requests_by_class,
+                                                    by_class))
         else:
-            self._warn_shape("requests_by_class", len(c.requests_by_class), len(STATUS_CLASSES))
+            self._warn_shape("requests_by_class", len(by_class), len(STATUS_CLASSES))
         totals.rx_bytes += c.rx_bytes
         totals.tx_bytes += c.tx_bytes
-        if len(c.latency_buckets) == self._n_buckets:
-            for i, n in enumerate(c.latency_buckets):
-                totals.latency_buckets[i] += n
-            totals.latency_sum_ns += c.latency_sum_ns
+        if len(buckets) == n_buckets:
+            if c.latency_sum_ns or any(buckets):
+                totals.latency_buckets = list(map(operator.add, totals.latency_buckets,
+                                                  buckets))
+                totals.latency_sum_ns += c.latency_sum_ns
         else:
-            self._warn_shape("latency_buckets", len(c.latency_buckets), self._n_buckets)
+            self._warn_shape("latency_buckets", len(buckets), n_buckets)
 
     def _ledger(self, c: IdentityCounts, tenant: str) -> None:
         """Count c's opens and closes under the tenant its key's connections were opened

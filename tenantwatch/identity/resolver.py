@@ -138,6 +138,8 @@ class IdentityResolver:
         self._clock = clock
         self._cache: OrderedDict[int, _Entry] = OrderedDict()  # LRU, oldest first
         self._last_seen: OrderedDict[str, float] = OrderedDict()  # admitted, oldest first
+        # this tick's answers from cache entries, by key (begin_tick, resolve_key)
+        self._memo: dict[int, TenantIdentity] = {}
         if tenancy.default is None:
             self._no_identity = TenantIdentity(UNATTRIBUTED, Trust.NONE)
         else:
@@ -150,7 +152,9 @@ class IdentityResolver:
             # The kernel created this entry without the value (a response, or bytes, that
             # arrived in a later tick than the request head): the key alone says who it is.
             # First: the most common call, and no flag test (IntFlag operations are slow).
-            return self._from_cache(key)
+            identity = self._from_cache(key)
+            self._remember(key, identity)
+            return identity
         if flags & ValueFlag.OVERFLOW:
             return TenantIdentity(OTHER, Trust.NONE, "kernel_overflow")
         if flags & ValueFlag.UNATTRIBUTED:  # tenantwatch/h2: a connection it could not decode
@@ -186,9 +190,34 @@ class IdentityResolver:
         else:
             entry = self._learn(key, raw_value, source_index)
             entry.adopted = bool(flags & ValueFlag.ADOPTED)
+        # entry is the cache's for key, and source_index its source: what _from_cache(key)
+        # would say now
         if isinstance(entry.outcome, TenantIdentity):
-            return entry.outcome
-        return self._admit(entry.outcome, self._trust_of(entry, source_index))
+            identity = entry.outcome
+        else:
+            identity = self._admit(entry.outcome, self._trust_of(entry, source_index))
+        self._remember(key, identity)
+        return identity
+
+    def begin_tick(self) -> None:
+        """Start a tick: forget the answers resolve_key() reuses."""
+        self._memo.clear()
+
+    def resolve_key(self, key: int) -> TenantIdentity:
+        """The tenant of a key the kernel sent without a value (on-CPU time, a slow request):
+        resolve(key, None, -1, NONE, side), answered at once when this tick already resolved
+        the key from its cache entry (the CPU rows of a tick repeat its identities' keys)."""
+        identity = self._memo.get(key)
+        if identity is None:
+            identity = self._from_cache(key)
+            self._remember(key, identity)
+        return identity
+
+    def _remember(self, key: int, identity: TenantIdentity) -> None:
+        memo = self._memo
+        if len(memo) >= self._cache_size:  # never more than the cache: a caller without ticks
+            memo.clear()
+        memo[key] = identity
 
     def value_of(self, key: int) -> str | None:
         """The value learned for kernel key ``key`` (ASCII, trailing blanks removed), or None

@@ -40,6 +40,13 @@ class FakeResolver:
         self.calls.append((key, raw_value, source_index, flags, side))
         return self.identities.get(key, self.default)
 
+    def begin_tick(self) -> None:
+        pass
+
+    def resolve_key(self, key: int) -> TenantIdentity:
+        self.calls.append((key, None, -1, ValueFlag.NONE, None))
+        return self.identities.get(key, self.default)
+
     def expire(self) -> tuple[str, ...]:
         self.expire_calls += 1
         out, self.to_expire = tuple(self.to_expire), []

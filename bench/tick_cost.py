@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""What one daemon tick costs in user space per distinct identity, without the kernel.
+
+A stand-in for the kernel side (it implements kernel/interface.py's KernelProbes, nothing is
+loaded) hands the real Daemon ticks shaped like bench/scale.py's burst: N tenants, each new on
+both sides in the first tick (its raw value, a request, a latency bucket, connections opened,
+on-CPU time), then ticks where the same keys come back (known keys, no raw value).  Each
+tick runs through Daemon.tick() (aggregation, detection, enforcement in dry-run, the snapshot)
+exactly as in the daemon; then /metrics is rendered once.  Prints ms per tick and µs per
+identity drained, best of --rounds, and with --profile the top functions of the first tick.
+
+    .venv/bin/python bench/tick_cost.py [--tenants 10000] [--rounds 3] [--profile]
+
+The conversion of the kernel's map rows into records (kernel/loader.py drain) is not in these
+figures: bench/scale.py measures the whole tick with real BPF maps.  No root needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import pstats
+import time
+
+from tenantwatch.config import parse_config
+from tenantwatch.daemon import Daemon
+from tenantwatch.kernel.records import CpuCounts, IdentityCounts, KernelTick, Side, ValueFlag
+
+BUCKETS = 17  # the default 16 bounds + Inf
+
+
+class StandInProbes:
+    """KernelProbes with scripted ticks (kernel/interface.py); a stand-in, named as such."""
+
+    drain_path = "stand-in"
+
+    def __init__(self) -> None:
+        self.loaded = False
+        self.probes: dict[str, bool] = {}
+        self.next: KernelTick | None = None
+
+    def load(self) -> None:
+        self.loaded = True
+
+    def set_targets(self, tgids):
+        return set(), set()
+
+    def targets(self) -> set[int]:
+        return set()
+
+    def forget_connections(self, live) -> int:
+        return 0
+
+    def drain(self) -> KernelTick:
+        tick, self.next = self.next, None
+        assert tick is not None
+        return tick
+
+    def poll_h2(self) -> tuple:
+        return ()
+
+    def close(self) -> None:
+        self.loaded = False
+
+
+def make_tick(tenants: int, first: bool, base_key: int) -> KernelTick:
+    ids: list[IdentityCounts] = []
+    cpu: list[CpuCounts] = []
+    lat = tuple(1 if i == 3 else 0 for i in range(BUCKETS))
+    for i in range(tenants):
+        name = f"t{i}".encode()
+        for side, src in ((Side.SERVER, 1), (Side.CLIENT, 0)):
+            key = base_key + 2 * i + (side is Side.CLIENT)
+            ids.append(IdentityCounts(
+                key=key, side=side, raw_value=name if first else None, source_index=src,
+                flags=ValueFlag.NONE, requests_by_class=(0, 1, 0, 0, 0, 0), request_heads=1,
+                rx_bytes=900, tx_bytes=1400, latency_buckets=lat, latency_sum_ns=800_000,
+                connections_opened=5 if first else 0, connections_closed=0))
+            cpu.append(CpuCounts(key=key, tgid=4242, cpu=i % 2, side=side, ns=30_000))
+    return KernelTick(identities=tuple(ids), lost={}, targets=1, probes={},
+                      monotonic_ns=time.monotonic_ns(), cpu=tuple(cpu))
+
+
+def daemon(tenants: int) -> tuple[Daemon, StandInProbes]:
+    config = parse_config({
+        "targets": [{"process": "nginx"}],
+        "tenancy": {"max_tenants": tenants,
+                    "sources": [{"header": "X-Tenant-Context", "side": "client",
+                                 "trusted": True},
+                                {"header": "X-Tenant-ID", "side": "server"}]},
+        "capture": {"slow_request_seconds": 0},
+    }, env={})
+    probes = StandInProbes()
+    d = Daemon(config, probes=probes)
+    probes.load()
+    return d, probes
+
+
+def timed_tick(d: Daemon, probes: StandInProbes, tick: KernelTick,
+               profile: cProfile.Profile | None = None) -> float:
+    probes.next = tick
+    gc.collect()
+    started = time.perf_counter()
+    if profile is not None:
+        profile.enable()
+    d.tick()
+    if profile is not None:
+        profile.disable()
+    return time.perf_counter() - started
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tenants", type=int, default=10000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--profile", action="store_true", help="cProfile the first tick")
+    args = ap.parse_args()
+    n = 2 * args.tenants
+    best: dict[str, float] = {}
+    for r in range(args.rounds):
+        d, probes = daemon(args.tenants)
+        prof = cProfile.Profile() if args.profile and r == 0 else None
+        first = make_tick(args.tenants, True, 1 << 40)
+        again = make_tick(args.tenants, False, 1 << 40)
+        times = {"new": timed_tick(d, probes, first, prof),
+                 "known": timed_tick(d, probes, again)}
+        probes.next = KernelTick(identities=(), lost={}, targets=1, probes={},
+                                 monotonic_ns=time.monotonic_ns())
+        times["idle"] = timed_tick(d, probes, probes.next)
+        started = time.perf_counter()
+        body = b"".join(d.metrics_body()) if hasattr(d, "metrics_body") else b""
+        times["metrics"] = time.perf_counter() - started if body else float("nan")
+        for k, v in times.items():
+            best[k] = min(best.get(k, v), v)
+        print(f"round {r + 1}: " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in times.items()),
+              flush=True)
+        if prof is not None:
+            pstats.Stats(prof).sort_stats("cumulative").print_stats(30)
+    print(f"\n{args.tenants} tenants, {n} identities a tick (both sides), best of {args.rounds}:")
+    print(f"  tick, every identity new     {best['new'] * 1e3:8.1f} ms  "
+          f"{best['new'] / n * 1e6:6.1f} µs per identity")
+    print(f"  tick, the same keys again    {best['known'] * 1e3:8.1f} ms  "
+          f"{best['known'] / n * 1e6:6.1f} µs per identity")
+    print(f"  tick, nothing drained        {best['idle'] * 1e3:8.1f} ms  "
+          f"(detection over {args.tenants} known tenants)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
