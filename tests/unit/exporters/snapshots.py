@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from tenantwatch.aggregation.records import Snapshot, TenantSideStats
+from tenantwatch.aggregation.records import BackendUsage, Snapshot, TenantSideStats
 from tenantwatch.kernel.records import STATUS_CLASSES, Side
 
 BOUNDS: tuple[float, ...] = (0.001, 0.01, 0.1)
@@ -69,3 +70,18 @@ def make_snapshot(
         ready=ready,
         taken_at_unix=taken_at,
     )
+
+
+def full_snapshot() -> Snapshot:
+    """The shared snapshot plus CPU, run-queue delay, PSI, a backend cgroup and the kernel's
+    tables, so every Snapshot family has samples (every OTLP instrument has points)."""
+    snap = make_snapshot(
+        dataclasses.replace(ACME_CLIENT, cpu_seconds=0.25),
+        dataclasses.replace(ACME_SERVER, cpu_seconds=1.5),
+        dataclasses.replace(GLOBEX_SERVER, cpu_seconds=0.125),
+    )
+    return dataclasses.replace(snap, runq_bounds_seconds=(1e-6, 4e-6),
+                               runq_buckets=(5, 8, 11), runq_sum_seconds=0.002,
+                               psi_some_avg10=12.5,
+                               backends={"acme": BackendUsage(3.5, 0.25, 7, 2)},
+                               tables={"conns": (12, 65536), "agg0": (3, 4096)})

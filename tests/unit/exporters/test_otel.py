@@ -17,7 +17,6 @@ from collections.abc import Iterator
 import pytest
 
 from tenantwatch import __version__
-from tenantwatch.aggregation.records import BackendUsage, Snapshot
 from tenantwatch.exporters.otel import (
     OtelMetricsExporter,
     metrics_url,
@@ -31,6 +30,7 @@ from tests.unit.exporters.snapshots import (
     BOUNDS,
     GLOBEX_SERVER,
     classes,
+    full_snapshot,
     make_snapshot,
 )
 
@@ -63,21 +63,6 @@ EXPECTED = {
     "tenantwatch.ticks": ("{tick}", "sum", set()),
 }
 CUMULATIVE = 2  # opentelemetry.proto.metrics.v1.AggregationTemporality
-
-
-def full_snapshot() -> Snapshot:
-    """The shared snapshot plus CPU, run-queue delay, PSI, a backend cgroup and the kernel's
-    tables, so every instrument has points."""
-    snap = make_snapshot(
-        dataclasses.replace(ACME_CLIENT, cpu_seconds=0.25),
-        dataclasses.replace(ACME_SERVER, cpu_seconds=1.5),
-        dataclasses.replace(GLOBEX_SERVER, cpu_seconds=0.125),
-    )
-    return dataclasses.replace(snap, runq_bounds_seconds=(1e-6, 4e-6),
-                               runq_buckets=(5, 8, 11), runq_sum_seconds=0.002,
-                               psi_some_avg10=12.5,
-                               backends={"acme": BackendUsage(3.5, 0.25, 7, 2)},
-                               tables={"conns": (12, 65536), "agg0": (3, 4096)})
 
 
 def key(**attrs: str) -> tuple[tuple[str, str], ...]:
