@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tenantwatch.exporters import catalog
 from tests.conftest import require
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,48 +38,9 @@ UIDS = {
     "tenantwatch-health.json": "tenantwatch-health",
     "tenantwatch-fleet.json": "tenantwatch-fleet",
 }
-# Every metric name the dashboards and rules may use: the ones on /metrics today (README) and the
-# CPU, detection, enforcement, power and fleet ones (docs/conventions.md).
-HISTOGRAMS = {
-    "tenantwatch_http_server_request_duration_seconds",
-    "tenantwatch_http_client_request_duration_seconds",
-    "tenantwatch_runqueue_delay_seconds",
-    "tenantwatch_tick_duration_seconds",
-}
-METRICS = {
-    "tenantwatch_http_server_requests_total",
-    "tenantwatch_http_client_requests_total",
-    "tenantwatch_http_server_received_bytes_total",
-    "tenantwatch_http_server_sent_bytes_total",
-    "tenantwatch_connections_active",
-    "tenantwatch_connections_opened_total",
-    "tenantwatch_connection_duration_seconds_sum",
-    "tenantwatch_connection_duration_seconds_count",
-    "tenantwatch_identity_rejected_total",
-    "tenantwatch_events_lost_total",
-    "tenantwatch_probe_attached",
-    "tenantwatch_build_info",
-    "tenantwatch_targets",
-    "tenantwatch_ticks_total",
-    "tenantwatch_cpu_seconds_total",
-    "tenantwatch_tenant_cpu_share",
-    "tenantwatch_noisy_neighbour",
-    "tenantwatch_hotspot",
-    "tenantwatch_cpu_cap_cores",
-    "tenantwatch_enforcement_actions_total",
-    "tenantwatch_registry_tenants",
-    "tenantwatch_registry_stale",
-    "tenantwatch_registry_age_seconds",
-    "tenantwatch_registry_read_failures_total",
-    "tenantwatch_isolation_breaches_total",
-    "tenantwatch_isolation_responses_checked_total",
-    "tenantwatch_isolation_responses_unchecked_total",
-    "tenantwatch_kernel_table_entries",
-    "tenantwatch_kernel_table_capacity",
-    "tenantwatch_tenant_energy_joules_total",
-    "tenantwatch_node_power_watts",
-    "tenantwatch_node_temperature_celsius",
-} | {h + s for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
+# Every series name the dashboards and rules may read: those /metrics has (the metric catalog,
+# tenantwatch/exporters/catalog.py; a counter's `_total`, a histogram's `_bucket`, `_sum`, `_count`).
+METRICS = {name for m in catalog.METRICS if m.scraped for name in m.series()}
 SEVERITIES = {"critical", "warning", "info"}
 GRAFANA_BUILTINS = {"__rate_interval", "__interval", "__range", "__interval_ms", "__range_s"}
 ALERT_NAME = re.compile(r"^Tenantwatch[A-Z][A-Za-z0-9]*$")
