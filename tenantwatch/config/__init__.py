@@ -97,9 +97,10 @@ Environment (wins over the file; an empty value counts as unset):
 
 # The package, one module per concern: constants.py (defaults, limits, environment variables),
 # records.py (the frozen dataclasses), validators.py (small shared checks), one module per section
-# (tenancy.py with targets, enforcement.py, capture.py, exporting.py for metrics, power and otel;
-# detection's own settings live in detection/settings.py), and load.py (YAML, conf.d, environment,
-# parse_config, advisories).  What other modules import is re-exported here.
+# (tenancy.py with targets, enforcement.py, capture.py, detection.py, exporting.py for metrics,
+# power and otel), and load.py (YAML, conf.d, environment, parse_config, advisories).  What other
+# modules import is re-exported here; the stages import their settings types from here, never
+# the other way round.
 
 from __future__ import annotations
 
@@ -133,6 +134,7 @@ from tenantwatch.config.constants import (
     MIN_DEFAULT_IDENTITIES,
     RESERVED_IDENTITIES,
 )
+from tenantwatch.config.detection import DetectionSettings
 from tenantwatch.config.load import CONF_D, advisories, load_config, parse_config
 from tenantwatch.config.records import (
     Capture,
@@ -157,7 +159,7 @@ __all__ = [
     "ENV_VARS", "JUNK_IDENTITIES", "JWT_ALGORITHMS", "LOG_FORMATS", "LOG_LEVELS", "MAX_COMM",
     "MAX_HEADER_NAME", "MAX_IDENTITIES_LIMIT", "MAX_LATENCY_BUCKETS", "MAX_SOURCES",
     "MAX_TARGETS", "MAX_TENANTS_LIMIT", "MIN_DEFAULT_IDENTITIES", "RESERVED_IDENTITIES",
-    "RESERVED_LABELS", "Capture", "Config", "Enforcement", "Metrics", "Otel", "Power", "Registry",
-    "ResponseCheck", "Source", "Target", "Tenancy", "advisories", "default_max_identities",
-    "load_config", "parse_config",
+    "RESERVED_LABELS", "Capture", "Config", "DetectionSettings", "Enforcement", "Metrics", "Otel",
+    "Power", "Registry", "ResponseCheck", "Source", "Target", "Tenancy", "advisories",
+    "default_max_identities", "load_config", "parse_config",
 ]

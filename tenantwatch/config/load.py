@@ -19,6 +19,7 @@ from tenantwatch.config.constants import (
     ENV_LOG_LEVEL,
     LOG_LEVELS,
 )
+from tenantwatch.config.detection import parse_detection
 from tenantwatch.config.enforcement import _parse_enforcement
 from tenantwatch.config.exporting import _parse_metrics, _parse_otel, _parse_power
 from tenantwatch.config.records import Capture, Config, Tenancy
@@ -33,7 +34,6 @@ from tenantwatch.config.validators import (
     _str,
     _warn_unknown_env,
 )
-from tenantwatch.detection.settings import parse_detection
 from tenantwatch.errors import ConfigError
 from tenantwatch.logs import LOG_FORMATS  # one list, shared with the CLI
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from tenantwatch.config.detection import DetectionSettings
 from tenantwatch.config.validators import _host_regex, _split_listen
-from tenantwatch.detection.settings import DetectionSettings
 from tenantwatch.enforcement.settings import Placement
 from tenantwatch.kernel.records import Side
 

@@ -10,9 +10,8 @@ from tenantwatch.detection.records import (
     Verdict,
     WorkerTick,
 )
-from tenantwatch.detection.settings import DetectionSettings, parse_detection
 
 __all__ = [
-    "RESERVED", "CpuTick", "DetectionResult", "DetectionSettings", "Detector", "Hotspot",
-    "NodeTick", "TenantTick", "Verdict", "WorkerTick", "parse_detection",
+    "RESERVED", "CpuTick", "DetectionResult", "Detector", "Hotspot", "NodeTick", "TenantTick",
+    "Verdict", "WorkerTick",
 ]

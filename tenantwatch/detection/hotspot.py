@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from tenantwatch.config.detection import DetectionSettings
 from tenantwatch.detection.records import Hotspot
-from tenantwatch.detection.settings import DetectionSettings
 from tenantwatch.detection.window import Hysteresis, Latch, Usage, WindowStats
 
 HotspotKey = tuple[Literal["cpu", "worker"], str, str]  # (kind, id, tenant)

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tenantwatch.config.detection import DetectionSettings
 from tenantwatch.detection.records import Verdict
-from tenantwatch.detection.settings import DetectionSettings
 from tenantwatch.detection.window import Baseline, Hysteresis, Latch, WindowStats, p99
 
 # A verdict lists at most this many victims (the worst first), so that one log line stays one

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import random
 
-from tenantwatch.detection import CpuTick, DetectionSettings, Detector, Hotspot, WorkerTick
+from tenantwatch.config import DetectionSettings
+from tenantwatch.detection import CpuTick, Detector, Hotspot, WorkerTick
 from tenantwatch.detection.records import NodeTick
 from tests.unit.detection.ticks import node, run
 

@@ -6,7 +6,8 @@ import dataclasses
 from types import MappingProxyType
 from typing import Any
 
-from tenantwatch.detection import DetectionSettings, Detector, Verdict
+from tenantwatch.config import DetectionSettings
+from tenantwatch.detection import Detector, Verdict
 from tenantwatch.detection.records import NodeTick
 from tests.unit.detection.ticks import CALM, INCIDENT_CPU, Phase, node, replay, run, tenant
 

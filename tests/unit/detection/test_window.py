@@ -6,7 +6,8 @@ import dataclasses
 
 import pytest
 
-from tenantwatch.detection import CpuTick, DetectionSettings, Detector, TenantTick, WorkerTick
+from tenantwatch.config import DetectionSettings
+from tenantwatch.detection import CpuTick, Detector, TenantTick, WorkerTick
 from tenantwatch.detection.window import Baseline, Hysteresis, Window, p99
 from tests.unit.detection.ticks import BOUNDS, CALM, INCIDENT_CPU, buckets, node, run, tenant
 

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tenantwatch.detection import DetectionSettings, parse_detection
+from tenantwatch.config import DetectionSettings
+from tenantwatch.config.detection import parse_detection
 from tenantwatch.errors import ConfigError
 
 

@@ -1,4 +1,4 @@
-"""The ``detection:`` section of the config file -> a frozen ``DetectionSettings``.
+"""The ``detection:`` section -> a frozen ``DetectionSettings`` (the detection stage's settings).
 
 ``parse_detection(value, field)`` takes the parsed YAML value of the section (None when the section
 is absent) and the section's dotted name; it gives ``DetectionSettings`` or raises
