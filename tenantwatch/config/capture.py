@@ -6,7 +6,6 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from tenantwatch.checks import int_in_range as _int
 from tenantwatch.config.constants import (
     DEFAULT_LATENCY_BUCKETS,
     ENV_TICK_SECONDS,
@@ -21,6 +20,7 @@ from tenantwatch.config.validators import (
     _bool,
     _check_keys,
     _choice,
+    _int,
     _list,
     _lower,
     _mapping,

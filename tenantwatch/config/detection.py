@@ -8,15 +8,12 @@ is absent) and the section's dotted name; it gives ``DetectionSettings`` or rais
 
 from __future__ import annotations
 
-import difflib
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
-from tenantwatch.checks import int_in_range as _int
-from tenantwatch.checks import type_name as _type_name
+from tenantwatch.config.validators import _check_keys, _int, _mapping, _number, _type_name
 from tenantwatch.errors import ConfigError
 from tenantwatch.identity.records import RESERVED_LABELS
 
@@ -56,19 +53,15 @@ class DetectionSettings:
 
 def parse_detection(value: Any, field: str) -> DetectionSettings:
     """Validate the ``detection`` section ``value`` (None -> all defaults) found at ``field``."""
-    if value is None:
-        return DetectionSettings()
-    if not isinstance(value, Mapping):
-        raise ConfigError(field, f"expected a mapping, got {_type_name(value)}")
-    known = tuple(f.name for f in fields(DetectionSettings))
-    _check_keys(value, known, field)
+    m = _mapping(value, field)
+    _check_keys(m, (f.name for f in fields(DetectionSettings)), field)
     d = DetectionSettings()
 
     def num(key: str, lo: float, hi: float, *, lo_open: bool = False) -> float:
-        return _number(value.get(key, getattr(d, key)), f"{field}.{key}", lo, hi, lo_open)
+        return _number(m.get(key, getattr(d, key)), f"{field}.{key}", lo, hi, lo_open)
 
     def integer(key: str, lo: int, hi: int) -> int:
-        return _int(value.get(key, getattr(d, key)), f"{field}.{key}", lo, hi)
+        return _int(m.get(key, getattr(d, key)), f"{field}.{key}", lo, hi)
 
     window = num("window_seconds", MIN_WINDOW_SECONDS, MAX_WINDOW_SECONDS)
     baseline = num("baseline_seconds", 1.0, MAX_BASELINE_SECONDS)
@@ -82,7 +75,7 @@ def parse_detection(value: Any, field: str) -> DetectionSettings:
         release_factor=num("release_factor", MIN_RELEASE_FACTOR, 1.0),
         min_share=num("min_share", 0.0, 1.0, lo_open=True),
         share_factor=num("share_factor", 1.0, MAX_SHARE_FACTOR),
-        quotas=_quotas(value.get("quotas"), f"{field}.quotas"),
+        quotas=_quotas(m.get("quotas"), f"{field}.quotas"),
         psi_threshold_percent=num("psi_threshold_percent", 0.0, 100.0, lo_open=True),
         runq_p99_threshold_seconds=num("runq_p99_threshold_seconds", 0.0, MAX_LATENCY_SECONDS,
                                        lo_open=True),
@@ -110,25 +103,3 @@ def _quotas(value: Any, field: str) -> Mapping[str, float]:
             raise ConfigError(f, f"{tenant} is a reserved label and is never flagged")
         out[tenant] = _number(quota, f, 0.0, 1.0, lo_open=True)
     return MappingProxyType(out)
-
-
-def _check_keys(m: Mapping[Any, Any], allowed: tuple[str, ...], field: str) -> None:
-    unknown = [str(k) for k in m if k not in allowed]
-    if not unknown:
-        return
-    close = difflib.get_close_matches(unknown[0], allowed, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise ConfigError(f"{field}.{unknown[0]}",
-                      f"unknown key {unknown[0]!r}{hint}; known: {', '.join(allowed)}")
-
-
-
-
-def _number(value: Any, field: str, lo: float, hi: float, lo_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(field, f"expected a number, got {_type_name(value)}")
-    low_ok = value > lo if lo_open else value >= lo
-    if not (math.isfinite(value) and low_ok and value <= hi):
-        span = f"({lo:g}, {hi:g}]" if lo_open else f"[{lo:g}, {hi:g}]"
-        raise ConfigError(field, f"must be a finite number in {span}, got {value}")
-    return float(value)

@@ -9,7 +9,6 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from tenantwatch.checks import int_in_range as _int
 from tenantwatch.config.constants import (
     _RESERVED,
     _TARGET_NAME,
@@ -30,6 +29,7 @@ from tenantwatch.config.validators import (
     _check_keys,
     _choice,
     _host_template,
+    _int,
     _list,
     _lower,
     _mapping,

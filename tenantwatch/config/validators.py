@@ -11,13 +11,16 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Callable
 
-from tenantwatch.checks import type_name as _type_name
 from tenantwatch.config.constants import _HOST_LITERAL, _HOSTNAME, _PORT, ENV_VARS
 from tenantwatch.errors import ConfigError
 
 log = logging.getLogger("tenantwatch.config")
 
 # --- small validators ------------------------------------------------------------------------
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
 
 
 def _join(field: str, key: str) -> str:
@@ -90,12 +93,25 @@ def _bool(value: Any, field: str) -> bool:
     return value
 
 
-def _number(value: Any, field: str, lo: float, hi: float) -> float:
+def _int(value: Any, field: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(field, f"expected an integer, got {_type_name(value)}")
+    if not lo <= value <= hi:
+        raise ConfigError(field, f"must be in {lo}..{hi}, got {value}")
+    return value
+
+
+def _number(value: Any, field: str, lo: float, hi: float, lo_open: bool = False) -> float:
+    """A finite int or float in lo..hi (both included), or in (lo, hi] with ``lo_open``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(field, f"expected a number, got {_type_name(value)}")
-    if not (math.isfinite(value) and lo <= value <= hi):
-        upper = "" if math.isinf(hi) else f"..{hi:g}"
-        raise ConfigError(field, f"must be a finite number in {lo:g}{upper}, got {value}")
+    low_ok = value > lo if lo_open else value >= lo
+    if not (math.isfinite(value) and low_ok and value <= hi):
+        if lo_open:
+            span = f"({lo:g}, {hi:g}]" if math.isfinite(hi) else f"({lo:g}, inf)"
+        else:
+            span = f"{lo:g}" if math.isinf(hi) else f"{lo:g}..{hi:g}"
+        raise ConfigError(field, f"must be a finite number in {span}, got {value}")
     return float(value)
 
 
