@@ -3,14 +3,19 @@
  * the HTTP probes keep).
  *
  * A target thread's current identity is the request of the connection of its
- * latest traced syscall (set by tw_thread_set() from http.c).  On sched_switch,
- * the slice that just ended is charged to that identity in tw_cpu0/1, keyed by
- * (identity, process, CPU, side); a thread with no current request is charged to
- * TW_KEY_UNATTRIBUTED, so the entries of a process add up to its CPU time.
+ * latest traced syscall (set by tw_thread_set() from http.c).  Its on-CPU time is cut at
+ * every traced syscall's entry (tw_cpu_mark) and at every context switch: the piece since
+ * the previous cut goes to the identity current during it, in tw_cpu keyed by (identity,
+ * process, CPU, side).  So an event loop that serves requests of several tenants in one
+ * slice (nginx, HAProxy, Envoy) charges each its own work, not the whole slice to the last
+ * one.  Pieces of the same identity add up in the thread's slot (acc_ns) and reach the map
+ * when the identity changes or the slice ends.  A thread with no current request is charged
+ * to TW_KEY_UNATTRIBUTED, so the entries of a process add up to its CPU time.
  * Wakeup -> running delays of target threads go to the tw_runq histogram.
  *
- * Cost: sched_switch runs for every context switch on the machine; for
- * non-target tasks it is two array lookups and a timestamp.
+ * Cost: sched_switch runs for every context switch on the machine; for non-target tasks
+ * it is two array lookups and a timestamp.  A target's traced syscall entry adds a timestamp
+ * and, when the identity changed since the last cut, one tw_cpu update.
  */
 
 /* CPU entries per tick: identities x processes x CPUs.  Set by the loader to four per
@@ -26,6 +31,11 @@ struct tw_thread {
 	__u64 wake_ns;   /* last wakeup, 0 when not waiting */
 	__u32 side;
 	__u32 attributed; /* key is a request's identity (else TW_KEY_UNATTRIBUTED) */
+	__u64 mark_ns;   /* the last cut of its on-CPU time (tw_cpu_mark), 0 none yet */
+	__u64 acc_ns;    /* on-CPU time since earlier cuts, not yet in tw_cpu: acc_key's */
+	__u64 acc_key;
+	__u32 acc_side;
+	__u32 _pad;
 };
 
 BPF_ARRAY(tw_threads, struct tw_thread, TW_MAX_THREADS);
@@ -51,6 +61,8 @@ static __always_inline void tw_thread_work(__u64 key, __u32 side, __u32 attribut
 	if (t->id != id) {
 		t->id = id;
 		t->wake_ns = 0;
+		t->mark_ns = 0;
+		t->acc_ns = 0;
 	}
 	if (attributed) {
 		t->key = key;
@@ -108,6 +120,56 @@ static __always_inline void tw_cpu_charge(struct tw_ctl *ctl, struct tw_cpu_key 
 	__sync_fetch_and_add(v, ns);
 }
 
+/* Thread t's accumulated time to tw_cpu, under the identity it was earned for. */
+static __always_inline void tw_cpu_flush(struct tw_ctl *ctl, struct tw_thread *t, __u64 id)
+{
+	if (!t->acc_ns)
+		return;
+	struct tw_cpu_key k = {
+		.key = t->acc_key,
+		.tgid = id >> 32,
+		.cpu = (__u16)bpf_get_smp_processor_id(),
+		.side = (__u8)t->acc_side,
+	};
+	tw_cpu_charge(ctl, &k, t->acc_ns);
+	t->acc_ns = 0;
+}
+
+/* A piece of thread t's on-CPU time, `ns`, belongs to its current identity: added to what it
+ * holds for that identity, after flushing what it held for another one. */
+static __always_inline void tw_cpu_cut(struct tw_ctl *ctl, struct tw_thread *t, __u64 id,
+				       __u64 ns)
+{
+	__u64 key = t->attributed ? t->key : TW_KEY_UNATTRIBUTED;
+	__u32 side = t->attributed ? t->side : TW_SIDE_SERVER;
+	if (t->acc_ns && (t->acc_key != key || t->acc_side != side))
+		tw_cpu_flush(ctl, t, id);
+	t->acc_key = key;
+	t->acc_side = side;
+	t->acc_ns += ns;
+}
+
+/* A traced syscall of a target thread begins: the work since the thread's last cut was for its
+ * current identity (the request of its previous syscall's connection).  A thread that owns no
+ * slot yet (no parsed syscall) is charged at the context switch, as unattributed. */
+static __always_inline void tw_cpu_mark(void)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct tw_thread *t = tw_thread_slot((__u32)id);
+	if (!t || t->id != id)
+		return;
+	__u32 zero = 0;
+	__u64 *start = tw_cpu_start.lookup(&zero);
+	struct tw_ctl *ctl = tw_ctl.lookup(&zero);
+	if (!start || !ctl)
+		return;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 from = t->mark_ns > *start ? t->mark_ns : *start;
+	if (from && now > from)
+		tw_cpu_cut(ctl, t, id, now - from);
+	t->mark_ns = now;
+}
+
 /* sched_switch (the TRACEPOINT_PROBE lines live in http.c: bcc generates the
  * tracepoint argument structs only for probes in the main file). */
 static __always_inline int tw_sched_switch(__u32 next_pid)
@@ -121,21 +183,25 @@ static __always_inline int tw_sched_switch(__u32 next_pid)
 	*start = now;
 	struct tw_ctl *ctl = 0;
 
-	/* The task leaving the CPU (the current task here) ran since `began`. */
+	/* The task leaving the CPU (the current task here) ran since `began`; the part before
+	 * its last cut was charged at the cut (tw_cpu_mark). */
 	if (began && now > began && tw_is_target() && (ctl = tw_ctl.lookup(&zero))) {
 		__u64 id = bpf_get_current_pid_tgid();
-		struct tw_cpu_key k = {
-			.key = TW_KEY_UNATTRIBUTED,
-			.tgid = id >> 32,
-			.cpu = (__u16)bpf_get_smp_processor_id(),
-			.side = TW_SIDE_SERVER,
-		};
 		struct tw_thread *t = tw_thread_slot((__u32)id);
-		if (t && t->id == id && t->attributed) {
-			k.key = t->key;
-			k.side = (__u8)t->side;
+		if (t && t->id == id) {
+			__u64 from = t->mark_ns > began ? t->mark_ns : began;
+			tw_cpu_cut(ctl, t, id, now > from ? now - from : 0);
+			tw_cpu_flush(ctl, t, id);
+			t->mark_ns = now;
+		} else {
+			struct tw_cpu_key k = {
+				.key = TW_KEY_UNATTRIBUTED,
+				.tgid = id >> 32,
+				.cpu = (__u16)bpf_get_smp_processor_id(),
+				.side = TW_SIDE_SERVER,
+			};
+			tw_cpu_charge(ctl, &k, now - began);
 		}
-		tw_cpu_charge(ctl, &k, now - began);
 	}
 
 	/* The task getting the CPU: if it is a target thread that was woken up,

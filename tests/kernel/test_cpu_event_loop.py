@@ -1,0 +1,120 @@
+"""CPU attribution in an event loop, the way nginx, HAProxy and Envoy work: one thread serves
+many connections of several tenants, and one wakeup handles requests of different tenants
+back to back.  The traced server is a single-threaded selectors loop that burns a known CPU
+time per request (by tenant) and records time.thread_time() per tenant itself: the ground
+truth.  Each tenant's attributed CPU must be within 10 % of it.
+
+Charging a whole scheduler slice to the identity current at the context switch (the rule
+before this test) fails here: a slice spans requests of every tenant, and goes to the last."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from tests.kernel.test_cpu import cpu_by_name
+
+SERVER = r"""
+import ctypes, json, selectors, socket, sys, time
+ctypes.CDLL(None).prctl(15, b"python3-twsrv", 0, 0, 0)  # PR_SET_NAME
+COST = {"heavy": 0.004, "medium": 0.002, "light": 0.0005}  # CPU seconds per request
+truth = {}
+sel = selectors.DefaultSelector()
+ls = socket.create_server(("127.0.0.1", 0))
+ls.setblocking(False)
+sel.register(ls, selectors.EVENT_READ)
+print(ls.getsockname()[1], flush=True)
+bufs = {}
+while True:
+    for key, _ in sel.select():
+        if key.fileobj is ls:
+            c, _ = ls.accept()
+            c.setblocking(False)
+            bufs[c] = b""
+            sel.register(c, selectors.EVENT_READ)
+            continue
+        c = key.fileobj
+        t0 = time.thread_time()
+        try:
+            data = c.recv(65536)
+        except BlockingIOError:
+            continue
+        if not data:
+            sel.unregister(c)
+            c.close()
+            continue
+        buf = bufs[c] + data
+        out = b""
+        while b"\r\n\r\n" in buf:
+            head, buf = buf.split(b"\r\n\r\n", 1)
+            tenant = head.split(b"X-Tenant-ID: ")[1].split(b"\r\n")[0].decode()
+            if head.startswith(b"GET /truth"):
+                body = json.dumps(truth).encode()
+            else:
+                t1 = time.thread_time()
+                while time.thread_time() - t1 < COST[tenant]:
+                    pass
+                body = b"ok\n"
+            out += b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+            c.sendall(out)  # one response per write: each ends its request's work
+            out = b""
+            now = time.thread_time()
+            if not head.startswith(b"GET /truth"):
+                truth[tenant] = truth.get(tenant, 0) + now - t0
+            t0 = now
+        bufs[c] = buf
+"""
+
+PLAN = {"heavy": 150, "medium": 200, "light": 400}  # requests per connection
+CONNECTIONS = 3  # per tenant, each with one request in flight: a wakeup serves several tenants
+
+
+def _get(sock: socket.socket, tenant: str, path: str = "/") -> bytes:
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\nX-Tenant-ID: {tenant}\r\n\r\n".encode())
+    got = b""
+    deadline = time.monotonic() + 20
+    while b"\r\n\r\n" not in got or len(got.split(b"\r\n\r\n", 1)[1]) < int(
+            got.split(b"Content-Length: ")[1].split(b"\r\n")[0]):
+        assert time.monotonic() < deadline
+        chunk = sock.recv(65536)
+        assert chunk
+        got += chunk
+    return got.split(b"\r\n\r\n", 1)[1]
+
+
+def test_cpu_per_tenant_in_an_event_loop_within_10_percent(probes):
+    proc = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        probes.set_targets({proc.pid})
+        probes.drain()
+
+        def client(tenant: str, n: int) -> None:
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                for _ in range(n):
+                    _get(s, tenant)
+
+        threads = [threading.Thread(target=client, args=(t, n))
+                   for t, n in PLAN.items() for _ in range(CONNECTIONS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            truth = json.loads(_get(s, "x", "/truth"))
+        time.sleep(0.1)
+        tick = probes.drain()
+    finally:
+        proc.kill()
+        proc.wait(5)
+        probes.set_targets(set())
+    cpu = cpu_by_name(tick)
+    print("attributed", {k: round(v, 3) for k, v in cpu.items()},
+          "truth", {k: round(v, 3) for k, v in truth.items()})
+    for tenant in PLAN:
+        assert abs(cpu.get(tenant, 0) - truth[tenant]) <= 0.10 * truth[tenant], (tenant, cpu,
+                                                                                  truth)
