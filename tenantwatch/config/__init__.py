@@ -104,7 +104,6 @@ Environment (wins over the file; an empty value counts as unset):
 
 from __future__ import annotations
 
-from tenantwatch.config.capture import default_max_identities
 from tenantwatch.config.constants import (
     DEFAULT_CGROUP,
     DEFAULT_CONFIG_PATH,
@@ -133,6 +132,7 @@ from tenantwatch.config.constants import (
     MAX_TENANTS_LIMIT,
     MIN_DEFAULT_IDENTITIES,
     RESERVED_IDENTITIES,
+    default_max_identities,
 )
 from tenantwatch.config.detection import DetectionSettings
 from tenantwatch.config.load import CONF_D, advisories, load_config, parse_config

@@ -7,19 +7,19 @@ from collections.abc import Mapping
 from typing import Any
 
 from tenantwatch.config.constants import (
-    DEFAULT_LATENCY_BUCKETS,
     ENV_TICK_SECONDS,
-    JUNK_IDENTITIES,
     MAX_IDENTITIES_LIMIT,
     MAX_LATENCY_BUCKETS,
-    MIN_DEFAULT_IDENTITIES,
     RESERVED_IDENTITIES,
+    default_max_identities,
 )
 from tenantwatch.config.records import Capture
 from tenantwatch.config.validators import (
     _bool,
     _check_keys,
     _choice,
+    _default,
+    _getter,
     _int,
     _list,
     _lower,
@@ -31,21 +31,14 @@ from tenantwatch.errors import ConfigError
 from tenantwatch.kernel.records import Side
 
 
-def default_max_identities(max_tenants: int) -> int:
-    """capture.max_identities when the file gives none: every admitted tenant on both sides,
-    plus room for a tick's claimed junk values, at least MIN_DEFAULT_IDENTITIES."""
-    return max(MIN_DEFAULT_IDENTITIES, 2 * max_tenants + JUNK_IDENTITIES)
-
-
-def _parse_capture(value: Any, field: str, env: Mapping[str, str],
-                   max_tenants: int = 1000) -> Capture:
+def _parse_capture(value: Any, field: str, env: Mapping[str, str], max_tenants: int) -> Capture:
     m = _mapping(value, field)
     _check_keys(m, ("latency_buckets", "tick_seconds", "max_connections", "rescan_seconds",
                     "slow_request_seconds", "slow_requests_per_second", "tls",
                     "tokens_per_second", "h2_budget_ms_per_tick", "max_identities", "sides"),
                 field)
     f = f"{field}.latency_buckets"
-    items = _list(m.get("latency_buckets", DEFAULT_LATENCY_BUCKETS), f)
+    items = _list(m.get("latency_buckets", _default(Capture, "latency_buckets")), f)
     if not 1 <= len(items) <= MAX_LATENCY_BUCKETS:
         raise ConfigError(f, f"needs 1..{MAX_LATENCY_BUCKETS} bounds (the kernel's histogram "
                           f"slots), got {len(items)}")
@@ -55,25 +48,21 @@ def _parse_capture(value: Any, field: str, env: Mapping[str, str],
         if buckets and bound <= buckets[-1]:
             raise ConfigError(f"{f}[{i}]", f"{b} is not greater than the previous bound")
         buckets.append(bound)
-    tick, tick_field = _pick(m, "tick_seconds", field, 1.0, env, ENV_TICK_SECONDS, float)
+    tick, tick_field = _pick(m, "tick_seconds", field, _default(Capture, "tick_seconds"), env,
+                             ENV_TICK_SECONDS, float)
+    get = _getter(m, field, Capture)
     return Capture(
         latency_buckets=tuple(buckets),
         tick_seconds=_number(tick, tick_field, 0.1, 60.0),
-        max_connections=_int(m.get("max_connections", 65536), f"{field}.max_connections",
-                             1024, 1048576),
-        rescan_seconds=_number(m.get("rescan_seconds", 1.0), f"{field}.rescan_seconds",
-                               0.1, 3600.0),
-        slow_request_seconds=_number(m.get("slow_request_seconds", 0.5),
-                                     f"{field}.slow_request_seconds", 0.0, 3600.0),
-        slow_requests_per_second=_int(m.get("slow_requests_per_second", 20),
-                                      f"{field}.slow_requests_per_second", 1, 100000),
-        tls=_bool(m.get("tls", True), f"{field}.tls"),
-        tokens_per_second=_int(m.get("tokens_per_second", 100), f"{field}.tokens_per_second",
-                               1, 100000),
-        h2_budget_ms_per_tick=_number(m.get("h2_budget_ms_per_tick", 250.0),
-                                      f"{field}.h2_budget_ms_per_tick", 1.0, 60000.0),
+        max_connections=_int(*get("max_connections"), 1024, 1048576),
+        rescan_seconds=_number(*get("rescan_seconds"), 0.1, 3600.0),
+        slow_request_seconds=_number(*get("slow_request_seconds"), 0.0, 3600.0),
+        slow_requests_per_second=_int(*get("slow_requests_per_second"), 1, 100000),
+        tls=_bool(*get("tls")),
+        tokens_per_second=_int(*get("tokens_per_second"), 1, 100000),
+        h2_budget_ms_per_tick=_number(*get("h2_budget_ms_per_tick"), 1.0, 60000.0),
         max_identities=_max_identities(m, field, max_tenants),
-        sides=_sides(m.get("sides", [s.value for s in Capture.sides]), f"{field}.sides"),
+        sides=_sides(*get("sides")),
     )
 
 

@@ -29,10 +29,18 @@ JUNK_IDENTITIES = 2048
 RESERVED_IDENTITIES = 16
 MAX_IDENTITIES_LIMIT = 262_144
 
+
+def default_max_identities(max_tenants: int) -> int:
+    """capture.max_identities when the file gives none: every admitted tenant on both sides,
+    plus room for a tick's claimed junk values, at least MIN_DEFAULT_IDENTITIES."""
+    return max(MIN_DEFAULT_IDENTITIES, 2 * max_tenants + JUNK_IDENTITIES)
+
+
 DEFAULT_LISTEN = "127.0.0.1:9477"
 DEFAULT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
 DEFAULT_CGROUP = "/sys/fs/cgroup/tenants.slice/tenant-{tenant}.slice"
 DEFAULT_TENANT = "common"
+DEFAULT_JWT_CLAIM = "tenant_id"  # a jwt source's claim when it names none
 ENFORCEMENT_MODES = ("off", "dry-run", "enforce")
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")

@@ -13,7 +13,14 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
-from tenantwatch.config.validators import _check_keys, _int, _mapping, _number, _type_name
+from tenantwatch.config.validators import (
+    _check_keys,
+    _getter,
+    _int,
+    _mapping,
+    _number,
+    _type_name,
+)
 from tenantwatch.errors import ConfigError
 from tenantwatch.identity.records import RESERVED_LABELS
 
@@ -55,13 +62,13 @@ def parse_detection(value: Any, field: str) -> DetectionSettings:
     """Validate the ``detection`` section ``value`` (None -> all defaults) found at ``field``."""
     m = _mapping(value, field)
     _check_keys(m, (f.name for f in fields(DetectionSettings)), field)
-    d = DetectionSettings()
+    get = _getter(m, field, DetectionSettings)
 
     def num(key: str, lo: float, hi: float, *, lo_open: bool = False) -> float:
-        return _number(m.get(key, getattr(d, key)), f"{field}.{key}", lo, hi, lo_open)
+        return _number(*get(key), lo, hi, lo_open)
 
     def integer(key: str, lo: int, hi: int) -> int:
-        return _int(m.get(key, getattr(d, key)), f"{field}.{key}", lo, hi)
+        return _int(*get(key), lo, hi)
 
     window = num("window_seconds", MIN_WINDOW_SECONDS, MAX_WINDOW_SECONDS)
     baseline = num("baseline_seconds", 1.0, MAX_BASELINE_SECONDS)

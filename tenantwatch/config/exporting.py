@@ -7,7 +7,15 @@ from types import MappingProxyType
 from typing import Any
 
 from tenantwatch.config.records import Metrics, Otel, Power
-from tenantwatch.config.validators import _check_keys, _choice, _list, _mapping, _number, _str
+from tenantwatch.config.validators import (
+    _check_keys,
+    _choice,
+    _default,
+    _list,
+    _mapping,
+    _number,
+    _str,
+)
 from tenantwatch.errors import ConfigError
 
 
@@ -17,8 +25,9 @@ def _parse_metrics(value: Any, field: str) -> Metrics:
     m = _mapping(value, field)
     _check_keys(m, ("histograms",), field)
     f = f"{field}.histograms"
+    given = m.get("histograms", _default(Metrics, "histogram_sides"))
     sides = tuple(_choice(v, ("server", "client"), f"{f}[{i}]")
-                  for i, v in enumerate(_list(m.get("histograms", ["server", "client"]), f)))
+                  for i, v in enumerate(_list(given, f)))
     if len(set(sides)) != len(sides):
         raise ConfigError(f, "names a side twice")
     return Metrics(histogram_sides=sides)
@@ -48,11 +57,12 @@ def _parse_otel(value: Any, field: str) -> Otel:
         endpoint = _str(endpoint, f"{field}.endpoint")
         if not re.match(r"^https?://", endpoint):
             raise ConfigError(f"{field}.endpoint", f"must be an http(s) URL, got {endpoint!r}")
-    attrs = _mapping(m.get("resource_attributes", {}), f"{field}.resource_attributes")
+    attrs = _mapping(m.get("resource_attributes", _default(Otel, "resource_attributes")),
+                     f"{field}.resource_attributes")
     return Otel(
         endpoint=endpoint,
-        interval_seconds=_number(m.get("interval_seconds", 10.0), f"{field}.interval_seconds",
-                                 0.1, 3600.0),
+        interval_seconds=_number(m.get("interval_seconds", _default(Otel, "interval_seconds")),
+                                 f"{field}.interval_seconds", 0.1, 3600.0),
         resource_attributes=MappingProxyType(
             {str(k): _str(v, f"{field}.resource_attributes.{k}") for k, v in attrs.items()}),
     )

@@ -12,6 +12,7 @@ import yaml
 from tenantwatch.config.capture import _parse_capture
 from tenantwatch.config.constants import (
     DEFAULT_CONFIG_PATH,
+    DEFAULT_JWT_CLAIM,
     DEFAULT_LISTEN,
     ENV_CONFIG,
     ENV_LISTEN,
@@ -27,6 +28,7 @@ from tenantwatch.config.tenancy import _parse_targets, _parse_tenancy
 from tenantwatch.config.validators import (
     _check_keys,
     _choice,
+    _default,
     _lower,
     _mapping,
     _pick,
@@ -141,8 +143,10 @@ def parse_config(data: Any, env: Mapping[str, str] = os.environ) -> Config:
     listen, field = _pick(top, "listen", "", DEFAULT_LISTEN, env, ENV_LISTEN)
     listen = _str(listen, field)
     _split_listen(listen, field)
-    log_format, field = _pick(top, "log_format", "", "text", env, ENV_LOG_FORMAT)
-    log_level, level_field = _pick(top, "log_level", "", "info", env, ENV_LOG_LEVEL)
+    log_format, field = _pick(top, "log_format", "", _default(Config, "log_format"), env,
+                              ENV_LOG_FORMAT)
+    log_level, level_field = _pick(top, "log_level", "", _default(Config, "log_level"), env,
+                                   ENV_LOG_LEVEL)
     tenancy = _parse_tenancy(top.get("tenancy"), "tenancy", env)
     capture = _parse_capture(top.get("capture"), "capture", env, tenancy.max_tenants)
     _check_traced_sides(tenancy, capture)
@@ -196,7 +200,7 @@ def advisories(config: Config) -> list[str]:
         if s.kind == "jwt" and s.jwt is not None:
             missing = [k for k in ("audience", "issuer") if not s.jwt.get(k)]
             if missing:
-                out.append(f"the JWT source ({s.jwt.get('claim', 'tenant_id')} claim) has no "
+                out.append(f"the JWT source ({s.jwt.get('claim', DEFAULT_JWT_CLAIM)} claim) has no "
                            f"{' and no '.join(missing)}: any token signed with its keys counts, "
                            "also one issued to another service; set both")
         elif s.trusted:

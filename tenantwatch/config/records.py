@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from tenantwatch.config.constants import (
+    DEFAULT_CGROUP,
+    DEFAULT_LATENCY_BUCKETS,
+    DEFAULT_PATTERN,
+    DEFAULT_TENANT,
+    default_max_identities,
+)
 from tenantwatch.config.detection import DetectionSettings
-from tenantwatch.config.validators import _host_regex, _split_listen
+from tenantwatch.config.validators import _default, _host_regex, _split_listen, _template_dir
 from tenantwatch.enforcement.settings import Placement
 from tenantwatch.kernel.records import Side
 
@@ -29,8 +35,8 @@ class Source:
 
     kind: str  # "header" | "host" | "jwt"
     header: str  # the header for kind=header, "host" for host, "authorization" for jwt
-    side: Side | None  # None = both sides
-    trusted: bool  # only header sources can be trusted by configuration
+    side: Side | None = None  # None = both sides
+    trusted: bool = False  # only header sources can be trusted by configuration
     host_template: str | None = None  # kind=host: e.g. "{tenant}.api.example.com"
     jwt: Mapping[str, Any] | None = None  # kind=jwt: claim, jwks_file, algorithms ...
 
@@ -66,11 +72,11 @@ class ResponseCheck:
 class Tenancy:
     """How identity values become tenant labels, and the bounds on them."""
 
-    sources: tuple[Source, ...]
-    pattern: str
-    tenants: tuple[str, ...]
-    max_tenants: int
-    default: str | None
+    sources: tuple[Source, ...] = (Source(kind="header", header="x-tenant-id", side=Side.SERVER),)
+    pattern: str = DEFAULT_PATTERN
+    tenants: tuple[str, ...] = ()  # empty: any value that matches the pattern
+    max_tenants: int = 1000
+    default: str | None = DEFAULT_TENANT  # None: __unattributed__
     idle_seconds: float = 300.0
     registry: Registry | None = None
     response_check: ResponseCheck | None = None
@@ -85,8 +91,8 @@ class Enforcement:
     enforcement.settings.Placement or None.
     """
 
-    mode: str  # off | dry-run | enforce
-    cgroup: str  # path template containing {tenant}
+    mode: str = "dry-run"  # off | dry-run | enforce
+    cgroup: str = DEFAULT_CGROUP  # path template containing {tenant}
     root: str = ""
     floor: float = 0.1
     max_step: float = 0.5
@@ -103,15 +109,14 @@ class Enforcement:
 
     def __post_init__(self) -> None:
         if not self.root:
-            prefix = self.cgroup.split("{tenant}", 1)[0]
-            object.__setattr__(self, "root", os.path.dirname(prefix) or "/")
+            object.__setattr__(self, "root", _template_dir(self.cgroup))
 
 
 @dataclass(frozen=True)
 class Capture:
     """Kernel-side capture settings."""
 
-    latency_buckets: tuple[float, ...]
+    latency_buckets: tuple[float, ...] = DEFAULT_LATENCY_BUCKETS
     tick_seconds: float = 1.0
     max_connections: int = 65536
     rescan_seconds: float = 1.0
@@ -120,8 +125,9 @@ class Capture:
     tls: bool = True  # uprobes on the targets' libssl
     tokens_per_second: int = 100  # per CPU; the rest is counted (token_rate_limited)
     h2_budget_ms_per_tick: float = 250.0  # HTTP/2 decoding per tick; beyond: connections shed
-    # distinct identities per tick in the kernel (both sides); derived from max_tenants
-    max_identities: int = 4096
+    # distinct identities per tick in the kernel (both sides); derived from max_tenants: the
+    # parser computes it from the file's, this is what the default max_tenants gives
+    max_identities: int = default_max_identities(_default(Tenancy, "max_tenants"))
     # the legs whose connections the kernel follows: server (client -> gateway), client
     # (gateway -> upstream); an untraced leg costs its syscalls one failed lookup
     sides: tuple[Side, ...] = (Side.SERVER, Side.CLIENT)

@@ -13,8 +13,7 @@ from tenantwatch.config.constants import (
     _RESERVED,
     _TARGET_NAME,
     _TOKEN,
-    DEFAULT_PATTERN,
-    DEFAULT_TENANT,
+    DEFAULT_JWT_CLAIM,
     ENV_MAX_TENANTS,
     JWT_ALGORITHMS,
     MAX_COMM,
@@ -28,6 +27,8 @@ from tenantwatch.config.validators import (
     _bool,
     _check_keys,
     _choice,
+    _default,
+    _getter,
     _host_template,
     _int,
     _list,
@@ -93,7 +94,7 @@ def _parse_tenancy(value: Any, field: str, env: Mapping[str, str]) -> Tenancy:
                               f"keeps one slot per source), got {len(items)}")
         sources = tuple(_parse_source(s, f"{field}.sources[{i}]") for i, s in enumerate(items))
     else:
-        sources = (Source(kind="header", header="x-tenant-id", side=Side.SERVER, trusted=False),)
+        sources = _default(Tenancy, "sources")
     # The kernel reads each header name once per side (one tw_names slot per side): two
     # sources on the same header and side would leave the second one never matching.
     seen: dict[tuple[str, Side], int] = {}
@@ -106,7 +107,7 @@ def _parse_tenancy(value: Any, field: str, env: Mapping[str, str]) -> Tenancy:
                     f"sources[{j}] already reads the {s.header!r} header on the {side.value} "
                     "side; only the first would ever match (give each side its own source)"))
 
-    pattern = _str(m.get("pattern", DEFAULT_PATTERN), f"{field}.pattern")
+    pattern = _str(m.get("pattern", _default(Tenancy, "pattern")), f"{field}.pattern")
     try:
         regex = re.compile(pattern)
     except re.error as e:
@@ -115,11 +116,13 @@ def _parse_tenancy(value: Any, field: str, env: Mapping[str, str]) -> Tenancy:
         if regex.fullmatch(label):
             raise ConfigError(f"{field}.pattern", f"must not match the reserved label {label}")
 
-    raw, max_field = _pick(m, "max_tenants", field, 1000, env, ENV_MAX_TENANTS, int)
+    raw, max_field = _pick(m, "max_tenants", field, _default(Tenancy, "max_tenants"), env,
+                           ENV_MAX_TENANTS, int)
     max_tenants = _int(raw, max_field, 1, MAX_TENANTS_LIMIT)
 
     tenants = []
-    for i, t in enumerate(_list(m.get("tenants", []), f"{field}.tenants")):
+    for i, t in enumerate(_list(m.get("tenants", _default(Tenancy, "tenants")),
+                                f"{field}.tenants")):
         f = f"{field}.tenants[{i}]"
         tenant = _tenant(t, regex, f)
         if tenant in tenants:
@@ -129,13 +132,15 @@ def _parse_tenancy(value: Any, field: str, env: Mapping[str, str]) -> Tenancy:
         raise ConfigError(f"{field}.tenants", f"{len(tenants)} tenants exceed max_tenants "
                           f"({max_tenants})")
 
-    default = m.get("default", DEFAULT_TENANT)
-    if "default" not in m and not regex.fullmatch(DEFAULT_TENANT):
-        raise ConfigError(f"{field}.default", f"the built-in default {DEFAULT_TENANT!r} does not "
+    builtin = _default(Tenancy, "default")
+    default = m.get("default", builtin)
+    if "default" not in m and not regex.fullmatch(builtin):
+        raise ConfigError(f"{field}.default", f"the built-in default {builtin!r} does not "
                           "match tenancy.pattern; set default (or null)")
     if default is not None:
         default = _tenant(default, regex, f"{field}.default")
-    idle = _number(m.get("idle_seconds", 300.0), f"{field}.idle_seconds", 1.0, 604800.0)
+    idle = _number(m.get("idle_seconds", _default(Tenancy, "idle_seconds")),
+                   f"{field}.idle_seconds", 1.0, 604800.0)
     registry = None if m.get("registry") is None else \
         _parse_registry(m["registry"], f"{field}.registry")
     check = None if m.get("response_check") is None else \
@@ -152,8 +157,9 @@ def _parse_response_check(value: Any, field: str, sources: tuple[Source, ...]) -
         raise ConfigError(f"{field}.header", "required: the response header naming the tenant "
                           "a response served, e.g. X-Served-Tenant")
     name = _header_name(m["header"], f"{field}.header")
-    side = _choice(_lower(m.get("side", "client")), ("client", "server", "both"),
-                   f"{field}.side")
+    builtin = _default(ResponseCheck, "sides")  # ("client",): in the file, one side or both
+    side = _choice(_lower(m.get("side", builtin[0] if len(builtin) == 1 else "both")),
+                   ("client", "server", "both"), f"{field}.side")
     sides = (Side.SERVER, Side.CLIENT) if side == "both" else (Side(side),)
     names = {s.header for s in sources} | {name}
     if len(names) > MAX_SOURCES:  # the kernel's name table: MAX_SOURCES names and two more
@@ -161,7 +167,8 @@ def _parse_response_check(value: Any, field: str, sources: tuple[Source, ...]) -
                           f"{len(names)} distinct names; the kernel compares at most "
                           f"{MAX_SOURCES}")
     return ResponseCheck(header=name, sides=sides, events_per_second=_int(
-        m.get("events_per_second", 20), f"{field}.events_per_second", 1, 10_000))
+        m.get("events_per_second", _default(ResponseCheck, "events_per_second")),
+        f"{field}.events_per_second", 1, 10_000))
 
 
 def _header_name(value: Any, field: str) -> str:
@@ -185,19 +192,18 @@ def _parse_registry(value: Any, field: str) -> Registry:
     url = _str(m["redis"], f"{field}.redis")
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"{field}.redis", "a redis://, rediss:// or unix:// URL")
-    key = _str(m.get("key", Registry.key), f"{field}.key")
+    get = _getter(m, field, Registry)
+    key = _str(*get("key"))
     if key.count("{tenant}") != 1:
         raise ConfigError(f"{field}.key", "must contain {tenant} exactly once")
-    backup = _str(m.get("backup_file", Registry.backup_file), f"{field}.backup_file")
+    backup = _str(*get("backup_file"))
     if not backup.startswith("/"):
         raise ConfigError(f"{field}.backup_file", "must be an absolute path")
     return Registry(
         redis=url, key=key, backup_file=backup,
-        refresh_seconds=_number(m.get("refresh_seconds", 10.0), f"{field}.refresh_seconds",
-                                1.0, 3600.0),
-        max_entries=_int(m.get("max_entries", 100_000), f"{field}.max_entries", 1, 10_000_000),
-        timeout_seconds=_number(m.get("timeout_seconds", 2.0), f"{field}.timeout_seconds",
-                                0.1, 60.0))
+        refresh_seconds=_number(*get("refresh_seconds"), 1.0, 3600.0),
+        max_entries=_int(*get("max_entries"), 1, 10_000_000),
+        timeout_seconds=_number(*get("timeout_seconds"), 0.1, 60.0))
 
 
 def _parse_source(value: Any, field: str) -> Source:
@@ -211,7 +217,7 @@ def _parse_source(value: Any, field: str) -> Source:
     side = None
     if m.get("side") is not None:
         side = Side(_choice(_lower(m["side"]), tuple(s.value for s in Side), f"{field}.side"))
-    trusted = _bool(m.get("trusted", False), f"{field}.trusted")
+    trusted = _bool(m.get("trusted", _default(Source, "trusted")), f"{field}.trusted")
     if trusted and kind != "header":
         raise ConfigError(f"{field}.trusted", "only header sources can be trusted by "
                           "configuration (a jwt is trusted once its signature verifies)")
@@ -235,7 +241,7 @@ def _parse_jwt(value: Any, field: str) -> Mapping[str, Any]:
     m = _mapping(value, field)
     _check_keys(m, ("claim", "jwks_file", "jwks_url", "jwks_refresh_seconds", "pem_file",
                     "algorithms", "audience", "issuer", "leeway_seconds"), field)
-    out = {"claim": _str(m.get("claim", "tenant_id"), f"{field}.claim")}
+    out = {"claim": _str(m.get("claim", DEFAULT_JWT_CLAIM), f"{field}.claim")}
     if not out["claim"]:
         raise ConfigError(f"{field}.claim", "must not be empty")
     for key in ("jwks_file", "jwks_url", "pem_file", "issuer"):

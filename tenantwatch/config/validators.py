@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import enum
 import functools
 import ipaddress
 import logging
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Callable
@@ -17,6 +20,40 @@ from tenantwatch.errors import ConfigError
 log = logging.getLogger("tenantwatch.config")
 
 # --- small validators ------------------------------------------------------------------------
+
+
+def _default(cls: type, name: str) -> Any:
+    """The default of the dataclass ``cls``'s field ``name``, the one copy of it, in the shape a
+    parser reads from YAML: an enum as its value, in a tuple too (``Side.SERVER`` -> "server")."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return _yaml_shape(f.default)
+            if f.default_factory is not dataclasses.MISSING:
+                return _yaml_shape(f.default_factory())
+            raise TypeError(f"{cls.__name__}.{name} has no default")
+    raise TypeError(f"{cls.__name__} has no field {name!r}")
+
+
+def _getter(m: Mapping[str, Any], field: str, cls: type) -> Callable[[str], tuple[Any, str]]:
+    """``get(key)``: ``m``'s value of key (else the default of ``cls``'s field key) and the key's
+    dotted field, the first two arguments of a validator: ``_int(*get("max_entries"), 1, 10)``."""
+    def get(key: str) -> tuple[Any, str]:
+        return m.get(key, _default(cls, key)), _join(field, key)
+    return get
+
+
+def _yaml_shape(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, tuple):
+        return tuple(_yaml_shape(v) for v in value)
+    return value
+
+
+def _template_dir(template: str) -> str:
+    """The directory of a cgroup path template before its {tenant}: enforcement.root's default."""
+    return os.path.dirname(template.split("{tenant}", 1)[0]) or "/"
 
 
 def _type_name(value: Any) -> str:
