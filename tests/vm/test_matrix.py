@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -52,9 +53,9 @@ def python_in_guest() -> str:
 
 
 def check_command(kernel: str) -> list[str]:
-    # As a module from the repository root (a guest starts in /): tenantwatch and harness/
-    # import from there whichever python runs it.
-    cmd = ["env", "-C", str(harness.REPO), python_in_guest(), "-m", "tests.vm.guest_check"]
+    """The check as a module, run from the repository root (run_host's cwd, guest_command's
+    cd): tenantwatch and harness/ import from there whichever python runs it."""
+    cmd = [python_in_guest(), "-m", "tests.vm.guest_check"]
     if kernel in CGROUP_V2:
         cmd.append("--cgroup-v2")
     if kernel in FORCED_FALLBACKS:
@@ -63,6 +64,12 @@ def check_command(kernel: str) -> list[str]:
     if bpf_dir and kernel != "host":  # a guest starts from a clean environment
         cmd = ["env", f"TENANTWATCH_BPF_DIR={bpf_dir}", *cmd]
     return cmd
+
+
+def guest_command(kernel: str) -> str:
+    """check_command as the guest's shell line: a guest starts in / (and its shell is busybox's,
+    whose env has no -C), so cd to the repository first."""
+    return f"cd {shlex.quote(str(harness.REPO))} && {shlex.join(check_command(kernel))}"
 
 
 def parse_result(output: str) -> dict | None:
@@ -102,7 +109,7 @@ def run_kernel(kernel: str) -> dict:
             entry["fetch_failed"] = k.fetch_failed
         else:
             try:
-                entry["run"] = harness.boot(kernel, check_command(kernel), timeout=TIMEOUT)
+                entry["run"] = harness.boot(kernel, guest_command(kernel), timeout=TIMEOUT)
             except harness.KernelUnavailable as e:
                 entry["not_tested"] = str(e)
     if entry["run"] is not None:
