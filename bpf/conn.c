@@ -34,7 +34,7 @@ static __always_inline int tw_enter(__u32 fd, __u64 buf, __u64 iovcnt, __u32 is_
 {
 	if (!tw_is_target())
 		return 0;
-	tw_cpu_mark();  /* the work since the thread's last syscall was its current request's */
+	tw_cpu_mark(is_write);  /* the work since the thread's last syscall: whose (cpu.c) */
 	return tw_stash(fd, buf, iovcnt, is_write);
 }
 

@@ -4,9 +4,9 @@
  *
  * A target thread's current identity is the request of the connection of its
  * latest traced syscall (set by tw_thread_set() from http.c).  Its on-CPU time is cut at
- * every traced syscall's entry (tw_cpu_mark) and at every context switch: the piece since
- * the previous cut goes to the identity current during it, in tw_cpu keyed by (identity,
- * process, CPU, side).  So an event loop that serves requests of several tenants in one
+ * every traced syscall's entry (tw_cpu_mark): the piece since the previous cut (over context
+ * switches) goes, before a read, to the identity current during it, before a write, to what
+ * the write sends; in tw_cpu keyed by (identity, process, CPU, side).  So an event loop that serves requests of several tenants in one
  * slice (nginx, HAProxy, Envoy) charges each its own work, not the whole slice to the last
  * one.  Pieces of the same identity add up in the thread's slot (acc_ns) and reach the map
  * when the identity changes or the slice ends.  A thread with no current request is charged
@@ -36,7 +36,16 @@ struct tw_thread {
 	__u64 acc_key;
 	__u32 acc_side;
 	__u32 _pad;
+	__u64 pend_ns;   /* the piece before a write: its owner is known at the next cut */
+	__u64 open_ns;   /* on-CPU time since the last cut, over context switches: whose depends
+			  * on the next syscall (a read: the current identity's; a write: what
+			  * it sends) */
 };
+
+/* A thread's open piece is charged at a context switch, to its current identity, once it
+ * holds this much (with what is pending): a thread that stops making syscalls (a loop that
+ * never ends) is still charged, and late by at most this much. */
+#define TW_CPU_OPEN_MAX_NS 50000000ull
 
 BPF_ARRAY(tw_threads, struct tw_thread, TW_MAX_THREADS);
 BPF_PERCPU_ARRAY(tw_cpu_start, __u64, 1);  /* when the running task got this CPU */
@@ -63,6 +72,8 @@ static __always_inline void tw_thread_work(__u64 key, __u32 side, __u32 attribut
 		t->wake_ns = 0;
 		t->mark_ns = 0;
 		t->acc_ns = 0;
+		t->pend_ns = 0;
+		t->open_ns = 0;
 	}
 	if (attributed) {
 		t->key = key;
@@ -149,10 +160,17 @@ static __always_inline void tw_cpu_cut(struct tw_ctl *ctl, struct tw_thread *t, 
 	t->acc_ns += ns;
 }
 
-/* A traced syscall of a target thread begins: the work since the thread's last cut was for its
- * current identity (the request of its previous syscall's connection).  A thread that owns no
- * slot yet (no parsed syscall) is charged at the context switch, as unattributed. */
-static __always_inline void tw_cpu_mark(void)
+/* A traced syscall of a target thread begins.  The work since the thread's last cut:
+ * - before a read, it was for the thread's current identity (the request of its previous
+ *   syscall's connection: reads charge forward);
+ * - before a write, it was for what the write sends (building a response, or a request to an
+ *   upstream): held as pending, and given at the next cut to the identity current then, which
+ *   the write's own parse set (writes charge backward).  So a thread that reads several
+ *   requests at once (HTTP/2 streams, pipelining) and answers or proxies each in turn charges
+ *   each its own work.
+ * A thread that owns no slot yet (no parsed syscall) is charged at the context switch, as
+ * unattributed. */
+static __always_inline void tw_cpu_mark(__u32 is_write)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct tw_thread *t = tw_thread_slot((__u32)id);
@@ -165,8 +183,16 @@ static __always_inline void tw_cpu_mark(void)
 		return;
 	__u64 now = bpf_ktime_get_ns();
 	__u64 from = t->mark_ns > *start ? t->mark_ns : *start;
-	if (from && now > from)
-		tw_cpu_cut(ctl, t, id, now - from);
+	__u64 piece = t->open_ns + (from && now > from ? now - from : 0);
+	t->open_ns = 0;
+	if (t->pend_ns) {
+		tw_cpu_cut(ctl, t, id, t->pend_ns);
+		t->pend_ns = 0;
+	}
+	if (is_write)
+		t->pend_ns = piece;
+	else if (piece)
+		tw_cpu_cut(ctl, t, id, piece);
 	t->mark_ns = now;
 }
 
@@ -189,10 +215,17 @@ static __always_inline int tw_sched_switch(__u32 next_pid)
 		__u64 id = bpf_get_current_pid_tgid();
 		struct tw_thread *t = tw_thread_slot((__u32)id);
 		if (t && t->id == id) {
+			/* The piece since the last cut stays open: the next syscall says whose it
+			 * is (tw_cpu_mark); unless it grew too long. */
 			__u64 from = t->mark_ns > began ? t->mark_ns : began;
-			tw_cpu_cut(ctl, t, id, now > from ? now - from : 0);
-			tw_cpu_flush(ctl, t, id);
+			t->open_ns += now > from ? now - from : 0;
 			t->mark_ns = now;
+			if (t->open_ns + t->pend_ns >= TW_CPU_OPEN_MAX_NS) {
+				tw_cpu_cut(ctl, t, id, t->pend_ns + t->open_ns);
+				t->pend_ns = 0;
+				t->open_ns = 0;
+			}
+			tw_cpu_flush(ctl, t, id);
 		} else {
 			struct tw_cpu_key k = {
 				.key = TW_KEY_UNATTRIBUTED,
