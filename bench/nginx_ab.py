@@ -77,9 +77,11 @@ DAEMON_CONFIG = """\
 listen: "127.0.0.1:%(port)d"
 targets: [{process: nginx}]
 tenancy:
-  sources: [{header: X-Tenant-Context, side: client, trusted: true}, {header: X-Tenant-ID, side: server}]
-capture: {tls: %(tls)s}
+  sources: [%(sources)s]
+capture: {tls: %(tls)s, sides: [%(sides)s]}
 """
+SOURCES = {"server": "{header: X-Tenant-ID, side: server}",
+           "client": "{header: X-Tenant-Context, side: client, trusted: true}"}
 # --response-check (issue 17): the upstream marks each response with the tenant it served, and
 # the daemon compares it on the upstream leg (docs/isolation.md).
 RESPONSE_CHECK_CONFIG = "  response_check: {header: X-Served-Tenant, side: client}\n"
@@ -458,6 +460,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-tls-capture", action="store_true",
                    help="run the daemon with capture.tls: false (no libssl uprobes, no TLS check "
                         "on the syscall path): what TLS capture costs plain HTTP")
+    p.add_argument("--sides", default="server,client",
+                   help="capture.sides: the legs the daemon follows, server (client -> nginx), "
+                        "client (nginx -> upstream) or both [server,client]")
     p.add_argument("--check", action="store_true", help="exit 1 when a goal is missed")
     p.add_argument("--response-check", action="store_true",
                    help="the upstream marks responses with X-Served-Tenant and the daemon checks "
@@ -529,8 +534,12 @@ def main(argv: list[str] | None = None) -> int:
                 scheme, listen = "https", gateway.tls_port
             daemon_port = free_port()
             config = tmp / "tenantwatch.yaml"
+            sides = [x.strip() for x in args.sides.split(",") if x.strip()]
             text = DAEMON_CONFIG % {"port": daemon_port,
-                                    "tls": "false" if args.no_tls_capture else "true"}
+                                    "tls": "false" if args.no_tls_capture else "true",
+                                    "sides": ", ".join(sides),
+                                    "sources": ", ".join(SOURCES[x] for x in
+                                                         ("client", "server") if x in sides)}
             if args.response_check:
                 text = text.replace("\ncapture:", "\n" + RESPONSE_CHECK_CONFIG + "capture:")
             config.write_text(text)
