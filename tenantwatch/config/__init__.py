@@ -16,8 +16,7 @@ dataclass (records.py, detection.py); the parsers read it from there.
 # power and otel), and load.py (YAML, conf.d, environment, parse_config, advisories).  What other
 # modules import is re-exported here.  The stages import their settings types from config; config
 # imports from the stages only small record types (kernel.records' Side, identity.records'
-# RESERVED_LABELS) and the enforcement stage's parsers of CPU amounts, quotas and placement
-# (enforcement/settings.py).
+# RESERVED_LABELS) and identity.jwks' JWT constants (FAMILY_OF, MIN_REFRESH_SECONDS).
 
 from __future__ import annotations
 
@@ -59,9 +58,11 @@ from tenantwatch.config.records import (
     Enforcement,
     Metrics,
     Otel,
+    Placement,
     Power,
     Registry,
     ResponseCheck,
+    Selector,
     Source,
     Target,
     Tenancy,
@@ -77,6 +78,6 @@ __all__ = [
     "MAX_HEADER_NAME", "MAX_IDENTITIES_LIMIT", "MAX_LATENCY_BUCKETS", "MAX_SOURCES",
     "MAX_TARGETS", "MAX_TENANTS_LIMIT", "MIN_DEFAULT_IDENTITIES", "RESERVED_IDENTITIES",
     "RESERVED_LABELS", "Capture", "Config", "DetectionSettings", "Enforcement", "Metrics", "Otel",
-    "Power", "Registry", "ResponseCheck", "Source", "Target", "Tenancy", "advisories",
-    "default_max_identities", "load_config", "parse_config",
+    "Placement", "Power", "Registry", "ResponseCheck", "Selector", "Source", "Target", "Tenancy",
+    "advisories", "default_max_identities", "load_config", "parse_config",
 ]

@@ -42,6 +42,16 @@ DEFAULT_CGROUP = "/sys/fs/cgroup/tenants.slice/tenant-{tenant}.slice"
 DEFAULT_TENANT = "common"
 DEFAULT_JWT_CLAIM = "tenant_id"  # a jwt source's claim when it names none
 ENFORCEMENT_MODES = ("off", "dry-run", "enforce")
+# The kernel refuses a CFS quota below 1 ms (v1 EINVAL, v2 clamps): at the default 100 ms period
+# that is 0.01 cores, the smallest cap that means what it says.
+MIN_CORES = 0.01
+# CONFIG_NR_CPUS of the distribution kernels (Debian, Ubuntu, RHEL on x86-64): no host has more.
+MAX_CORES = 8192.0
+# enforcement.placement: selectors are matched against every process at each placement scan; a
+# handful is the use case.
+MAX_SELECTORS = 64
+# enforcement.quotas: static quotas are per tenant; bounded like tenancy.max_tenants' default.
+MAX_QUOTAS = 1000
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 JWT_ALGORITHMS = (

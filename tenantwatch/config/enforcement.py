@@ -1,13 +1,31 @@
-"""The `enforcement` section."""
+"""The `enforcement` section, with the parsers of its values that need more than a type check:
+CPU amounts in human form (``parse_cores``), static quotas (``parse_quotas``) and the optional
+placement section (``parse_placement``).
+
+Each raises ``ConfigError(field, message)`` naming the offending key (``enforcement.floor``,
+``enforcement.quotas.acme``, ``enforcement.placement.selectors[0].cmdline``).  Nothing here
+touches the file system.
+"""
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
-from tenantwatch.config.constants import ENFORCEMENT_MODES, ENV_ENFORCEMENT_MODE
-from tenantwatch.config.records import Enforcement
+from tenantwatch.config.constants import (
+    _RESERVED,
+    ENFORCEMENT_MODES,
+    ENV_ENFORCEMENT_MODE,
+    MAX_CORES,
+    MAX_QUOTAS,
+    MAX_SELECTORS,
+    MIN_CORES,
+)
+from tenantwatch.config.records import Enforcement, Placement, Selector
 from tenantwatch.config.validators import (
     _bool,
     _check_keys,
@@ -18,19 +36,18 @@ from tenantwatch.config.validators import (
     _mapping,
     _number,
     _pick,
+    _selector_regex,
     _str,
     _template_dir,
+    _type_name,
 )
 from tenantwatch.errors import ConfigError
 
+_CORES = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(%|m|cores?|cpus?)?\s*",
+                    re.IGNORECASE)
+
 
 def _parse_enforcement(value: Any, field: str, env: Mapping[str, str]) -> Enforcement:
-    from tenantwatch.enforcement.settings import (
-        parse_cores,
-        parse_placement,
-        parse_quotas,
-    )
-
     m = _mapping(value, field)
     _check_keys(m, ("mode", "cgroup", "root", "floor", "max_step", "cooldown_seconds",
                     "calm_seconds", "lease_ttl_seconds", "keep_on_exit", "state_file",
@@ -91,3 +108,118 @@ def _parse_enforcement(value: Any, field: str, env: Mapping[str, str]) -> Enforc
         quotas=quotas,
         placement=placement,
     )
+
+
+def parse_cores(value: Any, field: str, lo: float = MIN_CORES, hi: float = MAX_CORES) -> float:
+    """CPU in human form -> cores.
+
+    ``0.5``, ``"0.5"``, ``"0.5 cores"``, ``"1 cpu"`` -> 0.5 / 1.0; ``"50%"`` -> 0.5 (percent of
+    one CPU, as systemd's CPUQuota=: ``"200%"`` is two cores); ``"500m"`` -> 0.5 (millicores,
+    as Kubernetes writes them).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(field, f"expected cores (0.5, \"0.5 cores\", \"50%\", \"500m\"), got "
+                          f"{_type_name(value)}")
+    if isinstance(value, str):
+        m = _CORES.fullmatch(value)
+        if m is None:
+            raise ConfigError(field, f"{value!r} is not a CPU amount; write 0.5, \"0.5 cores\", "
+                              "\"50%\" (of one CPU) or \"500m\"")
+        cores = float(m.group(1))
+        unit = (m.group(2) or "").lower()
+        if unit == "%":
+            cores /= 100.0
+        elif unit == "m":
+            cores /= 1000.0
+    else:
+        cores = float(value)
+    if not math.isfinite(cores) or cores <= 0:
+        raise ConfigError(field, f"must be more than 0 cores, got {value!r}")
+    if not lo <= cores <= hi:
+        raise ConfigError(field, f"must be {lo:g}..{hi:g} cores, got {value!r} ({cores:g} cores)")
+    return cores
+
+
+def parse_quotas(value: Any, field: str) -> Mapping[str, float]:
+    """``{tenant: cores}``; a value is a CPU amount or ``{cpu: amount}``."""
+    if value is None:
+        return MappingProxyType({})
+    if not isinstance(value, Mapping):
+        raise ConfigError(field, f"expected a mapping of tenant -> cores, got "
+                          f"{type(value).__name__}")
+    if len(value) > MAX_QUOTAS:
+        raise ConfigError(field, f"at most {MAX_QUOTAS} tenants, got {len(value)}")
+    out: dict[str, float] = {}
+    for tenant, amount in value.items():
+        f = f"{field}.{tenant}"
+        if not isinstance(tenant, str) or not tenant:
+            raise ConfigError(f, "a tenant name must be a non-empty string")
+        if tenant in _RESERVED:
+            raise ConfigError(f, f"{tenant} is a reserved bucket shared by many callers; it "
+                              "cannot be capped")
+        if isinstance(amount, Mapping):
+            _only(amount, ("cpu",), f)
+            if "cpu" not in amount:
+                raise ConfigError(f"{f}.cpu", "required")
+            out[tenant] = parse_cores(amount["cpu"], f"{f}.cpu")
+        else:
+            out[tenant] = parse_cores(amount, f)
+    return MappingProxyType(out)
+
+
+def parse_placement(value: Any, field: str) -> Placement | None:
+    if value is None:
+        return None
+    m = _mapping(value, field)
+    _only(m, ("delegated_root", "selectors"), field)
+    root = m.get("delegated_root")
+    if not isinstance(root, str) or not root.startswith("/"):
+        raise ConfigError(f"{field}.delegated_root", "required: an absolute cgroup directory "
+                          "delegated to tenantwatch, e.g. /sys/fs/cgroup/cpu/tenantwatch")
+    root = os.path.normpath(root)
+    if root == "/":
+        raise ConfigError(f"{field}.delegated_root", "must not be /")
+    items = m.get("selectors")
+    if not isinstance(items, list) or not items:
+        raise ConfigError(f"{field}.selectors", "required: a non-empty list of "
+                          "{process, cmdline, tenant}")
+    if len(items) > MAX_SELECTORS:
+        raise ConfigError(f"{field}.selectors", f"at most {MAX_SELECTORS}, got {len(items)}")
+    return Placement(root, tuple(_selector(s, f"{field}.selectors[{i}]")
+                                 for i, s in enumerate(items)))
+
+
+def _selector(value: Any, field: str) -> Selector:
+    if not isinstance(value, Mapping):  # a null item reads "got NoneType", not _mapping's {}
+        raise ConfigError(field, f"expected a mapping, got {type(value).__name__}")
+    _only(value, ("process", "cmdline", "tenant"), field)
+    process, cmdline, tenant = (value.get(k) for k in ("process", "cmdline", "tenant"))
+    for key, v in (("process", process), ("cmdline", cmdline), ("tenant", tenant)):
+        if v is not None and (not isinstance(v, str) or not v):
+            raise ConfigError(f"{field}.{key}", "expected a non-empty string")
+    if process is None and cmdline is None:
+        raise ConfigError(field, "needs process or cmdline (or both)")
+    if process is not None and len(process.encode()) > 15:
+        raise ConfigError(f"{field}.process", "longer than a process name can be (15 bytes)")
+    has_group = False
+    if cmdline is not None:
+        try:
+            has_group = "tenant" in _selector_regex(cmdline).groupindex
+        except re.error as e:
+            raise ConfigError(f"{field}.cmdline", f"not a regex: {e}") from None
+    if tenant is None and not has_group:
+        raise ConfigError(field, "needs tenant, or a cmdline regex with a (?P<tenant>...) group")
+    if tenant is not None and has_group:
+        raise ConfigError(f"{field}.tenant", "ambiguous: the cmdline regex names a tenant "
+                          "group too; keep one")
+    if tenant in _RESERVED:
+        raise ConfigError(f"{field}.tenant", f"{tenant} is a reserved bucket")
+    return Selector(process, cmdline, tenant)
+
+
+def _only(m: Mapping[str, Any], allowed: tuple[str, ...], field: str) -> None:
+    """The first unknown key, in this section's own words ("unknown key; known: ..."): not
+    validators._check_keys, whose message names the key and a close match."""
+    for k in m:
+        if k not in allowed:
+            raise ConfigError(f"{field}.{k}", f"unknown key; known: {', '.join(allowed)}")

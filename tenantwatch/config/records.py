@@ -16,8 +16,13 @@ from tenantwatch.config.constants import (
     default_max_identities,
 )
 from tenantwatch.config.detection import DetectionSettings
-from tenantwatch.config.validators import _default, _host_regex, _split_listen, _template_dir
-from tenantwatch.enforcement.settings import Placement
+from tenantwatch.config.validators import (
+    _default,
+    _host_regex,
+    _selector_regex,
+    _split_listen,
+    _template_dir,
+)
 from tenantwatch.kernel.records import Side
 
 
@@ -83,12 +88,34 @@ class Tenancy:
 
 
 @dataclass(frozen=True)
+class Selector:
+    """Processes to place: by name (comm, exact) and/or a regex searched in the command line
+    (arguments joined by spaces).  The tenant is fixed, or the regex's named group ``tenant``."""
+
+    process: str | None = None
+    cmdline: str | None = None
+    tenant: str | None = None
+
+    @property
+    def regex(self) -> re.Pattern[str] | None:
+        return None if self.cmdline is None else _selector_regex(self.cmdline)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Per-tenant cgroups created under ``delegated_root``, with selected processes moved in."""
+
+    delegated_root: str
+    selectors: tuple[Selector, ...]
+
+
+@dataclass(frozen=True)
 class Enforcement:
     """Whether, where and how CPU caps are applied (docs/enforcement.md).
 
     ``root`` is the directory every mapped cgroup must resolve strictly below; empty means the
-    template's directory before {tenant}.  Amounts are in cores.  ``placement`` is an
-    enforcement.settings.Placement or None.
+    template's directory before {tenant}.  Amounts are in cores.  ``placement`` is a Placement
+    or None.
     """
 
     mode: str = "dry-run"  # off | dry-run | enforce
@@ -105,7 +132,7 @@ class Enforcement:
     # while this file exists, every cap is released and none is made (docs/enforcement.md)
     kill_switch: str = "/var/lib/tenantwatch/enforcement-off"
     quotas: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
-    placement: Placement | None = None  # enforcement/settings.py
+    placement: Placement | None = None
 
     def __post_init__(self) -> None:
         if not self.root:

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Callable
 
-from tenantwatch.config.constants import _HOST_LITERAL, _HOSTNAME, _PORT, ENV_VARS
+from tenantwatch.config.constants import _HOST_LITERAL, _HOSTNAME, _PORT, ENV_VARS, MAX_SELECTORS
 from tenantwatch.errors import ConfigError
 
 log = logging.getLogger("tenantwatch.config")
@@ -184,6 +184,12 @@ def _host_regex(template: str) -> re.Pattern[str]:
         rf"\A{re.escape(before)}(?P<tenant>[^.:]+){re.escape(after)}\.?(?::[0-9]{{1,5}})?\Z",
         re.IGNORECASE | re.ASCII,
     )
+
+
+@functools.lru_cache(maxsize=MAX_SELECTORS)
+def _selector_regex(pattern: str) -> re.Pattern[str]:
+    """An enforcement.placement selector's cmdline regex, compiled once (raises re.error)."""
+    return re.compile(pattern)
 
 
 def _split_listen(value: str, field: str) -> tuple[str, int]:

@@ -25,13 +25,11 @@ from tenantwatch.enforcement.records import (
     Lease,
     Outcome,
 )
-from tenantwatch.enforcement.settings import Placement, Selector, parse_cores
 from tenantwatch.enforcement.state import ReleaseReport, StateStore, release_all
 
 __all__ = [
     "DRY_RUN", "ENFORCE", "OFF", "REFUSAL_REASONS", "AuditLog", "CgroupMissing", "CgroupWriter",
     "CpuLimit", "Decision", "EnforcementError", "Enforcer", "Lease", "NoCpuController",
-    "Outcome", "OutsideRoot", "Placement", "Placer", "Policy", "ReleaseReport", "Selector",
-    "StateFileError", "StateStore", "V1Writer", "V2Writer", "parse_cores", "release_all",
-    "within_root",
+    "Outcome", "OutsideRoot", "Placer", "Policy", "ReleaseReport", "StateFileError",
+    "StateStore", "V1Writer", "V2Writer", "release_all", "within_root",
 ]

@@ -23,8 +23,8 @@ from collections.abc import Iterable
 from typing import Callable
 
 from tenantwatch.cgroups import v1_siblings
+from tenantwatch.config import Placement
 from tenantwatch.enforcement.cgroupfs import within_root
-from tenantwatch.enforcement.settings import Placement
 from tenantwatch.identity.records import RESERVED_LABELS
 
 log = logging.getLogger(__name__)

@@ -19,13 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from tenantwatch.config import Enforcement
+from tenantwatch.config import Enforcement, Placement, Selector
 from tenantwatch.enforcement import (
     CgroupWriter,
     Enforcer,
-    Placement,
     Placer,
-    Selector,
     StateStore,
     V1Writer,
     release_all,

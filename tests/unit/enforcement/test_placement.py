@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tenantwatch.enforcement import Decision, Enforcer, Placement, Placer, Selector
+from tenantwatch.config import Placement, Selector
+from tenantwatch.enforcement import Decision, Enforcer, Placer
 from tests.unit.enforcement.trees import Clock, settings, tree, v2_cgroup
 
 FPM = Selector(process="php-fpm", cmdline=r"pool (?P<tenant>[a-z]+)")

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from tenantwatch.config import Enforcement, parse_config
-from tenantwatch.enforcement import Placement, Selector, parse_cores
+from tenantwatch.config import Enforcement, Placement, Selector, parse_config
+from tenantwatch.config.enforcement import parse_cores
 from tenantwatch.errors import ConfigError
 
 
