@@ -14,9 +14,9 @@ dataclass (records.py, detection.py); the parsers read it from there.
 # records.py (the frozen dataclasses), validators.py (small shared checks), one module per section
 # (tenancy.py with targets, enforcement.py, capture.py, detection.py, exporting.py for metrics,
 # power and otel), and load.py (YAML, conf.d, environment, parse_config, advisories).  What other
-# modules import is re-exported here.  The stages import their settings types from config; config
-# imports from the stages only small record types (kernel.records' Side, identity.records'
-# RESERVED_LABELS) and identity.jwks' JWT constants (FAMILY_OF, MIN_REFRESH_SECONDS).
+# modules import is re-exported here.  The stages import their settings types from config, in
+# one direction only: config imports from the stages nothing but two modules of shared records,
+# kernel/records.py (Side) and identity/records.py (RESERVED_LABELS).
 
 from __future__ import annotations
 

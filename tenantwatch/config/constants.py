@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from tenantwatch.identity.records import RESERVED_LABELS
 
@@ -54,10 +55,18 @@ MAX_SELECTORS = 64
 MAX_QUOTAS = 1000
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-JWT_ALGORITHMS = (
-    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
-    "HS256", "HS384", "HS512",
-)  # never "none"
+# JWT algorithm families: the JWK key type (kty) each family verifies with.  A jwt source's
+# algorithms are all of one family; identity/jwks.py loads only keys of that family.
+FAMILIES: Mapping[str, tuple[str, ...]] = {
+    "RSA": ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512"),
+    "EC": ("ES256", "ES384", "ES512"),
+    "OKP": ("EdDSA",),
+    "oct": ("HS256", "HS384", "HS512"),
+}
+FAMILY_OF: Mapping[str, str] = {alg: fam for fam, algs in FAMILIES.items() for alg in algs}
+JWT_ALGORITHMS = tuple(FAMILY_OF)  # RS256 ... HS512, in the families' order; never "none"
+# jwt.jwks_refresh_seconds' lower bound: an IdP is not polled more than 6 times/min
+MIN_REFRESH_SECONDS = 10.0
 
 ENV_CONFIG = "TENANTWATCH_CONFIG"
 ENV_LISTEN = "TENANTWATCH_LISTEN"

@@ -15,12 +15,14 @@ from tenantwatch.config.constants import (
     _TOKEN,
     DEFAULT_JWT_CLAIM,
     ENV_MAX_TENANTS,
+    FAMILY_OF,
     JWT_ALGORITHMS,
     MAX_COMM,
     MAX_HEADER_NAME,
     MAX_SOURCES,
     MAX_TARGETS,
     MAX_TENANTS_LIMIT,
+    MIN_REFRESH_SECONDS,
 )
 from tenantwatch.config.records import Registry, ResponseCheck, Source, Target, Tenancy
 from tenantwatch.config.validators import (
@@ -236,8 +238,6 @@ def _parse_source(value: Any, field: str) -> Source:
 
 def _parse_jwt(value: Any, field: str) -> Mapping[str, Any]:
     """A jwt source's settings; with no key source the claim is read unverified (CLAIMED)."""
-    from tenantwatch.identity.jwks import FAMILY_OF, MIN_REFRESH_SECONDS
-
     m = _mapping(value, field)
     _check_keys(m, ("claim", "jwks_file", "jwks_url", "jwks_refresh_seconds", "pem_file",
                     "algorithms", "audience", "issuer", "leeway_seconds"), field)

@@ -22,22 +22,18 @@ import time
 import urllib.error
 import urllib.request
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from tenantwatch.config.constants import FAMILIES, FAMILY_OF
 from tenantwatch.errors import TenantwatchError
 
 log = logging.getLogger(__name__)
 
-# Algorithm families: the JWK key type (kty) each family verifies with.
-FAMILIES: Mapping[str, tuple[str, ...]] = {
-    "RSA": ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512"),
-    "EC": ("ES256", "ES384", "ES512"),
-    "OKP": ("EdDSA",),
-    "oct": ("HS256", "HS384", "HS512"),
-}
-FAMILY_OF: Mapping[str, str] = {alg: fam for fam, algs in FAMILIES.items() for alg in algs}
+# The algorithm families (FAMILIES, FAMILY_OF) and the shortest jwks_refresh_seconds
+# (MIN_REFRESH_SECONDS) are config's, in config/constants.py: the config file is checked
+# against them before any key is loaded.
 
 # Identity providers publish 2-4 keys (current, next, one being retired); 32 leaves room for
 # several overlapping rotations while bounding what one token without a kid can cost (every
@@ -47,7 +43,6 @@ MAX_KEYS = 32
 MAX_JWKS_BYTES = 1 << 20
 FETCH_TIMEOUT_SECONDS = 5.0  # one slow IdP must not hold the fetch thread for long
 DEFAULT_REFRESH_SECONDS = 300.0
-MIN_REFRESH_SECONDS = 10.0  # config's lower bound: an IdP is not polled more than 6 times/min
 # An unknown kid may bring the next fetch forward, at most once per this: a rotated key is
 # picked up within 30 s, and a flood of made-up kids costs the IdP two fetches a minute.
 EARLY_REFRESH_SECONDS = 30.0

@@ -30,10 +30,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from tenantwatch.config.constants import FAMILY_OF
 from tenantwatch.errors import TenantwatchError
 from tenantwatch.identity.jwks import (
     DEFAULT_REFRESH_SECONDS,
-    FAMILY_OF,
     JwksError,
     JwksUrlSource,
     KeySet,
