@@ -16,7 +16,8 @@ dataclass (records.py, detection.py); the parsers read it from there.
 # power and otel), and load.py (YAML, conf.d, environment, parse_config, advisories).  What other
 # modules import is re-exported here.  The stages import their settings types from config, in
 # one direction only: config imports from the stages nothing but two modules of shared records,
-# kernel/records.py (Side) and identity/records.py (RESERVED_LABELS).
+# kernel/records.py (Side) and identity/records.py (RESERVED_LABELS)
+# (tests/unit/config/test_direction.py).
 
 from __future__ import annotations
 
