@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from types import MappingProxyType
 from typing import Any
 
-from tenantwatch.config.detection import DetectionSettings
+from tenantwatch.config import DetectionSettings
 from tenantwatch.detection.hotspot import Hotspots
 from tenantwatch.detection.noisy import MAX_VICTIMS_IN_EVIDENCE, Contention, NoisyNeighbours
 from tenantwatch.detection.records import Change, DetectionResult, NodeTick

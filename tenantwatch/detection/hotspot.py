@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from tenantwatch.config.detection import DetectionSettings
+from tenantwatch.config import DetectionSettings
 from tenantwatch.detection.records import Hotspot
 from tenantwatch.detection.window import Hysteresis, Latch, Usage, WindowStats
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tenantwatch.config.detection import DetectionSettings
+from tenantwatch.config import DetectionSettings
 from tenantwatch.detection.records import Verdict
 from tenantwatch.detection.window import Baseline, Hysteresis, Latch, WindowStats, p99
 
