@@ -296,12 +296,9 @@ class Daemon:
 
     def status_line(self) -> str:
         """One line for systemd's STATUS= (shown by `systemctl status`)."""
-        snap = self.aggregator.snapshot(self._ready)
-        attached = sum(1 for ok in snap.probes.values() if ok)
-        tenants = len({t.tenant for t in snap.tenants})
-        line = (f"{attached}/{len(snap.probes)} probes attached, {snap.targets} target processes, "
+        attached, probes, targets, tenants, lost = self.aggregator.summary()
+        line = (f"{attached}/{probes} probes attached, {targets} target processes, "
                 f"{tenants} tenants; listening on {self.config.listen_host}:{self.api.port}")
-        lost = sum(snap.events_lost.values())
         if lost:
             line += f"; {lost} events lost"
         return line + (f"; {self._status_note}" if self._status_note else "")
@@ -399,13 +396,11 @@ class Daemon:
         self.detection = detection
         for change in detection.changes:  # one structured line per change
             log.warning("detection %s", json.dumps(change.as_dict(), sort_keys=True))
-        snap = self.aggregator.snapshot(self._ready)
-        self._stage("enforce", self.enforcer.tick, detection,
-                    {t: b.usage_seconds for t, b in snap.backends.items()})
+        self._stage("enforce", self.enforcer.tick, detection, self.aggregator.backend_usage())
 
     def _tenant_labels(self) -> set[str]:
         """Every label with a row in the snapshot (reserved and default ones included)."""
-        return {row.tenant for row in self.aggregator.snapshot(self._ready).tenants}
+        return self.aggregator.tenant_labels()
 
     def _aggregate(self, tick: KernelTick) -> None:
         self.aggregator.apply(tick, self.host.sample(self.resolver.tenants()),

@@ -201,7 +201,12 @@ class Aggregator:
         self._backends: dict[str, BackendUsage] = {}
         self._slow: tuple[SlowSpan, ...] = ()
         self._node: NodeTick | None = None
+        self._applied_at = clock()  # the last apply(): the snapshot's taken_at_unix
         self._latest: Snapshot = self._build_snapshot()
+        # apply() leaves the snapshot to be built by the first reader after it (a scrape, the
+        # API): a tick's own work does not include the rows (at 10k tenants active each tick,
+        # a quarter of it: bench/tick_cost.py), and ticks between scrapes never build them.
+        self._stale = False
 
     @property
     def latency_bounds_seconds(self) -> tuple[float, ...]:
@@ -238,14 +243,37 @@ class Aggregator:
                     del self._totals[key]
                     self._dirty.add(key)
                 log.debug("expired %d idle tenants", len(forgotten))
-            self._latest = self._build_snapshot()
+            self._applied_at = self._clock()
+            self._stale = True
 
     def snapshot(self, ready: bool) -> Snapshot:
-        """The state as of the last ``apply()``; cheap, safe from any thread."""
+        """The state as of the last ``apply()``, safe from any thread: built by the first call
+        after an apply() (the rows of the pairs touched since the last build), then the same
+        object until the next apply()."""
+        if self._stale:
+            with self._lock:
+                if self._stale:
+                    self._latest = self._build_snapshot()
+                    self._stale = False
         latest = self._latest
         if latest.ready == ready:
             return latest
         return dataclasses.replace(latest, ready=ready)
+
+    def tenant_labels(self) -> set[str]:
+        """Every label with a row in the snapshot (reserved and default ones included), without
+        building it (the tick's own stages ask, in the tick's thread)."""
+        return {tenant for tenant, _ in self._totals}
+
+    def backend_usage(self) -> dict[str, float]:
+        """The tenants' backend cgroups' cumulative CPU seconds, as in Snapshot.backends."""
+        return {t: b.usage_seconds for t, b in self._backends.items()}
+
+    def summary(self) -> tuple[int, int, int, int, int]:
+        """(probes attached, probes, target processes, tenants, events lost in all): the
+        status line's numbers, without building the snapshot."""
+        return (sum(1 for ok in self._probes.values() if ok), len(self._probes), self._targets,
+                len({tenant for tenant, _ in self._totals}), sum(self._events_lost.values()))
 
     def slow_spans(self) -> tuple[SlowSpan, ...]:
         """The slow requests the last tick brought, with their tenants."""
@@ -464,7 +492,7 @@ class Aggregator:
             targets=self._targets,
             ticks=self._ticks,
             ready=False,
-            taken_at_unix=self._clock(),
+            taken_at_unix=self._applied_at,
             runq_bounds_seconds=self._runq[0],
             runq_buckets=_cumulative(self._runq[1]) if self._runq[1] else (),
             runq_sum_seconds=self._runq[2] / NS_PER_SECOND,

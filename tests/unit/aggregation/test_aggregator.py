@@ -362,3 +362,35 @@ def test_snapshot_rows_stay_sorted_and_fresh_as_tenants_come_and_go() -> None:
         keys = [(s.tenant, s.side) for s in snap.tenants]
         assert keys == sorted(want, key=lambda k: (k[0], k[1].value))
         assert {k: s.requests_by_class["2xx"] for k, s in zip(keys, snap.tenants)} == want
+
+
+def test_the_snapshot_is_built_by_its_first_reader_after_a_tick(monkeypatch) -> None:
+    """apply() leaves the rows to the first snapshot() after it (a scrape); the tick's own
+    questions (labels, backends, the status line) are answered without building them, and
+    agree with the snapshot."""
+    times = iter([100.0, 200.0, 300.0, 400.0])
+    agg = Aggregator(FakeResolver({1: ACME, 2: GLOBEX}), BOUNDS, clock=lambda: next(times))
+    builds = []
+    real = agg._build_snapshot
+    monkeypatch.setattr(agg, "_build_snapshot", lambda: builds.append(1) or real())
+    agg.apply(make_tick(make_counts(1, classes={"2xx": 2}, raw=b"acme"),
+                        make_counts(2, Side.CLIENT, classes={"5xx": 1}, raw=b"globex")))
+    agg.apply(make_tick(make_counts(1, classes={"2xx": 1})))
+    assert builds == []  # two ticks, no reader: nothing built
+    assert agg.tenant_labels() == {"acme", "globex"}
+    assert agg.summary()[3] == 2
+    first = agg.snapshot(ready=True)
+    assert builds == [1]
+    assert agg.snapshot(ready=False) is agg.snapshot(ready=False)  # the same until apply()
+    assert agg.snapshot(ready=True) == first
+    assert builds == [1]
+    assert {row.tenant for row in first.tenants} == agg.tenant_labels()
+    assert stats(first, "acme").requests_by_class["2xx"] == 3  # both ticks' rows
+    assert stats(first, "globex", Side.CLIENT).requests_by_class["5xx"] == 1
+    assert first.ticks == 2
+    assert first.taken_at_unix == 300.0  # the last apply(), not the read
+    attached, probes, targets, tenants, lost = agg.summary()
+    assert (attached, probes, targets, tenants, lost) == (
+        sum(first.probes.values()), len(first.probes), first.targets, 2,
+        sum(first.events_lost.values()))
+    assert agg.backend_usage() == {t: b.usage_seconds for t, b in first.backends.items()}
