@@ -57,6 +57,7 @@ from tenantwatch.config.records import (
     Capture,
     Config,
     Enforcement,
+    JwtSettings,
     Metrics,
     Otel,
     Placement,
@@ -78,7 +79,8 @@ __all__ = [
     "ENV_VARS", "JUNK_IDENTITIES", "JWT_ALGORITHMS", "LOG_FORMATS", "LOG_LEVELS", "MAX_COMM",
     "MAX_HEADER_NAME", "MAX_IDENTITIES_LIMIT", "MAX_LATENCY_BUCKETS", "MAX_SOURCES",
     "MAX_TARGETS", "MAX_TENANTS_LIMIT", "MIN_DEFAULT_IDENTITIES", "RESERVED_IDENTITIES",
-    "RESERVED_LABELS", "Capture", "Config", "DetectionSettings", "Enforcement", "Metrics", "Otel",
-    "Placement", "Power", "Registry", "ResponseCheck", "Selector", "Source", "Target", "Tenancy",
+    "RESERVED_LABELS", "Capture", "Config", "DetectionSettings", "Enforcement", "JwtSettings",
+    "Metrics", "Otel", "Placement", "Power", "Registry", "ResponseCheck", "Selector", "Source",
+    "Target", "Tenancy",
     "advisories", "default_max_identities", "load_config", "parse_config",
 ]

@@ -41,7 +41,6 @@ DEFAULT_LISTEN = "127.0.0.1:9477"
 DEFAULT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
 DEFAULT_CGROUP = "/sys/fs/cgroup/tenants.slice/tenant-{tenant}.slice"
 DEFAULT_TENANT = "common"
-DEFAULT_JWT_CLAIM = "tenant_id"  # a jwt source's claim when it names none
 ENFORCEMENT_MODES = ("off", "dry-run", "enforce")
 # The kernel refuses a CFS quota below 1 ms (v1 EINVAL, v2 clamps): at the default 100 ms period
 # that is 0.01 cores, the smallest cap that means what it says.

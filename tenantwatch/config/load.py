@@ -12,7 +12,6 @@ import yaml
 from tenantwatch.config.capture import _parse_capture
 from tenantwatch.config.constants import (
     DEFAULT_CONFIG_PATH,
-    DEFAULT_JWT_CLAIM,
     DEFAULT_LISTEN,
     ENV_CONFIG,
     ENV_LISTEN,
@@ -198,9 +197,10 @@ def advisories(config: Config) -> list[str]:
         return out
     for s in config.tenancy.sources:
         if s.kind == "jwt" and s.jwt is not None:
-            missing = [k for k in ("audience", "issuer") if not s.jwt.get(k)]
+            missing = [k for k, v in (("audience", s.jwt.audience), ("issuer", s.jwt.issuer))
+                       if not v]
             if missing:
-                out.append(f"the JWT source ({s.jwt.get('claim', DEFAULT_JWT_CLAIM)} claim) has no "
+                out.append(f"the JWT source ({s.jwt.claim} claim) has no "
                            f"{' and no '.join(missing)}: any token signed with its keys counts, "
                            "also one issued to another service; set both")
         elif s.trusted:

@@ -6,7 +6,6 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
 
 from tenantwatch.config.constants import (
     DEFAULT_CGROUP,
@@ -35,6 +34,28 @@ class Target:
 
 
 @dataclass(frozen=True)
+class JwtSettings:
+    """A jwt source's settings (docs/config.md#jwt-sources).  With a key source (jwks_file,
+    jwks_url or pem_file, at most one) the token is verified and its claim trusted; without one
+    the claim is read unverified (claimed) and the checks below are unused."""
+
+    claim: str = "tenant_id"  # the claim naming the tenant
+    jwks_file: str | None = None  # absolute path of a JWKS document, read at start
+    jwks_url: str | None = None  # http(s) URL of a JWKS document, fetched in the background
+    jwks_refresh_seconds: float = 300.0  # with jwks_url: how often it is fetched
+    pem_file: str | None = None  # absolute path of PEM public keys or certificates
+    algorithms: tuple[str, ...] = ("RS256",)  # allowed alg values, all of one family
+    audience: str | tuple[str, ...] | None = None  # aud must name one of these; None: unchecked
+    issuer: str | None = None  # iss must equal this; None: unchecked
+    leeway_seconds: float = 0.0  # clock skew allowed on exp and nbf
+
+    @property
+    def has_key_source(self) -> bool:
+        """Whether the token is verified (jwks_file, jwks_url or pem_file is set)."""
+        return any(k is not None for k in (self.jwks_file, self.jwks_url, self.pem_file))
+
+
+@dataclass(frozen=True)
 class Source:
     """One identity source; ``header`` is the lowercase header name the kernel matches."""
 
@@ -43,7 +64,11 @@ class Source:
     side: Side | None = None  # None = both sides
     trusted: bool = False  # only header sources can be trusted by configuration
     host_template: str | None = None  # kind=host: e.g. "{tenant}.api.example.com"
-    jwt: Mapping[str, Any] | None = None  # kind=jwt: claim, jwks_file, algorithms ...
+    jwt: JwtSettings | None = None  # kind=jwt: its settings (never None for a jwt source)
+
+    def __post_init__(self) -> None:
+        if self.kind == "jwt" and self.jwt is None:
+            object.__setattr__(self, "jwt", JwtSettings())
 
     def host_regex(self) -> re.Pattern[str]:
         """Compiled Host matcher: case-insensitive, anchored, optional :port; group "tenant"."""

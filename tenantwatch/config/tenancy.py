@@ -6,14 +6,12 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Any
 
 from tenantwatch.config.constants import (
     _RESERVED,
     _TARGET_NAME,
     _TOKEN,
-    DEFAULT_JWT_CLAIM,
     ENV_MAX_TENANTS,
     FAMILY_OF,
     JWT_ALGORITHMS,
@@ -24,7 +22,14 @@ from tenantwatch.config.constants import (
     MAX_TENANTS_LIMIT,
     MIN_REFRESH_SECONDS,
 )
-from tenantwatch.config.records import Registry, ResponseCheck, Source, Target, Tenancy
+from tenantwatch.config.records import (
+    JwtSettings,
+    Registry,
+    ResponseCheck,
+    Source,
+    Target,
+    Tenancy,
+)
 from tenantwatch.config.validators import (
     _bool,
     _check_keys,
@@ -236,65 +241,67 @@ def _parse_source(value: Any, field: str) -> Source:
                   jwt=_parse_jwt(m["jwt"], f"{field}.jwt"))
 
 
-def _parse_jwt(value: Any, field: str) -> Mapping[str, Any]:
-    """A jwt source's settings; with no key source the claim is read unverified (CLAIMED)."""
+def _parse_jwt(value: Any, field: str) -> JwtSettings:
+    """A jwt source's settings; with no key source the claim is read unverified (CLAIMED).  A key
+    left out has JwtSettings' default (None: not set)."""
     m = _mapping(value, field)
     _check_keys(m, ("claim", "jwks_file", "jwks_url", "jwks_refresh_seconds", "pem_file",
                     "algorithms", "audience", "issuer", "leeway_seconds"), field)
-    out = {"claim": _str(m.get("claim", DEFAULT_JWT_CLAIM), f"{field}.claim")}
-    if not out["claim"]:
+    get = _getter(m, field, JwtSettings)
+    claim = _str(*get("claim"))
+    if not claim:
         raise ConfigError(f"{field}.claim", "must not be empty")
+    text: dict[str, str] = {}  # the string keys given, each non-empty
     for key in ("jwks_file", "jwks_url", "pem_file", "issuer"):
         if key in m:
-            out[key] = _str(m[key], f"{field}.{key}")
-            if not out[key]:
+            text[key] = _str(m[key], f"{field}.{key}")
+            if not text[key]:
                 raise ConfigError(f"{field}.{key}", "must not be empty")
-    given = [k for k in ("jwks_file", "jwks_url", "pem_file") if k in out]
+    given = [k for k in ("jwks_file", "jwks_url", "pem_file") if k in text]
     if len(given) > 1:
         raise ConfigError(f"{field}.{given[1]}", f"at most one of jwks_file, jwks_url, "
                           f"pem_file (got {', '.join(given)})")
     for key in ("jwks_file", "pem_file"):
-        if key in out and not out[key].startswith("/"):
+        if key in text and not text[key].startswith("/"):
             raise ConfigError(f"{field}.{key}", "must be an absolute path")
-    if "jwks_url" in out:
-        url = out["jwks_url"]
+    url = text.get("jwks_url")
+    if url is not None:
         if not re.match(r"https?://[^/?#\s]+", url):
             raise ConfigError(f"{field}.jwks_url", f"must be an http(s) URL, got {url!r}")
         host = re.sub(r"^https?://([^@/]*@)?", "", url).split("/")[0].rsplit(":", 1)[0]
         if url.startswith("http://") and host not in ("localhost", "127.0.0.1", "[::1]"):
             log.warning("%s.jwks_url: plain http: whoever can alter the response can make any "
                         "token verify (use https)", field)
-    if "jwks_refresh_seconds" in m:
-        if "jwks_url" not in out:
-            raise ConfigError(f"{field}.jwks_refresh_seconds", "only applies with jwks_url")
-        out["jwks_refresh_seconds"] = _number(m["jwks_refresh_seconds"],
-                                              f"{field}.jwks_refresh_seconds",
-                                              MIN_REFRESH_SECONDS, 86400)
+    if "jwks_refresh_seconds" in m and url is None:
+        raise ConfigError(f"{field}.jwks_refresh_seconds", "only applies with jwks_url")
+    refresh = _number(*get("jwks_refresh_seconds"), MIN_REFRESH_SECONDS, 86400)
+    audience: str | tuple[str, ...] | None = None
     if "audience" in m:
         aud = m["audience"]
-        out["audience"] = (tuple(_str(a, f"{field}.audience[{i}]") for i, a in
-                                 enumerate(_list(aud, f"{field}.audience")))
-                           if isinstance(aud, list) else _str(aud, f"{field}.audience"))
-        if not out["audience"]:
+        audience = (tuple(_str(a, f"{field}.audience[{i}]") for i, a in
+                          enumerate(_list(aud, f"{field}.audience")))
+                    if isinstance(aud, list) else _str(aud, f"{field}.audience"))
+        if not audience:
             raise ConfigError(f"{field}.audience", "must not be empty")
-    if "algorithms" in m:
-        algs = _list(m["algorithms"], f"{field}.algorithms")
-        if not algs:
-            raise ConfigError(f"{field}.algorithms", "must not be empty")
-        out["algorithms"] = tuple(_choice(a, JWT_ALGORITHMS, f"{field}.algorithms[{i}]")
-                                  for i, a in enumerate(algs))
-        families = sorted({FAMILY_OF[a] for a in out["algorithms"]})
-        if len(families) > 1:
-            raise ConfigError(f"{field}.algorithms", "must all be of one family (RS*/PS*, "
-                              f"ES*, EdDSA or HS*), got {', '.join(out['algorithms'])}: "
-                              "mixing families lets a key be read the wrong way")
-        if families == ["oct"] and "pem_file" in out:
-            raise ConfigError(f"{field}.algorithms", "HS* needs a shared secret from a JWKS "
-                              "oct key (jwks_file or jwks_url), never pem_file")
-    if "leeway_seconds" in m:
-        out["leeway_seconds"] = _number(m["leeway_seconds"], f"{field}.leeway_seconds", 0, 3600)
-    checks = [k for k in ("algorithms", "audience", "issuer", "leeway_seconds") if k in out]
+    algs = _list(*get("algorithms"))
+    if not algs:
+        raise ConfigError(f"{field}.algorithms", "must not be empty")
+    algorithms = tuple(_choice(a, JWT_ALGORITHMS, f"{field}.algorithms[{i}]")
+                       for i, a in enumerate(algs))
+    families = sorted({FAMILY_OF[a] for a in algorithms})
+    if len(families) > 1:
+        raise ConfigError(f"{field}.algorithms", "must all be of one family (RS*/PS*, "
+                          f"ES*, EdDSA or HS*), got {', '.join(algorithms)}: "
+                          "mixing families lets a key be read the wrong way")
+    if families == ["oct"] and "pem_file" in text:
+        raise ConfigError(f"{field}.algorithms", "HS* needs a shared secret from a JWKS "
+                          "oct key (jwks_file or jwks_url), never pem_file")
+    leeway = _number(*get("leeway_seconds"), 0, 3600)
+    checks = [k for k in ("algorithms", "audience", "issuer", "leeway_seconds") if k in m]
     if checks and not given:
         log.warning("%s: %s set but no jwks_file, jwks_url or pem_file: the token is NOT "
                     "verified and its claim stays claimed", field, ", ".join(checks))
-    return MappingProxyType(out)
+    return JwtSettings(claim=claim, jwks_file=text.get("jwks_file"), jwks_url=url,
+                       jwks_refresh_seconds=refresh, pem_file=text.get("pem_file"),
+                       algorithms=algorithms, audience=audience, issuer=text.get("issuer"),
+                       leeway_seconds=leeway)

@@ -28,12 +28,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from tenantwatch.config.constants import FAMILY_OF
 from tenantwatch.errors import TenantwatchError
 from tenantwatch.identity.jwks import (
-    DEFAULT_REFRESH_SECONDS,
     JwksError,
     JwksUrlSource,
     KeySet,
@@ -43,6 +42,9 @@ from tenantwatch.identity.jwks import (
     load_jwks_file,
     load_pem_file,
 )
+
+if TYPE_CHECKING:
+    from tenantwatch.config import JwtSettings, Source
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +64,6 @@ CACHE_SECONDS = 300.0
 # A token rejected for a reason that can pass later (unknown kid, no keys yet, not yet valid)
 # is tried again after this long.
 RETRY_SECONDS = 10.0
-
-# When a source names keys but no algorithms: the one nearly every identity provider uses.
-DEFAULT_ALGORITHMS = ("RS256",)
 
 OK = "ok"
 VERIFY_RESULTS = (
@@ -346,37 +345,31 @@ def _is_time(value: Any, optional: bool) -> bool:
 # --- building from configuration -------------------------------------------------------------
 
 
-def has_key_source(settings: Mapping[str, Any] | None) -> bool:
-    """Whether a jwt source's settings name keys (else its claim is read unverified)."""
-    return bool(settings) and any(k in settings for k in ("jwks_file", "jwks_url", "pem_file"))
-
-
-def verifier_from_settings(settings: Mapping[str, Any], name: str = "jwt") -> JwtVerifier:
-    """A JwtVerifier (not started) for one jwt source's parsed settings (config/tenancy.py _parse_jwt)."""
-    algorithms = tuple(settings.get("algorithms", DEFAULT_ALGORITHMS))
+def verifier_from_settings(settings: JwtSettings, name: str = "jwt") -> JwtVerifier:
+    """A JwtVerifier (not started) for one jwt source's settings (config/tenancy.py _parse_jwt)."""
+    algorithms = settings.algorithms
     family = FAMILY_OF[algorithms[0]]
     source: KeySource
-    if "jwks_url" in settings:
-        source = JwksUrlSource(settings["jwks_url"], family, algorithms,
-                               refresh_seconds=settings.get("jwks_refresh_seconds",
-                                                            DEFAULT_REFRESH_SECONDS))
-    elif "jwks_file" in settings:
-        path = settings["jwks_file"]
+    if settings.jwks_url is not None:
+        source = JwksUrlSource(settings.jwks_url, family, algorithms,
+                               refresh_seconds=settings.jwks_refresh_seconds)
+    elif settings.jwks_file is not None:
+        path = settings.jwks_file
         source = StaticKeySource(loader=lambda: load_jwks_file(path, family, algorithms))
-    elif "pem_file" in settings:
-        path = settings["pem_file"]
-        source = StaticKeySource(loader=lambda: load_pem_file(path, family))
+    elif settings.pem_file is not None:
+        pem = settings.pem_file
+        source = StaticKeySource(loader=lambda: load_pem_file(pem, family))
     else:
         raise ValueError("a jwt source without jwks_file, jwks_url or pem_file is not verified")
-    return JwtVerifier(source, algorithms, claim=settings.get("claim", "tenant_id"),
-                       audience=settings.get("audience"), issuer=settings.get("issuer"),
-                       leeway_seconds=settings.get("leeway_seconds", 0.0), name=name)
+    return JwtVerifier(source, algorithms, claim=settings.claim, audience=settings.audience,
+                       issuer=settings.issuer, leeway_seconds=settings.leeway_seconds, name=name)
 
 
-def build_verifiers(sources: Sequence[Any]) -> dict[int, JwtVerifier]:
+def build_verifiers(sources: Sequence[Source]) -> dict[int, JwtVerifier]:
     """A verifier per jwt source (by index in tenancy.sources) that names a key source."""
     return {i: verifier_from_settings(s.jwt, f"tenancy.sources[{i}].jwt")
-            for i, s in enumerate(sources) if s.kind == "jwt" and has_key_source(s.jwt)}
+            for i, s in enumerate(sources)
+            if s.kind == "jwt" and s.jwt is not None and s.jwt.has_key_source}
 
 
 def total_counts(verifiers: Mapping[int, JwtVerifier]) -> dict[str, int]:

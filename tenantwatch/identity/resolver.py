@@ -120,8 +120,7 @@ class IdentityResolver:
         self._sources: tuple[Source, ...] = tenancy.sources
         self._verifiers: dict[int, JwtVerifier] = dict(verifiers or {})
         for i, s in enumerate(tenancy.sources):
-            keyed = s.kind == "jwt" and any(
-                k in (s.jwt or {}) for k in ("jwks_file", "jwks_url", "pem_file"))
+            keyed = s.kind == "jwt" and s.jwt is not None and s.jwt.has_key_source
             if keyed and i not in self._verifiers:
                 raise ValueError(f"jwt source {i} names keys but has no verifier")
         for i in self._verifiers:
@@ -340,9 +339,8 @@ class IdentityResolver:
             if match is None:
                 return TenantIdentity(INVALID, Trust.NONE, "host_mismatch")
             value = match.group("tenant").lower()  # DNS names are case-insensitive
-        elif source.kind == "jwt":
-            claim = (source.jwt or {}).get("claim", "tenant_id")
-            value = _unverified_claim(value, claim)
+        elif source.kind == "jwt" and source.jwt is not None:  # always set for a jwt source
+            value = _unverified_claim(value, source.jwt.claim)
             if value is None:
                 return TenantIdentity(INVALID, Trust.NONE, "jwt")
         return self._bound(value)

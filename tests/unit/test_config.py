@@ -90,8 +90,8 @@ def test_conventions_example_parses(tmp_path: Path) -> None:
     assert [x.side for x in s] == [Side.CLIENT, Side.SERVER, None, None]
     assert [x.trusted for x in s] == [True, False, False, False]
     assert s[2].host_template == "{tenant}.api.example.com"
-    assert dict(s[3].jwt or {}) == {"claim": "tenant_id", "jwks_file": "/etc/tenantwatch/jwks.json",
-                                    "algorithms": ("RS256",)}
+    assert s[3].jwt == cfg.JwtSettings(claim="tenant_id", jwks_file="/etc/tenantwatch/jwks.json",
+                                       algorithms=("RS256",))
     assert c.tenancy.pattern == "^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
     assert (c.tenancy.tenants, c.tenancy.max_tenants, c.tenancy.default) == ((), 1000, "common")
     assert c.enforcement == cfg.Enforcement("dry-run", "/sys/fs/cgroup/tenants.slice/"
@@ -399,15 +399,17 @@ def test_sources_may_repeat_a_header_on_different_sides() -> None:
 def test_jwt_defaults_and_read_only() -> None:
     src = parse(with_("tenancy.sources", [{"jwt": None}])).tenancy.sources[0]
     assert (src.kind, src.header, src.trusted) == ("jwt", "authorization", False)
-    assert src.jwt == {"claim": "tenant_id"}
-    with pytest.raises(TypeError):
-        src.jwt["claim"] = "x"  # type: ignore[index]
+    assert src.jwt == cfg.JwtSettings()
+    assert src.jwt is not None and src.jwt.claim == "tenant_id" and not src.jwt.has_key_source
+    with pytest.raises(AttributeError):  # dataclasses.FrozenInstanceError
+        src.jwt.claim = "x"  # type: ignore[misc]
     full = parse(with_("tenancy.sources", [{"jwt": {
         "claim": "org", "pem_file": "/k.pem", "issuer": "i", "audience": ["a", "b"],
         "algorithms": ["ES256"], "leeway_seconds": 5}}])).tenancy.sources[0].jwt
-    assert dict(full or {}) == {"claim": "org", "pem_file": "/k.pem", "issuer": "i",
-                                "audience": ("a", "b"), "algorithms": ("ES256",),
-                                "leeway_seconds": 5.0}
+    assert full == cfg.JwtSettings(claim="org", pem_file="/k.pem", issuer="i",
+                                   audience=("a", "b"), algorithms=("ES256",),
+                                   leeway_seconds=5.0)
+    assert full.has_key_source
 
 
 def test_allow_list_may_fill_max_tenants() -> None:
@@ -577,15 +579,27 @@ def test_jwt_key_sources_parse() -> None:
     url = parse(_jwt(jwks_url="https://idp.example/.well-known/jwks.json",
                      jwks_refresh_seconds=60, algorithms=["ES256", "ES384"],
                      audience="api", issuer="https://idp.example/")).tenancy.sources[0]
-    assert dict(url.jwt or {}) == {
-        "claim": "tenant_id", "jwks_url": "https://idp.example/.well-known/jwks.json",
-        "jwks_refresh_seconds": 60.0, "algorithms": ("ES256", "ES384"), "audience": "api",
-        "issuer": "https://idp.example/"}
+    assert url.jwt == cfg.JwtSettings(
+        claim="tenant_id", jwks_url="https://idp.example/.well-known/jwks.json",
+        jwks_refresh_seconds=60.0, algorithms=("ES256", "ES384"), audience="api",
+        issuer="https://idp.example/")
     assert url.trusted is False  # trust comes from verification, not configuration
     hs = parse(_jwt(jwks_file="/etc/tw/jwks.json", algorithms=["HS256", "HS512"]))
-    assert (hs.tenancy.sources[0].jwt or {})["algorithms"] == ("HS256", "HS512")
+    assert hs.tenancy.sources[0].jwt == cfg.JwtSettings(jwks_file="/etc/tw/jwks.json",
+                                                        algorithms=("HS256", "HS512"))
     rsa = parse(_jwt(pem_file="/etc/tw/idp.pem", algorithms=["RS256", "PS256"]))
-    assert (rsa.tenancy.sources[0].jwt or {})["pem_file"] == "/etc/tw/idp.pem"
+    assert rsa.tenancy.sources[0].jwt == cfg.JwtSettings(pem_file="/etc/tw/idp.pem",
+                                                         algorithms=("RS256", "PS256"))
+
+
+def test_jwt_settings_key_source_and_a_bare_jwt_source() -> None:
+    assert not cfg.JwtSettings().has_key_source
+    for key in ("jwks_file", "jwks_url", "pem_file"):
+        assert cfg.JwtSettings(**{key: "/x"}).has_key_source
+    assert not cfg.JwtSettings(issuer="i", audience="a", algorithms=("ES256",)).has_key_source
+    # a jwt Source always has settings: the defaults when built without them
+    assert cfg.Source("jwt", "authorization").jwt == cfg.JwtSettings()
+    assert cfg.Source("header", "x-t").jwt is None
 
 
 @pytest.mark.parametrize(("settings", "field", "words"), [

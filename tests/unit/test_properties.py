@@ -25,7 +25,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tenantwatch.config import DEFAULT_PATTERN, Source, Tenancy, parse_config
+from tenantwatch.config import DEFAULT_PATTERN, JwtSettings, Source, Tenancy, parse_config
 from tenantwatch.errors import ConfigError
 from tenantwatch.h2.frames import FRAME_HEADER_LEN, FrameSplitter
 from tenantwatch.identity import INVALID, OTHER, UNATTRIBUTED, IdentityResolver, Trust
@@ -40,7 +40,7 @@ SOURCES = (
     Source("header", "x-tenant-id", Side.SERVER, False),
     Source("header", "x-tenant-context", Side.CLIENT, True),
     Source("host", "host", None, False, host_template="{tenant}.api.example.com"),
-    Source("jwt", "authorization", None, False, jwt={"claim": "tenant_id"}),
+    Source("jwt", "authorization", None, False, jwt=JwtSettings(claim="tenant_id")),
 )
 FLAGS = st.sampled_from(list(ValueFlag)).map(ValueFlag) | st.integers(0, 0x1FF).map(ValueFlag)
 

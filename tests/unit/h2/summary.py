@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from tenantwatch.config import DEFAULT_PATTERN, Source, Tenancy
+from tenantwatch.config import DEFAULT_PATTERN, JwtSettings, Source, Tenancy
 from tenantwatch.identity import IdentityResolver
 from tenantwatch.kernel.records import STATUS_CLASSES, IdentityCounts, Side
 
 SOURCES = (
     Source("header", "x-tenant-id", None, False),
-    Source("jwt", "authorization", None, False, jwt={"claim": "tenant_id"}),
+    Source("jwt", "authorization", None, False, jwt=JwtSettings(claim="tenant_id")),
     Source("host", "host", None, False, host_template="{tenant}.api.example.com"),
 )
 BOUNDS = (0.001, 0.01, 0.1)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tenantwatch.config import Source
+from tenantwatch.config import JwtSettings, Source
 from tenantwatch.h2.identity import H2_UNATTRIBUTED_KEY, KEY_TOP_BIT, IdentityPicker
 from tenantwatch.kernel.records import Side, ValueFlag
 
@@ -10,7 +10,7 @@ F = ValueFlag
 SOURCES = (
     Source("header", "x-tenant-context", Side.CLIENT, True),
     Source("header", "x-tenant-id", Side.SERVER, False),
-    Source("jwt", "authorization", None, False, jwt={"claim": "tenant_id"}),
+    Source("jwt", "authorization", None, False, jwt=JwtSettings(claim="tenant_id")),
     Source("host", "host", None, False, host_template="{tenant}.api.example.com"),
 )
 

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-from tenantwatch.config import DEFAULT_PATTERN, Source, Tenancy
+from tenantwatch.config import DEFAULT_PATTERN, JwtSettings, Source, Tenancy
 from tenantwatch.identity import IdentityResolver
 from tenantwatch.identity.jwks import KeySet, StaticKeySource, parse_jwks, parse_pem
 from tenantwatch.identity.jwt_verifier import JwtVerifier
@@ -136,7 +136,7 @@ def pem_verifier(clock: Clock | None = None) -> JwtVerifier:
 
 
 JWT_SOURCE = Source("jwt", "authorization", None, False,
-                    jwt={"claim": "tenant_id", "jwks_file": "/etc/tenantwatch/jwks.json"})
+                    jwt=JwtSettings(claim="tenant_id", jwks_file="/etc/tenantwatch/jwks.json"))
 
 
 def resolver_with(v: JwtVerifier, clock: Clock | None = None, **tenancy: Any

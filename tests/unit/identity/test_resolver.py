@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tenantwatch.config import DEFAULT_PATTERN, Source, Tenancy
+from tenantwatch.config import DEFAULT_PATTERN, JwtSettings, Source, Tenancy
 from tenantwatch.identity import (
     INVALID,
     OTHER,
@@ -33,7 +33,7 @@ SOURCES = (
     Source("header", "x-tenant-id", Side.SERVER, False),
     Source("header", "x-tenant-context", Side.CLIENT, True),
     Source("host", "host", None, False, host_template="{tenant}.api.example.com"),
-    Source("jwt", "authorization", None, False, jwt={"claim": "tenant_id"}),
+    Source("jwt", "authorization", None, False, jwt=JwtSettings(claim="tenant_id")),
 )
 
 
