@@ -24,7 +24,8 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "config.md"
 MINIMAL = {"targets": [{"process": "nginx"}]}
 # the optional mappings, with their required keys only: the parser fills in the rest
 OPTIONAL = {**MINIMAL, "tenancy": {"response_check": {"header": "X-Served-Tenant"},
-                                   "registry": {"redis": "redis://127.0.0.1:6379/0"}}}
+                                   "registry": {"redis": "redis://127.0.0.1:6379/0"},
+                                   "sources": [{"jwt": {}}]}}
 CELL = r"(?:[^|\\]|\\.)*"  # a table cell; `\|` inside one is no separator
 # docs key -> attribute, where the names differ
 ATTRIBUTE = {("metrics", "histograms"): "histogram_sides",
@@ -34,7 +35,7 @@ SECTIONS: dict[str, type] = {
     "": cfg.Config, "tenancy": cfg.Tenancy, "tenancy.registry": cfg.Registry,
     "tenancy.response_check": cfg.ResponseCheck, "capture": cfg.Capture,
     "metrics": cfg.Metrics, "power": cfg.Power, "detection": cfg.DetectionSettings,
-    "enforcement": cfg.Enforcement, "otel": cfg.Otel,
+    "enforcement": cfg.Enforcement, "otel": cfg.Otel, "jwt": cfg.JwtSettings,
 }
 
 
@@ -108,6 +109,9 @@ def same(doc: object, code: object) -> bool:
 
 
 def _walk(obj: object, section: str) -> object:
+    if section == "jwt":  # `jwt` sources: the settings of the first one (tenancy.sources[i].jwt)
+        sources = getattr(getattr(obj, "tenancy", None), "sources", ())
+        return next((s.jwt for s in sources if s.jwt is not None), None)
     for part in section.split(".") if section else ():
         obj = getattr(obj, part, None)
     return obj
