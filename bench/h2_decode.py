@@ -28,7 +28,7 @@ import time
 
 from hpack import Decoder, Encoder
 
-from tenantwatch.config import DEFAULT_LATENCY_BUCKETS, Source
+from tenantwatch.config import DEFAULT_LATENCY_BUCKETS, JwtSettings, Source
 from tenantwatch.h2 import H2Event, H2Tracker
 from tenantwatch.h2.frames import FrameSplitter
 from tenantwatch.h2.hpack_lazy import LazyDecoder
@@ -36,7 +36,7 @@ from tenantwatch.kernel.records import Side
 
 SOURCES = (
     Source("header", "x-tenant-id", None, False),
-    Source("jwt", "authorization", None, False, jwt={"claim": "tenant_id"}),
+    Source("jwt", "authorization", None, False, jwt=JwtSettings(claim="tenant_id")),
     Source("host", "host", None, False, host_template="{tenant}.api.example.com"),
 )
 POLL_EVENTS = 256
