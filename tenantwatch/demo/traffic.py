@@ -1,16 +1,16 @@
-"""Ground-truth HTTP/1.1 client on raw sockets: keep-alive, pipelining, split request heads.
+"""Ground-truth HTTP/1.1 client on raw sockets: keep-alive, one request at a time.
 
 `Client` is what `tenantwatch demo` sends its traffic with; the tests drive it too, and count on
-the client side with `harness.traffic.drive()` (harness/, beside tests/). A tenant of None means
-the request carries no tenant header at all.
+the client side with `harness.traffic.drive()` (harness/, beside tests/). What only the tests do
+on the wire (pipelined heads in one write, heads split across writes, raw bytes, a reset) is the
+harness's `WireClient` (harness/client.py). A tenant of None means the request carries no tenant
+header at all.
 """
 
 from __future__ import annotations
 
 import socket
-import struct
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, NamedTuple, Union
 
 if TYPE_CHECKING:
@@ -98,12 +98,6 @@ class Client:
             finally:
                 self.sock = None
                 self._buf.clear()
-
-    def reset(self) -> None:
-        """Abort the connection with a RST (SO_LINGER 0), e.g. before a response arrived."""
-        if self.sock is not None:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.close()
 
     def __enter__(self) -> Self:
         return self
@@ -239,10 +233,6 @@ class Client:
 
     # ---------------------------------------------------------------- sending
 
-    def send_raw(self, data: bytes) -> None:
-        """Send bytes as they are (one sendall) on the current connection."""
-        self.connect().sendall(data)
-
     def _exchange(self, send, method: str = "GET") -> Response:
         """send(sock) then read one response; resend once on a reused connection that the server
         had closed before sending any byte back."""
@@ -286,49 +276,3 @@ class Client:
     ) -> int:
         """One request on the keep-alive connection; returns the status code."""
         return self.exchange(tenant, path, headers, method, body).status
-
-    def pipeline(self, requests: Sequence[tuple[str | None, str]]) -> list[int]:
-        """Send all request heads in ONE sendall(), then read the responses in order."""
-        data = b"".join(self.build_request(t, p) for t, p in requests)
-        if not requests:
-            return []
-        sock = self.connect()
-        try:
-            sock.sendall(data)
-            return [self.read_response().status for _ in requests]
-        except BaseException:
-            self.close()
-            raise
-        finally:
-            self._reused = self.sock is not None
-
-    def split_request(
-        self,
-        tenant: str | None,
-        cut_points: Sequence[int],
-        path: str = "/",
-        headers: Headers = (),
-        delay: float = 0.02,
-    ) -> int:
-        """Send one request head in several sendall()s, cut at the given byte offsets, sleeping
-        `delay` seconds between pieces so the server sees separate reads."""
-        data = self.build_request(tenant, path, headers)
-        cuts = sorted({c for c in cut_points if 0 < c < len(data)})
-        pieces = [data[a:b] for a, b in zip([0] + cuts, cuts + [len(data)])]
-
-        def send(sock: socket.socket) -> None:
-            for i, piece in enumerate(pieces):
-                if i:
-                    time.sleep(delay)
-                sock.sendall(piece)
-
-        # Never resend a split request: a retry would change what the test means to exercise.
-        sock = self.connect()
-        try:
-            send(sock)
-            resp = self.read_response()
-            self._reused = self.sock is not None
-            return resp.status
-        except BaseException:
-            self.close()
-            raise

@@ -12,8 +12,9 @@ from collections import Counter
 
 import pytest
 
+from harness.client import WireClient
 from harness.traffic import drive
-from tenantwatch.demo import Client, ProtocolError
+from tenantwatch.demo import ProtocolError
 from tests.e2e.conftest import RESERVED, SIDES, Baseline
 
 MAX_TENANTS = 50
@@ -105,7 +106,7 @@ class PipelinedFlood:
     def _lane(self, share: list[str]) -> None:
         local: Counter = Counter()
         try:
-            with Client("127.0.0.1", self.port, timeout=10) as c:
+            with WireClient("127.0.0.1", self.port, timeout=10) as c:
                 for i in range(0, len(share), self.batch):
                     local.update(c.pipeline([(t, "/direct") for t in share[i:i + self.batch]]))
         except (OSError, ProtocolError) as e:  # reported by run()

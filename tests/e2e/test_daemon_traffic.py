@@ -15,6 +15,7 @@ import threading
 import time
 from collections import Counter
 
+from harness.client import WireClient
 from tenantwatch.demo import Client, ProtocolError
 from tests.e2e.conftest import (
     SIDES,
@@ -72,7 +73,7 @@ def test_pipelined_requests_in_one_write(e2e_gateway, fresh_backend, tally, pref
         [(c, "/status/503"), (a, "/"), (b, "/"), (c, "/")],
     ]
     results: Counter = Counter()
-    with Client(HOST, e2e_gateway.listen_port) as cl:
+    with WireClient(HOST, e2e_gateway.listen_port) as cl:
         for batch in batches:
             statuses = cl.pipeline(batch)
             results.update(((t, s) for (t, _), s in zip(batch, statuses)))
@@ -94,7 +95,7 @@ def test_pipelined_beyond_fifo_depth_keeps_per_tenant_totals(e2e_gateway, fresh_
     per-tenant totals stay exact."""
     tenants = [f"{prefix}{i}" for i in range(3)]
     batch = [(tenants[i % 3], "/") for i in range(12)]
-    with Client(HOST, e2e_gateway.listen_port) as cl:
+    with WireClient(HOST, e2e_gateway.listen_port) as cl:
         assert cl.pipeline(batch) == [200] * 12
 
     def per_tenant(delta: Counter) -> Counter:
@@ -119,7 +120,7 @@ def test_pipelined_beyond_fifo_depth_keeps_per_tenant_totals(e2e_gateway, fresh_
 
 def test_request_head_split_across_reads(e2e_gateway, fresh_backend, tally, prefix):
     results: Counter = Counter()
-    with Client(HOST, e2e_gateway.listen_port) as c:
+    with WireClient(HOST, e2e_gateway.listen_port) as c:
         # cuts inside the request line, a header name, a value, between CR and LF, before the
         # blank line
         t = f"{prefix}cuts"
@@ -323,7 +324,7 @@ def test_fd_reuse_after_reset_before_response(daemon, make_gateway, fresh_backen
     assert want == got
     reset_t, next_t = f"{prefix}reset", f"{prefix}next"
 
-    a = Client(HOST, gw.listen_port)
+    a = WireClient(HOST, gw.listen_port)
     a.send_raw(a.build_request(reset_t, "/sleep/300"))
     a_port = a.sock.getsockname()[1]
     # nginx has read the head once the Backend has it; then abort with a RST

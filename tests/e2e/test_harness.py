@@ -7,6 +7,7 @@ import threading
 import time
 from collections import Counter
 
+from harness.client import WireClient
 from harness.traffic import drive
 from tenantwatch.demo import Client
 from tenantwatch.demo.gateway import _alive
@@ -58,14 +59,14 @@ def test_direct_location_does_not_reach_upstream(gateway, backend):
 def test_pipelined_requests_one_write(gateway, backend):
     reqs = [("alpha", "/"), ("beta", "/status/404"), (None, "/"), ("alpha", "/sleep/20"),
             ("beta", "/")]
-    with Client("127.0.0.1", gateway.listen_port) as c:
+    with WireClient("127.0.0.1", gateway.listen_port) as c:
         assert c.pipeline(reqs) == [200, 404, 200, 200, 200]
         assert c.connects == 1
     assert backend.received == Counter({"alpha": 2, "beta": 2, "common": 1})
 
 
 def test_split_request_head(gateway, backend):
-    with Client("127.0.0.1", gateway.listen_port) as c:
+    with WireClient("127.0.0.1", gateway.listen_port) as c:
         head = c.build_request("gamma", "/")
         name_at = head.index(b"X-Tenant-ID")
         # inside the method, inside a header name, inside the value, before the blank line

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.client import WireClient
 from tenantwatch.demo import Client, GatewayError, NginxGateway
 from tests.conftest import _free_port, require
 from tests.e2e.conftest import expected_counts, upstream_label, upstream_view
@@ -68,7 +69,7 @@ def start_tls_gateway(workdir: Path, upstream_port: int, nginx: str, cert: Path,
 HANDSHAKE_PAUSE_S = 0.0
 
 
-class TlsClient(Client):
+class TlsClient(WireClient):
     """The ground-truth keep-alive client over TLS (certificate pinned: the test's own)."""
 
     def __init__(self, host: str, port: int, cafile: Path,
