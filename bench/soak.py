@@ -42,11 +42,11 @@ import threading
 import time
 from pathlib import Path
 
+from harness.gateway import Gateway
 from harness.metrics import parse_metrics
 from harness.processes import Daemon, default_tenantwatch, free_port, http_get, proc_cpu_ticks
 from harness.workload import make_cert
 from tenantwatch.demo import Backend
-from tenantwatch.demo.gateway import NginxGateway
 
 DAEMON_CONFIG = """\
 listen: "127.0.0.1:{port}"
@@ -340,9 +340,9 @@ def main(argv: list[str] | None = None) -> int:
         cert, key = make_cert(tmp)
         backend = Backend().start()
         h2_port = free_port() if shutil.which("h2load") else None
-        gw = NginxGateway(tmp / "gw", free_port(), backend.port, workers=2,
-                          tls_port=free_port(), ssl_certificate=cert, ssl_certificate_key=key,
-                          extra_http=H2C_SERVER.format(port=h2_port) if h2_port else "")
+        gw = Gateway(tmp / "gw", free_port(), backend.port, workers=2,
+                     tls_port=free_port(), ssl_certificate=cert, ssl_certificate_key=key,
+                     extra_http=H2C_SERVER.format(port=h2_port) if h2_port else "")
         gw.start()
         port = free_port()
         cfg = tmp / "tw.yaml"

@@ -13,7 +13,8 @@ from typing import Callable
 
 import pytest
 
-from tenantwatch.demo import Backend, GatewayError, NginxGateway
+from harness.gateway import Gateway
+from tenantwatch.demo import Backend, GatewayError
 from tenantwatch.demo.gateway import find_nginx
 
 
@@ -60,14 +61,14 @@ def backend() -> Iterator[Backend]:
 
 
 @pytest.fixture
-def gateway(tmp_path, backend: Backend) -> Iterator[NginxGateway]:
+def gateway(tmp_path, backend: Backend) -> Iterator[Gateway]:
     """nginx (2 workers) on a free loopback port proxying to `backend`; stopped (by pid) after."""
     require_root()
     require_nginx()
     gw = None
     last: Exception = RuntimeError("no attempt")
     for attempt in range(3):  # the free port can be taken between probing and nginx's bind
-        gw = NginxGateway(tmp_path / f"nginx{attempt}", _free_port(), backend.port, workers=2)
+        gw = Gateway(tmp_path / f"nginx{attempt}", _free_port(), backend.port, workers=2)
         try:
             gw.start()
             break

@@ -6,7 +6,8 @@ Fixtures
 - `daemon` (module): one daemon with the standard config (CONFIG_TEMPLATE) per test module.  Module
   scope, not session: a test module may flood the label set (max_tenants) or kill daemons, and a
   fresh daemon per module keeps the modules independent; the BPF compile costs ~4 s per module.
-- `e2e_backend`, `e2e_gateway` (module): Backend + nginx (2 workers) shared by a module's tests.
+- `e2e_backend`, `e2e_gateway` (module): Backend + nginx (2 workers, harness `Gateway`) shared
+  by a module's tests.
 - `make_gateway` (function): extra nginx gateways (reload, fd reuse), stopped after the test.
 
 Isolation on a shared machine: the gateway runs the Debian nginx through a symlink named
@@ -41,7 +42,8 @@ if TYPE_CHECKING:
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tenantwatch.demo import Backend, GatewayError, NginxGateway
+from harness.gateway import Gateway
+from tenantwatch.demo import Backend, GatewayError
 from tests.conftest import _free_port, require_nginx, require_root
 
 REPO = Path(__file__).resolve().parents[2]
@@ -558,11 +560,11 @@ def e2e_backend() -> Iterator[Backend]:
         b.stop()
 
 
-def start_gateway(workdir: Path, backend: Backend, nginx: str, workers: int = 2) -> NginxGateway:
+def start_gateway(workdir: Path, backend: Backend, nginx: str, workers: int = 2) -> Gateway:
     last: Exception = RuntimeError("no attempt")
     for attempt in range(3):  # the free port can be taken between probing and nginx's bind
-        gw = NginxGateway(workdir / f"nginx{attempt}", _free_port(), backend.port,
-                          workers=workers, nginx=nginx)
+        gw = Gateway(workdir / f"nginx{attempt}", _free_port(), backend.port,
+                     workers=workers, nginx=nginx)
         try:
             return gw.start()
         except GatewayError as e:
@@ -572,7 +574,7 @@ def start_gateway(workdir: Path, backend: Backend, nginx: str, workers: int = 2)
 
 
 @pytest.fixture(scope="module")
-def e2e_gateway(tmp_path_factory, e2e_backend, nginx_binary) -> Iterator[NginxGateway]:
+def e2e_gateway(tmp_path_factory, e2e_backend, nginx_binary) -> Iterator[Gateway]:
     gw = start_gateway(tmp_path_factory.mktemp("gw"), e2e_backend, nginx_binary)
     try:
         yield gw
@@ -581,11 +583,11 @@ def e2e_gateway(tmp_path_factory, e2e_backend, nginx_binary) -> Iterator[NginxGa
 
 
 @pytest.fixture
-def make_gateway(tmp_path, e2e_backend, nginx_binary) -> Iterator[Callable[..., NginxGateway]]:
+def make_gateway(tmp_path, e2e_backend, nginx_binary) -> Iterator[Callable[..., Gateway]]:
     """make(workers=2) -> another nginx (comm NGINX_COMM) on e2e_backend, stopped after."""
-    made: list[NginxGateway] = []
+    made: list[Gateway] = []
 
-    def make(workers: int = 2) -> NginxGateway:
+    def make(workers: int = 2) -> Gateway:
         gw = start_gateway(tmp_path / f"gw{len(made)}", e2e_backend, nginx_binary, workers)
         made.append(gw)
         return gw

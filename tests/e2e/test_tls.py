@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 
 from harness.client import WireClient
-from tenantwatch.demo import Client, GatewayError, NginxGateway
+from harness.gateway import Gateway
+from tenantwatch.demo import Client, GatewayError
 from tests.conftest import _free_port, require
 from tests.e2e.conftest import expected_counts, upstream_label, upstream_view
 
@@ -49,13 +50,13 @@ def make_cert(d: Path) -> tuple[Path, Path]:
 
 
 def start_tls_gateway(workdir: Path, upstream_port: int, nginx: str, cert: Path, key: Path,
-                      workers: int = 2) -> NginxGateway:
-    """NginxGateway with a plain and a TLS listener (retried: a free port can be taken)."""
+                      workers: int = 2) -> Gateway:
+    """Gateway with a plain and a TLS listener (retried: a free port can be taken)."""
     last: Exception = RuntimeError("no attempt")
     for attempt in range(3):
-        gw = NginxGateway(workdir / f"nginx{attempt}", _free_port(), upstream_port,
-                          workers=workers, nginx=nginx, tls_port=_free_port(),
-                          ssl_certificate=cert, ssl_certificate_key=key)
+        gw = Gateway(workdir / f"nginx{attempt}", _free_port(), upstream_port,
+                     workers=workers, nginx=nginx, tls_port=_free_port(),
+                     ssl_certificate=cert, ssl_certificate_key=key)
         try:
             return gw.start()
         except GatewayError as e:
@@ -134,7 +135,7 @@ def log_mark(e2e_gateway):
     return len(e2e_gateway.access_log_records())
 
 
-def new_log_records(gw: NginxGateway, mark: int, count: int) -> list[dict]:
+def new_log_records(gw: Gateway, mark: int, count: int) -> list[dict]:
     return gw.wait_access_log(mark + count)[mark:]
 
 
