@@ -13,8 +13,9 @@ from typing import Callable
 
 import pytest
 
+from harness.backend import RecordingBackend
 from harness.gateway import Gateway
-from tenantwatch.demo import Backend, GatewayError
+from tenantwatch.demo import GatewayError
 from tenantwatch.demo.gateway import find_nginx
 
 
@@ -52,8 +53,8 @@ def free_port() -> Callable[[], int]:
 
 
 @pytest.fixture
-def backend() -> Iterator[Backend]:
-    b = Backend(port=0).start()
+def backend() -> Iterator[RecordingBackend]:
+    b = RecordingBackend(port=0).start()
     try:
         yield b
     finally:
@@ -61,7 +62,7 @@ def backend() -> Iterator[Backend]:
 
 
 @pytest.fixture
-def gateway(tmp_path, backend: Backend) -> Iterator[Gateway]:
+def gateway(tmp_path, backend: RecordingBackend) -> Iterator[Gateway]:
     """nginx (2 workers) on a free loopback port proxying to `backend`; stopped (by pid) after."""
     require_root()
     require_nginx()

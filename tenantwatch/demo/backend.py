@@ -1,12 +1,13 @@
-"""A real HTTP/1.1 backend for nginx to proxy to, counting what it receives.
+"""A real HTTP/1.1 backend for nginx to proxy to.
 
-`Backend.received` is the ground truth for the gateway -> upstream side: how many requests arrived
-carrying each `X-Tenant-Context` value (the header nginx sets from its tenant `map`).
+Every request's `X-Tenant-Context` value (the header nginx sets from its tenant `map`) goes to
+`Backend.on_request`, every WebSocket session's opening and end to `Backend.on_websocket`; the
+demo ignores them, the harness's `RecordingBackend` (harness/backend.py, beside tests/) counts
+them: the ground truth for the gateway -> upstream side.
 
 A GET with `Upgrade: websocket` is answered with `101 Switching Protocols` (RFC 6455 handshake) and
 the connection then echoes every data frame back, unmasked, until a close frame or EOF.  The
-upgrade request is counted in `received` like any request; `websockets` counts the sessions by
-X-Tenant-Context and `websockets_active` those still open.
+upgrade request is an `on_request` like any request.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import socket
 import struct
 import threading
 import time
-from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
@@ -135,7 +135,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._respond(400, b"bad body\n")
             return
         context = self.headers.get(CONTEXT_HEADER)
-        self.server.owner._count(context)
+        self.server.owner.on_request(context)
         path = self.path.split("?", 1)[0]
         status = 200
         parts = path.strip("/").split("/")
@@ -173,7 +173,7 @@ class _Handler(BaseHTTPRequestHandler):
         """RFC 6455 server handshake, then echo frames until close or EOF."""
         context = self.headers.get(CONTEXT_HEADER)
         owner = self.server.owner
-        owner._count(context)
+        owner.on_request(context)
         key = (self.headers.get("Sec-WebSocket-Key") or "").strip()
         if not key or self.headers.get("Sec-WebSocket-Version", "").strip() != "13":
             self.close_connection = True
@@ -185,13 +185,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Connection", "Upgrade")
         self.send_header("Sec-WebSocket-Accept", websocket_accept(key))
         self.end_headers()
-        owner._ws_session(context, +1)
+        owner.on_websocket(context, True)
         try:
             self._echo_frames()
         except (OSError, ValueError):
             pass
         finally:
-            owner._ws_session(context, -1)
+            owner.on_websocket(context, False)
 
     def _echo_frames(self) -> None:
         read = self.rfile.read
@@ -227,8 +227,8 @@ class _Handler(BaseHTTPRequestHandler):
 class Backend:
     """Threaded HTTP/1.1 keep-alive server on `host:port` (port 0 picks a free port).
 
-    `received` is a snapshot Counter of requests per received X-Tenant-Context value (None when the
-    header was absent). Use as a context manager or call start()/stop() (both idempotent).
+    Use as a context manager or call start()/stop() (both idempotent). The handler threads call
+    `on_request` and `on_websocket`, which do nothing here; a subclass may record them.
     """
 
     def __init__(self, port: int = 0, host: str = "127.0.0.1") -> None:
@@ -236,10 +236,6 @@ class Backend:
         self._requested_port = port
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self._received: Counter = Counter()
-        self._websockets: Counter = Counter()
-        self._ws_active = 0
 
     @property
     def port(self) -> int:
@@ -247,42 +243,13 @@ class Backend:
             return self._server.server_address[1]
         return self._requested_port
 
-    @property
-    def received(self) -> Counter:
-        with self._lock:
-            return Counter(self._received)
+    def on_request(self, context: str | None) -> None:
+        """A request arrived with this X-Tenant-Context value (None: no such header); called
+        before it is answered, from the handler thread."""
 
-    @property
-    def total(self) -> int:
-        with self._lock:
-            return sum(self._received.values())
-
-    @property
-    def websockets(self) -> Counter:
-        """WebSocket sessions accepted (101 sent), per X-Tenant-Context value."""
-        with self._lock:
-            return Counter(self._websockets)
-
-    @property
-    def websockets_active(self) -> int:
-        """WebSocket sessions whose echo loop is still running."""
-        with self._lock:
-            return self._ws_active
-
-    def reset(self) -> None:
-        with self._lock:
-            self._received.clear()
-            self._websockets.clear()
-
-    def _count(self, context: str | None) -> None:
-        with self._lock:
-            self._received[context] += 1
-
-    def _ws_session(self, context: str | None, change: int) -> None:
-        with self._lock:
-            if change > 0:
-                self._websockets[context] += 1
-            self._ws_active += change
+    def on_websocket(self, context: str | None, opened: bool) -> None:
+        """A WebSocket session with this X-Tenant-Context value was accepted (101 sent,
+        `opened`) or its echo loop ended (not `opened`); from the handler thread."""
 
     def start(self) -> Backend:
         if self._server is not None:

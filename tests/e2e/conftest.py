@@ -6,8 +6,8 @@ Fixtures
 - `daemon` (module): one daemon with the standard config (CONFIG_TEMPLATE) per test module.  Module
   scope, not session: a test module may flood the label set (max_tenants) or kill daemons, and a
   fresh daemon per module keeps the modules independent; the BPF compile costs ~4 s per module.
-- `e2e_backend`, `e2e_gateway` (module): Backend + nginx (2 workers, harness `Gateway`) shared
-  by a module's tests.
+- `e2e_backend`, `e2e_gateway` (module): RecordingBackend + nginx (2 workers, harness `Gateway`)
+  shared by a module's tests.
 - `make_gateway` (function): extra nginx gateways (reload, fd reuse), stopped after the test.
 
 Isolation on a shared machine: the gateway runs the Debian nginx through a symlink named
@@ -42,8 +42,9 @@ if TYPE_CHECKING:
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.backend import RecordingBackend
 from harness.gateway import Gateway
-from tenantwatch.demo import Backend, GatewayError
+from tenantwatch.demo import GatewayError
 from tests.conftest import _free_port, require_nginx, require_root
 
 REPO = Path(__file__).resolve().parents[2]
@@ -194,7 +195,8 @@ def expected_counts(results: Mapping[tuple[str | None, int], int],
 
 
 def upstream_view(table: Mapping[tuple[str, str, str], int]) -> Counter:
-    """{X-Tenant-Context: n} of the client side of a table, to compare with Backend.received."""
+    """{X-Tenant-Context: n} of the client side of a table, to compare with
+    RecordingBackend.received."""
     out: Counter = Counter()
     for (side, tenant, _cls), n in table.items():
         if side == "client":
@@ -552,15 +554,16 @@ def daemon(daemon_factory, e2e_gateway) -> Daemon:
 
 
 @pytest.fixture(scope="module")
-def e2e_backend() -> Iterator[Backend]:
-    b = Backend(port=0).start()
+def e2e_backend() -> Iterator[RecordingBackend]:
+    b = RecordingBackend(port=0).start()
     try:
         yield b
     finally:
         b.stop()
 
 
-def start_gateway(workdir: Path, backend: Backend, nginx: str, workers: int = 2) -> Gateway:
+def start_gateway(workdir: Path, backend: RecordingBackend, nginx: str,
+                  workers: int = 2) -> Gateway:
     last: Exception = RuntimeError("no attempt")
     for attempt in range(3):  # the free port can be taken between probing and nginx's bind
         gw = Gateway(workdir / f"nginx{attempt}", _free_port(), backend.port,
@@ -598,7 +601,7 @@ def make_gateway(tmp_path, e2e_backend, nginx_binary) -> Iterator[Callable[..., 
 
 
 @pytest.fixture
-def fresh_backend(e2e_backend) -> Backend:
+def fresh_backend(e2e_backend) -> RecordingBackend:
     """e2e_backend with its received counter cleared for this test."""
     e2e_backend.reset()
     return e2e_backend

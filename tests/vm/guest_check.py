@@ -42,6 +42,7 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
+from harness.backend import RecordingBackend
 from harness.metrics import parse_metrics
 from harness.traffic import drive
 from tenantwatch.demo import Backend, NginxGateway
@@ -140,7 +141,7 @@ def run_workload(probes: HttpProbes, workdir: Path, workload: dict, seed: int) -
     """Drive `workload` through a fresh Backend + nginx traced by `probes`; compare."""
     out: dict = {"ok": False}
     expected = expected_sides(workload)
-    with Backend() as backend:
+    with RecordingBackend() as backend:
         gw = NginxGateway(workdir / f"nginx-{seed}", _free_port(), backend.port, workers=2,
                           nginx=nginx_binary(workdir))
         gw.start(timeout=60)
@@ -357,7 +358,7 @@ def step_daemon(workdir: Path) -> dict:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("TENANTWATCH_") or k == "TENANTWATCH_BPF_DIR"}
     env["PYTHONUNBUFFERED"] = "1"
-    with Backend() as backend:
+    with RecordingBackend() as backend:
         gw = NginxGateway(workdir / "nginx-daemon", _free_port(), backend.port, workers=2,
                           nginx=nginx_binary(workdir))
         gw.start(timeout=60)
