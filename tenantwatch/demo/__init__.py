@@ -1,12 +1,14 @@
 """What `tenantwatch demo` runs (run.py): real components on loopback, stopped by pid.
 
-- `Backend`: threaded HTTP/1.1 upstream counting received X-Tenant-Context values.
+- `Backend`: threaded HTTP/1.1 upstream (and WebSocket echo) that nginx proxies to.
 - `NginxGateway`: a private nginx applying the tenant map and proxying to the Backend.
-- `Client`: raw-socket HTTP/1.1 client (keep-alive, pipelining, split heads).
+- `Client`: raw-socket HTTP/1.1 keep-alive client.
 
-The tests and benchmarks use these classes too; what only they need (the counted `drive()`,
-the many-connection clients, /metrics parsing, the benchmarks' helpers) is in `harness/`,
-beside tests/, which is not part of the package.
+The tests and benchmarks use them too, and subclasses in `harness/` (beside tests/, not part of
+the package) that add what only they need: `RecordingBackend` counts what the Backend received,
+`Gateway` reloads nginx and reads its access log, `WireClient` pipelines requests, splits heads,
+sends raw bytes and resets. The counted `drive()`, the many-connection clients, /metrics parsing
+and the benchmarks' helpers are there too.
 """
 
 from tenantwatch.demo.backend import Backend
