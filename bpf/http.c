@@ -140,6 +140,8 @@ TRACEPOINT_PROBE(sched, sched_process_exec) { return tw_exec(); }
 
 TRACEPOINT_PROBE(sched, sched_process_exit)
 {
+	if (tw_is_target())
+		tw_cpu_exit();  /* every thread of a target: its last CPU piece (cpu.c) */
 	__u64 id = bpf_get_current_pid_tgid();
 	if ((__u32)id != (__u32)(id >> 32))
 		return 0;  /* a thread, not the process */

@@ -118,3 +118,62 @@ def test_cpu_per_tenant_in_an_event_loop_within_10_percent(probes):
     for tenant in PLAN:
         assert abs(cpu.get(tenant, 0) - truth[tenant]) <= 0.10 * truth[tenant], (tenant, cpu,
                                                                                   truth)
+
+
+# One thread per connection; each burns TAIL_MS after its last write and then exits without
+# another traced syscall: the piece is charged when the thread exits (sched_process_exit).
+TAIL_SERVER = r"""
+import ctypes, json, socket, sys, threading, time
+ctypes.CDLL(None).prctl(15, b"python3-twsrv", 0, 0, 0)  # PR_SET_NAME
+TAIL = 0.02
+truth, lock = {}, threading.Lock()
+def serve(c):
+    t0 = time.thread_time()
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += c.recv(4096)
+    tenant = data.split(b"X-Tenant-ID: ")[1].split(b"\r\n")[0].decode()
+    if data.startswith(b"GET /truth"):
+        with lock:
+            body = json.dumps(truth).encode()
+    else:
+        body = b"ok\n"
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    if not data.startswith(b"GET /truth"):
+        t1 = time.thread_time()
+        while time.thread_time() - t1 < TAIL:  # after the last traced syscall
+            pass
+        with lock:
+            truth[tenant] = truth.get(tenant, 0) + time.thread_time() - t0
+    # the socket is closed by the garbage collector after the thread is gone
+ls = socket.create_server(("127.0.0.1", 0))
+print(ls.getsockname()[1], flush=True)
+while True:
+    c, _ = ls.accept()
+    threading.Thread(target=serve, args=(c,)).start()
+"""
+
+
+def test_the_cpu_of_a_thread_after_its_last_syscall_is_charged_when_it_exits(probes):
+    proc = subprocess.Popen([sys.executable, "-c", TAIL_SERVER], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        port = int(proc.stdout.readline())
+        probes.set_targets({proc.pid})
+        probes.drain()
+        for _ in range(30):
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                _get(s, "tail")
+            time.sleep(0.03)  # the thread has burnt its tail and exited
+        time.sleep(0.2)
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            truth = json.loads(_get(s, "x", "/truth"))
+        time.sleep(0.1)
+        tick = probes.drain()
+    finally:
+        proc.kill()
+        proc.wait(5)
+        probes.set_targets(set())
+    cpu = cpu_by_name(tick)
+    print("attributed", {k: round(v, 3) for k, v in cpu.items()}, "truth", truth)
+    assert abs(cpu.get("tail", 0) - truth["tail"]) <= 0.10 * truth["tail"], (cpu, truth)
