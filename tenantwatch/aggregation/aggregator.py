@@ -273,7 +273,7 @@ class Aggregator:
         """(probes attached, probes, target processes, tenants, events lost in all): the
         status line's numbers, without building the snapshot."""
         return (sum(1 for ok in self._probes.values() if ok), len(self._probes), self._targets,
-                len({tenant for tenant, _ in self._totals}), sum(self._events_lost.values()))
+                len(self.tenant_labels()), sum(self._events_lost.values()))
 
     def slow_spans(self) -> tuple[SlowSpan, ...]:
         """The slow requests the last tick brought, with their tenants."""

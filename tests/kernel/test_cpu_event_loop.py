@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 
-from tests.kernel.test_cpu import cpu_by_name
+from tests.kernel.test_cpu import _get, cpu_by_name
 
 SERVER = r"""
 import ctypes, json, selectors, socket, sys, time
@@ -73,37 +73,15 @@ PLAN = {"heavy": 150, "medium": 200, "light": 400}  # requests per connection
 CONNECTIONS = 3  # per tenant, each with one request in flight: a wakeup serves several tenants
 
 
-def _get(sock: socket.socket, tenant: str, path: str = "/") -> bytes:
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\nX-Tenant-ID: {tenant}\r\n\r\n".encode())
-    got = b""
-    deadline = time.monotonic() + 20
-    while b"\r\n\r\n" not in got or len(got.split(b"\r\n\r\n", 1)[1]) < int(
-            got.split(b"Content-Length: ")[1].split(b"\r\n")[0]):
-        assert time.monotonic() < deadline
-        chunk = sock.recv(65536)
-        assert chunk
-        got += chunk
-    return got.split(b"\r\n\r\n", 1)[1]
-
-
-def test_cpu_per_tenant_in_an_event_loop_within_10_percent(probes):
-    proc = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+def _measure(probes, server: str, drive) -> tuple[dict, dict]:
+    """Run `server` traced, `drive(port)`, then take its own truth (GET /truth) and the tick:
+    (CPU seconds attributed by identity value, the server's thread_time() by tenant)."""
+    proc = subprocess.Popen([sys.executable, "-c", server], stdout=subprocess.PIPE, text=True)
     try:
         port = int(proc.stdout.readline())
         probes.set_targets({proc.pid})
         probes.drain()
-
-        def client(tenant: str, n: int) -> None:
-            with socket.create_connection(("127.0.0.1", port)) as s:
-                for _ in range(n):
-                    _get(s, tenant)
-
-        threads = [threading.Thread(target=client, args=(t, n))
-                   for t, n in PLAN.items() for _ in range(CONNECTIONS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
+        drive(port)
         with socket.create_connection(("127.0.0.1", port)) as s:
             truth = json.loads(_get(s, "x", "/truth"))
         time.sleep(0.1)
@@ -115,6 +93,24 @@ def test_cpu_per_tenant_in_an_event_loop_within_10_percent(probes):
     cpu = cpu_by_name(tick)
     print("attributed", {k: round(v, 3) for k, v in cpu.items()},
           "truth", {k: round(v, 3) for k, v in truth.items()})
+    return cpu, truth
+
+
+def test_cpu_per_tenant_in_an_event_loop_within_10_percent(probes):
+    def drive(port: int) -> None:
+        def client(tenant: str, n: int) -> None:
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                for _ in range(n):
+                    _get(s, tenant)
+
+        threads = [threading.Thread(target=client, args=(t, n))
+                   for t, n in PLAN.items() for _ in range(CONNECTIONS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+
+    cpu, truth = _measure(probes, SERVER, drive)
     for tenant in PLAN:
         assert abs(cpu.get(tenant, 0) - truth[tenant]) <= 0.10 * truth[tenant], (tenant, cpu,
                                                                                   truth)
@@ -155,25 +151,12 @@ while True:
 
 
 def test_the_cpu_of_a_thread_after_its_last_syscall_is_charged_when_it_exits(probes):
-    proc = subprocess.Popen([sys.executable, "-c", TAIL_SERVER], stdout=subprocess.PIPE,
-                            text=True)
-    try:
-        port = int(proc.stdout.readline())
-        probes.set_targets({proc.pid})
-        probes.drain()
+    def drive(port: int) -> None:
         for _ in range(30):
             with socket.create_connection(("127.0.0.1", port)) as s:
                 _get(s, "tail")
             time.sleep(0.03)  # the thread has burnt its tail and exited
         time.sleep(0.2)
-        with socket.create_connection(("127.0.0.1", port)) as s:
-            truth = json.loads(_get(s, "x", "/truth"))
-        time.sleep(0.1)
-        tick = probes.drain()
-    finally:
-        proc.kill()
-        proc.wait(5)
-        probes.set_targets(set())
-    cpu = cpu_by_name(tick)
-    print("attributed", {k: round(v, 3) for k, v in cpu.items()}, "truth", truth)
+
+    cpu, truth = _measure(probes, TAIL_SERVER, drive)
     assert abs(cpu.get("tail", 0) - truth["tail"]) <= 0.10 * truth["tail"], (cpu, truth)
