@@ -8,9 +8,10 @@ on-CPU time), then ticks where the same keys come back (known keys, no raw value
 tick runs through Daemon.tick() (aggregation, detection, enforcement in dry-run)
 exactly as in the daemon, and the first snapshot() after a tick builds its rows (what the next
 scrape pays).  Prints ms per tick and µs per identity drained, best of --rounds, and with
---profile the top functions of the first tick.
+--profile the top functions of the first round's new or known tick.
 
-    .venv/bin/python bench/tick_cost.py [--tenants 10000] [--rounds 3] [--profile]
+    .venv/bin/python bench/tick_cost.py [--tenants 10000] [--rounds 3] [--gc tuned|default]
+        [--profile new|known]
 
 The conversion of the kernel's map rows into records (kernel/loader.py drain) is not in these
 figures: bench/scale.py measures the whole tick with real BPF maps.  No root needed.
@@ -26,6 +27,7 @@ import time
 
 from tenantwatch.config import parse_config
 from tenantwatch.daemon import Daemon
+from tenantwatch.memory import tune_gc
 from tenantwatch.kernel.records import CpuCounts, IdentityCounts, KernelTick, Side, ValueFlag
 
 BUCKETS = 17  # the default 16 bounds + Inf
@@ -123,18 +125,27 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tenants", type=int, default=10000)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--profile", action="store_true", help="cProfile the first tick")
+    ap.add_argument("--gc", choices=("tuned", "default"), default="tuned",
+                    help="the collector as the daemon sets it once started (memory.tune_gc), "
+                    "or Python's defaults")
+    ap.add_argument("--profile", choices=("new", "known"),
+                    help="cProfile the first round's tick with every identity new, or with "
+                    "the same keys again")
     args = ap.parse_args()
     n = 2 * args.tenants
     best: dict[str, float] = {}
     for r in range(args.rounds):
         d, probes = daemon(args.tenants)
+        if args.gc == "tuned":
+            tune_gc()  # as Daemon.run() does once started
         prof = cProfile.Profile() if args.profile and r == 0 else None
+        new_prof = prof if args.profile == "new" else None
+        known_prof = prof if args.profile == "known" else None
         first = make_tick(args.tenants, True, 1 << 40)
         again = make_tick(args.tenants, False, 1 << 40)
-        times = {"new": timed_tick(d, probes, first, prof)}
+        times = {"new": timed_tick(d, probes, first, new_prof)}
         times["build"] = timed_snapshot(d)
-        times["known"] = timed_tick(d, probes, again)
+        times["known"] = timed_tick(d, probes, again, known_prof)
         times["rebuild"] = timed_snapshot(d)
         probes.next = KernelTick(identities=(), lost={}, targets=1, probes={},
                                  monotonic_ns=time.monotonic_ns())

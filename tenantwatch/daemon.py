@@ -54,7 +54,7 @@ from tenantwatch.kernel.loader import HttpProbes, KernelResponseCheck, KernelSou
 from tenantwatch.kernel.records import KernelTick, Side
 from tenantwatch.kernel.targets import ProcessScanner
 from tenantwatch.logs import apply_logging
-from tenantwatch.memory import after_compile, fixed_mmap_threshold
+from tenantwatch.memory import after_compile, fixed_mmap_threshold, tune_gc
 
 log = logging.getLogger(__name__)
 
@@ -428,6 +428,7 @@ class Daemon:
         fixed_mmap_threshold()  # a big /metrics body is unmapped after each scrape
         try:
             self.start()
+            tune_gc()  # after the probes and the HTTP server exist: they are frozen
             self.loop()
         finally:
             self.shutdown()

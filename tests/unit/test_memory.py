@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from tenantwatch import memory
 
 MAPS = """\
@@ -27,3 +30,27 @@ def test_the_calls_are_safe_in_a_process_without_the_compiler():
     assert memory.after_compile() is mapped  # this kernel (6.18) has MADV_PAGEOUT
     big = bytearray(8 << 20)  # still allocates and frees normally
     del big
+
+
+def test_tune_gc_freezes_the_heap_and_still_collects_new_cycles():
+    # in a child process: the thresholds and the frozen generation are the whole process's
+    code = """
+import gc, weakref
+from tenantwatch import memory
+assert memory.tune_gc() == (memory.GC_YOUNG_THRESHOLD, 10, 10), gc.get_threshold()
+assert gc.get_freeze_count() > 1000
+class Node: pass
+a, b = Node(), Node()
+a.other, b.other = b, a
+gone = weakref.ref(a)
+del a, b
+kept = []
+for _ in range(memory.GC_YOUNG_THRESHOLD * 3):  # objects that live on set off the collector
+    kept.append([])
+    if gone() is None:
+        break
+assert gone() is None, "a cycle made after tune_gc() was never collected"
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout == "ok\n", out.stderr
