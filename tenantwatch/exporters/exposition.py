@@ -8,6 +8,7 @@ wants the library's view (tests, describe).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client.exposition import choose_encoder
@@ -31,21 +32,24 @@ class Exposition:
         parts, content_type = self.encode_parts(accept)
         return b"".join(parts), content_type
 
-    def encode_parts(self, accept: str | None) -> tuple[list[bytes], str]:
-        """The body in parts (a family each for a collector with render_parts), each encoded as
-        soon as it is written: a body of 50 MB (10k tenants) is held once, as bytes."""
+    def encode_parts(self, accept: str | None) -> tuple[Iterator[bytes], str]:
+        """The body in parts (a collector's each, or what its render_parts yields), each
+        encoded when the caller asks for it: a caller that keeps only the bytes (or compresses
+        each part) holds a body of 50 MB (10k tenants) once, not two or three times over."""
         encoder, content_type = choose_encoder(accept or "")
         openmetrics = content_type.startswith("application/openmetrics-text")
-        parts: list[bytes] = []
+        return self._parts(encoder, openmetrics), content_type
+
+    def _parts(self, encoder: Any, openmetrics: bool) -> Iterator[bytes]:
         for collector in self._collectors:
             render = getattr(collector, "render_parts", None)
             if render is not None:
-                parts.extend(text.encode() for text in render(openmetrics))
+                for text in render(openmetrics):
+                    yield text.encode()
                 continue
             body = encoder(collector)
             if openmetrics and body.endswith(EOF_LINE.encode()):
                 body = body[: -len(EOF_LINE)]
-            parts.append(body)
+            yield body
         if openmetrics:
-            parts.append(EOF_LINE.encode())
-        return parts, content_type
+            yield EOF_LINE.encode()

@@ -27,7 +27,7 @@ import socket
 import ssl
 import threading
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
@@ -136,7 +136,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.end_headers()
                 return
             if path == "/metrics":
-                body: bytes | list[bytes]
+                body: bytes | Iterator[bytes]
                 if isinstance(api.registry, Exposition):
                     body, content_type = api.registry.encode_parts(self.headers.get("Accept"))
                 else:
@@ -168,15 +168,26 @@ class _Handler(BaseHTTPRequestHandler):
         body = text.encode() + b"\n"
         self._send(status, body, JSON_CONTENT_TYPE)
 
-    def _send(self, status: int, body: bytes | list[bytes], content_type: str,
+    def _send(self, status: int, body: bytes | Iterator[bytes], content_type: str,
               compress: bool = False) -> None:
-        """One response; a body in parts is compressed or written part by part, never joined."""
-        parts = [body] if isinstance(body, bytes) else body
-        length = sum(len(p) for p in parts)
+        """One response.  A body in parts is never joined: compressed, each part is compressed
+        as it comes and dropped, so only the compressed body is held; otherwise the parts are
+        kept as they are (the length goes first) and written one by one."""
+        parts: list[bytes] = []
+        length = 0
+        source = iter([body] if isinstance(body, bytes) else body)
+        for p in source:  # until the body is known to be small, or big enough to compress
+            parts.append(p)
+            length += len(p)
+            if compress and length >= GZIP_MIN_BYTES:
+                break
         compress = compress and length >= GZIP_MIN_BYTES
         if compress:
             z = zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: the gzip format
-            parts = [z.compress(p) for p in parts] + [z.flush()]
+            packed = [z.compress(p) for p in parts]
+            parts = packed  # the plain parts read so far are dropped
+            parts += [z.compress(p) for p in source]
+            parts.append(z.flush())
             length = sum(len(p) for p in parts)
         self.send_response(status)
         self.send_header("Content-Type", content_type)

@@ -85,8 +85,9 @@ class TenantCollector(Collector):
         return "".join(self.render_parts(openmetrics))
 
     def render_parts(self, openmetrics: bool = False) -> Iterator[str]:
-        """render() one family at a time, for a caller that encodes and drops each part (a
-        scrape of 10k tenants then holds its text once, not two or three times over)."""
+        """render() in parts (a family's header, then its samples a few hundred rows at a
+        time), for a caller that encodes and drops each part: a scrape of 10k tenants then holds
+        its body once (as bytes, or compressed), not two or three times over."""
         try:
             snapshot = self._get_snapshot()
         except Exception:  # a scrape must not fail because the pipeline did
@@ -111,16 +112,13 @@ class TenantCollector(Collector):
             yield _encode(self._build_info_family(), openmetrics)
             return
         for f, text in parts:
+            yield text
             if f.name in tenant_text.FAMILIES:
-                try:
-                    samples = tenant_text.family(f.name, snapshot.tenants, bounds,
-                                                 self._histogram_sides)
-                except Exception:  # this family only: the others are still worth a scrape
+                try:  # in pieces of rows: each is encoded and dropped by the caller
+                    yield from tenant_text.family_pieces(f.name, snapshot.tenants, bounds,
+                                                         self._histogram_sides)
+                except Exception:  # this family ends here; the others are still worth a scrape
                     log.exception("cannot write the samples of %s", f.name)
-                    samples = ""
-                yield text + samples
-            else:
-                yield text
 
     def _build_info_family(self) -> Metric:
         # the label names are the caller's (the daemon's: catalog.BUILD_INFO.labels)

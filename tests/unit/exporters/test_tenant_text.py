@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector, generate_late
 from prometheus_client.openmetrics import exposition as om
 
 from tenantwatch.aggregation.records import TenantSideStats
-from tenantwatch.exporters import TenantCollector
+from tenantwatch.exporters import TenantCollector, tenant_text
 from tenantwatch.exporters.exposition import Exposition
 from tenantwatch.kernel.records import STATUS_CLASSES, Side
 from tests.unit.exporters.snapshots import ACME_CLIENT, ACME_SERVER, GLOBEX_SERVER, make_snapshot
@@ -54,8 +54,11 @@ def random_rows(rng: random.Random, n: int) -> tuple[TenantSideStats, ...]:
 
 
 @pytest.mark.parametrize("openmetrics", [False, True])
-@pytest.mark.parametrize("seed", range(5))
-def test_the_fast_text_is_the_libraries_byte_for_byte(seed: int, openmetrics: bool) -> None:
+@pytest.mark.parametrize("seed,rows_per_piece", [(0, None), (1, None), (2, 1), (3, 3), (4, 7)])
+def test_the_fast_text_is_the_libraries_byte_for_byte(seed: int, rows_per_piece: int | None,
+                                                      openmetrics: bool, monkeypatch) -> None:
+    if rows_per_piece is not None:  # families cut into pieces anywhere: the same bytes
+        monkeypatch.setattr(tenant_text, "ROWS_PER_PIECE", rows_per_piece)
     rng = random.Random(seed)
     snap = make_snapshot(*random_rows(rng, 40))
     collector = TenantCollector(lambda: snap, BUILD, jwt_counts=lambda: {"ok": 3, "bad": 1})
@@ -63,6 +66,28 @@ def test_the_fast_text_is_the_libraries_byte_for_byte(seed: int, openmetrics: bo
     if openmetrics:
         want = want[: -len("# EOF\n")]
     assert collector.render(openmetrics) == want
+
+
+def test_a_family_in_pieces_is_the_family_and_a_scrape_is_in_pieces(monkeypatch) -> None:
+    rows = random_rows(random.Random(11), 30)
+    bounds = ["0.005", "0.05", "0.5", "+Inf"]
+    for name in sorted(tenant_text.FAMILIES):
+        whole = tenant_text.family(name, rows, bounds)
+        for n in (1, 2, 5, 64, 10_000):
+            pieces = list(tenant_text.family_pieces(name, rows, bounds, rows_per_piece=n))
+            assert "".join(pieces) == whole, (name, n)
+            assert len(pieces) <= max(1, -(-len(rows) // n)), (name, n)
+    with pytest.raises(ValueError):
+        next(tenant_text.family_pieces(tenant_text.CPU, rows, bounds, rows_per_piece=0))
+    with pytest.raises(KeyError):
+        next(tenant_text.family_pieces("tenantwatch_nope", rows, bounds))
+    snap = make_snapshot(*rows)
+    collector = TenantCollector(lambda: snap, BUILD)
+    body = collector.render()
+    monkeypatch.setattr(tenant_text, "ROWS_PER_PIECE", 4)
+    parts = list(collector.render_parts())
+    assert "".join(parts) == body
+    assert max(len(p) for p in parts) < len(body) / 20  # no part is a whole family
 
 
 @pytest.mark.parametrize("sides", [(), ("client",), ("server",)])
