@@ -507,16 +507,40 @@ class HttpProbes:
         """Read and delete the entries of a map keyed with the tick generation (`gen` field)
         that belong to generation `gen`, the one the kernel no longer writes."""
         table = self._bpf[name]
-        out = []
-        for k, v in list(table.items()):
-            if k.gen != gen:
-                continue
-            out.append((k, v))
+        out = [(_copy(k, table.Key), _leaf(v, table.Leaf)) for k, v in self._entries(table)
+               if k.gen == gen]
+        self._delete(table, [k for k, _ in out])
+        return out
+
+    def _entries(self, table) -> list[tuple[Any, Any]]:
+        """Every entry of ``table`` now: one BPF_MAP_LOOKUP_BATCH where the kernel has it (5.6+),
+        else two syscalls an entry.  The batch's entries are views of one buffer: read them
+        (or copy them) before the next call; a value of a simple type (a u64) comes as an int
+        from the batch, as its ctypes type from the per-key path."""
+        if self._batch_ok:
+            try:
+                return list(table.items_lookup_batch())
+            except Exception as e:  # noqa: BLE001 - bcc raises bare Exception
+                log.info("batch map operations unavailable (%s); using per-key drain", e)
+                self._batch_ok = False
+        return list(table.items())
+
+    def _delete(self, table, keys: list) -> None:
+        """Delete ``keys`` from ``table``: one BPF_MAP_DELETE_BATCH where the kernel has it, else
+        one syscall a key; a key already gone is no error."""
+        if not keys:
+            return
+        if self._batch_ok:
+            try:
+                table.items_delete_batch((table.Key * len(keys))(*keys))
+                return
+            except Exception:  # noqa: BLE001 - a key gone (ENOENT) stops the batch: go on per key
+                pass
+        for k in keys:
             try:
                 del table[k]
             except KeyError:
                 pass
-        return out
 
     def _on_breach(self, _ctx, data, _size) -> int:
         e = ct.cast(data, ct.POINTER(abi.BreachEvent)).contents
@@ -598,20 +622,20 @@ class HttpProbes:
         """Read and delete the CPU entries of the generation the kernel no longer writes."""
         table = self._bpf[b"tw_cpu"]
         out = []
-        for k, v in list(table.items()):
-            if k.gen != gen or not v.value:
+        gone = []
+        for k, v in self._entries(table):
+            ns = v if isinstance(v, int) else v.value
+            if k.gen != gen or not ns:
                 continue
-            key = abi.CpuKey(key=k.key, tgid=k.tgid, cpu=k.cpu, side=k.side, gen=k.gen)
             side = Side.SERVER if k.side & 1 == abi.SIDE_SERVER else Side.CLIENT
             out.append(CpuCounts(key=int(k.key), tgid=int(k.tgid), cpu=int(k.cpu), side=side,
-                                 ns=int(v.value), h2_stream=bool(k.side & abi.CPU_H2)))
+                                 ns=int(ns), h2_stream=bool(k.side & abi.CPU_H2)))
             if k.key == abi.KEY_OVERFLOW and k.tgid == 0:
-                table[key] = ct.c_uint64(0)  # the overflow entry stays for the next full map
+                # the overflow entry stays for the next full map
+                table[_copy(k, table.Key)] = ct.c_uint64(0)
             else:
-                try:
-                    del table[key]
-                except KeyError:
-                    pass
+                gone.append(k)
+        self._delete(table, gone)
         return tuple(out)
 
     def _runq_totals(self) -> tuple[tuple[int, ...], int]:
@@ -660,8 +684,8 @@ class HttpProbes:
     def _read_and_clear(self, table) -> list[tuple[abi.AggKey, abi.AggVal]]:
         if self._batch_ok:
             try:
-                return [(_copy(k, abi.AggKey), _copy(v, abi.AggVal))
-                        for k, v in table.items_lookup_and_delete_batch()]
+                # views of the batch's own buffer, which they keep alive: no copy needed
+                return list(table.items_lookup_and_delete_batch())
             except Exception as e:  # noqa: BLE001 - bcc raises bare Exception; kernels < 5.6 lack batch ops
                 log.info("batch map operations unavailable (%s); using per-key drain", e)
                 self._batch_ok = False
@@ -760,6 +784,11 @@ def _value_size(table) -> int:
     raise KernelSupportError("cannot read the value size of a BPF map")
 
 
+def _leaf(v, cls):
+    """A map value as its own ctypes object, whether it came as one or as an int."""
+    return cls(v) if isinstance(v, int) else _copy(v, cls)
+
+
 def _copy(obj, cls):
     out = cls()
     ct.memmove(ct.byref(out), ct.byref(obj), ct.sizeof(cls))
@@ -769,6 +798,9 @@ def _copy(obj, cls):
 def _has_counts(v: abi.AggVal) -> bool:
     return bool(v.heads or sum(v.req_by_class) or v.rx_bytes or v.tx_bytes or v.conn_opened
                 or v.conn_closed or v.lost)
+
+
+_FLAGS: dict[int, ValueFlag] = {}  # _to_counts' ValueFlag of each bit pattern met
 
 
 def _to_counts(k: abi.AggKey, v: abi.AggVal, nbounds: int,
@@ -784,18 +816,22 @@ def _to_counts(k: abi.AggKey, v: abi.AggVal, nbounds: int,
             raw = None
     if raw is not None:
         raw = raw.lstrip(b" \t")  # a token's value starts after the name's ':' (OWS kept)
+    bits = v.flags & 0x1FF
+    flags = _FLAGS.get(bits)
+    if flags is None:  # an enum member is built once per distinct bit pattern
+        flags = _FLAGS[bits] = ValueFlag(bits)
     return IdentityCounts(
         key=int(k.key),
         side=Side.SERVER if k.side == abi.SIDE_SERVER else Side.CLIENT,
         raw_value=raw,
         source_index=int(v.source),
-        flags=ValueFlag(v.flags & 0x1FF),
-        requests_by_class=tuple(int(x) for x in v.req_by_class),
+        flags=flags,
+        # ctypes arrays of integers slice to lists of ints in C
+        requests_by_class=tuple(v.req_by_class[:]),
         request_heads=int(v.heads),
         rx_bytes=int(v.rx_bytes),
         tx_bytes=int(v.tx_bytes),
-        latency_buckets=tuple(int(v.lat_buckets[i]) for i in range(nbounds))
-        + (int(v.lat_buckets[nbounds]),),
+        latency_buckets=tuple(v.lat_buckets[:nbounds + 1]),
         latency_sum_ns=int(v.lat_sum_ns),
         connections_opened=int(v.conn_opened),
         connections_closed=int(v.conn_closed),
