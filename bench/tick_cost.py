@@ -27,8 +27,8 @@ import time
 
 from tenantwatch.config import parse_config
 from tenantwatch.daemon import Daemon
-from tenantwatch.memory import tune_gc
 from tenantwatch.kernel.records import CpuCounts, IdentityCounts, KernelTick, Side, ValueFlag
+from tenantwatch.memory import tune_gc
 
 BUCKETS = 17  # the default 16 bounds + Inf
 

@@ -534,8 +534,9 @@ class HttpProbes:
             try:
                 table.items_delete_batch((table.Key * len(keys))(*keys))
                 return
-            except Exception:  # noqa: BLE001 - a key gone (ENOENT) stops the batch: go on per key
-                pass
+            except Exception as e:  # noqa: BLE001 - bcc raises bare Exception
+                # a key already gone (ENOENT) stops the batch there: the rest go per key
+                log.debug("batch delete stopped (%s); deleting per key", e)
         for k in keys:
             try:
                 del table[k]
