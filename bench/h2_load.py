@@ -163,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         try:
             daemon.start()
-            run_h2load(url, 1.0, args.rate)  # warm: connections to the upstream, caches
+            warm, _ = run_h2load(url, 1.0, args.rate)  # warm: connections to the upstream, caches
+            # the warm-up's requests are counted before the first round starts (else a tick
+            # that lands late adds them to round 1: counted/sent 1.02 once)
+            daemon.settled_counts(at_least=warm)
             for rnd in range(1, args.rounds + 1):
                 before, c0 = daemon.counts(), daemon.cpu_ticks()
                 done, wall = run_h2load(url, args.seconds, args.rate)
