@@ -1,0 +1,125 @@
+"""HttpProbes' drain of the generation-keyed maps (tw_cpu, tw_closes, tw_breach): one batch
+lookup and one batch delete where the kernel has them, one key at a time where it does not or
+where a batch stops.  The map is a stand-in with bcc's table interface (no BPF here; the kernel
+suite and the 5.10 guest run the real maps through both paths)."""
+
+from __future__ import annotations
+
+import ctypes as ct
+
+from tenantwatch.kernel.loader import HttpProbes
+
+
+class Key(ct.Structure):
+    _fields_ = [("key", ct.c_uint64), ("gen", ct.c_uint32)]
+
+
+class Leaf(ct.Structure):
+    _fields_ = [("closed", ct.c_uint64)]
+
+
+class MapCallFailed(Exception):
+    """bcc raises a bare Exception when a map call fails; the drain catches any."""
+
+
+class StandInTable:
+    """bcc's TableBase as the drain uses it, over a dict; batch calls can be made to fail."""
+
+    Key, Leaf = Key, Leaf
+
+    def __init__(self, entries: dict[tuple[int, int], int], batch_lookup: bool = True,
+                 batch_delete: bool = True) -> None:
+        self.data = dict(entries)
+        self.batch_lookup, self.batch_delete = batch_lookup, batch_delete
+        self.calls: list[str] = []
+
+    def items_lookup_batch(self):
+        self.calls.append("lookup_batch")
+        if not self.batch_lookup:
+            raise MapCallFailed("BPF_MAP_LOOKUP_BATCH has failed: Invalid argument")
+        keys = (Key * len(self.data))(*(Key(k, g) for k, g in self.data))
+        leaves = (Leaf * len(self.data))(*(Leaf(v) for v in self.data.values()))
+        return ((keys[i], leaves[i]) for i in range(len(self.data)))  # views, as bcc's
+
+    def items(self):
+        self.calls.append("items")
+        return [(Key(k, g), Leaf(v)) for (k, g), v in self.data.items()]
+
+    def items_delete_batch(self, keys) -> None:
+        self.calls.append("delete_batch")
+        if not self.batch_delete:
+            raise MapCallFailed("BPF_MAP_DELETE_BATCH has failed: Invalid argument")
+        for k in keys:
+            if (k.key, k.gen) not in self.data:  # the kernel stops at a missing key
+                raise MapCallFailed("BPF_MAP_DELETE_BATCH has failed: No such file")
+            del self.data[(k.key, k.gen)]
+
+    def __delitem__(self, k) -> None:
+        self.calls.append("delete")
+        if (k.key, k.gen) not in self.data:
+            raise KeyError(k)
+        del self.data[(k.key, k.gen)]
+
+
+ENTRIES = {(1, 0): 10, (2, 0): 20, (3, 1): 30, (4, 1): 40}
+
+
+def probes_with(table: StandInTable) -> HttpProbes:
+    p = HttpProbes([], ["nginx"], (0.1,))
+    p._bpf = {b"tw_closes": table}
+    return p
+
+
+def taken(p: HttpProbes, gen: int) -> dict[tuple[int, int], int]:
+    return {(int(k.key), int(k.gen)): int(v.closed)
+            for k, v in p._take_generation(b"tw_closes", gen)}
+
+
+def test_one_batch_lookup_and_one_batch_delete_take_one_generation() -> None:
+    table = StandInTable(ENTRIES)
+    p = probes_with(table)
+    assert taken(p, 0) == {(1, 0): 10, (2, 0): 20}
+    assert table.data == {(3, 1): 30, (4, 1): 40}  # the generation the kernel writes stays
+    assert table.calls == ["lookup_batch", "delete_batch"]
+    assert taken(p, 1) == {(3, 1): 30, (4, 1): 40} and table.data == {}
+    assert p.drain_path == "batch"
+
+
+def test_the_taken_entries_are_copies_not_views_of_the_batch_buffer() -> None:
+    table = StandInTable(ENTRIES)
+    rows = probes_with(table)._take_generation(b"tw_closes", 1)
+    assert all(not k._b_base_ and not v._b_base_ for k, v in rows)
+
+
+def test_without_batch_lookup_every_later_call_goes_key_by_key() -> None:
+    table = StandInTable(ENTRIES, batch_lookup=False)
+    p = probes_with(table)
+    assert taken(p, 0) == {(1, 0): 10, (2, 0): 20}
+    assert table.calls == ["lookup_batch", "items", "delete", "delete"]
+    assert p.drain_path == "per-key"
+    table.calls.clear()
+    assert taken(p, 1) == {(3, 1): 30, (4, 1): 40} and table.data == {}
+    assert table.calls == ["items", "delete", "delete"]
+
+
+def test_a_batch_delete_that_stops_is_finished_key_by_key() -> None:
+    table = StandInTable(ENTRIES)
+    p = probes_with(table)
+    original = table.items_lookup_batch
+
+    def lookup_then_lose_one():  # a key goes between the lookup and the delete
+        rows = list(original())
+        del table.data[(2, 0)]
+        return iter(rows)
+
+    table.items_lookup_batch = lookup_then_lose_one
+    assert taken(p, 0) == {(1, 0): 10, (2, 0): 20}
+    assert table.data == {(3, 1): 30, (4, 1): 40}
+    assert table.calls[-2:] == ["delete", "delete"]  # the missing key is no error
+    assert p.drain_path == "batch"  # one stopped batch does not switch batches off
+
+
+def test_nothing_of_the_generation_means_no_delete_call() -> None:
+    table = StandInTable({(3, 1): 30})
+    assert taken(probes_with(table), 0) == {}
+    assert table.calls == ["lookup_batch"] and table.data == {(3, 1): 30}
