@@ -119,8 +119,11 @@ static __always_inline struct tw_conn *tw_conn_adopt(__u64 ck, __u64 first, __u6
 	if (tw_read_user(b, first_len < 9 ? 8 : 9, (void *)first) != 0)
 		return 0;
 	if (!tw_request_line_start(b)) {
-		/* HTTP/2 frames: counted in user space, never decoded (TW_H2_F_MIDSTREAM). */
-		if (!tw_looks_like_h2_frames(first, first_len, b))
+		/* HTTP/2 frames: counted in user space, never decoded (TW_H2_F_MIDSTREAM).  Both
+		 * peers send frames, so their direction does not tell the leg: only where both legs
+		 * are traced, else every connection of the untraced leg (an upstream nginx speaks
+		 * HTTP/2 to, grpc_pass) would be adopted as the traced one and counted twice. */
+		if (TW_TRACE_SIDES != 3 || !tw_looks_like_h2_frames(first, first_len, b))
 			return 0;
 		h2 = 1;
 	}

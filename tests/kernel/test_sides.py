@@ -3,8 +3,10 @@
 The probes are loaded with only the server side traced (`capture.sides: [server]`).  One
 traced process serves requests (server side); another traced process sends requests to an
 untraced listener, on a connection it opens while traced (connect seen) and on one it opened
-before (which the kernel would otherwise adopt from its first request head).  The server side
-must count exactly; the client side must hold no connection and count nothing, on both paths.
+before (which the kernel would otherwise adopt from its first request head), and reads HTTP/2
+frames from an untraced HTTP/2 listener (frames read on an unknown fd were adopted as a server
+leg, whatever the sides: a gRPC upstream's calls were counted twice).  The server side must
+count exactly; the client side must hold no connection and count nothing, on every path.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ for s in (old, new):
     for _ in range(3):
         s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nX-Tenant-Context: leg\r\n\r\n")
         assert s.recv(4096)
+h2 = socket.create_connection(("127.0.0.1", int(sys.argv[2])))  # an HTTP/2 upstream (grpc_pass)
+assert len(h2.recv(64)) == 9  # its SETTINGS frame: HTTP/2 frames read on an unknown fd
 print("done", flush=True)
 sys.stdin.readline()
 """
@@ -64,7 +68,16 @@ def test_an_untraced_leg_holds_no_connection_and_counts_nothing(server_only):
         threading.Thread(target=_answer_forever,
                          args=(listener, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"),
                          daemon=True).start()
-    cli = subprocess.Popen([sys.executable, "-c", CLIENT, str(listener.getsockname()[1])],
+    h2_listener = socket.create_server(("127.0.0.1", 0))
+
+    def h2_upstream() -> None:  # sends its SETTINGS frame (empty) and holds the connection
+        conn, _ = h2_listener.accept()
+        conn.sendall(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        conn.recv(1)
+
+    threading.Thread(target=h2_upstream, daemon=True).start()
+    cli = subprocess.Popen([sys.executable, "-c", CLIENT, str(listener.getsockname()[1]),
+                            str(h2_listener.getsockname()[1])],
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         port = int(srv.stdout.readline())
@@ -79,8 +92,9 @@ def test_an_untraced_leg_holds_no_connection_and_counts_nothing(server_only):
             assert cli.stdout.readline().strip() == "done"
             time.sleep(0.1)
             tick = server_only.drain()
-            # the server's one accepted connection; neither of the client's
+            # the server's one accepted connection; none of the client's
             assert tick.tables["connections"][0] == 1
+            assert tick.h2 == ()
         client_side = [c for c in tick.identities if c.side is Side.CLIENT]
         assert client_side == []
         srv_counts = [c for c in tick.identities if c.side is Side.SERVER]
@@ -93,3 +107,4 @@ def test_an_untraced_leg_holds_no_connection_and_counts_nothing(server_only):
             proc.wait(5)
         server_only.set_targets(set())
         listener.close()
+        h2_listener.close()
