@@ -184,8 +184,7 @@ class _Handler(BaseHTTPRequestHandler):
         compress = compress and length >= GZIP_MIN_BYTES
         if compress:
             z = zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: the gzip format
-            packed = [z.compress(p) for p in parts]
-            parts = packed  # the plain parts read so far are dropped
+            parts = [z.compress(p) for p in parts]  # the plain parts read so far are dropped
             parts += [z.compress(p) for p in source]
             parts.append(z.flush())
             length = sum(len(p) for p in parts)

@@ -77,14 +77,34 @@ def cpu_by_name(tick) -> dict[str, float]:
     return cpu
 
 
-def test_cpu_per_tenant_matches_thread_time_within_10_percent(probes):
-    proc = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+def measure(probes, server: str, drive) -> tuple[dict, dict, object, int]:
+    """Run `server` traced, `drive(port)`, then take its own truth (GET /truth) and the tick:
+    (CPU seconds attributed by identity value, the server's thread_time() by tenant, the tick,
+    the server's pid)."""
+    proc = subprocess.Popen([sys.executable, "-c", server], stdout=subprocess.PIPE, text=True)
     try:
         port = int(proc.stdout.readline())
         probes.set_targets({proc.pid})
         probes.drain()
-        plan = {"heavy": 40, "medium": 60, "light": 100}
+        drive(port)
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            truth = json.loads(_get(s, "x", "/truth"))
+        time.sleep(0.1)
+        tick = probes.drain()
+    finally:
+        proc.kill()
+        proc.wait(5)
+        probes.set_targets(set())
+    cpu = cpu_by_name(tick)
+    print("attributed", {k: round(v, 3) for k, v in cpu.items()},
+          "truth", {k: round(v, 3) for k, v in truth.items()})
+    return cpu, truth, tick, proc.pid
 
+
+def test_cpu_per_tenant_matches_thread_time_within_10_percent(probes):
+    plan = {"heavy": 40, "medium": 60, "light": 100}
+
+    def drive(port: int) -> None:
         def client(tenant: str, n: int) -> None:
             with socket.create_connection(("127.0.0.1", port)) as s:
                 for _ in range(n):
@@ -95,20 +115,13 @@ def test_cpu_per_tenant_matches_thread_time_within_10_percent(probes):
             t.start()
         for t in threads:
             t.join(60)
-        with socket.create_connection(("127.0.0.1", port)) as s:
-            truth = json.loads(_get(s, "x", "/truth"))
-        time.sleep(0.1)
-        tick = probes.drain()
-    finally:
-        proc.kill()
-        proc.wait(5)
-        probes.set_targets(set())
-    cpu = cpu_by_name(tick)
+
+    cpu, truth, tick, pid = measure(probes, SERVER, drive)
     for tenant in plan:
         assert abs(cpu[tenant] - truth[tenant]) <= 0.10 * truth[tenant], (tenant, cpu, truth)
     assert cpu["heavy"] > cpu["medium"] > cpu["light"]
     assert sum(c.ns for c in tick.cpu) > 0
-    assert all(c.tgid == proc.pid for c in tick.cpu if c.key != abi.KEY_OVERFLOW)
+    assert all(c.tgid == pid for c in tick.cpu if c.key != abi.KEY_OVERFLOW)
 
 
 def test_the_cpu_of_a_connection_out_of_step_is_nobodys(probes):

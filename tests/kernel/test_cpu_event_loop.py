@@ -9,14 +9,11 @@ before this test) fails here: a slice spans requests of every tenant, and goes t
 
 from __future__ import annotations
 
-import json
 import socket
-import subprocess
-import sys
 import threading
 import time
 
-from tests.kernel.test_cpu import _get, cpu_by_name
+from tests.kernel.test_cpu import _get, measure
 
 SERVER = r"""
 import ctypes, json, selectors, socket, sys, time
@@ -73,29 +70,6 @@ PLAN = {"heavy": 150, "medium": 200, "light": 400}  # requests per connection
 CONNECTIONS = 3  # per tenant, each with one request in flight: a wakeup serves several tenants
 
 
-def _measure(probes, server: str, drive) -> tuple[dict, dict]:
-    """Run `server` traced, `drive(port)`, then take its own truth (GET /truth) and the tick:
-    (CPU seconds attributed by identity value, the server's thread_time() by tenant)."""
-    proc = subprocess.Popen([sys.executable, "-c", server], stdout=subprocess.PIPE, text=True)
-    try:
-        port = int(proc.stdout.readline())
-        probes.set_targets({proc.pid})
-        probes.drain()
-        drive(port)
-        with socket.create_connection(("127.0.0.1", port)) as s:
-            truth = json.loads(_get(s, "x", "/truth"))
-        time.sleep(0.1)
-        tick = probes.drain()
-    finally:
-        proc.kill()
-        proc.wait(5)
-        probes.set_targets(set())
-    cpu = cpu_by_name(tick)
-    print("attributed", {k: round(v, 3) for k, v in cpu.items()},
-          "truth", {k: round(v, 3) for k, v in truth.items()})
-    return cpu, truth
-
-
 def test_cpu_per_tenant_in_an_event_loop_within_10_percent(probes):
     def drive(port: int) -> None:
         def client(tenant: str, n: int) -> None:
@@ -110,7 +84,7 @@ def test_cpu_per_tenant_in_an_event_loop_within_10_percent(probes):
         for t in threads:
             t.join(120)
 
-    cpu, truth = _measure(probes, SERVER, drive)
+    cpu, truth, _, _ = measure(probes, SERVER, drive)
     for tenant in PLAN:
         assert abs(cpu.get(tenant, 0) - truth[tenant]) <= 0.10 * truth[tenant], (tenant, cpu,
                                                                                   truth)
@@ -158,5 +132,5 @@ def test_the_cpu_of_a_thread_after_its_last_syscall_is_charged_when_it_exits(pro
             time.sleep(0.03)  # the thread has burnt its tail and exited
         time.sleep(0.2)
 
-    cpu, truth = _measure(probes, TAIL_SERVER, drive)
+    cpu, truth, _, _ = measure(probes, TAIL_SERVER, drive)
     assert abs(cpu.get("tail", 0) - truth["tail"]) <= 0.10 * truth["tail"], (cpu, truth)
