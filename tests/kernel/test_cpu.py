@@ -131,11 +131,8 @@ def test_the_cpu_of_a_connection_out_of_step_is_nobodys(probes):
     have unseen work charged to a tenant).  Requests on a connection in step keep theirs."""
     bad = (b"POST / HTTP/1.1\r\nHost: t\r\nX-Tenant-ID: heavy\r\nContent-Length: 3\r\n"
            b"Content-Length: 4\r\n\r\nabc")
-    proc = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
-    try:
-        port = int(proc.stdout.readline())
-        probes.set_targets({proc.pid})
-        probes.drain()
+
+    def drive(port: int) -> None:
         with socket.create_connection(("127.0.0.1", port)) as s, \
                 socket.create_connection(("127.0.0.1", port)) as ok:
             _get(s, "light")  # the connection's identity before it breaks
@@ -147,14 +144,8 @@ def test_the_cpu_of_a_connection_out_of_step_is_nobodys(probes):
                     assert chunk
                     got += chunk
                 _get(ok, "medium")
-            truth = json.loads(_get(ok, "x", "/truth"))
-        time.sleep(0.1)
-        tick = probes.drain()
-    finally:
-        proc.kill()
-        proc.wait(5)
-        probes.set_targets(set())
-    cpu = cpu_by_name(tick)
+
+    cpu, truth, tick, _ = measure(probes, SERVER, drive)
     assert tick.lost.get("resync", 0) == 20, tick.lost
     assert truth["heavy"] >= 0.5
     assert cpu.get("heavy", 0) + cpu.get("light", 0) <= 0.1 * truth["heavy"], (cpu, truth)
