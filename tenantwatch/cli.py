@@ -90,6 +90,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _base_url(args: argparse.Namespace) -> str:
+    from tenantwatch.config import DEFAULT_LISTEN, ENV_LISTEN
     from tenantwatch.top import normalize_base_url
 
     if args.url:
@@ -97,7 +98,7 @@ def _base_url(args: argparse.Namespace) -> str:
     try:
         return normalize_base_url(_load(args).listen)
     except ConfigError:
-        return normalize_base_url(os.environ.get("TENANTWATCH_LISTEN", "127.0.0.1:9477"))
+        return normalize_base_url(os.environ.get(ENV_LISTEN, DEFAULT_LISTEN))
 
 
 def cmd_top(args: argparse.Namespace) -> int:

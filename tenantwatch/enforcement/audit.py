@@ -1,9 +1,10 @@
 """The audit log: one JSON line per enforcement decision, with its evidence.
 
-Takes: ``Outcome`` records (or plain dicts).  Gives: lines appended to a file (default
-/var/lib/tenantwatch/audit.jsonl), dry-run "would_cap" ones included.  The file is opened in
-append mode for every line, so logrotate's move-and-create needs no signal.  A failed write is
-logged (once until a write succeeds again) and never stops enforcement.
+Takes: ``Outcome`` records (or plain dicts).  Gives: lines appended to a file
+(enforcement.audit_log; its default is config.Enforcement's), dry-run "would_cap" ones
+included.  The file is opened in append mode for every line, so logrotate's move-and-create
+needs no signal.  A failed write is logged (once until a write succeeds again) and never stops
+enforcement.
 """
 
 from __future__ import annotations
@@ -18,11 +19,9 @@ from tenantwatch.enforcement.records import Outcome
 
 log = logging.getLogger(__name__)
 
-DEFAULT_AUDIT_LOG = "/var/lib/tenantwatch/audit.jsonl"
-
 
 class AuditLog:
-    def __init__(self, path: str = DEFAULT_AUDIT_LOG) -> None:
+    def __init__(self, path: str) -> None:
         self.path = path
         self._failing = False
         self.lines_written = 0

@@ -29,6 +29,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Callable
 
+from tenantwatch.config.constants import ENFORCEMENT_MODES
 from tenantwatch.detection.records import DetectionResult
 from tenantwatch.enforcement import records as r
 from tenantwatch.enforcement.audit import AuditLog
@@ -45,7 +46,7 @@ if TYPE_CHECKING:  # config imports this package at run time; annotations only
 
 log = logging.getLogger(__name__)
 
-OFF, DRY_RUN, ENFORCE = "off", "dry-run", "enforce"
+OFF, DRY_RUN, ENFORCE = ENFORCEMENT_MODES
 WriterFactory = Callable[[str, str], CgroupWriter]
 
 
@@ -64,7 +65,7 @@ class Enforcer:
                  quota_source: Callable[[], Mapping[str, float]] | None = None) -> None:
         self.settings = settings
         self.mode = mode or settings.mode
-        if self.mode not in (OFF, DRY_RUN, ENFORCE):
+        if self.mode not in ENFORCEMENT_MODES:
             raise ValueError(f"mode {self.mode!r}")
         self.root = settings.root
         self.template = settings.cgroup
@@ -122,8 +123,7 @@ class Enforcer:
                 "caps": leases if self.mode == ENFORCE else [],
                 "would_caps": leases if self.mode == DRY_RUN else [],
                 "refusals": dict(sorted(self.refusals.items())),
-                "kill_switch": {"path": getattr(self.settings, "kill_switch", ""),
-                                "on": self.killed},
+                "kill_switch": {"path": self.settings.kill_switch, "on": self.killed},
                 "actions": [{"tenant": t, "action": a, "mode": m, "count": n}
                             for (t, a, m), n in sorted(self.actions.items())],
             }
@@ -176,7 +176,7 @@ class Enforcer:
 
     def _kill_switch(self) -> bool:
         """Whether enforcement.kill_switch exists; its coming and going is logged once."""
-        path = getattr(self.settings, "kill_switch", "")
+        path = self.settings.kill_switch
         on = bool(path) and os.path.lexists(path)
         if on != self.killed:
             self.killed = on

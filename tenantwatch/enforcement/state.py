@@ -39,7 +39,6 @@ from tenantwatch.enforcement.records import Lease
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
-DEFAULT_STATE_FILE = "/var/lib/tenantwatch/caps.json"
 BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
 
 
@@ -53,9 +52,10 @@ def boot_id(path: str = BOOT_ID_FILE) -> str | None:
 
 
 class StateStore:
-    """The JSON state file at ``path``."""
+    """The JSON state file at ``path`` (enforcement.state_file; its default is
+    config.Enforcement's)."""
 
-    def __init__(self, path: str = DEFAULT_STATE_FILE,
+    def __init__(self, path: str,
                  current_boot: Callable[[], str | None] = boot_id) -> None:
         self.path = path
         self._current_boot = current_boot

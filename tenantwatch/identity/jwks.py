@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from tenantwatch.config.constants import FAMILIES, FAMILY_OF
+from tenantwatch.config.records import JwtSettings
 from tenantwatch.errors import TenantwatchError
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ MAX_KEYS = 32
 # A JWKS document of MAX_KEYS 4096-bit RSA keys is ~30 KB; 1 MiB refuses a runaway response.
 MAX_JWKS_BYTES = 1 << 20
 FETCH_TIMEOUT_SECONDS = 5.0  # one slow IdP must not hold the fetch thread for long
-DEFAULT_REFRESH_SECONDS = 300.0
+DEFAULT_REFRESH_SECONDS = JwtSettings.jwks_refresh_seconds  # the one copy is config's
 # An unknown kid may bring the next fetch forward, at most once per this: a rotated key is
 # picked up within 30 s, and a flood of made-up kids costs the IdP two fetches a minute.
 EARLY_REFRESH_SECONDS = 30.0
