@@ -99,7 +99,8 @@ def test_hardening_that_conventions_require(service):
     assert one(service, "StateDirectory") == "tenantwatch"
     assert one(service, "ProtectHome") == "yes"
     assert one(service, "PrivateTmp") == "yes"
-    # beyond CONVENTIONS, checked with bcc and cgroup writes under systemd 252 (docs/operations.md)
+    # beyond docs/conventions.md ("systemd"), checked with bcc and cgroup writes under systemd 252
+    # (docs/operations.md)
     assert one(service, "ProtectKernelTunables") == "yes"
     assert one(service, "PrivateMounts") == "yes"
 

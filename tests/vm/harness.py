@@ -209,7 +209,8 @@ def _module_index(moddir: Path) -> tuple[dict[str, str], dict[str, list[str]]]:
 
 
 def module_order(moddir: Path) -> list[str]:
-    """Module paths to insmod, in DESIGN order with each one's dependencies before it."""
+    """Module paths to insmod, in MODULES' order (docs/kernels.md) with each one's dependencies
+    before it."""
     paths, deps = _module_index(moddir)
     order: list[str] = []
 
