@@ -1,5 +1,6 @@
-"""The README's project layout and documentation index stay true: every package of
-tenantwatch/, every bpf/*.c and header, every docs/*.md and every script is named there."""
+"""The README's project layout and the documentation indexes stay true: every package and
+module of tenantwatch/, every bpf/*.c and header and every script is named in the layout; every
+docs/*.md is linked from the README's table and from docs/README.md."""
 
 from __future__ import annotations
 
@@ -26,8 +27,10 @@ def test_layout_names_every_package_bpf_file_and_script():
         assert path.name in layout, f"bpf/{path.relative_to(REPO / 'bpf')}"
     for path in sorted((REPO / "scripts").glob("*.sh")):
         assert path.name in layout, f"scripts/{path.name}"
-    for module in ("cli.py", "daemon.py", "logs.py", "memory.py", "top.py", "doctor.py"):
-        assert module in layout, module
+    modules = sorted(p.name for p in (REPO / "tenantwatch").glob("*.py") if p.name != "__init__.py")
+    assert {"cli.py", "daemon.py", "logs.py", "memory.py", "top.py", "doctor.py"} <= set(modules)
+    for module in modules:
+        assert re.search(rf"(?<![\w./]){re.escape(module)}(?!\w)", layout), f"tenantwatch/{module}"
 
 
 def test_documentation_index_links_every_page():
@@ -36,3 +39,12 @@ def test_documentation_index_links_every_page():
         assert f"(docs/{path.name})" in index, f"docs/{path.name}"
     for link in re.findall(r"\]\((docs/[^)#]+)\)", index):
         assert (REPO / link).is_file(), link
+
+
+def test_docs_index_links_every_page():
+    index = (REPO / "docs" / "README.md").read_text()
+    for path in sorted((REPO / "docs").glob("*.md")):
+        if path.name != "README.md":
+            assert f"]({path.name})" in index, f"docs/README.md does not link docs/{path.name}"
+    for link in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", index):
+        assert (REPO / "docs" / link).resolve().exists(), link
