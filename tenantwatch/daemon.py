@@ -1,7 +1,10 @@
-"""The daemon: wiring, signals, sd_notify and the tick loop; no stage logic lives here.
+"""The daemon: the composition root.  It builds the stages, runs the tick loop, and answers
+signals and systemd; no stage logic lives here.
 
-kernel (HttpProbes.drain) -> identity (IdentityResolver, inside the Aggregator)
--> aggregation (Aggregator.apply / snapshot) -> exporters (ApiServer, TenantCollector).
+A tick: kernel (KernelProbes.drain) -> http2 (H2Tracker.merge: HPACK in user space)
+-> aggregation (Aggregator.apply, with identity: IdentityResolver) -> isolation -> spans
+-> power -> detection (Detector.update) -> enforcement (Enforcer.tick); exporters
+(ApiServer, TenantCollector, OTLP) read what the stages publish.  docs/pipeline.md.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import platform
 import re
 import select
 import signal
-import socket
 import threading
 import time
 from typing import Any, Callable
@@ -29,6 +31,7 @@ from tenantwatch.aggregation.isolation import IsolationTally
 from tenantwatch.aggregation.power import PowerMeter, PowerModel
 from tenantwatch.aggregation.records import Snapshot
 from tenantwatch.config import Config, load_config
+from tenantwatch.config.reload import reload_changes
 from tenantwatch.detection import DetectionResult, Detector
 from tenantwatch.enforcement import AuditLog, Enforcer, Placer, StateStore
 from tenantwatch.errors import ConfigError
@@ -43,63 +46,32 @@ from tenantwatch.exporters.otel import OtelMetricsExporter, otel_requested
 from tenantwatch.exporters.otel_traces import OtelSpanExporter, traces_requested
 from tenantwatch.exporters.power import PowerCollector
 from tenantwatch.exporters.registry import RegistryCollector
-from tenantwatch.exporters.self_metrics import stage_errors, tick_duration
+from tenantwatch.exporters.self_metrics import stage_error_counts, stage_errors, tick_duration
 from tenantwatch.exporters.web_config import load_web_config
 from tenantwatch.h2 import H2Tracker
 from tenantwatch.identity import IdentityResolver
 from tenantwatch.identity.jwt_verifier import build_verifiers, total_counts
 from tenantwatch.identity.registry import TenantRegistry
+from tenantwatch.kernel.configure import http_probes
 from tenantwatch.kernel.interface import KernelProbes
-from tenantwatch.kernel.loader import HttpProbes, KernelResponseCheck, KernelSource
-from tenantwatch.kernel.records import KernelTick, Side
+from tenantwatch.kernel.records import KernelTick
+from tenantwatch.kernel.sweep import ConnectionSweeper
 from tenantwatch.kernel.targets import ProcessScanner
 from tenantwatch.logs import apply_logging
 from tenantwatch.memory import after_compile, fixed_mmap_threshold, tune_gc
+from tenantwatch.systemd import sd_notify, watchdog_interval
 
 log = logging.getLogger(__name__)
 
-# Connection state of processes that exited is swept this often (in ticks): a
-# sweep walks the whole connection map, so not every tick.
-SWEEP_EVERY_TICKS = 10
-SWEEP_BACKSTOP_TICKS = 60
 # /healthz turns unhealthy when the tick loop has not completed for this many ticks.
 STALL_TICKS = 5
-# The stages of a tick, in order, each isolated (Daemon._apply): tenantwatch_stage_errors_total
-TICK_STAGES = ("drain", "http2", "aggregate", "isolation", "spans", "power", "detect", "enforce")
+# The stages of a tick, in order, each isolated (Daemon._stage): tenantwatch_stage_errors_total.
+# retarget and sweep run on some ticks only (rescan_seconds; kernel/sweep.py).
+TICK_STAGES = ("retarget", "sweep", "drain", "http2", "aggregate", "isolation", "spans",
+               "power", "detect", "enforce")
 FAILED = object()  # what Daemon._stage gives for a stage that raised
 # IdentityResolver's key cache: at least this, else twice capture.max_identities
 MIN_IDENTITY_CACHE = 65536
-
-
-def sd_notify(message: str) -> bool:
-    """Send one sd_notify datagram to $NOTIFY_SOCKET (no dependency needed)."""
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return False
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.connect(addr)
-            s.sendall(message.encode())
-        return True
-    except OSError as e:
-        log.warning("sd_notify to %s failed: %s", addr, e)
-        return False
-
-
-def watchdog_interval(env=None) -> float | None:
-    """Seconds between WATCHDOG=1 pings: half of $WATCHDOG_USEC (systemd's WatchdogSec=), or
-    None when no watchdog is set for this process ($WATCHDOG_PID names another one)."""
-    env = os.environ if env is None else env
-    pid = env.get("WATCHDOG_PID")
-    if pid and pid.strip() != str(os.getpid()):
-        return None
-    try:
-        usec = int(env.get("WATCHDOG_USEC", ""))
-    except ValueError:
-        return None
-    return usec / 2e6 if usec > 0 else None
 
 
 def identity_cache_size(config: Config) -> int:
@@ -107,25 +79,6 @@ def identity_cache_size(config: Config) -> int:
     Smaller than the keys in use (40k tenants on two sides), a key evicted between its request
     head and its response folds that response into __unattributed__ (bench/scale.py at 4x)."""
     return max(MIN_IDENTITY_CACHE, 2 * config.capture.max_identities)
-
-
-def kernel_sources(config: Config) -> list:
-    """The identity sources as the kernel needs them (header names and sides)."""
-    out = []
-    for s in config.tenancy.sources:
-        sides = (s.side,) if s.side is not None else (Side.SERVER, Side.CLIENT)
-        out.append(KernelSource(header=s.header, sides=tuple(sides), token=s.kind == "jwt",
-                                trusted=s.trusted))
-    return out
-
-
-def kernel_response_check(config: Config) -> KernelResponseCheck | None:
-    """tenancy.response_check as the kernel needs it."""
-    rc = config.tenancy.response_check
-    if rc is None:
-        return None
-    return KernelResponseCheck(header=rc.header, sides=rc.sides,
-                               events_per_cpu_per_second=rc.events_per_second)
 
 
 # Between ticks, the kernel's event buffers are read this often (HTTP/2 bytes: Daemon._poll_h2).
@@ -142,20 +95,9 @@ class Daemon:
         self.config = config
         self.config_path = config_path
         self.stop_event = threading.Event()
-        self.probes: KernelProbes = probes if probes is not None else HttpProbes(
-            sources=kernel_sources(config),
-            process_names=[t.process for t in config.targets],
-            latency_bounds_seconds=config.capture.latency_buckets,
-            max_connections=config.capture.max_connections,
-            max_identities=config.capture.max_identities,
-            slow_request_seconds=config.capture.slow_request_seconds,
-            slow_requests_per_cpu_per_second=config.capture.slow_requests_per_second,
-            tokens_per_cpu_per_second=config.capture.tokens_per_second,
-            tls=config.capture.tls,
-            response_check=kernel_response_check(config),
-            sides=config.capture.sides,
-        )
+        self.probes: KernelProbes = probes if probes is not None else http_probes(config)
         self.scanner = ProcessScanner([t.process for t in config.targets])
+        self.sweeper = ConnectionSweeper(self.probes)  # connections of targets that left
         self.verifiers = build_verifiers(config.tenancy.sources)  # jwt sources with keys
         # known tenants from Redis (tenancy.registry), asked before a value takes a label
         self.tenant_registry = TenantRegistry(config.tenancy.registry, config.tenancy.pattern) \
@@ -217,9 +159,9 @@ class Daemon:
         state_collectors.append(self.stage_errors)
         self.api = ApiServer(config.listen_host, config.listen_port, self.snapshot, self.health,
                              self.exposition,
+                             tenants=lambda snap: tenants_document(snap, self.detection),
                              extra_routes={
                                  "/api/v1/hotspots": lambda: hotspots_payload(self.detection),
-                                 "/api/v1/tenants": self.tenants_document,
                                  "/api/v1/caps": lambda: (200, self.enforcer.payload()),
                              },
                              web=load_web_config(config.web_config_file)
@@ -240,7 +182,6 @@ class Daemon:
             else None
         self._ready = False
         self._ticks = 0
-        self._seen_targets: set[int] = set()  # targets seen since the last sweep (_sweep)
         self._last_tick = time.monotonic()
         self._reload_requested = False
         self._status = ""  # the STATUS= line last sent
@@ -260,14 +201,8 @@ class Daemon:
             last_tick_age=time.monotonic() - self._last_tick,
             stall_after=STALL_TICKS * self.config.capture.tick_seconds,
             drain_path=self.probes.drain_path,
-            stage_errors={s.labels["stage"]: int(s.value)
-                          for m in self.stage_errors.collect() for s in m.samples
-                          if s.name.endswith("_total")},
+            stage_errors=stage_error_counts(self.stage_errors),
             registry=self.tenant_registry.status() if self.tenant_registry is not None else None)
-
-    def tenants_document(self) -> tuple[int, dict[str, Any]]:
-        """/api/v1/tenants (exporters/documents.py)."""
-        return 200, tenants_document(self.snapshot(), self.detection)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -323,16 +258,12 @@ class Daemon:
     def _retarget(self) -> None:
         if self.placer is not None:
             self.placer.place()
-        added, removed = self.probes.set_targets(self.scanner.scan()
-                                                 | self._kernel_added_alive())
-        self._seen_targets |= added | removed
+        # the scan's names, and what the kernel added (fork/exec) while it lives
+        added, removed = self.probes.set_targets(
+            self.scanner.scan() | self.scanner.live_processes(self.probes.targets()))
+        self.sweeper.saw(added | removed)
         if added or removed:
             log.info("targets: +%d -%d", len(added), len(removed))
-
-    def _kernel_added_alive(self) -> set:
-        """Targets the kernel added (fork/exec) that are still alive processes."""
-        return {t for t in self.probes.targets() if self.scanner.alive(t)
-                and _is_process(t)}
 
     def tick(self) -> None:
         started = time.monotonic()
@@ -345,25 +276,10 @@ class Daemon:
         self._ticks += 1
         if self._ticks % max(1, int(self.config.capture.rescan_seconds
                                     / self.config.capture.tick_seconds)) == 0:
-            self._retarget()
-        if self._ticks % SWEEP_EVERY_TICKS == 0:
-            self._sweep()
+            self._stage("retarget", self._retarget)
+        self._stage("sweep", self.sweeper.tick)
         self._apply()
         self._last_tick = time.monotonic()
-
-    def _sweep(self) -> None:
-        """Close the counted connections of targets that are gone: when a target seen since
-        the last sweep left, and every SWEEP_BACKSTOP_TICKS anyway (a process the kernel
-        traced from its fork and that exited before a rescan saw it).  The walk of the
-        connection table costs ~0.2 s at 50k connections (bench/scale.py)."""
-        live = self.probes.targets()
-        gone = self._seen_targets - live
-        if gone or self._ticks % SWEEP_BACKSTOP_TICKS == 0:
-            n = self.probes.forget_connections(live)
-            if n:
-                log.info("sweep: %d connections of exited targets closed (gone: %s)", n,
-                         ", ".join(str(t) for t in sorted(gone)) or "none seen")
-        self._seen_targets = set(live)
 
     def _apply(self) -> None:
         """Drain the kernel once and run the stages after it, each isolated (TICK_STAGES): a
@@ -371,21 +287,8 @@ class Daemon:
         stages that would act on its missing result are skipped this tick; the daemon goes on.
         What a failed drain did not read stays in the kernel's map: a later drain reads it
         (late, not lost)."""
-        tick = self._stage("drain", self.probes.drain)
-        if tick is FAILED:
-            return
-        merged = self._stage("http2", self.h2.merge, tick)
-        if merged is not FAILED:
-            tick = merged  # else: this tick's HTTP/2 streams are missing
-        if self._stage("aggregate", self._aggregate, tick) is FAILED:
+        if not self._collect():
             return  # detection and enforcement would act on the last tick's numbers again
-        breaches: tuple = ()
-        if self.isolation is not None:
-            found = self._stage("isolation", self.isolation.apply, tick)
-            breaches = () if found is FAILED else found
-            report_breaches(breaches)
-        if self.otel_spans is not None:
-            self._stage("spans", self._export_spans, breaches)
         node = self.aggregator.node_tick()
         if node is None:
             return
@@ -397,6 +300,32 @@ class Daemon:
         for change in detection.changes:  # one structured line per change
             log.warning("detection %s", json.dumps(change.as_dict(), sort_keys=True))
         self._stage("enforce", self.enforcer.tick, detection, self.aggregator.backend_usage())
+
+    def _collect(self) -> bool:
+        """drain -> http2 -> aggregate -> isolation -> spans, each isolated; False when the
+        drain or the aggregation failed (no new numbers this tick).  The final drain at
+        shutdown runs this too."""
+        tick = self._stage("drain", self.probes.drain)
+        if tick is FAILED:
+            return False
+        merged = self._stage("http2", self.h2.merge, tick)
+        if merged is not FAILED:
+            tick = merged  # else: this tick's HTTP/2 streams are missing
+        if self._stage("aggregate", self._aggregate, tick) is FAILED:
+            return False
+        breaches: tuple = ()
+        if self.isolation is not None:
+            found = self._stage("isolation", self._isolation, tick)
+            breaches = () if found is FAILED else found
+        if self.otel_spans is not None:
+            self._stage("spans", self._export_spans, breaches)
+        return True
+
+    def _isolation(self, tick: KernelTick) -> tuple:
+        assert self.isolation is not None
+        breaches = self.isolation.apply(tick)
+        report_breaches(breaches)
+        return breaches
 
     def _tenant_labels(self) -> set[str]:
         """Every label with a row in the snapshot (reserved and default ones included)."""
@@ -516,16 +445,12 @@ class Daemon:
         except ConfigError as e:
             log.error("reload rejected, keeping the running config: %s", e)
             return "last reload rejected, running the previous config (see the log)"
-        live = ("log_level", "log_format")
-        changed = [f.name for f in dataclasses.fields(new)
-                   if getattr(new, f.name) != getattr(self.config, f.name)]
-        applied = [k for k in changed if k in live]
-        pending = [k for k in changed if k not in live]
+        applied, pending = reload_changes(self.config, new)
         if applied:
             apply_logging(new.log_format if "log_format" in applied else None, new.log_level)
             self.config = dataclasses.replace(self.config, log_level=new.log_level,
                                               log_format=new.log_format)
-        if not changed:
+        if not applied and not pending:
             log.info("reload: configuration unchanged")
         elif applied:
             log.warning("reload: applied %s", ", ".join(
@@ -543,18 +468,8 @@ class Daemon:
             self.enforcer.stop()  # restores the original limits unless keep_on_exit
         except Exception:
             log.exception("restoring CPU caps failed; run `tenantwatch release-caps`")
-        breaches: tuple = ()
-        if self.probes.loaded:
-            try:
-                tick = self.h2.merge(self.probes.drain())
-                self.aggregator.apply(tick)
-                breaches = self.isolation.apply(tick) if self.isolation is not None else ()
-                report_breaches(breaches)
-            except Exception:  # the final flush must not block the detach
-                log.exception("final drain failed")
-        if self.otel_spans is not None:
-            self.otel_spans.export_breaches(breaches)
-            self.otel_spans.export(self.aggregator.slow_spans())  # the final drain's
+        if self.probes.loaded:  # the final drain; a failed stage is logged, the detach goes on
+            self._collect()
         for exporter in (self.otel_metrics, self.otel_spans):
             if exporter is not None:
                 exporter.shutdown()  # final export; never raises
@@ -581,14 +496,3 @@ class Daemon:
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, hup)
 
-
-def _is_process(tgid: int) -> bool:
-    """The kernel's fork hook may add thread ids; only thread-group leaders are processes."""
-    try:
-        with open(f"/proc/{tgid}/status") as f:
-            for line in f:
-                if line.startswith("Tgid:"):
-                    return int(line.split()[1]) == tgid
-    except OSError:
-        return False
-    return False

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tenantwatch.aggregation.records import Snapshot
+from tenantwatch.aggregation.aggregator import estimate_quantile
+from tenantwatch.aggregation.records import Snapshot, TenantSideStats
 from tenantwatch.detection import DetectionResult
-from tenantwatch.exporters.http_api import tenants_payload
 
 # /healthz names a kernel table this full (alert TenantwatchKernelTableFull fires at the same)
 TABLE_FULL_RATIO = 0.9
@@ -44,6 +44,39 @@ def health_document(snap: Snapshot, *, ready: bool, last_tick_age: float, stall_
     if registry is not None:
         doc["registry"] = dict(registry)
     return doc
+
+
+def tenants_payload(snapshot: Snapshot) -> dict[str, Any]:
+    """The /api/v1/tenants document for one snapshot."""
+    bounds = snapshot.latency_bounds_seconds
+    return {
+        "taken_at": snapshot.taken_at_unix,
+        "tenants": [_tenant_entry(s, bounds) for s in snapshot.tenants],
+        "identity_rejected": dict(snapshot.identity_rejected),
+        "events_lost": dict(snapshot.events_lost),
+    }
+
+
+def _tenant_entry(stats: TenantSideStats, bounds: tuple[float, ...]) -> dict[str, Any]:
+    buckets = stats.latency_buckets
+    shaped = len(buckets) == len(bounds) + 1
+    return {
+        "tenant": stats.tenant,
+        "side": stats.side.value,
+        "trusted": stats.trusted,
+        "requests": stats.requests,
+        "requests_by_class": dict(stats.requests_by_class),
+        "rx_bytes": stats.rx_bytes,
+        "tx_bytes": stats.tx_bytes,
+        "latency_p50_seconds": estimate_quantile(bounds, buckets, 0.5) if shaped else None,
+        "latency_p99_seconds": estimate_quantile(bounds, buckets, 0.99) if shaped else None,
+        "latency_sum_seconds": stats.latency_sum_seconds,
+        "connections_active": stats.connections_active,
+        "connections_opened": stats.connections_opened,
+        "connections_closed": stats.connections_closed,
+        "connection_seconds": stats.connection_seconds,
+        "cpu_seconds": stats.cpu_seconds,
+    }
 
 
 def tenants_document(snap: Snapshot, detection: DetectionResult | None) -> dict[str, Any]:

@@ -37,9 +37,9 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
 from tenantwatch import __version__
-from tenantwatch.aggregation.aggregator import estimate_quantile
-from tenantwatch.aggregation.records import Snapshot, TenantSideStats
+from tenantwatch.aggregation.records import Snapshot
 from tenantwatch.errors import TenantwatchError
+from tenantwatch.exporters.documents import tenants_payload
 from tenantwatch.exporters.exposition import Exposition
 from tenantwatch.exporters.web_config import WebConfig
 
@@ -55,39 +55,6 @@ GZIP_MIN_BYTES = 1024
 _POLL_INTERVAL_SECONDS = 0.1
 
 JsonRoute = Callable[[], tuple[int, Any]]
-
-
-def tenants_payload(snapshot: Snapshot) -> dict[str, Any]:
-    """The /api/v1/tenants document for one snapshot."""
-    bounds = snapshot.latency_bounds_seconds
-    return {
-        "taken_at": snapshot.taken_at_unix,
-        "tenants": [_tenant_entry(s, bounds) for s in snapshot.tenants],
-        "identity_rejected": dict(snapshot.identity_rejected),
-        "events_lost": dict(snapshot.events_lost),
-    }
-
-
-def _tenant_entry(stats: TenantSideStats, bounds: tuple[float, ...]) -> dict[str, Any]:
-    buckets = stats.latency_buckets
-    shaped = len(buckets) == len(bounds) + 1
-    return {
-        "tenant": stats.tenant,
-        "side": stats.side.value,
-        "trusted": stats.trusted,
-        "requests": stats.requests,
-        "requests_by_class": dict(stats.requests_by_class),
-        "rx_bytes": stats.rx_bytes,
-        "tx_bytes": stats.tx_bytes,
-        "latency_p50_seconds": estimate_quantile(bounds, buckets, 0.5) if shaped else None,
-        "latency_p99_seconds": estimate_quantile(bounds, buckets, 0.99) if shaped else None,
-        "latency_sum_seconds": stats.latency_sum_seconds,
-        "connections_active": stats.connections_active,
-        "connections_opened": stats.connections_opened,
-        "connections_closed": stats.connections_closed,
-        "connection_seconds": stats.connection_seconds,
-        "cpu_seconds": stats.cpu_seconds,
-    }
 
 
 # A TLS handshake must finish within this (it runs on the request's own thread).
@@ -228,14 +195,18 @@ class ApiServer:
         registry: CollectorRegistry | Exposition,
         extra_routes: Mapping[str, JsonRoute] | None = None,
         web: WebConfig | None = None,
+        tenants: Callable[[Snapshot], Mapping[str, Any]] = tenants_payload,
     ) -> None:
         """``extra_routes`` maps more paths (e.g. /api/v1/caps) to () -> (status, JSON document);
-        ``web``: TLS and basic auth (web_config.py), None for plain HTTP to anyone."""
+        ``web``: TLS and basic auth (web_config.py), None for plain HTTP to anyone;
+        ``tenants``: the /api/v1/tenants document of a snapshot (documents.py; the daemon's
+        adds detection's shares and flags)."""
         self.web = web
         self._host = host.strip("[]")  # accept "[::1]" as written in a listen address
         self._requested_port = port
         self._get_snapshot = get_snapshot
         self._get_health = get_health
+        self._tenants_document = tenants
         self.registry = registry
         self.routes: dict[str, JsonRoute] = {
             "/healthz": self._healthz,
@@ -313,4 +284,4 @@ class ApiServer:
         snapshot = self._get_snapshot()
         if snapshot is None:
             return HTTPStatus.SERVICE_UNAVAILABLE, {"error": "no snapshot yet"}
-        return HTTPStatus.OK, tenants_payload(snapshot)
+        return HTTPStatus.OK, self._tenants_document(snapshot)

@@ -27,3 +27,9 @@ def stage_errors(stages: Iterable[str]) -> Counter:
     for stage in stages:
         c.labels(stage=stage)
     return c
+
+
+def stage_error_counts(counter: Counter) -> dict[str, int]:
+    """{stage: errors so far} of a stage_errors() counter (for /healthz)."""
+    return {s.labels["stage"]: int(s.value) for m in counter.collect() for s in m.samples
+            if s.name.endswith("_total")}

@@ -32,6 +32,10 @@ class KernelProbes(Protocol):
         """How maps are read ("batch" or "per-key"), for the start-up log line."""
         ...
 
+    def print_bpf(self) -> str:
+        """The BPF C text and compiler flags as load() would compile them (--print-bpf)."""
+        ...
+
     def load(self) -> None:
         """Compile, load and attach; raises KernelSupportError or PermissionProblem."""
         ...

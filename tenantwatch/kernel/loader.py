@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tenantwatch.config import Capture
 from tenantwatch.errors import KernelSupportError, PermissionProblem
 from tenantwatch.kernel import abi, dfa
 from tenantwatch.kernel.paths import find_bpf_dir
@@ -118,12 +119,12 @@ class HttpProbes:
         sources: Sequence[KernelSource],
         process_names: Sequence[str],
         latency_bounds_seconds: Sequence[float],
-        max_connections: int = 65536,
-        max_identities: int = 4096,
-        slow_request_seconds: float = 0.0,
-        slow_requests_per_cpu_per_second: int = 20,
-        tokens_per_cpu_per_second: int = 100,
-        tls: bool = False,
+        max_connections: int = Capture.max_connections,
+        max_identities: int = Capture.max_identities,
+        slow_request_seconds: float = 0.0,  # off unless asked (capture.slow_request_seconds)
+        slow_requests_per_cpu_per_second: int = Capture.slow_requests_per_second,
+        tokens_per_cpu_per_second: int = Capture.tokens_per_second,
+        tls: bool = False,  # off unless asked (capture.tls)
         response_check: KernelResponseCheck | None = None,
         sides: Sequence[Side] = (Side.SERVER, Side.CLIENT),
     ) -> None:

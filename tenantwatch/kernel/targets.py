@@ -39,3 +39,19 @@ class ProcessScanner:
 
     def alive(self, tgid: int) -> bool:
         return (self.proc / str(tgid)).exists()
+
+    def is_process(self, tgid: int) -> bool:
+        """The kernel's fork hook may add thread ids; only thread-group leaders are processes."""
+        try:
+            with open(self.proc / str(tgid) / "status") as f:
+                for line in f:
+                    if line.startswith("Tgid:"):
+                        return int(line.split()[1]) == tgid
+        except OSError:
+            return False
+        return False
+
+    def live_processes(self, tgids: Iterable[int]) -> set[int]:
+        """Those of `tgids` that are still alive processes (what the kernel added by fork or
+        exec keeps being traced while it lives)."""
+        return {t for t in tgids if self.alive(t) and self.is_process(t)}

@@ -24,9 +24,10 @@ from pathlib import Path
 import pytest
 
 from tenantwatch.config import load_config
-from tenantwatch.daemon import Daemon, sd_notify, watchdog_interval
+from tenantwatch.daemon import Daemon
 from tenantwatch.kernel.records import KernelTick
 from tenantwatch.logs import JsonFormatter
+from tenantwatch.systemd import sd_notify, watchdog_interval
 from tests.conftest import _free_port
 
 CONFIG = """\
@@ -171,6 +172,9 @@ class FakeProbes:
 
     def poll_h2(self) -> tuple:
         return ()
+
+    def print_bpf(self) -> str:
+        return "/* fake */"
 
     def close(self) -> None:
         self.closed = True
@@ -402,15 +406,14 @@ class SweepProbes(FakeProbes):
 
 
 def test_the_connection_table_is_walked_only_when_a_target_left(tmp_path):
-    from tenantwatch import daemon as daemon_module
+    from tenantwatch.kernel import sweep
 
     probes = SweepProbes()
     d = make_daemon(tmp_path, probes=probes)
-    every = daemon_module.SWEEP_EVERY_TICKS
-    d._ticks = daemon_module.SWEEP_BACKSTOP_TICKS  # away from the backstop's ticks
-    d._seen_targets = {10, 11}
-    d._ticks += every - d._ticks % every - 1
-    d._tick()  # a sweep tick, nobody left: no walk
+    every = sweep.EVERY_TICKS
+    d.sweeper.saw({10, 11})  # as a rescan that found them
+    for _ in range(every):
+        d._tick()  # the last one a sweep tick, nobody left: no walk
     assert probes.sweeps == []
     probes.live = {10}  # 11 exited
     for _ in range(every):
@@ -419,7 +422,7 @@ def test_the_connection_table_is_walked_only_when_a_target_left(tmp_path):
     for _ in range(every):
         d._tick()
     assert probes.sweeps == [{10}]  # nobody left since
-    while d._ticks % daemon_module.SWEEP_BACKSTOP_TICKS:
+    for _ in range(sweep.BACKSTOP_TICKS - 3 * every):
         d._tick()
     assert probes.sweeps == [{10}, {10}]  # the backstop
     d.api.stop()
@@ -469,7 +472,68 @@ def test_a_failing_stage_is_counted_and_the_daemon_goes_on(tmp_path, caplog):
         assert _stage_errors(d)["detect"] == 1
         assert enforced == [] and d.detection is detected
         assert d.aggregator.snapshot(True).ticks == ticks + 2
-        assert set(_stage_errors(d)) == {"drain", "http2", "aggregate", "isolation", "spans",
-                                         "power", "detect", "enforce"}  # all there from the start
+        assert set(_stage_errors(d)) == {"retarget", "sweep", "drain", "http2", "aggregate",
+                                         "isolation", "spans", "power", "detect",
+                                         "enforce"}  # all there from the start
     finally:
         d.api.stop()
+
+
+def _boom(*_a, **_k):
+    raise ValueError("stage bug")
+
+
+def test_the_other_stages_are_isolated_too(tmp_path, caplog):
+    """retarget and sweep (some ticks only), http2 and aggregate: each failure is counted and
+    logged; the tick goes on as docs/operations.md's table says."""
+    d = make_daemon(tmp_path)
+    try:
+        d._tick()
+        ticks = d.aggregator.snapshot(True).ticks
+        d.scanner.scan = _boom  # retarget: the rescan raises
+        d.sweeper.tick = _boom
+        with caplog.at_level(logging.ERROR):
+            d._tick()  # a rescan every tick (rescan_seconds = tick_seconds); both raise
+        assert _stage_errors(d)["retarget"] == 1 and _stage_errors(d)["sweep"] == 1
+        assert "tick stage retarget failed" in caplog.text
+        assert "tick stage sweep failed" in caplog.text
+        assert d.aggregator.snapshot(True).ticks == ticks + 1
+
+        d.h2.merge = _boom  # the kernel's counts still go on
+        d._apply()
+        assert _stage_errors(d)["http2"] == 1
+        assert d.aggregator.snapshot(True).ticks == ticks + 2
+
+        updates = []
+        d.detector.update = lambda node: updates.append(node)
+        d.aggregator.apply = _boom  # no detection on the last tick's numbers again
+        d._apply()
+        assert _stage_errors(d)["aggregate"] == 1
+        assert updates == []
+        assert d.health()["stage_errors"] == {"aggregate": 1, "http2": 2,  # still broken
+                                              "retarget": 1, "sweep": 1}
+    finally:
+        d.api.stop()
+
+
+def test_the_final_drain_at_shutdown_runs_the_collect_stages(tmp_path):
+    probes = FakeProbes()
+    d = make_daemon(tmp_path, probes=probes)
+    d.start()
+    drains, ticks = probes.drains, d.aggregator.snapshot(True).ticks
+    d.shutdown()
+    assert probes.drains == drains + 1 and probes.closed
+    assert d.aggregator.snapshot(False).ticks == ticks + 1
+
+
+def test_an_error_outside_the_stages_ends_the_daemon_after_its_shutdown(tmp_path, notify):
+    """The crash policy (docs/operations.md, "A failing tick stage"): what is not a stage
+    raises out of run() after the shutdown ran (caps restored, probes detached, STOPPING=1),
+    so the process exits non-zero and systemd restarts it."""
+    d = make_daemon(tmp_path, tick=0.1)
+    d.notify_alive = _boom  # after the first tick
+    with pytest.raises(ValueError, match="stage bug"):
+        d.run()
+    assert d.probes.closed and d._wake_fds is None
+    keys = [k for k, _ in fields(notify.pending()) if k in ("READY", "STOPPING")]
+    assert keys == ["READY", "STOPPING"]

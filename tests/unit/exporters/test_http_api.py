@@ -115,6 +115,21 @@ def test_tenants_before_the_first_snapshot(live_api: LiveApi) -> None:
     assert get_json(live_api.url + "/api/v1/tenants") == (503, {"error": "no snapshot yet"})
 
 
+def test_the_tenants_document_is_the_one_given() -> None:
+    """The daemon's /api/v1/tenants (with detection's flags) is built by the document it passes,
+    not shadowed by a route of its own."""
+    api = ApiServer("127.0.0.1", 0, lambda: make_snapshot(), lambda: {"ok": True},
+                    CollectorRegistry(),
+                    tenants=lambda snap: {"rows": len(snap.tenants), "flags": {"acme": ["NOISY"]}})
+    api.start()
+    try:
+        status, doc = get_json(f"http://127.0.0.1:{api.port}/api/v1/tenants")
+    finally:
+        api.stop()
+    assert status == 200
+    assert doc == {"rows": len(make_snapshot().tenants), "flags": {"acme": ["NOISY"]}}
+
+
 def test_unknown_path_is_a_json_404(live_api: LiveApi) -> None:
     status, doc = get_json(live_api.url + "/nope")
     assert status == 404
