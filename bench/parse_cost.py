@@ -89,13 +89,13 @@ def heads() -> dict[str, tuple[bytes, bytes]]:
 def prog_stats(probes) -> dict[str, tuple[int, int]]:
     """{program name: (run_time_ns, run_cnt)} of the loaded module's programs."""
     out = {}
-    for name, fn in probes._bpf.funcs.items():
+    for name, fd in probes.program_fds().items():
         try:
-            with open(f"/proc/self/fdinfo/{fn.fd}") as f:
+            with open(f"/proc/self/fdinfo/{fd}") as f:
                 kv = dict(line.split(":", 1) for line in f if ":" in line)
         except OSError:
             continue
-        out[name.decode()] = (int(kv.get("run_time_ns", "0")), int(kv.get("run_cnt", "0")))
+        out[name] = (int(kv.get("run_time_ns", "0")), int(kv.get("run_cnt", "0")))
     return out
 
 

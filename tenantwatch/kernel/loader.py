@@ -204,6 +204,24 @@ class HttpProbes:
         """
         return _expand_c_includes(self.source_path())
 
+    # ------------------------------------------------------------------ introspection
+    # For the kernel-tier tests and bench/: what loaded, without reaching into bcc's object.
+
+    def tail_calls(self, array: str = "tw_progs") -> int:
+        """Programs in a tail-call array as loaded (tw_progs; tw_progs_k with capture.tls)."""
+        assert self._bpf is not None, "load() first"
+        return len(list(self._bpf[array.encode()].items()))
+
+    def map_fd(self, name: str) -> int:
+        """The file descriptor of a loaded map (for /proc/self/fdinfo: key and value sizes)."""
+        assert self._bpf is not None, "load() first"
+        return self._bpf[name.encode()].map_fd
+
+    def program_fds(self) -> dict[str, int]:
+        """{program name: fd} of every loaded program (run_time_ns, run_cnt in its fdinfo)."""
+        assert self._bpf is not None, "load() first"
+        return {name.decode(): fn.fd for name, fn in self._bpf.funcs.items()}
+
     def print_bpf(self) -> str:
         """The C text and flags as compiled (for --print-bpf)."""
         return f"/* cflags: {' '.join(self.cflags())} */\n" + self.source_text()

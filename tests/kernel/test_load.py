@@ -16,26 +16,26 @@ def test_every_program_loads_and_every_tracepoint_attaches(probes):
     assert len(probes.probes) == len(declared) > 20
     assert all(probes.probes.values()), [p for p, ok in probes.probes.items() if not ok]
     # tw_parse, tw_token, tw_token_emit and tw_h2 are loaded separately: the tail-call array.
-    assert len(list(probes._bpf[b"tw_progs"].items())) == 4
+    assert probes.tail_calls() == 4
 
 
-def _sizes(table) -> tuple:
+def _sizes(probes, name: str) -> tuple:
     """(key_size, value_size) as the kernel has them (bcc's own ctypes mangle 2-D arrays)."""
     info = dict(line.split(":", 1) for line in
-                Path(f"/proc/self/fdinfo/{table.map_fd}").read_text().splitlines() if ":" in line)
+                Path(f"/proc/self/fdinfo/{probes.map_fd(name)}").read_text().splitlines()
+                if ":" in line)
     return int(info["key_size"]), int(info["value_size"])
 
 
 def test_abi_sizes_match_the_compiled_maps(probes):
-    b = probes._bpf
-    assert _sizes(b[b"tw_agg0"]) == (ct.sizeof(abi.AggKey), ct.sizeof(abi.AggVal))
-    assert _sizes(b[b"tw_ctl"])[1] == ct.sizeof(abi.Ctl)
-    assert _sizes(b[b"tw_names"])[1] == ct.sizeof(abi.Name)
-    assert _sizes(b[b"tw_dfa"])[1] == ct.sizeof(dfa.Dfa)
-    assert _sizes(b[b"tw_tokbufs"])[1] == ct.sizeof(abi.TokenEvent)
-    assert _sizes(b[b"tw_pfx"])[1] == ct.sizeof(abi.Pfx)
-    assert _sizes(b[b"tw_breach"]) == (ct.sizeof(abi.BreachKey), ct.sizeof(abi.BreachVal))
-    assert _sizes(b[b"tw_breach_scratch"])[1] == ct.sizeof(abi.BreachEvent)
+    assert _sizes(probes, "tw_agg0") == (ct.sizeof(abi.AggKey), ct.sizeof(abi.AggVal))
+    assert _sizes(probes, "tw_ctl")[1] == ct.sizeof(abi.Ctl)
+    assert _sizes(probes, "tw_names")[1] == ct.sizeof(abi.Name)
+    assert _sizes(probes, "tw_dfa")[1] == ct.sizeof(dfa.Dfa)
+    assert _sizes(probes, "tw_tokbufs")[1] == ct.sizeof(abi.TokenEvent)
+    assert _sizes(probes, "tw_pfx")[1] == ct.sizeof(abi.Pfx)
+    assert _sizes(probes, "tw_breach") == (ct.sizeof(abi.BreachKey), ct.sizeof(abi.BreachVal))
+    assert _sizes(probes, "tw_breach_scratch")[1] == ct.sizeof(abi.BreachEvent)
 
 
 def test_generated_dfa_header_is_current():

@@ -10,7 +10,7 @@ Steps (each one recorded, a failure in one does not skip the others):
             which paths ran: probe_read_user / probe_read (>= 5.5), ring buffer / perf buffer
             (>= 5.8: HttpProbes.event_path), batch / per-key drain (>= 5.6: drain_path after a
             drain)
-  counts    a known workload (Backend <- NginxGateway <- drive, loopback) gives exact per-tenant
+  counts    a known workload (Backend <- Gateway <- drive, loopback) gives exact per-tenant
             counts on both sides: server (client -> nginx, X-Tenant-ID) and client (nginx ->
             Backend, X-Tenant-Context), the latter also equal to what the Backend received
   forced    (--forced-fallbacks) the same workload with every fallback forced on this kernel:
@@ -42,12 +42,11 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-from harness.backend import RecordingBackend
+from harness.backend import Backend, RecordingBackend
+from harness.client import WireClient
+from harness.gateway import Gateway, find_nginx
 from harness.metrics import parse_metrics
 from harness.traffic import drive
-from tenantwatch.demo import Backend, NginxGateway
-from tenantwatch.demo.gateway import find_nginx
-from tenantwatch.demo.traffic import Client
 from tenantwatch.kernel import loader
 from tenantwatch.kernel.loader import HttpProbes, KernelSource
 from tenantwatch.kernel.records import STATUS_CLASSES, Side
@@ -142,7 +141,7 @@ def run_workload(probes: HttpProbes, workdir: Path, workload: dict, seed: int) -
     out: dict = {"ok": False}
     expected = expected_sides(workload)
     with RecordingBackend() as backend:
-        gw = NginxGateway(workdir / f"nginx-{seed}", _free_port(), backend.port, workers=2,
+        gw = Gateway(workdir / f"nginx-{seed}", _free_port(), backend.port, workers=2,
                           nginx=nginx_binary(workdir))
         gw.start(timeout=60)
         try:
@@ -195,9 +194,9 @@ def step_load(state: dict) -> dict:
         "probes": len(p.probes),
         "attached": sum(p.probes.values()),
         "missing": [name for name, ok in p.probes.items() if not ok],
-        "tail_calls": len(list(p._bpf[b"tw_progs"].items())),
+        "tail_calls": p.tail_calls(),
         "tail_calls_expected": tail_programs(p),
-        "tls_tail_calls": len(list(p._bpf[b"tw_progs_k"].items())),
+        "tls_tail_calls": p.tail_calls("tw_progs_k"),
         "window": getattr(p, "window", None),
     }
     p.drain()
@@ -250,14 +249,14 @@ def run_big_heads(probes: HttpProbes, workdir: Path) -> dict:
     count every request under its tenant and nothing is lost."""
     out: dict = {"ok": False}
     with Backend() as backend:
-        gw = NginxGateway(workdir / "nginx-big", _free_port(), backend.port, workers=1,
+        gw = Gateway(workdir / "nginx-big", _free_port(), backend.port, workers=1,
                           nginx=nginx_binary(workdir))
         gw.start(timeout=60)
         try:
             probes.set_targets(set(gw.our_pids()))
             probes.drain()
             statuses: Counter = Counter()
-            with Client(HOST, gw.listen_port, timeout=30) as c:
+            with WireClient(HOST, gw.listen_port, timeout=30) as c:
                 for t in BIG_HEAD_TENANTS * 2:
                     statuses[c.request(t, headers=BIG_HEAD_PADS)] += 1
             tally = Tally()
@@ -359,7 +358,7 @@ def step_daemon(workdir: Path) -> dict:
            if not k.startswith("TENANTWATCH_") or k == "TENANTWATCH_BPF_DIR"}
     env["PYTHONUNBUFFERED"] = "1"
     with RecordingBackend() as backend:
-        gw = NginxGateway(workdir / "nginx-daemon", _free_port(), backend.port, workers=2,
+        gw = Gateway(workdir / "nginx-daemon", _free_port(), backend.port, workers=2,
                           nginx=nginx_binary(workdir))
         gw.start(timeout=60)
         proc = None
