@@ -14,7 +14,7 @@
 #define tw_side_traced(side) ((TW_TRACE_SIDES >> ((side) & 1)) & 1)
 
 /* Loop iterations per tw_parse run: one iteration is one DFA byte, a header line's name
- * compared a word at a time, or up to 64 bytes skipped eight words a step.  Verification
+ * compared a word at a time, or up to 32 bytes skipped TW_SKIP_WORDS (4) words a step.  Verification
  * costs the iterations times the paths through one; the loader tries TW_ITERS from large
  * to small (older verifiers prune less): 64, 28 (6.1 and 5.10: about 0.89M of the 1M
  * instructions; 32 no longer fits since the name filter), 16. */

@@ -41,7 +41,7 @@ from tenantwatch.enforcement.safety import SafetyChecks, reason_of
 from tenantwatch.enforcement.state import StateStore, restore_lease, why_not_adopt
 from tenantwatch.enforcement.usage import UsageMeter
 
-if TYPE_CHECKING:  # config imports this package at run time; annotations only
+if TYPE_CHECKING:  # annotations only
     from tenantwatch.config import Enforcement
 
 log = logging.getLogger(__name__)

@@ -50,8 +50,9 @@ RUNQ_BOUNDS_SECONDS = tuple(4**i / 1e6 for i in range(11))
 PARSE_WINDOWS = (64, 28, 16)
 
 # After flipping the active aggregate map, wait this long before draining the old
-# one: a probe that read the old index finishes within microseconds (a full chain
-# of 33 tail calls parses at most 8 KiB), so 10 ms is a wide grace period.
+# one: a probe that read the old index finishes within microseconds, and even a full
+# chain of 33 tail calls (about 66 KiB of heads) within a millisecond, so 10 ms is a
+# wide grace period.
 FLIP_GRACE_SECONDS = 0.01
 # tw_cpu (cpu.c) holds, per generation, four (process, CPU, side) entries per identity of
 # capture.max_identities, and at least MIN_CPU_ENTRIES: 2 x 4 x 22k x ~80 B = 14 MB at 10k tenants.
