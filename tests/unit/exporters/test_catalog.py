@@ -227,7 +227,8 @@ def test_no_module_names_an_exported_metric_outside_the_catalog() -> None:
 
 # What is scanned for tenantwatch_ metric names (harness/: the benchmarks' shared code).
 SCANNED = ("README.md", "docs/*.md", "dashboards/*.json", "dashboards/alerts/*.yml",
-           "dashboards/alerts/tests/*.yml", "bench/*.py", "bench/*.md", "harness/*.py")
+           "dashboards/alerts/tests/*.yml", "bench/*.py", "bench/*.md", "harness/*.py",
+           "tests/e2e/*.py", "tests/kernel/*.py", "tests/vm/*.py", "deploy/**/*.yaml")
 RULE_FILES = sorted((REPO / "dashboards" / "alerts").glob("*.rules.yml"))
 
 # A recorded series, level:metric:operations (docs/fleet.md): the level may be empty.
