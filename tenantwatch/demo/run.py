@@ -66,6 +66,7 @@ def _traffic(port: int, stop: threading.Event) -> None:
 
 def run_demo(duration: float | None = None) -> int:
     from tenantwatch.daemon import Daemon
+    from tenantwatch.exporters.documents import tenants_document
     from tenantwatch.top import render_table
 
     api_port = _free_port()
@@ -93,7 +94,7 @@ def run_demo(duration: float | None = None) -> int:
             while not stop.is_set():
                 time.sleep(daemon.config.capture.tick_seconds)
                 daemon.tick()
-                _, payload = daemon.tenants_document()
+                payload = tenants_document(daemon.snapshot(), daemon.detection)
                 table = render_table(payload, previous)
                 previous = payload
                 sys.stdout.write("\033[2J\033[H" if sys.stdout.isatty() else "\n")
