@@ -32,10 +32,10 @@ import time
 from pathlib import Path
 
 from harness.bench import BenchError
+from harness.gateway import Gateway
 from harness.many_clients import ClientFleet
-from harness.metrics import parse_metrics
+from harness.metrics import SCALE_FAMILIES, parse_selected
 from harness.processes import Daemon, default_tenantwatch, free_port, http_get, proc_cpu_ticks
-from tenantwatch.demo.gateway import NginxGateway
 
 DAEMON_CONFIG = """\
 listen: "127.0.0.1:{port}"
@@ -68,14 +68,6 @@ def rss_text(pid: int) -> str:
             f"file-backed {rss_mb(pid, 'RssFile'):.0f}; peak {rss_mb(pid, 'VmHWM'):.0f})")
 
 
-# The families read here: parsing only their lines keeps the bench's own time per scrape far
-# below the daemon's (a full parse of 200 MB takes a minute in Python).
-WANTED = ("tenantwatch_http_server_requests_total{", "tenantwatch_http_client_requests_total{",
-          "tenantwatch_connections_active{", "tenantwatch_connections_opened_total{",
-          "tenantwatch_connection_duration_seconds_count{", "tenantwatch_events_lost_total{",
-          "tenantwatch_tick_duration_seconds_")
-
-
 def scrape(url: str) -> tuple[dict, float, int]:
     t0 = time.monotonic()
     status, body = http_get(url + "/metrics", timeout=60.0)
@@ -83,8 +75,8 @@ def scrape(url: str) -> tuple[dict, float, int]:
     if status != 200:
         raise BenchError(f"GET /metrics -> {status}")
     size = len(body.encode())
-    wanted = "\n".join(line for line in body.splitlines() if line.startswith(WANTED))
-    return parse_metrics(wanted), took, size
+    # only the families read here: the bench's own time per scrape stays far below the daemon's
+    return parse_selected(body, SCALE_FAMILIES), took, size
 
 
 def per_tenant(m: dict, name: str) -> dict[str, int]:
@@ -171,13 +163,13 @@ def main(argv: list[str] | None = None) -> int:
         # the upstream: nginx under another name (not a target), big enough not to be the limit
         link = tmp / "tw-scale-upstream"
         link.symlink_to(Path(shutil.which("nginx") or "/usr/sbin/nginx").resolve())
-        upstream = NginxGateway(tmp / "upstream", free_port(), 1, nginx=str(link),
-                                workers=max(1, args.workers // 4), worker_connections=16384,
-                                extra_server=UPSTREAM_SERVER)
+        upstream = Gateway(tmp / "upstream", free_port(), 1, nginx=str(link),
+                           workers=max(1, args.workers // 4), worker_connections=16384,
+                           extra_server=UPSTREAM_SERVER)
         upstream.start()
-        gw = NginxGateway(tmp / "gw", free_port(), upstream.listen_port, workers=args.workers,
-                          worker_connections=per_worker, reuseport=True,
-                          extra_server=GATEWAY_SERVER)
+        gw = Gateway(tmp / "gw", free_port(), upstream.listen_port, workers=args.workers,
+                     worker_connections=per_worker, reuseport=True,
+                     extra_server=GATEWAY_SERVER)
         gw.start()
         port = free_port()
         cfg = tmp / "tw.yaml"

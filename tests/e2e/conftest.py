@@ -23,40 +23,38 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
-import time
-import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from harness import processes
 from harness.backend import RecordingBackend
-from harness.gateway import Gateway
-from tenantwatch.demo import GatewayError
+from harness.gateway import Gateway, GatewayError
+from harness.metrics import (  # noqa: F401 - RESERVED, SHARED, SIDES re-exported for the tests
+    DEFAULT_TENANT,
+    RESERVED,
+    SHARED,
+    SIDES,
+    Metrics,
+)
 from tests.conftest import _free_port, require_nginx, require_root
 
 REPO = Path(__file__).resolve().parents[2]
 # The comm of every nginx process this test run starts (<= 15 bytes), unique per run: two test
 # runs on one machine must not trace (and count) each other's gateways.
 NGINX_COMM = f"tw-e2e-{os.getpid()}"
-RESERVED = ("__other__", "__invalid__", "__unattributed__")
-SIDES = ("server", "client")
-DEFAULT_TENANT = "common"
-SHARED = (DEFAULT_TENANT,) + RESERVED  # labels every test may touch: compared as deltas
-READY_TIMEOUT = 60.0
-STOP_TIMEOUT = 15.0
+READY_TIMEOUT = processes.READY_TIMEOUT_S
+STOP_TIMEOUT = processes.STOP_TIMEOUT_S
 
 CONFIG_TEMPLATE = """\
 listen: "127.0.0.1:{port}"
@@ -76,78 +74,8 @@ def tenantwatch_command() -> list[str]:
 
 # ---------------------------------------------------------------------------- metrics
 
-
-class Metrics(dict):
-    """One /metrics scrape: {(sample name, frozenset(labels.items())): value}."""
-
-    @classmethod
-    def parse(cls, text: str) -> Metrics:
-        out = cls()
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                out[(s.name, frozenset(s.labels.items()))] = s.value
-        return out
-
-    def samples(self, name: str) -> Iterator[tuple[dict, float]]:
-        for (n, labels), v in self.items():
-            if n == name:
-                yield dict(labels), v
-
-    def value(self, name: str, **labels: str) -> float:
-        """Sum of the samples of `name` whose labels include `labels`."""
-        return sum(v for lab, v in self.samples(name)
-                   if all(lab.get(k) == w for k, w in labels.items()))
-
-    def requests(self, side: str, tenant: str | None = None,
-                 status_class: str | None = None) -> int:
-        labels = {}
-        if tenant is not None:
-            labels["tenant"] = tenant
-        if status_class is not None:
-            labels["status_class"] = status_class
-        return int(self.value(f"tenantwatch_http_{side}_requests_total", **labels))
-
-    def by_tenant(self, side: str, prefix: str = "") -> Counter:
-        """{tenant: requests} for tenants starting with `prefix` (zero rows left out)."""
-        out: Counter = Counter()
-        for lab, v in self.samples(f"tenantwatch_http_{side}_requests_total"):
-            if lab["tenant"].startswith(prefix) and v:
-                out[lab["tenant"]] += int(v)
-        return out
-
-    def by_class(self, side: str, tenant: str) -> Counter:
-        """{status_class: requests} of one tenant (zero rows left out)."""
-        out: Counter = Counter()
-        for lab, v in self.samples(f"tenantwatch_http_{side}_requests_total"):
-            if lab["tenant"] == tenant and v:
-                out[lab["status_class"]] += int(v)
-        return out
-
-    def tenant_labels(self, side: str) -> set[str]:
-        return {lab["tenant"] for lab, _ in self.samples(f"tenantwatch_http_{side}_requests_total")}
-
-    def rejected(self) -> Counter:
-        return Counter({lab["reason"]: int(v)
-                        for lab, v in self.samples("tenantwatch_identity_rejected_total")})
-
-    def lost(self) -> Counter:
-        return Counter({lab["reason"]: int(v)
-                        for lab, v in self.samples("tenantwatch_events_lost_total")})
-
-    def table(self, prefix: str, shared: tuple[str, ...] = SHARED) -> Counter:
-        """{(side, tenant, status_class): requests} of the tenants starting with `prefix` and of
-        the `shared` labels (zero rows left out)."""
-        out: Counter = Counter()
-        for side in SIDES:
-            for lab, v in self.samples(f"tenantwatch_http_{side}_requests_total"):
-                t = lab["tenant"]
-                if v and (t.startswith(prefix) or t in shared):
-                    out[(side, t, lab["status_class"])] += int(v)
-        return out
-
-    @property
-    def ticks(self) -> int:
-        return int(self.value("tenantwatch_ticks_total"))
+# Metrics (one /metrics scrape: {(sample name, labels): value}) and the labels the tests share
+# (RESERVED, SIDES, DEFAULT_TENANT, SHARED) are harness.metrics'.
 
 
 def delta(after: Mapping, before: Mapping) -> Counter:
@@ -245,194 +173,32 @@ class Baseline:
 # ---------------------------------------------------------------------------- the daemon
 
 
-@dataclass
-class Daemon:
-    """One `tenantwatch run --config FILE` subprocess."""
+class Daemon(processes.Daemon):
+    """One `tenantwatch run --config FILE` subprocess (harness.processes.Daemon) of this tree, in
+    `workdir` (tenantwatch.yaml written from `config_text` at each start, tenantwatch.log), run
+    from the repository root without the caller's TENANTWATCH_* variables; a daemon that does not
+    come up fails the test with its log."""
 
-    workdir: Path
-    port: int
-    config_text: str
-    proc: subprocess.Popen | None = None
-    returncodes: list = field(default_factory=list)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def __init__(self, workdir: Path, port: int, config_text: str) -> None:
+        super().__init__(tenantwatch_command(), workdir / "tenantwatch.yaml", port,
+                         workdir / "tenantwatch.log", config_text=config_text, cwd=REPO)
+        self.workdir = workdir
 
     @property
     def config_path(self) -> Path:
-        return self.workdir / "tenantwatch.yaml"
+        return self.config
 
     @property
     def log_path(self) -> Path:
-        return self.workdir / "tenantwatch.log"
+        return self.log
 
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def _fail(self, msg: str) -> None:
-        pytest.fail(f"{msg}\n--- {self.log_path} ---\n{self.log_text()[-6000:]}", pytrace=False)
-
-    # -- lifecycle
-
-    def start(self, ready_timeout: float = READY_TIMEOUT, wait: bool = True) -> Daemon:
-        """Start the daemon; with ``wait`` (the default) until /readyz answers 200."""
-        assert self.proc is None or self.proc.poll() is not None, "already running"
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(self.config_text)
+    def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTWATCH_")}
         env["PYTHONUNBUFFERED"] = "1"
-        with open(self.log_path, "ab") as log:
-            log.write(f"=== start {time.strftime('%H:%M:%S')}\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(
-                tenantwatch_command() + ["run", "--config", str(self.config_path)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                cwd=str(REPO),
-            )
-        if wait:
-            self.wait_ready(ready_timeout)
-        return self
+        return env
 
-    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            rc = self.proc.poll()
-            if rc is not None:
-                self._fail(f"tenantwatch exited with {rc} before it was ready")
-            try:
-                status, _ = self.get("/readyz", timeout=1.0)
-                if status == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        self._fail(f"tenantwatch not ready on {self.url} within {timeout}s")
-
-    def signal(self, sig: int) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-
-    def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
-        """SIGTERM, wait up to `timeout`, SIGKILL if still running. Returns the exit code of the
-        SIGTERM (None when it had to be killed, or when nothing was running)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return None
-        self.returncodes.append(rc)
-        return rc
-
-    def kill(self) -> int:
-        """SIGKILL (only our own child, by its pid) and reap it."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.kill()
-        rc = self.proc.wait(timeout=10)
-        self.returncodes.append(rc)
-        return rc
-
-    # -- HTTP
-
-    def get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read()
-
-    def get_json(self, path: str) -> Any:
-        status, body = self.get(path)
-        return status, json.loads(body)
-
-    def metrics(self) -> Metrics:
-        status, body = self.get("/metrics")
-        assert status == 200, body
-        return Metrics.parse(body.decode())
-
-    def requests(self, side: str, tenant: str | None = None,
-                 status_class: str | None = None) -> int:
-        return self.metrics().requests(side, tenant, status_class)
-
-    def tenants_json(self) -> dict:
-        status, doc = self.get_json("/api/v1/tenants")
-        assert status == 200, doc
-        return doc
-
-    def healthz(self) -> dict:
-        _, doc = self.get_json("/healthz")
-        return doc
-
-    # -- waiting for the tick loop
-
-    def wait_ticks(self, n: int = 2, timeout: float = 15.0) -> Metrics:
-        """Wait until `n` more ticks completed: every kernel count made before this call was then
-        drained (the drain of the 2nd tick after a read starts after that read)."""
-        start = self.metrics().ticks
-        deadline = time.monotonic() + timeout
-        while True:
-            m = self.metrics()
-            if m.ticks >= start + n or time.monotonic() >= deadline:
-                return m
-            time.sleep(0.1)
-
-    def wait_settled(
-        self,
-        expected: Callable[[Metrics], bool] | Mapping | None = None,
-        timeout: float = 15.0,
-        view: Callable[[Metrics], Mapping] | None = None,
-    ) -> Metrics:
-        """Poll /metrics (bounded by `timeout`) until `expected` holds -- a predicate on Metrics,
-        or a mapping compared with view(metrics), by default the whole table {(side, tenant,
-        status_class): requests} -- then wait two more ticks so that nothing counted late is
-        missed, and return that last scrape.  The caller asserts on it (a
-        timeout is not an error here, so the assertion shows the difference)."""
-        if expected is None:
-            return self.wait_ticks(2, timeout)
-        if callable(expected):
-            pred = expected
-        else:
-            see = view or (lambda m: m.table(""))  # every (side, tenant, status_class)
-            want = +Counter(expected)
-
-            def pred(m: Metrics) -> bool:
-                return +Counter(see(m)) == want
-
-        deadline = time.monotonic() + timeout
-        while True:
-            m = self.metrics()
-            if pred(m) or time.monotonic() >= deadline:
-                break
-            time.sleep(0.2)
-        return self.wait_ticks(2, timeout=max(3.0, deadline - time.monotonic()))
-
-    # -- BPF objects owned by the process
-
-    def bpf_ids(self) -> dict[str, set[int]]:
-        """{"prog": ids, "map": ids} of the BPF objects the daemon holds fds to."""
-        out: dict[str, set[int]] = {"prog": set(), "map": set()}
-        fdinfo = Path(f"/proc/{self.pid}/fdinfo")
-        for entry in fdinfo.iterdir():
-            try:
-                text = entry.read_text()
-            except OSError:
-                continue
-            for line in text.splitlines():
-                key, _, value = line.partition(":")
-                if key in ("prog_id", "map_id"):
-                    out[key[:-3]].add(int(value))
-        return out
+    def fail(self, msg: str) -> None:
+        pytest.fail(f"{msg}\n--- {self.log_path} ---\n{self.log_text()[-6000:]}", pytrace=False)
 
 
 def bpftool_ids(kind: str) -> set[int]:

@@ -21,14 +21,15 @@ bench/scale.py measures the same at 2x and 4x; docs/performance.md has the numbe
 
 from __future__ import annotations
 
-import re
 import shutil
 import time
 from pathlib import Path
 
 import pytest
 
+from harness.gateway import Gateway
 from harness.many_clients import ClientFleet
+from harness.metrics import SCALE_FAMILIES, parse_selected
 from tests.conftest import _free_port, require_root
 from tests.e2e.conftest import Daemon
 
@@ -64,24 +65,11 @@ def _status_kb(pid: int, field: str) -> int:
 
 
 class Scrape:
-    """The few families this test reads, from one /metrics body.  prometheus_client's parser
-    takes ~10 s on 50 MB; this reads only the lines it needs (the names are fixed, the tenant
-    labels plain)."""
-
-    LABELS = re.compile(r'(\w+)="([^"]*)"')
-    WANTED = ("tenantwatch_http_server_requests_total{", "tenantwatch_http_client_requests_total{",
-              "tenantwatch_connections_active{", "tenantwatch_events_lost_total{",
-              "tenantwatch_tick_duration_seconds_bucket{")
+    """The few families this test reads, from one /metrics body (harness.metrics.parse_selected:
+    prometheus_client's parser takes ~10 s on 50 MB)."""
 
     def __init__(self, body: bytes) -> None:
-        self.samples: dict[str, list[tuple[dict[str, str], float]]] = {}
-        for line in body.decode().splitlines():
-            if not line.startswith(self.WANTED):
-                continue
-            name, _, rest = line.partition("{")
-            labels, _, value = rest.rpartition("} ")
-            self.samples.setdefault(name, []).append(
-                (dict(self.LABELS.findall(labels)), float(value)))
+        self.samples = parse_selected(body.decode(), SCALE_FAMILIES)
 
     def by_tenant(self, side: str) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -114,18 +102,16 @@ def scrape(daemon: Daemon) -> tuple[Scrape, float]:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, nginx_binary):
     require_root()
-    from tenantwatch.demo import NginxGateway
-
     work = tmp_path_factory.mktemp("scale")
     link = work / "tw-scale-upstream"  # another comm: not a target
     link.symlink_to(Path(shutil.which("nginx") or "/usr/sbin/nginx").resolve())
-    upstream = NginxGateway(work / "up", _free_port(), 1, workers=1, nginx=str(link),
-                            worker_connections=4096,
-                            extra_server='        location = /up { return 200 "ok\\n"; }\n'
-                                         "        access_log off;").start()
-    gw = NginxGateway(work / "gw", _free_port(), upstream.listen_port, workers=WORKERS,
-                      nginx=nginx_binary, reuseport=True,
-                      worker_connections=CONNECTIONS // WORKERS * 5 // 4 + 1024).start()
+    upstream = Gateway(work / "up", _free_port(), 1, workers=1, nginx=str(link),
+                       worker_connections=4096,
+                       extra_server='        location = /up { return 200 "ok\\n"; }\n'
+                                    "        access_log off;").start()
+    gw = Gateway(work / "gw", _free_port(), upstream.listen_port, workers=WORKERS,
+                 nginx=nginx_binary, reuseport=True,
+                 worker_connections=CONNECTIONS // WORKERS * 5 // 4 + 1024).start()
     port = _free_port()
     daemon = Daemon(work / "daemon", port, CONFIG.format(
         port=port, nginx=Path(nginx_binary).name, tenants=TENANTS)).start()
