@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Interleaved A/B benchmark: nginx saturated by wrk, without (A) and with (B) the daemon.
 
-Takes a real nginx (`tenantwatch.demo.gateway.NginxGateway`, 2 workers) in front of the demo
+Takes a real nginx (`harness.gateway.Gateway`, the demo's, 2 workers) in front of the demo
 `Backend`, and wrk (HTTP/1.1 keep-alive) rotating `X-Tenant-ID` over t1..t4 on every request.
 Gives per-run wrk throughput, the daemon's own CPU during the run (from /proc/<pid>/stat), and how
 many requests the daemon counted against what wrk and nginx's access log saw; then the medians and
@@ -50,7 +50,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.backend import Backend
 from harness.bench import BenchError, bpf_stats, median
+from harness.gateway import Gateway
 from harness.processes import Daemon, default_tenantwatch, free_port
 from harness.workload import (
     BROWSER_PATH,
@@ -64,8 +66,6 @@ from harness.workload import (
     tls_listener,
     write_wrk_script,
 )
-from tenantwatch.demo.backend import Backend
-from tenantwatch.demo.gateway import NginxGateway
 
 RATIO_GOAL = 0.95  # B keeps at least 95% of A's throughput
 TLS_RATIO_GOAL = 0.90  # the same over TLS (issue 5): six uprobe traps per request on top
@@ -218,7 +218,7 @@ def foreign_tracepoints(when: str) -> int | None:
 
 def one_run(rnd: int, variant: str, with_daemon: bool, ctx: dict[str, Any],
             args: argparse.Namespace) -> Run:
-    gateway: NginxGateway = ctx["gateway"]
+    gateway: Gateway = ctx["gateway"]
     daemon: Daemon | None = None
     try:
         foreign = foreign_tracepoints(f"before run {rnd}{variant}")
@@ -410,7 +410,7 @@ def print_summary(s: dict[str, Any], runs: list[Run], no_daemon: bool) -> None:
 
 # ---------------------------------------------------------------- main
 
-def environment(wrk: str, gateway: NginxGateway) -> dict[str, Any]:
+def environment(wrk: str, gateway: Gateway) -> dict[str, Any]:
     def first_line(cmd: list[str]) -> str:
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
@@ -510,8 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tw-bench-") as tmpdir:
         tmp = Path(tmpdir)
         backend = Backend()
-        gateway: NginxGateway | None = None
-        upstream: NginxGateway | None = None
+        gateway: Gateway | None = None
+        upstream: Gateway | None = None
         stats = contextlib.ExitStack()
         try:
             stats.enter_context(bpf_stats(args.bpf_stats))
@@ -523,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
                 upstream_port = upstream.listen_port
             listen = free_port()
             tls = tls_listener(tmp) if args.tls else {}
-            gateway = NginxGateway(
+            gateway = Gateway(
                 tmp / "nginx", listen, upstream_port, workers=args.workers,
                 extra_server="        access_log off;" if args.no_access_log else "", **tls,
                 **args.gateway_kwargs,

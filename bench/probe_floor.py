@@ -45,7 +45,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 
+from harness.backend import Backend
 from harness.bench import BenchError, bpf_stats
+from harness.gateway import Gateway
 from harness.processes import free_port
 from harness.workload import (
     BROWSER_PATH,
@@ -58,8 +60,6 @@ from harness.workload import (
     tls_listener,
     write_wrk_script,
 )
-from tenantwatch.demo.backend import Backend
-from tenantwatch.demo.gateway import NginxGateway
 
 VARIANTS = ("none", "syscall-tp", "raw-tp")
 TLS_VARIANTS = ("none", "uprobe-public", "uprobe-internal")
@@ -203,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tw-floor-") as tmpdir, bpf_stats(False):
         tmp = Path(tmpdir)
         backend = Backend()
-        gateway: NginxGateway | None = None
-        upstream: NginxGateway | None = None
+        gateway: Gateway | None = None
+        upstream: Gateway | None = None
         try:
             backend.start()
             upstream_port = backend.port
@@ -215,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
                 path = BROWSER_PATH + BROWSER_QUERY
             listen = free_port()
             tls = tls_listener(tmp) if args.tls else {}
-            gateway = NginxGateway(tmp / "nginx", listen, upstream_port, workers=args.workers,
-                                   **tls, **args.gateway_kwargs)
+            gateway = Gateway(tmp / "nginx", listen, upstream_port, workers=args.workers,
+                              **tls, **args.gateway_kwargs)
             gateway.start()
             tgids = gateway.our_pids()
             scheme, port = ("https", gateway.tls_port) if args.tls else ("http", listen)

@@ -42,11 +42,11 @@ import threading
 import time
 from pathlib import Path
 
+from harness.backend import Backend
 from harness.gateway import Gateway
 from harness.metrics import parse_metrics
 from harness.processes import Daemon, default_tenantwatch, free_port, http_get, proc_cpu_ticks
 from harness.workload import make_cert
-from tenantwatch.demo import Backend
 
 DAEMON_CONFIG = """\
 listen: "127.0.0.1:{port}"

@@ -1,6 +1,8 @@
-"""The demo's Client with what only tests do on the wire: pipelined request heads in one write
-(case 2), a head split across several writes (case 3), raw bytes, and a reset before the
-response (case 5).
+"""The demo's Client with what only tests do on the wire: a request's bytes (`build_request`),
+the whole response (`exchange`, `last_response`), pipelined request heads in one write (case 2),
+a head split across several writes (case 3), raw bytes, and a reset before the response (case 5).
+
+`ProtocolError` and `Response` are the demo client's, re-exported for the tests.
 """
 
 from __future__ import annotations
@@ -10,12 +12,55 @@ import struct
 import time
 from collections.abc import Sequence
 
-from tenantwatch.demo.traffic import Client, Headers
+from tenantwatch.demo.traffic import Client, Headers, ProtocolError, Response
+
+__all__ = ["Headers", "ProtocolError", "Response", "WireClient"]
 
 
 class WireClient(Client):
-    """`tenantwatch.demo.Client` plus `pipeline()`, `split_request()`, `send_raw()` and
-    `reset()`."""
+    """`tenantwatch.demo.Client` plus `build_request()`, `exchange()`, `pipeline()`,
+    `split_request()`, `send_raw()` and `reset()`; `connects` counts the connections it opened,
+    `last_response` is the last response read."""
+
+    def __init__(self, host: str, port: int, timeout: float = 5.0) -> None:
+        super().__init__(host, port, timeout)
+        self.connects = 0
+        self.last_response: Response | None = None
+
+    def connect(self) -> socket.socket:
+        fresh = self.sock is None
+        sock = super().connect()
+        if fresh:
+            self.connects += 1
+        return sock
+
+    def read_response(self, method: str = "GET") -> Response:
+        resp = super().read_response(method)
+        self.last_response = resp
+        return resp
+
+    def build_request(
+        self,
+        tenant: str | None,
+        path: str = "/",
+        headers: Headers = (),
+        method: str = "GET",
+        body: bytes = b"",
+    ) -> bytes:
+        """The bytes request() sends for these arguments."""
+        return self._build_request(tenant, path, headers, method, body)
+
+    def exchange(
+        self,
+        tenant: str | None,
+        path: str = "/",
+        headers: Headers = (),
+        method: str = "GET",
+        body: bytes = b"",
+    ) -> Response:
+        """request(), returning the whole response."""
+        data = self.build_request(tenant, path, headers, method, body)
+        return self._exchange(lambda s: s.sendall(data), method)
 
     def reset(self) -> None:
         """Abort the connection with a RST (SO_LINGER 0), e.g. before a response arrived."""

@@ -2,8 +2,8 @@
 (tenant, status) as the client saw them.
 
 Status 0 means "no HTTP response" (error, timeout or overall deadline). A tenant of None means
-the request carries no tenant header at all. The client is the product's
-(`tenantwatch.demo.traffic.Client`, which `tenantwatch demo` uses too).
+the request carries no tenant header at all. The client is `WireClient`, the product's
+`tenantwatch.demo.traffic.Client` (what `tenantwatch demo` sends with) plus the tests' methods.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import threading
 import time
 from collections import Counter
 
-from tenantwatch.demo.traffic import Client, ProtocolError
+from harness.client import ProtocolError, WireClient
 
 
 def drive(
@@ -41,7 +41,7 @@ def drive(
 
     def lane(items: list[str | None]) -> None:
         local: Counter = Counter()
-        with Client(host, port, timeout=timeout) as client:
+        with WireClient(host, port, timeout=timeout) as client:
             for tenant in items:
                 if time.monotonic() >= end:
                     local[(tenant, 0)] += 1

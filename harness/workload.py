@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.bench import BenchError
+from harness.gateway import Gateway
 from harness.processes import free_port
-from tenantwatch.demo.gateway import NginxGateway
 
 TENANTS = ("t1", "t2", "t3", "t4")
 WRK_SLACK_S = 30.0  # a wrk run gets --seconds plus this before it is killed
@@ -126,7 +126,7 @@ def make_cert(tmp: Path) -> tuple[Path, Path]:
 
 
 def tls_listener(tmp: Path) -> dict[str, Any]:
-    """NginxGateway keyword arguments for a TLS listener with a certificate made in tmp."""
+    """Gateway keyword arguments for a TLS listener with a certificate made in tmp."""
     cert, key = make_cert(tmp)
     return {"tls_port": free_port(), "ssl_certificate": cert, "ssl_certificate_key": key}
 
@@ -198,7 +198,7 @@ def add_load_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def apply_layout(args: argparse.Namespace, p: argparse.ArgumentParser) -> dict[str, Any]:
-    """Settle workers/threads/wrk_prefix for --layout; gives NginxGateway keyword arguments."""
+    """Settle workers/threads/wrk_prefix for --layout; gives Gateway keyword arguments."""
     args.wrk_prefix = []
     if args.layout == "shared":
         return {}
@@ -214,13 +214,13 @@ def apply_layout(args: argparse.Namespace, p: argparse.ArgumentParser) -> dict[s
 
 
 def start_upstream(tmp: Path, backend_port: int, heads: str,
-                   served_header: bool = False) -> NginxGateway:
+                   served_header: bool = False) -> Gateway:
     """A second nginx under another name (comm), so the daemon does not trace it: `/up` answers
     "ok", or with --heads browser `/api/` answers the browser-sized response head and JSON
     (with `served_header`, marked with X-Served-Tenant: the request's X-Tenant-Context)."""
     link = tmp / "tw-bench-upstream"
     link.symlink_to(Path(shutil.which("nginx") or "/usr/sbin/nginx").resolve())
-    upstream = NginxGateway(
+    upstream = Gateway(
         tmp / "upstream", free_port(), backend_port, workers=1, nginx=str(link),
         extra_server=(BROWSER_UPSTREAM.replace("            return 200", SERVED_HEADER +
                                                "            return 200")

@@ -14,9 +14,7 @@ from typing import Callable
 import pytest
 
 from harness.backend import RecordingBackend
-from harness.gateway import Gateway
-from tenantwatch.demo import GatewayError
-from tenantwatch.demo.gateway import find_nginx
+from harness.gateway import Gateway, GatewayError, find_nginx
 
 
 def _free_port(host: str = "127.0.0.1") -> int:

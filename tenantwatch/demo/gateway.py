@@ -15,7 +15,6 @@ from __future__ import annotations
 import ctypes
 import os
 import re
-import resource
 import shutil
 import signal
 import socket
@@ -131,14 +130,13 @@ def _compiled_without(binary: str) -> frozenset[str]:
 class NginxGateway:
     """nginx (master + `workers` workers) on `host:listen_port`, proxying to `upstream_port`.
 
-    `extra_http` is inserted into the http block, `extra_server` into the server block.
-    `location /ws` proxies WebSocket upgrades (Upgrade/Connection passed on) with the same
-    X-Tenant-Context as `/`.
-
-    `tls_port` (with `ssl_certificate` and `ssl_certificate_key`, files the caller made) adds a
-    second `listen ... ssl` (HTTP/1.1 only, no http2) to the same server block: the same
-    locations, the same tenant map, the same plain-HTTP upstream.
+    The configuration is built from pieces a subclass may extend (the harness's `Gateway` adds
+    TLS, CPU affinity, reuseport, a WebSocket location and extra blocks): `main_directives()`,
+    `worker_connections`, `http_directives()`, `listen_directives()` and `server_directives()`;
+    `ports()` are the ports start() waits for.
     """
+
+    worker_connections = 1024  # per worker, client and upstream connections together
 
     def __init__(
         self,
@@ -146,47 +144,16 @@ class NginxGateway:
         listen_port: int,
         upstream_port: int,
         workers: int = 2,
-        extra_http: str = "",
         *,
-        extra_server: str = "",
         host: str = "127.0.0.1",
-        upstream_host: str = "127.0.0.1",
         nginx: str | None = None,
-        tls_port: int | None = None,
-        ssl_certificate: str | Path | None = None,
-        ssl_certificate_key: str | Path | None = None,
-        cpu_affinity: str | None = None,
-        worker_connections: int = 1024,
-        reuseport: bool = False,
     ) -> None:
         self.workdir = Path(workdir).resolve()
-        # nginx's worker_cpu_affinity (a bitmask per worker, e.g. "10": CPU 1), for benchmarks
-        # that keep the workers off the load generator's CPU.
-        if cpu_affinity is not None and not all(
-                m and set(m) <= {"0", "1"} for m in cpu_affinity.split()):
-            raise GatewayError(f"cpu_affinity {cpu_affinity!r}: bitmasks of 0 and 1 expected")
-        self.cpu_affinity = cpu_affinity
-        # Connections per worker (client and upstream ones together).  Past ~1000 a worker also
-        # needs the open-file limit raised (worker_rlimit_nofile, set to twice this); this
-        # machine's hard limit is 20 000 per process, so big tests spread over several workers.
-        # reuseport gives each worker its own listening socket: the kernel spreads connections
-        # evenly instead of waking whichever worker is idle.
-        self.worker_connections = int(worker_connections)
-        self.reuseport = bool(reuseport)
         self.listen_port = int(listen_port)
         self.upstream_port = int(upstream_port)
         self.workers = int(workers)
-        self.extra_http = extra_http
-        self.extra_server = extra_server
         self.host = host
-        self.upstream_host = upstream_host
         self.nginx = nginx or find_nginx()
-        self.tls_port = None if tls_port is None else int(tls_port)
-        if self.tls_port is not None and (ssl_certificate is None or ssl_certificate_key is None):
-            raise GatewayError("tls_port needs ssl_certificate and ssl_certificate_key")
-        self.ssl_certificate = None if ssl_certificate is None else Path(ssl_certificate).resolve()
-        self.ssl_certificate_key = (None if ssl_certificate_key is None
-                                    else Path(ssl_certificate_key).resolve())
         self.conf_path = self.workdir / "nginx.conf"
         self.pid_path = self.workdir / "nginx.pid"
         self.error_log = self.workdir / "error.log"
@@ -195,6 +162,26 @@ class NginxGateway:
         self._seen: dict[int, int] = {}  # every worker pid we saw -> starttime
 
     # ---------------------------------------------------------------- config
+
+    def main_directives(self) -> str:
+        """Extra lines for the main context (none here)."""
+        return ""
+
+    def http_directives(self) -> str:
+        """Extra lines for the http block, after the upstream (none here)."""
+        return ""
+
+    def listen_directives(self) -> str:
+        """The server block's listen (and ssl_*) directives."""
+        return f"listen {self.host}:{self.listen_port};"
+
+    def server_directives(self) -> str:
+        """Extra lines for the server block, after the locations (none here)."""
+        return ""
+
+    def ports(self) -> list[int]:
+        """The ports nginx listens on: start() waits until each accepts a connection."""
+        return [self.listen_port]
 
     def render_config(self) -> str:
         w = self.workdir
@@ -210,21 +197,14 @@ class NginxGateway:
                 temp_paths.append(f"{directive} {tmp}/{directive.split('_')[0]};")
         user = "user root root;" if os.geteuid() == 0 else ""
         temp = "\n    ".join(temp_paths)
-        tls = ""
-        if self.tls_port is not None:
-            tls = (f"listen {self.host}:{self.tls_port} ssl;\n"
-                   f"        ssl_certificate {self.ssl_certificate};\n"
-                   f"        ssl_certificate_key {self.ssl_certificate_key};\n"
-                   f"        ssl_protocols TLSv1.2 TLSv1.3;\n        ")
-        return f"""# written by tenantwatch.demo.gateway.NginxGateway
+        return f"""# written by {type(self).__module__}.{type(self).__qualname__}
 daemon on;
 master_process on;
 {user}
 worker_processes {self.workers};
-{f"worker_cpu_affinity {self.cpu_affinity};" if self.cpu_affinity else ""}
 pid {self.pid_path};
 error_log {self.error_log} warn;
-{f"worker_rlimit_nofile {self._nofile()};" if self.worker_connections > 1024 else ""}
+{self.main_directives()}
 
 events {{
     worker_connections {self.worker_connections};
@@ -242,26 +222,19 @@ http {{
         "~^[a-zA-Z0-9-]+$" $http_x_tenant_id;
     }}
 
-    # WebSocket (location /ws): "upgrade" upstream when the client asked for one, else
-    # "" (keep-alive to the upstream stays possible).
-    map $http_upgrade $tw_connection_upgrade {{
-        default upgrade;
-        "" "";
-    }}
-
     upstream tw_backend {{
-        server {self.upstream_host}:{self.upstream_port};
+        server 127.0.0.1:{self.upstream_port};
         keepalive 16;
     }}
 
     keepalive_requests 100000;
     keepalive_timeout 65s;
 
-{self.extra_http}
+{self.http_directives()}
 
     server {{
-        listen {self.host}:{self.listen_port}{" reuseport" if self.reuseport else ""};
-        {tls}keepalive_requests 100000;
+        {self.listen_directives()}
+        keepalive_requests 100000;
 
         location = /direct {{
             return 200 "ok\\n";
@@ -274,26 +247,10 @@ http {{
             proxy_pass http://tw_backend;
         }}
 
-        location /ws {{
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection $tw_connection_upgrade;
-            proxy_set_header X-Tenant-Context $tenant_root;
-            proxy_read_timeout 300s;
-            proxy_send_timeout 300s;
-            proxy_pass http://tw_backend;
-        }}
-
-{self.extra_server}
+{self.server_directives()}
     }}
 }}
 """
-
-    def _nofile(self) -> int:
-        """Open files per worker: twice its connections, within the hard limit."""
-        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-        want = 2 * self.worker_connections
-        return want if hard == resource.RLIM_INFINITY else min(want, hard)
 
     def write_config(self) -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -319,24 +276,22 @@ http {{
 
     # ---------------------------------------------------------------- processes
 
-    def master_pid(self) -> int | None:
+    def _master_pid(self) -> int | None:
         """The master's pid if the master we started is alive, else None."""
         if self._master is None:
             return None
         pid, start = self._master
         return pid if _alive(pid, start) else None
 
-    def worker_pids(self, include_shutting_down: bool = False) -> list[int]:
+    def worker_pids(self) -> list[int]:
         """Worker processes of our master (not those still draining after a reload)."""
-        master = self.master_pid()
+        master = self._master_pid()
         if master is None:
             return []
         out = []
         for pid in _children(master):
             cmd = _cmdline(pid)
-            if not cmd.startswith("nginx: worker process"):
-                continue
-            if "shutting down" in cmd and not include_shutting_down:
+            if not cmd.startswith("nginx: worker process") or "shutting down" in cmd:
                 continue
             st = _proc_stat(pid)
             if st is not None:
@@ -345,7 +300,7 @@ http {{
         return out
 
     def _record_children(self) -> None:
-        master = self.master_pid()
+        master = self._master_pid()
         if master is None:
             return
         for pid in _children(master):
@@ -353,7 +308,7 @@ http {{
             if st is not None:
                 self._seen.setdefault(pid, st[2])
 
-    def our_pids(self) -> list[int]:
+    def _our_pids(self) -> list[int]:
         """Every still-alive process we started (master and any worker we have seen)."""
         pids = []
         if self._master is not None and _alive(*self._master):
@@ -364,8 +319,8 @@ http {{
 
     # ---------------------------------------------------------------- lifecycle
 
-    def start(self, timeout: float = 10.0) -> NginxGateway:
-        if self.master_pid() is not None:
+    def start(self, timeout: float = 10.0) -> Self:
+        if self._master_pid() is not None:
             return self
         self.write_config()
         test = self._run("-t")
@@ -395,8 +350,7 @@ http {{
                 if not _alive(*self._master):
                     break
                 if (len(self.worker_pids()) >= self.workers
-                        and _port_open(self.host, self.listen_port)
-                        and (self.tls_port is None or _port_open(self.host, self.tls_port))):
+                        and all(_port_open(self.host, port) for port in self.ports())):
                     return self
             time.sleep(0.05)
         self.stop()
@@ -430,7 +384,7 @@ http {{
                 except ProcessLookupError:
                     pass
         deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline and self.our_pids():
+        while time.monotonic() < deadline and self._our_pids():
             time.sleep(0.05)
         self._master = None
         self._seen.clear()

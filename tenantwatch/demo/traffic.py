@@ -1,10 +1,9 @@
-"""Ground-truth HTTP/1.1 client on raw sockets: keep-alive, one request at a time.
+"""HTTP/1.1 client on raw sockets: keep-alive, one request at a time.
 
-`Client` is what `tenantwatch demo` sends its traffic with; the tests drive it too, and count on
-the client side with `harness.traffic.drive()` (harness/, beside tests/). What only the tests do
-on the wire (pipelined heads in one write, heads split across writes, raw bytes, a reset) is the
-harness's `WireClient` (harness/client.py). A tenant of None means the request carries no tenant
-header at all.
+`Client` is what `tenantwatch demo` sends its traffic with. The tests' ground-truth client is its
+subclass `WireClient` (harness/client.py, beside tests/), which adds what only they do on the wire
+(the request bytes and the whole response, pipelined heads in one write, heads split across
+writes, raw bytes, a reset). A tenant of None means the request carries no tenant header at all.
 """
 
 from __future__ import annotations
@@ -15,6 +14,8 @@ from typing import TYPE_CHECKING, NamedTuple, Union
 
 if TYPE_CHECKING:
     from typing_extensions import Self
+
+TENANT_HEADER = "X-Tenant-ID"
 
 HeaderValue = Union[str, bytes]
 Headers = Iterable[tuple[str, HeaderValue]]
@@ -64,19 +65,13 @@ class Client:
         host: str,
         port: int,
         timeout: float = 5.0,
-        tenant_header: str = "X-Tenant-ID",
-        host_header: str | None = None,
     ) -> None:
         self.host = host
         self.port = int(port)
         self.timeout = timeout
-        self.tenant_header = tenant_header
-        self.host_header = host_header or f"{host}:{port}"
         self.sock: socket.socket | None = None
         self._buf = bytearray()
         self._reused = False
-        self.connects = 0
-        self.last_response: Response | None = None
 
     # ---------------------------------------------------------------- connection
 
@@ -88,7 +83,6 @@ class Client:
             self.sock = s
             self._buf.clear()
             self._reused = False
-            self.connects += 1
         return self.sock
 
     def close(self) -> None:
@@ -107,7 +101,7 @@ class Client:
 
     # ---------------------------------------------------------------- building requests
 
-    def build_request(
+    def _build_request(
         self,
         tenant: str | None,
         path: str = "/",
@@ -116,9 +110,9 @@ class Client:
         body: bytes = b"",
     ) -> bytes:
         lines = [f"{method} {path} HTTP/1.1".encode("latin-1"),
-                 b"Host: " + _b(self.host_header)]
+                 f"Host: {self.host}:{self.port}".encode("latin-1")]
         if tenant is not None:
-            lines.append(_b(self.tenant_header) + b": " + _b(tenant))
+            lines.append(TENANT_HEADER.encode() + b": " + _b(tenant))
         for name, value in headers:
             lines.append(_b(name) + b": " + _b(value))
         if body or method.upper() in ("POST", "PUT", "PATCH"):
@@ -180,7 +174,6 @@ class Client:
         resp = resp._replace(body=body)
         if to_close or "close" in (resp.header("Connection") or "").lower():
             self.close()
-        self.last_response = resp
         return resp
 
     def _read_exact(self, n: int) -> bytes:
@@ -255,17 +248,6 @@ class Client:
                 raise
         raise AssertionError("unreachable")
 
-    def exchange(
-        self,
-        tenant: str | None,
-        path: str = "/",
-        headers: Headers = (),
-        method: str = "GET",
-        body: bytes = b"",
-    ) -> Response:
-        data = self.build_request(tenant, path, headers, method, body)
-        return self._exchange(lambda s: s.sendall(data), method)
-
     def request(
         self,
         tenant: str | None,
@@ -275,4 +257,5 @@ class Client:
         body: bytes = b"",
     ) -> int:
         """One request on the keep-alive connection; returns the status code."""
-        return self.exchange(tenant, path, headers, method, body).status
+        data = self._build_request(tenant, path, headers, method, body)
+        return self._exchange(lambda s: s.sendall(data), method).status

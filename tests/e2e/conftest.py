@@ -40,13 +40,7 @@ import pytest
 from harness import processes
 from harness.backend import RecordingBackend
 from harness.gateway import Gateway, GatewayError
-from harness.metrics import (  # noqa: F401 - RESERVED, SHARED, SIDES re-exported for the tests
-    DEFAULT_TENANT,
-    RESERVED,
-    SHARED,
-    SIDES,
-    Metrics,
-)
+from harness.metrics import DEFAULT_TENANT, Metrics
 from tests.conftest import _free_port, require_nginx, require_root
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,10 +12,10 @@ from collections import Counter
 
 import pytest
 
-from harness.client import WireClient
+from harness.client import ProtocolError, WireClient
+from harness.metrics import RESERVED, SIDES
 from harness.traffic import drive
-from tenantwatch.demo import ProtocolError
-from tests.e2e.conftest import RESERVED, SIDES, Baseline
+from tests.e2e.conftest import Baseline
 
 MAX_TENANTS = 50
 FLOOD = 3000

@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from tenantwatch.demo import NginxGateway
+from harness.gateway import Gateway
 from tests.conftest import _free_port, require_root
 from tests.e2e.conftest import NGINX_COMM, Daemon, ThreadGroup
 
@@ -114,8 +114,8 @@ def noisy_stack(work, nginx_binary: str, config: str, **fields: object):
     daemon = None
     try:
         assert backend.stdout.readline().strip() == "ready"
-        gw = NginxGateway(work / "nginx", _free_port(), be_port, workers=2,
-                          nginx=nginx_binary).start()
+        gw = Gateway(work / "nginx", _free_port(), be_port, workers=2,
+                     nginx=nginx_binary).start()
         port = _free_port()
         daemon = Daemon(work / "daemon", port, config.format(
             port=port, nginx=NGINX_COMM, backend=BACKEND_COMM, **fields)).start()

@@ -15,10 +15,9 @@ import threading
 import time
 from collections import Counter
 
-from harness.client import WireClient
-from tenantwatch.demo import Client, ProtocolError
+from harness.client import ProtocolError, WireClient
+from harness.metrics import SIDES
 from tests.e2e.conftest import (
-    SIDES,
     expected_counts,
     nginx_tgids,
     status_class,
@@ -49,7 +48,7 @@ def assert_matches_backend(delta: Counter, backend) -> None:
 def test_keepalive_connection_alternating_tenants(e2e_gateway, fresh_backend, tally, prefix):
     tenants = [f"{prefix}a", f"{prefix}b", f"{prefix}c"]
     results: Counter = Counter()
-    with Client(HOST, e2e_gateway.listen_port) as c:
+    with WireClient(HOST, e2e_gateway.listen_port) as c:
         for i in range(20):
             t = tenants[i % 3]
             results[(t, c.request(t))] += 1
@@ -169,7 +168,7 @@ def test_request_head_over_scan_budget_does_not_swallow_next_request(e2e_gateway
                                                                       tally, prefix):
     big, after = f"{prefix}big", f"{prefix}after"
     pads = [(f"X-Pad-{i}", "p" * 2000) for i in range(10)]  # ~20 KB head, under nginx's limits
-    with Client(HOST, e2e_gateway.listen_port) as c:
+    with WireClient(HOST, e2e_gateway.listen_port) as c:
         assert c.request(big, headers=pads) == 200
         assert c.request(after) == 200
     assert fresh_backend.received == Counter({big: 1, after: 1})
@@ -209,7 +208,7 @@ class Load:
     def _lane(self, i: int) -> None:
         local: Counter = Counter()
         end = time.monotonic() + self.max_seconds
-        with Client(HOST, self.port) as c:
+        with WireClient(HOST, self.port) as c:
             for n in range(self._per_lane):
                 if self._stop.is_set() or time.monotonic() >= end:
                     break
@@ -272,7 +271,7 @@ def test_nginx_reload_under_load(daemon, make_gateway, fresh_backend, tally, pre
 
     # requests only the new workers can have served, sent right after the reload
     after = f"{prefix}after"
-    with Client(HOST, gw.listen_port) as c:
+    with WireClient(HOST, gw.listen_port) as c:
         for _ in range(10):
             results[(after, c.request(after))] += 1
 
@@ -342,7 +341,7 @@ def test_fd_reuse_after_reset_before_response(daemon, make_gateway, fresh_backen
 
     assert wait_until(closed_by_nginx, 5.0)
 
-    with Client(HOST, gw.listen_port) as b:
+    with WireClient(HOST, gw.listen_port) as b:
         assert b.request(next_t) == 200
         fd_b = server_fd(worker, gw.listen_port, b.sock.getsockname()[1])
     assert fd_b == fd_a, "the new connection did not reuse the fd; the test lost its point"
@@ -407,7 +406,7 @@ def test_non_http_bytes_are_never_a_tenant(daemon, e2e_gateway, fresh_backend, t
         assert answer == b"" or answer.startswith(b"HTTP/1.1 400"), (name, answer[:80])
     # after a real request on a keep-alive connection: the request counts, the garbage does not
     t = f"{prefix}first"
-    prelude = Client(HOST, e2e_gateway.listen_port).build_request(t)
+    prelude = WireClient(HOST, e2e_gateway.listen_port).build_request(t)
     for name, blob in blobs.items():
         answer = _send_blob(e2e_gateway.listen_port, blob, prelude)
         assert answer.startswith(b"HTTP/1.1 200"), (name, answer[:80])
@@ -440,7 +439,7 @@ def test_malformed_and_ambiguous_identity_goes_to_invalid(e2e_gateway, fresh_bac
     }
     status = {}
     for name, headers in cases.items():
-        with Client(HOST, e2e_gateway.listen_port) as c:  # nginx closes after a 400
+        with WireClient(HOST, e2e_gateway.listen_port) as c:  # nginx closes after a 400
             status[name] = c.request(None, headers=headers)
     # nginx answers 400 to the fold and the NUL and proxies the rest
     assert status == {"duplicate": 200, "obs-fold": 400, "nul": 400, "control": 200,
@@ -475,7 +474,7 @@ def test_malformed_and_ambiguous_identity_goes_to_invalid(e2e_gateway, fresh_bac
 def test_forged_client_context_header_never_wins(e2e_gateway, fresh_backend, tally, prefix):
     victim, mallory = f"{prefix}victim", f"{prefix}mallory"
     forged = [("X-Tenant-Context", victim)]
-    with Client(HOST, e2e_gateway.listen_port) as c:
+    with WireClient(HOST, e2e_gateway.listen_port) as c:
         # the claimed X-Tenant-ID is the server-side identity, nginx's map writes the trusted one
         assert c.request(mallory, headers=forged) == 200
         assert c.request(mallory, headers=forged) == 200

@@ -63,7 +63,7 @@ from pathlib import Path
 
 import pytest
 
-from tenantwatch.demo import NginxGateway
+from harness.gateway import Gateway
 from tests.conftest import _free_port, require, require_root
 from tests.e2e.auth_service import auth_handler
 from tests.e2e.conftest import NGINX_COMM, REPO, Daemon, ThreadGroup, tenantwatch_command
@@ -358,7 +358,7 @@ class Traffic(ThreadGroup):
 @dataclass
 class Stack:
     cgroups: Cgroups
-    gateway: NginxGateway
+    gateway: Gateway
     backends: dict[str, subprocess.Popen]
     work: Path
 
@@ -392,11 +392,11 @@ def stack(tmp_path_factory, nginx_binary) -> Iterator[Stack]:
         auth = ThreadingHTTPServer(("127.0.0.1", 0), auth_handler(KEYS))
         auth.daemon_threads = True
         threading.Thread(target=auth.serve_forever, daemon=True).start()
-        gw = NginxGateway(work / "nginx", _free_port(), ports["calm"], workers=2,
-                          nginx=nginx_binary,
-                          extra_http=NGINX_HTTP.format(hog=ports["hog"], calm=ports["calm"],
-                                                       auth=auth.server_address[1]),
-                          extra_server=NGINX_SERVER).start()
+        gw = Gateway(work / "nginx", _free_port(), ports["calm"], workers=2,
+                     nginx=nginx_binary,
+                     extra_http=NGINX_HTTP.format(hog=ports["hog"], calm=ports["calm"],
+                                                  auth=auth.server_address[1]),
+                     extra_server=NGINX_SERVER).start()
         cgroups.gateway(gw.our_pids())
         yield Stack(cgroups, gw, backends, work)
     finally:

@@ -36,8 +36,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tenantwatch.demo import NginxGateway
-from tenantwatch.demo.gateway import find_nginx
+from harness.gateway import Gateway, find_nginx
 from tests.conftest import _free_port, require, require_root
 from tests.e2e.conftest import Daemon, LoopbackService, ThreadGroup
 from tests.e2e.test_daemon_noisy import BACKEND
@@ -243,8 +242,8 @@ def fleet(tmp_path_factory):
                                        stdout=subprocess.PIPE, text=True)
             started.append(backend)
             assert backend.stdout.readline().strip() == "ready"
-            gw = NginxGateway(work / node / "nginx", _free_port(), be_port, workers=1,
-                              nginx=str(link)).start()
+            gw = Gateway(work / node / "nginx", _free_port(), be_port, workers=1,
+                         nginx=str(link)).start()
             started.append(gw)
             port = _free_port()
             daemon = Daemon(work / node / "daemon", port, CONFIG.format(

@@ -8,9 +8,8 @@ import time
 from collections import Counter
 
 from harness.client import WireClient
+from harness.gateway import alive as _alive
 from harness.traffic import drive
-from tenantwatch.demo import Client
-from tenantwatch.demo.gateway import _alive
 
 TENANTS = {"alpha": 23, "beta": 7, None: 3}
 EXPECTED_UPSTREAM = Counter({"alpha": 23, "beta": 7, "common": 3})
@@ -32,7 +31,7 @@ def test_counts_agree_client_backend_access_log(gateway, backend):
 
 
 def test_one_connection_carries_several_tenants(gateway, backend):
-    with Client("127.0.0.1", gateway.listen_port) as c:
+    with WireClient("127.0.0.1", gateway.listen_port) as c:
         statuses = [c.request(t) for t in ["alpha", "beta", "alpha", None, "beta"]]
         assert c.connects == 1
         assert c.last_response.body == b"tenant-context=beta\n"
@@ -41,14 +40,14 @@ def test_one_connection_carries_several_tenants(gateway, backend):
 
 
 def test_invalid_tenant_header_maps_to_common(gateway, backend):
-    with Client("127.0.0.1", gateway.listen_port) as c:
+    with WireClient("127.0.0.1", gateway.listen_port) as c:
         assert c.request("bad tenant!") == 200
         assert c.request("a/b") == 200
     assert backend.received == Counter({"common": 2})
 
 
 def test_direct_location_does_not_reach_upstream(gateway, backend):
-    with Client("127.0.0.1", gateway.listen_port) as c:
+    with WireClient("127.0.0.1", gateway.listen_port) as c:
         assert c.request("alpha", "/direct") == 200
         assert c.last_response.body == b"ok\n"
     assert backend.total == 0
@@ -78,7 +77,7 @@ def test_split_request_head(gateway, backend):
 
 
 def test_backend_status_and_chunked_free_paths(backend):
-    with Client("127.0.0.1", backend.port) as c:
+    with WireClient("127.0.0.1", backend.port) as c:
         assert c.request(None, "/status/503", headers=[("X-Tenant-Context", "t1")]) == 503
         assert c.request(None, "/", method="POST", body=b"hello",
                          headers=[("X-Tenant-Context", "t1")]) == 200

@@ -27,9 +27,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tenantwatch.demo import NginxGateway
+from harness.gateway import Gateway
+from harness.metrics import Metrics
 from tests.conftest import _free_port, require_root
-from tests.e2e.conftest import NGINX_COMM, Daemon, Metrics
+from tests.e2e.conftest import NGINX_COMM, Daemon
 
 TENANTS = ("iso-a", "iso-b", "iso-c")
 CONNECTIONS = 4
@@ -84,9 +85,9 @@ def gateway(tmp_path, backend, nginx_binary):
     the daemon (an older one is adopted, and its first request is never checked)."""
     started = []
 
-    def start() -> NginxGateway:
-        gw = NginxGateway(tmp_path / "nginx", _free_port(), backend, workers=2,
-                          nginx=nginx_binary).start()
+    def start() -> Gateway:
+        gw = Gateway(tmp_path / "nginx", _free_port(), backend, workers=2,
+                     nginx=nginx_binary).start()
         started.append(gw)
         return gw
 

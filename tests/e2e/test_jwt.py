@@ -27,8 +27,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tenantwatch.demo import Client
-from tests.e2e.conftest import NGINX_COMM, Baseline, Metrics, delta
+from harness.client import WireClient
+from harness.metrics import Metrics
+from tests.e2e.conftest import NGINX_COMM, Baseline, delta
 from tests.e2e.test_tls import TlsClient, make_cert, start_tls_gateway
 
 HOST = "127.0.0.1"
@@ -190,7 +191,8 @@ def test_verified_tenants_exact_each_token_verified_once(e2e_gateway, fresh_back
     globex = [issuer.token("globex") for _ in range(2)]
     assert len(set(acme + globex)) == 5
     results: Counter = Counter()
-    with Client(HOST, e2e_gateway.listen_port) as c1, Client(HOST, e2e_gateway.listen_port) as c2:
+    with WireClient(HOST, e2e_gateway.listen_port) as c1, \
+            WireClient(HOST, e2e_gateway.listen_port) as c2:
         for rnd in range(4):
             for i, tok in enumerate(acme):
                 cl = (c1, c2)[(rnd + i) % 2]
@@ -231,7 +233,7 @@ def test_forged_tokens_are_invalid_never_the_claimed_tenant(e2e_gateway, fresh_b
         "tampered": (issuer.tampered("globex", "acme"), "bad_signature"),
     }
     uses = 3
-    with Client(HOST, e2e_gateway.listen_port) as cl:
+    with WireClient(HOST, e2e_gateway.listen_port) as cl:
         for _ in range(uses):
             for tok, _ in forged.values():
                 # X-Tenant-ID agrees with the forged claim: no fallback to it either

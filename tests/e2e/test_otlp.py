@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tenantwatch.demo.traffic import Client
+from harness.client import WireClient
 from tests.unit.exporters.otlp_receiver import OtlpReceiver, attributes
 
 pytest.importorskip("opentelemetry.sdk.trace")
@@ -18,7 +18,7 @@ def test_metrics_and_slow_request_spans_reach_the_collector(daemon_factory, e2e_
         daemon = daemon_factory(
             f"otel: {{endpoint: '{rx.url}', interval_seconds: 1}}\n"
             "capture: {slow_request_seconds: 0.08}\n")
-        with Client("127.0.0.1", e2e_gateway.listen_port) as c:
+        with WireClient("127.0.0.1", e2e_gateway.listen_port) as c:
             for _ in range(20):
                 assert c.request("otlp-quick") == 200
             for _ in range(3):
@@ -108,9 +108,9 @@ def test_shipped_rules_run_on_what_otlp_delivers(daemon_factory, e2e_gateway, tm
 
         def drive() -> None:
             deadline = time.monotonic() + 90
-            with Client("127.0.0.1", e2e_gateway.listen_port) as bad, \
-                    Client("127.0.0.1", e2e_gateway.listen_port) as good, \
-                    Client("127.0.0.1", e2e_gateway.listen_port) as slow:
+            with WireClient("127.0.0.1", e2e_gateway.listen_port) as bad, \
+                    WireClient("127.0.0.1", e2e_gateway.listen_port) as good, \
+                    WireClient("127.0.0.1", e2e_gateway.listen_port) as slow:
                 i = 0
                 while not stop.is_set() and time.monotonic() < deadline:
                     bad.request("otlp-failing", path="/status/503")

@@ -30,9 +30,10 @@ from pathlib import Path
 
 import pytest
 
-from tenantwatch.demo import Client
+from harness.client import WireClient
+from harness.metrics import Metrics
 from tests.conftest import _free_port, require, require_root
-from tests.e2e.conftest import NGINX_COMM, Metrics, config_text
+from tests.e2e.conftest import NGINX_COMM, config_text
 
 REPO = Path(__file__).resolve().parents[2]
 VERSION = next(line.split('"')[1] for line in (REPO / "pyproject.toml").read_text().splitlines()
@@ -96,7 +97,7 @@ def scrape(port: int) -> Metrics:
 def traffic_counts_exactly(port: int, gateway_port: int, prefix: str) -> None:
     """Requests of two tenants through the test's nginx; both sides counted exactly."""
     sent = {f"{prefix}-a": 7, f"{prefix}-b": 5}
-    with Client("127.0.0.1", gateway_port) as c:
+    with WireClient("127.0.0.1", gateway_port) as c:
         for tenant, n in sent.items():
             for _ in range(n):
                 assert c.request(tenant) == 200

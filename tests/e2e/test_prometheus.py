@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tenantwatch.demo import Client
+from harness.client import WireClient
 from tests.conftest import _free_port, require, require_root
 from tests.e2e.conftest import Daemon, LoopbackService
 
@@ -210,7 +210,7 @@ class Traffic:
 
     def _run(self) -> None:
         who = [*TENANTS, None, INVALID]
-        clients = {t: Client(HOST, self.port) for t in who}
+        clients = {t: WireClient(HOST, self.port) for t in who}
         deadline = self.started + TRAFFIC_MAX_SECONDS
         i = 0
         try:

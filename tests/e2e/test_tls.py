@@ -25,8 +25,7 @@ from pathlib import Path
 import pytest
 
 from harness.client import WireClient
-from harness.gateway import Gateway
-from tenantwatch.demo import Client, GatewayError
+from harness.gateway import Gateway, GatewayError
 from tests.conftest import _free_port, require
 from tests.e2e.conftest import expected_counts, upstream_label, upstream_view
 
@@ -256,7 +255,7 @@ def test_tls_and_plain_on_one_gateway(e2e_gateway, fresh_backend, tally, prefix,
     a, b = f"{prefix}a", f"{prefix}b"
     results: Counter = Counter()
     with TlsClient(HOST, e2e_gateway.tls_port, cert) as s, \
-            Client(HOST, e2e_gateway.listen_port) as p:
+            WireClient(HOST, e2e_gateway.listen_port) as p:
         for i in range(24):
             t = (a, b)[i % 2]
             results[(t, (s if i % 3 else p).request(t))] += 1

@@ -21,9 +21,10 @@ from collections import Counter
 
 import pytest
 
-from tenantwatch.demo import Client
-from tenantwatch.demo.backend import websocket_accept, websocket_frame, websocket_mask
-from tests.e2e.conftest import SIDES, Metrics, delta, nginx_tgids
+from harness.client import WireClient
+from harness.metrics import SIDES, Metrics
+from harness.websocket import websocket_accept, websocket_frame, websocket_mask
+from tests.e2e.conftest import delta, nginx_tgids
 
 HOST = "127.0.0.1"
 WS_PATH = "/ws/echo"
@@ -411,7 +412,7 @@ def test_upgrade_on_pooled_upstream_connection(make_gateway, daemon, fresh_backe
     gw = make_gateway(workers=1)
     wait_targets_traced(daemon)
     plain, ws = f"{prefix}plain", f"{prefix}ws"
-    with Client(HOST, gw.listen_port) as c:
+    with WireClient(HOST, gw.listen_port) as c:
         assert c.request(plain) == 200
     s = WsSession(gw.listen_port, ws)
     sessions.append(s)

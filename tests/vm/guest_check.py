@@ -142,7 +142,7 @@ def run_workload(probes: HttpProbes, workdir: Path, workload: dict, seed: int) -
     expected = expected_sides(workload)
     with RecordingBackend() as backend:
         gw = Gateway(workdir / f"nginx-{seed}", _free_port(), backend.port, workers=2,
-                          nginx=nginx_binary(workdir))
+                     nginx=nginx_binary(workdir))
         gw.start(timeout=60)
         try:
             pids = set(gw.our_pids())
@@ -250,7 +250,7 @@ def run_big_heads(probes: HttpProbes, workdir: Path) -> dict:
     out: dict = {"ok": False}
     with Backend() as backend:
         gw = Gateway(workdir / "nginx-big", _free_port(), backend.port, workers=1,
-                          nginx=nginx_binary(workdir))
+                     nginx=nginx_binary(workdir))
         gw.start(timeout=60)
         try:
             probes.set_targets(set(gw.our_pids()))
@@ -359,7 +359,7 @@ def step_daemon(workdir: Path) -> dict:
     env["PYTHONUNBUFFERED"] = "1"
     with RecordingBackend() as backend:
         gw = Gateway(workdir / "nginx-daemon", _free_port(), backend.port, workers=2,
-                          nginx=nginx_binary(workdir))
+                     nginx=nginx_binary(workdir))
         gw.start(timeout=60)
         proc = None
         try:
