@@ -60,6 +60,9 @@ class StandInProbes:
         assert tick is not None
         return tick
 
+    def print_bpf(self) -> str:
+        return "/* stand-in: nothing compiled */"
+
     def poll_h2(self) -> tuple:
         return ()
 
