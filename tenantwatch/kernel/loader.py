@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import ctypes as ct
+import errno
 import logging
+import mmap
 import os
 import platform
 import re
 import secrets
+import struct
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +51,12 @@ RUNQ_BOUNDS_SECONDS = tuple(4**i / 1e6 for i in range(11))
 # Loop iterations per tw_parse run (TW_ITERS), tried in order until the verifier accepts one
 # (docs/kernels.md gives what each kernel takes; docs/limits.md the head bytes it makes).
 PARSE_WINDOWS = (64, 28, 16)
+# tw_cpu's key (abi.CpuKey: key, tgid, cpu, side, gen) and value (u64 ns), as struct reads them
+_CPU_KEY = struct.Struct("<QIHBB")
+_U64 = struct.Struct("<Q")
+# tw_agg0/1's key (abi.AggKey: key, side, pad) and value (abi.AggVal, field by field)
+_AGG_KEY = struct.Struct("<QII")
+_AGG_VAL = struct.Struct(f"<{abi.NCLASS}Q3Q{abi.MAX_BUCKETS + 1}Q5QIiII{abi.VALUE_MAX}s")
 
 # After flipping the active aggregate map, wait this long before draining the old
 # one: a probe that read the old index finishes within microseconds, and even a full
@@ -475,12 +484,11 @@ class HttpProbes:
         time.sleep(FLIP_GRACE_SECONDS)
         slow = self._poll_events()  # first: the tokens the drained entries need
         table = b[b"tw_agg1" if old else b"tw_agg0"]
-        rows = self._read_and_clear(table)
+        nrows, identities = self._read_and_clear(table)
         self._insert_overflow(table)
         closes = self._drain_closes(old)
         cpu = self._drain_cpu(old)
-        identities = tuple(_to_counts(k, v, len(self.bounds), self._tokens) for k, v in rows
-                           if _has_counts(v)) + self._take_swept_closes()
+        identities += self._take_swept_closes()
         runq, runq_sum = self._runq_totals()
         breach_events = tuple(self._breaches)
         self._breaches.clear()
@@ -491,7 +499,7 @@ class HttpProbes:
                           runq_sum_ns=runq_sum, slow=slow, h2=self._take_h2(),
                           isolation=self._isolation_deltas(),
                           breaches=self._drain_breaches(old), breach_events=breach_events,
-                          tables=self._tables(len(rows), len(cpu), closes))
+                          tables=self._tables(nrows, len(cpu), closes))
 
     def _isolation_deltas(self) -> tuple[IsolationCounts, ...]:
         """The response check's outcomes per side since the last drain (tw_iso)."""
@@ -545,14 +553,15 @@ class HttpProbes:
                 self._batch_ok = False
         return list(table.items())
 
-    def _delete(self, table, keys: list) -> None:
+    def _delete(self, table, keys: list | ct.Array) -> None:
         """Delete ``keys`` from ``table``: one BPF_MAP_DELETE_BATCH where the kernel has it, else
         one syscall a key; a key already gone is no error."""
-        if not keys:
+        if not len(keys):
             return
         if self._batch_ok:
             try:
-                table.items_delete_batch((table.Key * len(keys))(*keys))
+                table.items_delete_batch(keys if isinstance(keys, ct.Array)
+                                         else (table.Key * len(keys))(*keys))
                 return
             except Exception as e:  # noqa: BLE001 - bcc raises bare Exception
                 # a key already gone (ENOENT) stops the batch there: the rest go per key
@@ -640,11 +649,42 @@ class HttpProbes:
         return "ring buffer" if self._ringbuf else "perf buffer"
 
     def _drain_cpu(self, gen: int) -> tuple[CpuCounts, ...]:
-        """Read and delete the CPU entries of the generation the kernel no longer writes."""
+        """Read and delete the CPU entries of the generation the kernel no longer writes.
+        The busiest map of a burst (one entry per identity, process, CPU and side): read in one
+        batch into a buffer and unpacked with struct, not an entry at a time through ctypes."""
         table = self._bpf[b"tw_cpu"]
+        batch = self._raw_batch(table) if self._batch_ok else None
+        if batch is None:
+            return self._drain_cpu_per_entry(table, gen)
+        keys, values = batch
+        size = _CPU_KEY.size
         out = []
         gone = []
-        for k, v in self._entries(table):
+        overflow = None
+        h2_bit = abi.CPU_H2
+        server = abi.SIDE_SERVER
+        for i, ((key, tgid, cpu, side, kgen), (ns,)) in enumerate(
+                zip(_CPU_KEY.iter_unpack(keys), _U64.iter_unpack(values))):
+            if kgen != gen or not ns:
+                continue
+            out.append(CpuCounts(key, tgid, cpu,
+                                 Side.SERVER if side & 1 == server else Side.CLIENT, ns,
+                                 bool(side & h2_bit)))
+            if key == abi.KEY_OVERFLOW and tgid == 0:
+                overflow = keys[i * size:(i + 1) * size]  # stays, zeroed, for the next full map
+            else:
+                gone.append(i)
+        if overflow is not None:
+            table[table.Key.from_buffer_copy(overflow)] = ct.c_uint64(0)
+        if gone:
+            raw = b"".join(keys[i * size:(i + 1) * size] for i in gone)
+            self._delete(table, (table.Key * len(gone)).from_buffer_copy(raw))
+        return tuple(out)
+
+    def _drain_cpu_per_entry(self, table, gen: int) -> tuple[CpuCounts, ...]:
+        out = []
+        gone = []
+        for k, v in table.items():
             ns = v if isinstance(v, int) else v.value
             if k.gen != gen or not ns:
                 continue
@@ -652,12 +692,51 @@ class HttpProbes:
             out.append(CpuCounts(key=int(k.key), tgid=int(k.tgid), cpu=int(k.cpu), side=side,
                                  ns=int(ns), h2_stream=bool(k.side & abi.CPU_H2)))
             if k.key == abi.KEY_OVERFLOW and k.tgid == 0:
-                # the overflow entry stays for the next full map
                 table[_copy(k, table.Key)] = ct.c_uint64(0)
             else:
-                gone.append(k)
+                gone.append(_copy(k, table.Key))
         self._delete(table, gone)
         return tuple(out)
+
+    def _raw_batch(self, table, delete: bool = False) -> tuple[bytes, bytes] | None:
+        """Every entry of ``table`` as two byte strings (keys, values), read with
+        BPF_MAP_LOOKUP_BATCH (and deleted, with BPF_MAP_LOOKUP_AND_DELETE_BATCH, when
+        ``delete``).  bcc's items_*_batch zero two arrays of the map's full size at each call
+        and hand out a ctypes object per entry; here the kernel writes into anonymous memory,
+        of which only the pages it wrote become resident, and only what it wrote is copied out.
+        None, with the per-key path chosen for good, when the kernel has no batch operations."""
+        from bcc.libbcc import lib
+
+        call = lib.bpf_lookup_and_delete_batch if delete else lib.bpf_lookup_batch
+        ksize, vsize = ct.sizeof(table.Key), ct.sizeof(table.Leaf)
+        size = table.max_entries
+        area = mmap.mmap(-1, (ksize + vsize) * size)
+        kbuf = (ct.c_char * (ksize * size)).from_buffer(area)
+        vbuf = (ct.c_char * (vsize * size)).from_buffer(area, ksize * size)
+        try:
+            token, count = ct.c_uint32(0), ct.c_uint32(0)
+            total = 0
+            while total < size:
+                count.value = size - total
+                res = call(table.map_fd, ct.byref(token) if total else None, ct.byref(token),
+                           ct.byref(kbuf, ksize * total), ct.byref(vbuf, vsize * total),
+                           ct.byref(count))
+                err = ct.get_errno()
+                total += count.value
+                if res != 0:
+                    if err == errno.ENOENT:
+                        break  # the end of the map
+                    log.info("batch map operations unavailable (%s); using per-key drain",
+                             os.strerror(err))
+                    self._batch_ok = False
+                    return None
+                if count.value == 0:
+                    break  # no progress (a bucket too big for what is left of the buffer)
+            return (ct.string_at(ct.addressof(kbuf), ksize * total),
+                    ct.string_at(ct.addressof(vbuf), vsize * total))
+        finally:
+            del kbuf, vbuf  # the buffer exports end before the mapping goes
+            area.close()
 
     def _runq_totals(self) -> tuple[tuple[int, ...], int]:
         table = self._bpf[b"tw_runq"]
@@ -702,17 +781,20 @@ class HttpProbes:
         self._swept_closes.clear()
         return out
 
-    def _read_and_clear(self, table) -> list[tuple[abi.AggKey, abi.AggVal]]:
-        if self._batch_ok:
-            try:
-                # views of the batch's own buffer, which they keep alive: no copy needed
-                return list(table.items_lookup_and_delete_batch())
-            except Exception as e:  # noqa: BLE001 - bcc raises bare Exception; kernels < 5.6 lack batch ops
-                log.info("batch map operations unavailable (%s); using per-key drain", e)
-                self._batch_ok = False
+    def _read_and_clear(self, table) -> tuple[int, tuple[IdentityCounts, ...]]:
+        """Read and empty one aggregate map: (entries read, their counts).  One
+        BPF_MAP_LOOKUP_AND_DELETE_BATCH unpacked with struct where the kernel has it (5.6+),
+        else entry by entry and a clear."""
+        nbounds = len(self.bounds)
+        batch = self._raw_batch(table, delete=True) if self._batch_ok else None
+        if batch is not None:
+            keys, values = batch
+            n = len(keys) // _AGG_KEY.size
+            return n, tuple(_unpacked_counts(keys, values, nbounds, self._tokens))
         rows = [(_copy(k, abi.AggKey), _copy(v, abi.AggVal)) for k, v in table.items()]
         table.clear()
-        return rows
+        return len(rows), tuple(_to_counts(k, v, nbounds, self._tokens) for k, v in rows
+                                if _has_counts(v))
 
     @property
     def drain_path(self) -> str:
@@ -859,6 +941,45 @@ def _to_counts(k: abi.AggKey, v: abi.AggVal, nbounds: int,
         connections_duration_ns=int(v.conn_dur_ns),
         losses=int(v.lost),
     )
+
+
+def _unpacked_counts(keys: bytes, values: bytes, nbounds: int,
+                     tokens: Mapping[int, bytes] | None) -> Iterator[IdentityCounts]:
+    """_to_counts over a batch's raw rows (struct-unpacked, no ctypes object per row); rows
+    without counts are left out, as _has_counts does."""
+    nc = abi.NCLASS
+    lat0 = nc + 3  # after req_by_class, heads, rx_bytes, tx_bytes
+    lat_end = lat0 + nbounds + 1
+    rest = lat0 + abi.MAX_BUCKETS + 1  # lat_sum_ns, conn_opened, conn_closed, conn_dur_ns, hash2
+    unknown, value_max = abi.VALUE_UNKNOWN, abi.VALUE_MAX
+    server = abi.SIDE_SERVER
+    for (key, side, _pad), v in zip(_AGG_KEY.iter_unpack(keys), _AGG_VAL.iter_unpack(values)):
+        by_class = v[:nc]
+        heads, rx, tx = v[nc], v[nc + 1], v[nc + 2]
+        lat_sum, opened, closed, dur, _hash2, value_len, source, bits, lost = v[rest:rest + 9]
+        if not (heads or any(by_class) or rx or tx or opened or closed or lost):
+            continue
+        raw: bytes | None = None
+        if value_len == unknown:
+            pass
+        elif value_len <= value_max:
+            raw = v[rest + 9][:value_len]
+        else:  # a bearer token longer than the entry holds: whole from a token event, if any
+            raw = (tokens or {}).get(key)
+            if raw is not None and len(raw) != value_len:
+                raw = None
+        if raw is not None:
+            raw = raw.lstrip(b" \t")  # a token's value starts after the name's ':' (OWS kept)
+        bits &= 0x1FF
+        flags = _FLAGS.get(bits)
+        if flags is None:  # an enum member is built once per distinct bit pattern
+            flags = _FLAGS[bits] = ValueFlag(bits)
+        yield IdentityCounts(
+            key=key, side=Side.SERVER if side == server else Side.CLIENT, raw_value=raw,
+            source_index=source, flags=flags, requests_by_class=by_class, request_heads=heads,
+            rx_bytes=rx, tx_bytes=tx, latency_buckets=v[lat0:lat_end], latency_sum_ns=lat_sum,
+            connections_opened=opened, connections_closed=closed, connections_duration_ns=dur,
+            losses=lost)
 
 
 def _declared_tracepoints(text: str) -> list[str]:

@@ -123,3 +123,47 @@ def test_nothing_of_the_generation_means_no_delete_call() -> None:
     table = StandInTable({(3, 1): 30})
     assert taken(probes_with(table), 0) == {}
     assert table.calls == ["lookup_batch"] and table.data == {(3, 1): 30}
+
+
+def test_the_unpacked_batch_rows_equal_the_ctypes_conversion() -> None:
+    """The aggregate map's batch rows are unpacked with struct (_unpacked_counts); the per-key
+    path converts ctypes entries (_to_counts). Random rows, with empty ones, unknown values,
+    bearer tokens longer than an entry (from token events, or missing), every flag bit."""
+    import random
+
+    from tenantwatch.kernel import abi
+    from tenantwatch.kernel.loader import _has_counts, _to_counts, _unpacked_counts
+
+    rng = random.Random(16)
+    n = 400
+    keys, vals = (abi.AggKey * n)(), (abi.AggVal * n)()
+    tokens = {}
+    for i in range(n):
+        keys[i].key, keys[i].side = rng.getrandbits(64), rng.choice((0, 1))
+        v = vals[i]
+        if rng.random() < 0.2:
+            continue  # nothing counted: left out by both
+        for c in range(abi.NCLASS):
+            v.req_by_class[c] = rng.choice((0, 0, 1, 7))
+        v.heads, v.rx_bytes, v.tx_bytes = (rng.getrandbits(20) for _ in range(3))
+        for b in range(abi.MAX_BUCKETS + 1):
+            v.lat_buckets[b] = rng.choice((0, 0, 3))
+        v.lat_sum_ns, v.conn_opened, v.conn_closed, v.conn_dur_ns = (
+            rng.getrandbits(40), rng.randrange(9), rng.randrange(9), rng.getrandbits(40))
+        v.source, v.flags, v.lost = rng.randrange(-1, 8), rng.getrandbits(12), rng.randrange(3)
+        kind = rng.random()
+        if kind < 0.2:
+            v.value_len = abi.VALUE_UNKNOWN
+        elif kind < 0.3:  # a long token: whole from its event, or not (yet) received
+            v.value_len = abi.VALUE_MAX + 50
+            if rng.random() < 0.5:
+                tokens[keys[i].key] = b" " + b"t" * (abi.VALUE_MAX + 49)
+        else:
+            raw = rng.choice((b"acme", b" \tglobex", b"x" * abi.VALUE_MAX, b""))
+            v.value_len = len(raw)
+            ct.memmove(v.value, raw, len(raw))
+    for nbounds in (16, abi.MAX_BUCKETS):
+        want = tuple(_to_counts(keys[i], vals[i], nbounds, tokens) for i in range(n)
+                     if _has_counts(vals[i]))
+        got = tuple(_unpacked_counts(bytes(keys), bytes(vals), nbounds, tokens))
+        assert got == want and len(got) > n // 2
