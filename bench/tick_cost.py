@@ -11,7 +11,7 @@ scrape pays).  Prints ms per tick and µs per identity drained, best of --rounds
 --profile the top functions of the first round's new or known tick.
 
     .venv/bin/python bench/tick_cost.py [--tenants 10000] [--rounds 3] [--gc tuned|default]
-        [--profile new|known]
+        [--profile new|known] [--cpu-rows 1]
 
 The conversion of the kernel's map rows into records (kernel/loader.py drain) is not in these
 figures: bench/scale.py measures the whole tick with real BPF maps.  No root needed.
@@ -70,7 +70,7 @@ class StandInProbes:
         self.loaded = False
 
 
-def make_tick(tenants: int, first: bool, base_key: int) -> KernelTick:
+def make_tick(tenants: int, first: bool, base_key: int, cpu_rows: int = 1) -> KernelTick:
     ids: list[IdentityCounts] = []
     cpu: list[CpuCounts] = []
     lat = tuple(1 if i == 3 else 0 for i in range(BUCKETS))
@@ -83,7 +83,10 @@ def make_tick(tenants: int, first: bool, base_key: int) -> KernelTick:
                 flags=ValueFlag.NONE, requests_by_class=(0, 1, 0, 0, 0, 0), request_heads=1,
                 rx_bytes=900, tx_bytes=1400, latency_buckets=lat, latency_sum_ns=800_000,
                 connections_opened=5 if first else 0, connections_closed=0))
-            cpu.append(CpuCounts(key=key, tgid=4242, cpu=i % 2, side=side, ns=30_000))
+            # one row per (identity, worker, CPU, side) the kernel saw it on
+            for r in range(cpu_rows):
+                cpu.append(CpuCounts(key=key, tgid=4242 + r // 2, cpu=(i + r) % 2, side=side,
+                                     ns=30_000))
     return KernelTick(identities=tuple(ids), lost={}, targets=1, probes={},
                       monotonic_ns=time.monotonic_ns(), cpu=tuple(cpu))
 
@@ -134,6 +137,9 @@ def main() -> int:
     ap.add_argument("--profile", choices=("new", "known"),
                     help="cProfile the first round's tick with every identity new, or with "
                     "the same keys again")
+    ap.add_argument("--cpu-rows", type=int, default=1,
+                    help="CPU rows per identity and side (one per worker and CPU that ran its "
+                    "requests: bench/scale.py's 4 nginx workers on 2 CPUs give up to 8)")
     args = ap.parse_args()
     n = 2 * args.tenants
     best: dict[str, float] = {}
@@ -144,8 +150,8 @@ def main() -> int:
         prof = cProfile.Profile() if args.profile and r == 0 else None
         new_prof = prof if args.profile == "new" else None
         known_prof = prof if args.profile == "known" else None
-        first = make_tick(args.tenants, True, 1 << 40)
-        again = make_tick(args.tenants, False, 1 << 40)
+        first = make_tick(args.tenants, True, 1 << 40, args.cpu_rows)
+        again = make_tick(args.tenants, False, 1 << 40, args.cpu_rows)
         times = {"new": timed_tick(d, probes, first, new_prof)}
         times["build"] = timed_snapshot(d)
         times["known"] = timed_tick(d, probes, again, known_prof)
@@ -159,7 +165,8 @@ def main() -> int:
               flush=True)
         if prof is not None:
             pstats.Stats(prof).sort_stats("cumulative").print_stats(30)
-    print(f"\n{args.tenants} tenants, {n} identities a tick (both sides), best of {args.rounds}:")
+    print(f"\n{args.tenants} tenants, {n} identities a tick (both sides), {args.cpu_rows} CPU "
+          f"row(s) each, best of {args.rounds}:")
     print(f"  tick, every identity new     {best['new'] * 1e3:8.1f} ms  "
           f"{best['new'] / n * 1e6:6.1f} µs per identity")
     print(f"  tick, the same keys again    {best['known'] * 1e3:8.1f} ms  "
