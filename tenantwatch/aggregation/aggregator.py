@@ -220,7 +220,8 @@ class Aggregator:
             self._resolver.begin_tick()
             for counts in tick.identities:
                 self._fold(counts, per_tick)
-            self._fold_cpu(tick.cpu, per_tick)
+            for cpu in tick.cpu:
+                self._fold_cpu(cpu, per_tick)
             if host is not None:
                 self._fold_backends(host, per_tick)
             self._slow = self._resolve_slow(tick)
@@ -294,45 +295,25 @@ class Aggregator:
         """The last tick's deltas for detection (None before the first apply)."""
         return self._node
 
-    def _fold_cpu(self, rows: tuple[CpuCounts, ...], per_tick: _TickDeltas) -> None:
-        """The tick's on-CPU rows (one per identity, process, CPU and side: several per
-        identity) into the totals and the tick's deltas.  The hot loop of a busy tick: each key
-        is resolved once, the totals are touched once per (tenant, side), locals throughout."""
-        resolve_key = self._resolver.resolve_key
-        seen: dict[int, tuple[str, bool]] = {}
-        ns_of: dict[tuple[str, Side], int] = {}
-        cpu, trusted_cpu = per_tick.cpu, per_tick.trusted_cpu
-        workers, cpus = per_tick.workers, per_tick.cpus
-        for c in rows:
-            key = c.key
-            who = seen.get(key)
-            if who is None:
-                if key == KEY_UNATTRIBUTED:
-                    who = (UNATTRIBUTED, False)
-                elif key == KEY_OVERFLOW:
-                    who = (OTHER, False)
-                else:  # a request's key: the resolver knows it from the request head
-                    identity = resolve_key(key)
-                    who = (identity.tenant, identity.trust is Trust.TRUSTED)
-                seen[key] = who
-            tenant, trusted = who
-            ns = c.ns
-            pair = (tenant, c.side)
-            ns_of[pair] = ns_of.get(pair, 0) + ns
-            seconds = ns / NS_PER_SECOND
-            cpu[tenant] = cpu.get(tenant, 0.0) + seconds
-            if trusted:
-                trusted_cpu[tenant] = trusted_cpu.get(tenant, 0.0) + seconds
-            w = workers.get(c.tgid)
-            if w is None:
-                w = workers[c.tgid] = {}
-            w[tenant] = w.get(tenant, 0.0) + seconds
-            u = cpus.get(c.cpu)
-            if u is None:
-                u = cpus[c.cpu] = {}
-            u[tenant] = u.get(tenant, 0.0) + seconds
-        for (tenant, side), ns in ns_of.items():
-            self._totals_of(tenant, side).cpu_ns += ns
+    def _fold_cpu(self, c: CpuCounts, per_tick: _TickDeltas) -> None:
+        trusted = False
+        if c.key == KEY_UNATTRIBUTED:
+            tenant = UNATTRIBUTED
+        elif c.key == KEY_OVERFLOW:
+            tenant = OTHER
+        else:  # a request's key: the resolver knows it from the request head
+            identity = self._resolver.resolve_key(c.key)
+            tenant, trusted = identity.tenant, identity.trust is Trust.TRUSTED
+        totals = self._totals_of(tenant, c.side)
+        totals.cpu_ns += c.ns
+        seconds = c.ns / NS_PER_SECOND
+        per_tick.cpu[tenant] = per_tick.cpu.get(tenant, 0.0) + seconds
+        if trusted:
+            per_tick.trusted_cpu[tenant] = per_tick.trusted_cpu.get(tenant, 0.0) + seconds
+        w = per_tick.workers.setdefault(c.tgid, {})
+        w[tenant] = w.get(tenant, 0.0) + seconds
+        u = per_tick.cpus.setdefault(c.cpu, {})
+        u[tenant] = u.get(tenant, 0.0) + seconds
 
     def _fold_backends(self, host: HostSample, per_tick: _TickDeltas) -> None:
         """A tenant's own backend cgroup is part of its cost: its CPU delta joins the tick's."""
