@@ -12,6 +12,7 @@ from tenantwatch.kernel.configure import http_probes
 from tenantwatch.kernel.records import Side
 from tenantwatch.kernel.sweep import ConnectionSweeper
 from tenantwatch.kernel.targets import ProcessScanner
+from tests.unit.test_sd_notify import SweepProbes
 
 
 def test_probes_are_built_from_the_config():
@@ -50,16 +51,11 @@ def test_only_live_thread_group_leaders_stay_traced(tmp_path):
     assert scanner.scan() == {100, 101}
 
 
-class _Probes:
-    def __init__(self) -> None:
-        self.live = {10, 11}
-        self.sweeps: list[set[int]] = []
-
-    def targets(self) -> set[int]:
-        return set(self.live)
+class _Probes(SweepProbes):
+    """test_sd_notify's stand-in, closing 3 connections a walk."""
 
     def forget_connections(self, live) -> int:
-        self.sweeps.append(set(live))
+        super().forget_connections(live)
         return 3
 
 
