@@ -791,10 +791,11 @@ class HttpProbes:
             keys, values = batch
             n = len(keys) // _AGG_KEY.size
             return n, tuple(_unpacked_counts(keys, values, nbounds, self._tokens))
-        rows = [(_copy(k, abi.AggKey), _copy(v, abi.AggVal)) for k, v in table.items()]
+        rows = [(ct.string_at(ct.byref(k), _AGG_KEY.size),
+                 ct.string_at(ct.byref(v), _AGG_VAL.size)) for k, v in table.items()]
         table.clear()
-        return len(rows), tuple(_to_counts(k, v, nbounds, self._tokens) for k, v in rows
-                                if _has_counts(v))
+        keys, values = b"".join(k for k, _ in rows), b"".join(v for _, v in rows)
+        return len(rows), tuple(_unpacked_counts(keys, values, nbounds, self._tokens))
 
     @property
     def drain_path(self) -> str:
@@ -898,55 +899,14 @@ def _copy(obj, cls):
     return out
 
 
-def _has_counts(v: abi.AggVal) -> bool:
-    return bool(v.heads or sum(v.req_by_class) or v.rx_bytes or v.tx_bytes or v.conn_opened
-                or v.conn_closed or v.lost)
-
-
-_FLAGS: dict[int, ValueFlag] = {}  # _to_counts' ValueFlag of each bit pattern met
-
-
-def _to_counts(k: abi.AggKey, v: abi.AggVal, nbounds: int,
-               tokens: Mapping[int, bytes] | None = None) -> IdentityCounts:
-    raw: bytes | None = None
-    if v.value_len == abi.VALUE_UNKNOWN:
-        pass
-    elif v.value_len <= abi.VALUE_MAX:
-        raw = bytes(v.value[: v.value_len])
-    else:  # a bearer token longer than the entry holds: whole from a token event, if any
-        raw = (tokens or {}).get(int(k.key))
-        if raw is not None and len(raw) != v.value_len:
-            raw = None
-    if raw is not None:
-        raw = raw.lstrip(b" \t")  # a token's value starts after the name's ':' (OWS kept)
-    bits = v.flags & 0x1FF
-    flags = _FLAGS.get(bits)
-    if flags is None:  # an enum member is built once per distinct bit pattern
-        flags = _FLAGS[bits] = ValueFlag(bits)
-    return IdentityCounts(
-        key=int(k.key),
-        side=Side.SERVER if k.side == abi.SIDE_SERVER else Side.CLIENT,
-        raw_value=raw,
-        source_index=int(v.source),
-        flags=flags,
-        # ctypes arrays of integers slice to lists of ints in C
-        requests_by_class=tuple(v.req_by_class[:]),
-        request_heads=int(v.heads),
-        rx_bytes=int(v.rx_bytes),
-        tx_bytes=int(v.tx_bytes),
-        latency_buckets=tuple(v.lat_buckets[:nbounds + 1]),
-        latency_sum_ns=int(v.lat_sum_ns),
-        connections_opened=int(v.conn_opened),
-        connections_closed=int(v.conn_closed),
-        connections_duration_ns=int(v.conn_dur_ns),
-        losses=int(v.lost),
-    )
+_FLAGS: dict[int, ValueFlag] = {}  # the ValueFlag of each bit pattern met
 
 
 def _unpacked_counts(keys: bytes, values: bytes, nbounds: int,
                      tokens: Mapping[int, bytes] | None) -> Iterator[IdentityCounts]:
-    """_to_counts over a batch's raw rows (struct-unpacked, no ctypes object per row); rows
-    without counts are left out, as _has_counts does."""
+    """The counts of an aggregate map's raw rows (keys and values end to end, as a batch call
+    writes them; struct-unpacked, no ctypes object per row).  Rows that count nothing (an
+    entry created and not yet written) are left out."""
     nc = abi.NCLASS
     lat0 = nc + 3  # after req_by_class, heads, rx_bytes, tx_bytes
     lat_end = lat0 + nbounds + 1
