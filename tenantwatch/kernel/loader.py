@@ -40,6 +40,8 @@ from tenantwatch.kernel.records import (
     SlowRequest,
     ValueFlag,
 )
+from tenantwatch.kernel.ringbuf import RingReader
+from tenantwatch.kernel.ringbuf import usable as ring_reader_usable
 from tenantwatch.kernel.tls import TlsProbes
 
 log = logging.getLogger(__name__)
@@ -165,6 +167,7 @@ class HttpProbes:
         self.tokens_received = 0  # token events, all time
         self._h2: list[H2Event] = []
         self._ringbuf = kernel_version() >= (5, 8)
+        self._h2_ring: RingReader | None = None  # tw_h2_events read from its mmap (ringbuf.py)
         self._bpf = None
         self._ctl = abi.Ctl()
         self._lost_seen: list[int] = [0] * len(abi.LOST_REASONS)
@@ -298,7 +301,10 @@ class HttpProbes:
                 b[b"tw_breach_events"].open_ring_buffer(self._on_breach)
                 b[b"tw_slow_events"].open_ring_buffer(self._on_slow)
                 b[b"tw_token_events"].open_ring_buffer(self._on_token)
-                b[b"tw_h2_events"].open_ring_buffer(self._on_h2)
+                if ring_reader_usable():
+                    self._h2_ring = RingReader.open(b[b"tw_h2_events"].map_fd)
+                else:
+                    b[b"tw_h2_events"].open_ring_buffer(self._on_h2)
             else:
                 b[b"tw_breach_events"].open_perf_buffer(self._on_breach, page_cnt=16)
                 b[b"tw_slow_events"].open_perf_buffer(self._on_slow, page_cnt=16)
@@ -605,15 +611,9 @@ class HttpProbes:
         return 0
 
     def _on_h2(self, _ctx, data, size) -> int:
-        e = ct.cast(data, ct.POINTER(abi.H2EventHead)).contents
-        head = ct.sizeof(abi.H2EventHead)
-        n = min(int(e.len), max(0, int(size) - head), 2 * abi.H2_CHUNK)
-        self._h2.append(H2Event(
-            conn=int(e.conn), side=Side.SERVER if e.side == abi.SIDE_SERVER else Side.CLIENT,
-            is_request=bool(e.is_req), seq=int(e.seq), ts_ns=int(e.ts_ns),
-            data=ct.string_at(ct.addressof(e) + head, n) if n else b"",
-            closed=bool(e.flags & abi.H2_F_CLOSED),
-            midstream=bool(e.flags & abi.H2_F_MIDSTREAM)))
+        event = _h2_event(ct.string_at(data, size))
+        if event is not None:
+            self._h2.append(event)
         return 0
 
     def poll_h2(self) -> tuple[H2Event, ...]:
@@ -627,6 +627,8 @@ class HttpProbes:
 
     def _consume(self) -> None:
         """Run the event callbacks on what the ring or perf buffers hold, without waiting."""
+        if self._h2_ring is not None:
+            self._h2.extend(e for e in map(_h2_event, self._h2_ring.read()) if e is not None)
         if self._ringbuf:
             self._bpf.ring_buffer_consume()
         else:
@@ -822,6 +824,9 @@ class HttpProbes:
 
     def close(self) -> None:
         """Detach everything (idempotent)."""
+        if self._h2_ring is not None:
+            self._h2_ring.close()
+            self._h2_ring = None
         if self._bpf is not None:
             try:
                 # tw_progs holds tw_parse, which holds tw_progs: empty it to break the cycle.
@@ -940,6 +945,25 @@ def _unpacked_counts(keys: bytes, values: bytes, nbounds: int,
             rx_bytes=rx, tx_bytes=tx, latency_buckets=v[lat0:lat_end], latency_sum_ns=lat_sum,
             connections_opened=opened, connections_closed=closed, connections_duration_ns=dur,
             losses=lost)
+
+
+_H2_HEAD = struct.Struct("<QQIIBBB5x")  # abi.H2EventHead: conn, ts_ns, seq, len, side, is_req, flags
+assert _H2_HEAD.size == ct.sizeof(abi.H2EventHead)
+
+
+def _h2_event(record: bytes) -> H2Event | None:
+    """One tw_h2_events record (from the ring's memory or a perf buffer's callback) as an
+    H2Event; its bytes are bounded by the head's length, the record and two chunks."""
+    head = _H2_HEAD.size
+    if len(record) < head:
+        return None  # shorter than the kernel ever writes
+    conn, ts_ns, seq, length, side, is_req, flags = _H2_HEAD.unpack_from(record)
+    n = min(length, len(record) - head, 2 * abi.H2_CHUNK)
+    return H2Event(
+        conn=conn, side=Side.SERVER if side == abi.SIDE_SERVER else Side.CLIENT,
+        is_request=bool(is_req), seq=seq, ts_ns=ts_ns,
+        data=record[head:head + n] if n else b"",
+        closed=bool(flags & abi.H2_F_CLOSED), midstream=bool(flags & abi.H2_F_MIDSTREAM))
 
 
 def _declared_tracepoints(text: str) -> list[str]:

@@ -140,6 +140,60 @@ def test_interleaved_tenants_on_one_connection_are_counted_exactly(probes, h2_se
     assert tracker.connections == 0  # the close event freed it
 
 
+def test_the_event_ring_read_from_its_memory_wraps_around_without_losing_a_frame(
+        probes, h2_server):
+    """tw_h2_events is read from its memory map (kernel/ringbuf.py), not through a callback.
+    About 6 MB of header blocks (an 8000-byte header no HPACK table can hold, sent whole on
+    every request) go through its 4 MiB: the reading wraps past the end of the data area, and
+    every request is still counted, under its tenant, with nothing lost."""
+    import random
+
+    from tenantwatch.config import Source
+    from tenantwatch.h2 import H2Tracker
+    from tenantwatch.kernel.records import Side
+
+    ring = probes._h2_ring
+    assert ring is not None, "this kernel (5.8+, x86-64) reads the ring from its memory"
+    start = ring.consumed
+    tracker = H2Tracker([Source("header", "x-tenant-id", Side.SERVER, False)],
+                        (0.001, 0.01, 0.1, 1.0))
+    rng = random.Random(11)
+    c = h2_connection.H2Connection(h2_config.H2Configuration(client_side=True))
+    s = socket.create_connection(("127.0.0.1", h2_server))
+    s.settimeout(5)
+    c.initiate_connection()
+    sent: dict = {}
+    for _batch in range(15):  # 50 streams at a time, the events read after each batch
+        for _ in range(50):
+            tenant = rng.choice(("alpha", "beta", "gamma"))
+            sent[tenant] = sent.get(tenant, 0) + 1
+            pad = "".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=8000))
+            c.send_headers(c.get_next_available_stream_id(),
+                           [(":method", "GET"), (":path", "/"), (":scheme", "http"),
+                            (":authority", "t"), ("x-tenant-id", tenant), ("x-pad", pad)],
+                           end_stream=True)
+        s.sendall(c.data_to_send())
+        done = 0
+        while done < 50:
+            data = s.recv(65536)
+            assert data, "server closed early"
+            done += sum(isinstance(ev, h2_events.StreamEnded) for ev in c.receive_data(data))
+            s.sendall(c.data_to_send())
+        time.sleep(0.05)
+        tracker.feed(probes.poll_h2())
+    s.close()
+    time.sleep(0.2)
+    tick = tracker.merge(probes.drain())
+    counted: dict = {}
+    for row in tick.identities:
+        if row.side is Side.SERVER and sum(row.requests_by_class):
+            key = row.raw_value.decode()
+            counted[key] = counted.get(key, 0) + sum(row.requests_by_class)
+    assert counted == sent
+    assert not {k for k in tick.lost if k.startswith(("h2", "scan"))}, tick.lost
+    assert ring.consumed - start > 4 << 20  # more than the ring's data area went through it
+
+
 # ----------------------------------------------------------------------------- CPU per stream
 
 # A server that burns a known CPU time per request, by tenant (the ground truth), in the thread
