@@ -18,21 +18,19 @@ offset) and its bytes, padded to 8.  A BUSY record is reserved and not yet commi
 stops there and resumes at the next call.  A DISCARD record is skipped.
 
 Memory ordering: the producer position is read before the records, and the consumer position is
-written after them.  On x86-64 (total store order) plain loads and stores give that order, so
-``usable()`` allows this reader there only; elsewhere the loader keeps bcc's callback path.
+written after them, each as one aligned word.  On x86-64 (total store order) plain loads and
+stores give that order, so ``usable()`` allows this reader there only; elsewhere the loader keeps
+bcc's callback path.
 """
 
 from __future__ import annotations
 
 import mmap
 import platform
-import struct
 
 BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
 HEADER_SIZE = 8
-_U64 = struct.Struct("<Q")
-_U32 = struct.Struct("<I")
 
 
 def usable() -> bool:
@@ -59,8 +57,16 @@ class RingReader:
                  maps: tuple = ()) -> None:
         if size <= 0 or size & (size - 1):
             raise ValueError(f"a ring buffer's size is a power of two, not {size}")
-        self._consumer = consumer
-        self._producer = producer_and_data
+        # The positions and the record headers are read and written as whole aligned words
+        # (a memoryview of format Q or I loads and stores with one instruction): the kernel
+        # reads the consumer position while it is written, and writes the producer position
+        # and the headers while they are read.  struct packs and unpacks a byte at a time: a
+        # consumer position seen half-written lay ahead of the producer's, and the kernel
+        # refused records as if the ring were full (h2_buffer_full, once every few MB).
+        self._consumer = memoryview(consumer).cast("B").cast("Q")
+        self._words = memoryview(producer_and_data).cast("B").cast("I")
+        self._producer = self._words[:2].cast("B").cast("Q")
+        self._data = producer_and_data
         self._data_at = page_size
         self._mask = size - 1
         self._maps = maps  # the mmap objects behind the views, closed by close()
@@ -84,31 +90,32 @@ class RingReader:
     def consumed(self) -> int:
         """Bytes of records (headers and padding included) consumed since the ring was made:
         past its size, reading has wrapped around the data area."""
-        return _U64.unpack_from(self._consumer, 0)[0]
+        return self._consumer[0]
 
     def read(self) -> list[bytes]:
         """The committed records from the consumer position on, each as its own bytes; the
         consumer position moves past them (and past discarded ones), which frees their space
         for the kernel."""
-        cons = _U64.unpack_from(self._consumer, 0)[0]
-        prod = _U64.unpack_from(self._producer, 0)[0]
-        data, at, mask = self._producer, self._data_at, self._mask
+        cons = self._consumer[0]
+        prod = self._producer[0]
+        data, words, at, mask = self._data, self._words, self._data_at, self._mask
         out: list[bytes] = []
-        u32 = _U32.unpack_from
         while cons < prod:
-            off = at + (cons & mask)
-            n = u32(data, off)[0]
+            off = at + (cons & mask)  # 8-byte aligned: records are padded to 8
+            n = words[off >> 2]
             if n & BUSY_BIT:
                 break  # reserved, not committed yet: the next read takes it
             length = n & ~(BUSY_BIT | DISCARD_BIT)
             if not n & DISCARD_BIT:
                 out.append(data[off + HEADER_SIZE:off + HEADER_SIZE + length])
             cons += (length + HEADER_SIZE + 7) & ~7
-        _U64.pack_into(self._consumer, 0, cons)
+        self._consumer[0] = cons
         self.records_read += len(out)
         return out
 
     def close(self) -> None:
+        for view in (self._producer, self._words, self._consumer):
+            view.release()
         for m in self._maps:
             m.close()
         self._maps = ()
