@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 import random
 
@@ -293,7 +292,7 @@ def test_connection_older_than_the_daemon_is_counted_unattributed_never_decoded(
     for _ in range(3):
         c.respond(c.request(request_headers("late")), 200)
     rng = random.Random(seed)
-    evs = [dataclasses.replace(e, midstream=True) for e in
+    evs = [e._replace(midstream=True) for e in
            events(CONN, Side.SERVER, True, strip_data(c.c2s[seen_c2s:]), rng, 64)
            + events(CONN, Side.SERVER, False, strip_data(c.s2c[seen_s2c:]), rng, 64)]
     evs.sort(key=lambda e: (e.ts_ns, not e.is_request, e.seq))
