@@ -113,6 +113,35 @@ def run_client(port: int, requests: list[tuple[str, str]]) -> int:
 
 
 def test_interleaved_tenants_on_one_connection_are_counted_exactly(probes, h2_server):
+    _interleaved_tenants_are_counted_exactly(probes, h2_server)
+
+
+def test_the_perf_buffer_path_of_kernels_before_5_8_counts_the_same(monkeypatch):
+    """Kernels before 5.8 have no ring buffer: the HTTP/2 events come through a perf buffer
+    and bcc's callback (HttpProbes._on_h2), whose records are padded; forced here."""
+    require_root()
+    from tenantwatch.kernel import loader
+    from tenantwatch.kernel.loader import HttpProbes, KernelSource
+    from tenantwatch.kernel.records import Side
+
+    monkeypatch.setattr(loader, "kernel_version", lambda release=None: (5, 7))
+    p = HttpProbes(sources=[KernelSource("x-tenant-id", (Side.SERVER,))],
+                   process_names=["python3-twh2"], latency_bounds_seconds=(0.001, 0.01, 0.1, 1.0))
+    p.load()
+    proc = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        assert p.event_path == "perf buffer" and p._h2_ring is None
+        p.set_targets({proc.pid})
+        p.drain()
+        _interleaved_tenants_are_counted_exactly(p, port)
+    finally:
+        proc.kill()
+        proc.wait(5)
+        p.close()
+
+
+def _interleaved_tenants_are_counted_exactly(probes, port: int) -> None:
     from tenantwatch.config import Source
     from tenantwatch.h2 import H2Tracker
     from tenantwatch.kernel.records import Side
@@ -120,7 +149,7 @@ def test_interleaved_tenants_on_one_connection_are_counted_exactly(probes, h2_se
     tracker = H2Tracker([Source("header", "x-tenant-id", Side.SERVER, False)],
                         (0.001, 0.01, 0.1, 1.0))
     reqs = [("alpha", "/"), ("beta", "/missing"), ("alpha", "/big"), ("gamma", "/")] * 5
-    assert run_client(h2_server, reqs) == len(reqs)
+    assert run_client(port, reqs) == len(reqs)
     time.sleep(0.2)
     raw = probes.drain()
     sent = sum(len(e.data) for e in raw.h2)
