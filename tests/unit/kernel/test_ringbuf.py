@@ -101,3 +101,11 @@ def test_a_record_that_wraps_past_the_end_reads_as_one_piece() -> None:
 def test_the_data_area_is_a_power_of_two() -> None:
     with pytest.raises(ValueError, match="power of two"):
         RingReader(bytearray(PAGE), bytearray(PAGE + 600), 300, PAGE)
+
+
+def test_close_unmaps_the_ring() -> None:
+    consumer, rest = mmap.mmap(-1, PAGE), mmap.mmap(-1, PAGE + 2 * SIZE)
+    r = RingReader(consumer, rest, SIZE, PAGE, maps=(consumer, rest))
+    r.read()
+    r.close()  # its views released first: an mmap with views on it cannot be closed
+    assert consumer.closed and rest.closed
