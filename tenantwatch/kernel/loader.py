@@ -650,6 +650,14 @@ class HttpProbes:
     def event_path(self) -> str:
         return "ring buffer" if self._ringbuf else "perf buffer"
 
+    @property
+    def h2_event_path(self) -> str:
+        """How the HTTP/2 events are read: from the ring's memory (kernel/ringbuf.py), through
+        bcc's ring buffer callback, or through a perf buffer (kernels before 5.8)."""
+        if self._h2_ring is not None:
+            return "ring memory"
+        return "ring buffer" if self._ringbuf else "perf buffer"
+
     def _drain_cpu(self, gen: int) -> tuple[CpuCounts, ...]:
         """Read and delete the CPU entries of the generation the kernel no longer writes.
         The busiest map of a burst (one entry per identity, process, CPU and side): read in one
