@@ -19,7 +19,7 @@ import secrets
 import struct
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,7 +167,9 @@ class HttpProbes:
         self.tokens_received = 0  # token events, all time
         self._h2: list[H2Event] = []
         self._ringbuf = kernel_version() >= (5, 8)
-        self._h2_ring: RingReader | None = None  # tw_h2_events read from its mmap (ringbuf.py)
+        # The event rings read from their memory (ringbuf.py), each with its record handler,
+        # in the order they are read; empty where bcc's callbacks deliver the records.
+        self._rings: list[tuple[RingReader, Callable[[bytes], None]]] = []
         self._bpf = None
         self._ctl = abi.Ctl()
         self._lost_seen: list[int] = [0] * len(abi.LOST_REASONS)
@@ -297,19 +299,17 @@ class HttpProbes:
                 self._insert_overflow(b[m])
             for gen in (0, 1):
                 b[b"tw_cpu"][abi.CpuKey(key=abi.KEY_OVERFLOW, gen=gen)] = ct.c_uint64(0)
-            if self._ringbuf:
-                b[b"tw_breach_events"].open_ring_buffer(self._on_breach)
-                b[b"tw_slow_events"].open_ring_buffer(self._on_slow)
-                b[b"tw_token_events"].open_ring_buffer(self._on_token)
-                if ring_reader_usable():
-                    self._h2_ring = RingReader.open(b[b"tw_h2_events"].map_fd)
+            handlers = ((b"tw_breach_events", self._breach_record, 16),
+                        (b"tw_slow_events", self._slow_record, 16),
+                        (b"tw_token_events", self._token_record, 64),
+                        (b"tw_h2_events", self._h2_record, 256))
+            for name, handler, pages in handlers:
+                if self._ringbuf and ring_reader_usable():
+                    self._rings.append((RingReader.open(b[name].map_fd), handler))
+                elif self._ringbuf:
+                    b[name].open_ring_buffer(_callback(handler))
                 else:
-                    b[b"tw_h2_events"].open_ring_buffer(self._on_h2)
-            else:
-                b[b"tw_breach_events"].open_perf_buffer(self._on_breach, page_cnt=16)
-                b[b"tw_slow_events"].open_perf_buffer(self._on_slow, page_cnt=16)
-                b[b"tw_token_events"].open_perf_buffer(self._on_token, page_cnt=64)
-                b[b"tw_h2_events"].open_perf_buffer(self._on_h2, page_cnt=256)
+                    b[name].open_perf_buffer(_callback(handler), page_cnt=pages)
         except Exception as e:
             self.close()
             raise KernelSupportError(f"setting up the BPF maps failed: {e}") from e
@@ -578,8 +578,11 @@ class HttpProbes:
             except KeyError:
                 pass
 
-    def _on_breach(self, _ctx, data, _size) -> int:
-        e = ct.cast(data, ct.POINTER(abi.BreachEvent)).contents
+    # One handler per event ring, each given one record's bytes: from the ring's memory, or
+    # copied out of bcc's callback (_callback) where the records come that way.
+
+    def _breach_record(self, record: bytes) -> None:
+        e = abi.BreachEvent.from_buffer_copy(record)
         method = int(e.method).to_bytes(8, "big").lstrip(b"\0").decode("ascii", "replace")
         target = b"".join(int(w).to_bytes(8, "little") for w in e.target)
         n = min(int(e.served_len), abi.VALUE_MAX)
@@ -588,33 +591,30 @@ class HttpProbes:
             monotonic_ns=int(e.ts_ns), tgid=int(e.tgid), fd=int(e.fd), status=int(e.status),
             method=method, target=target[: min(int(e.target_len), abi.TARGET_BYTES)],
             served=bytes(e.served[:n])))
-        return 0
 
-    def _on_slow(self, _ctx, data, _size) -> int:
-        e = ct.cast(data, ct.POINTER(abi.SlowEvent)).contents
+    def _slow_record(self, record: bytes) -> None:
+        e = abi.SlowEvent.from_buffer_copy(record)
         method = int(e.method).to_bytes(8, "big").lstrip(b"\0").decode("ascii", "replace")
         self._slow.append(SlowRequest(
             key=int(e.key), side=Side.SERVER if e.side == abi.SIDE_SERVER else Side.CLIENT,
             start_monotonic_ns=int(e.start_ns), latency_ns=int(e.latency_ns), method=method,
             status=int(e.status), tgid=int(e.tgid)))
-        return 0
 
-    def _on_token(self, _ctx, data, _size) -> int:
-        e = ct.cast(data, ct.POINTER(abi.TokenEvent)).contents
+    def _token_record(self, record: bytes) -> None:
+        e = abi.TokenEvent.from_buffer_copy(record)
         n = min(int(e.len), abi.TOKEN_MAX)
         key = int(e.key)
         self.tokens_received += 1
-        self._tokens[key] = ct.string_at(ct.addressof(e.b), n)
+        start = abi.TokenEvent.b.offset
+        self._tokens[key] = record[start:start + n]
         self._tokens.move_to_end(key)
         while len(self._tokens) > MAX_TOKENS:
             self._tokens.popitem(last=False)
-        return 0
 
-    def _on_h2(self, _ctx, data, size) -> int:
-        event = _h2_event(ct.string_at(data, size))
+    def _h2_record(self, record: bytes) -> None:
+        event = _h2_event(record)
         if event is not None:
             self._h2.append(event)
-        return 0
 
     def poll_h2(self) -> tuple[H2Event, ...]:
         """Between ticks: read the event buffers now (HTTP/2 bytes fill the ring buffer far
@@ -627,9 +627,11 @@ class HttpProbes:
 
     def _consume(self) -> None:
         """Run the event callbacks on what the ring or perf buffers hold, without waiting."""
-        if self._h2_ring is not None:
-            self._h2.extend(e for e in map(_h2_event, self._h2_ring.read()) if e is not None)
-        if self._ringbuf:
+        if self._rings:
+            for ring, handler in self._rings:
+                for record in ring.read():
+                    handler(record)
+        elif self._ringbuf:
             self._bpf.ring_buffer_consume()
         else:
             self._bpf.perf_buffer_poll(timeout=0)
@@ -648,13 +650,9 @@ class HttpProbes:
 
     @property
     def event_path(self) -> str:
-        return "ring buffer" if self._ringbuf else "perf buffer"
-
-    @property
-    def h2_event_path(self) -> str:
-        """How the HTTP/2 events are read: from the ring's memory (kernel/ringbuf.py), through
-        bcc's ring buffer callback, or through a perf buffer (kernels before 5.8)."""
-        if self._h2_ring is not None:
+        """How the event rings are read: from their memory (kernel/ringbuf.py; x86-64, 5.8+),
+        through bcc's ring buffer callbacks (5.8+ elsewhere), or through perf buffers."""
+        if self._rings:
             return "ring memory"
         return "ring buffer" if self._ringbuf else "perf buffer"
 
@@ -832,9 +830,9 @@ class HttpProbes:
 
     def close(self) -> None:
         """Detach everything (idempotent)."""
-        if self._h2_ring is not None:
-            self._h2_ring.close()
-            self._h2_ring = None
+        for ring, _ in self._rings:
+            ring.close()
+        self._rings = []
         if self._bpf is not None:
             try:
                 # tw_progs holds tw_parse, which holds tw_progs: empty it to break the cycle.
@@ -957,6 +955,14 @@ def _unpacked_counts(keys: bytes, values: bytes, nbounds: int,
 
 _H2_HEAD = struct.Struct("<QQIIBBB5x")  # abi.H2EventHead: conn, ts_ns, seq, len, side, is_req, flags
 assert _H2_HEAD.size == ct.sizeof(abi.H2EventHead)
+
+
+def _callback(handler: Callable[[bytes], None]) -> Callable[[Any, int, int], int]:
+    """A bcc ring or perf buffer callback that hands ``handler`` the record's bytes."""
+    def cb(_ctx, data, size) -> int:
+        handler(ct.string_at(data, size))
+        return 0
+    return cb
 
 
 def _h2_event(record: bytes) -> H2Event | None:

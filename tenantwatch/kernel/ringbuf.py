@@ -3,8 +3,9 @@
 bcc delivers a ring buffer's records through libbpf's ``ring_buffer__consume`` and a ctypes
 callback into Python per record: about 4.5 µs a record here (the trampoline, a ctypes cast and
 the attribute reads), which is most of what an HTTP/2 event costs before it is decoded.  The
-HTTP/2 event ring (tw_h2_events, thousands of records a second) is read here instead: the
-records are sliced out of the map's shared memory as bytes, a few hundred ns each.
+loader reads its event rings here instead (tw_h2_events: thousands of records a second on an
+HTTP/2 gateway; the slow-request, token and breach events): the records are sliced out of the
+map's shared memory as bytes, under a µs each.
 
 The layout is the kernel's (kernel/bpf/ringbuf.c, and libbpf's ringbuf.c reads it the same way):
 

@@ -8,8 +8,8 @@ harness on the path.
 Steps (each one recorded, a failure in one does not skip the others):
   load      every BPF program of bpf/http.c compiles, loads and attaches (HttpProbes.load), and
             which paths ran: probe_read_user / probe_read (>= 5.5), ring buffer / perf buffer
-            (>= 5.8: HttpProbes.event_path; the HTTP/2 ring read from its memory on x86-64,
-            h2_event_path), batch / per-key drain (>= 5.6: drain_path after a drain)
+            (>= 5.8: HttpProbes.event_path, "ring memory": read from the rings' memory on
+            x86-64), batch / per-key drain (>= 5.6: drain_path after a drain)
   counts    a known workload (Backend <- Gateway <- drive, loopback) gives exact per-tenant
             counts on both sides: server (client -> nginx, X-Tenant-ID) and client (nginx ->
             Backend, X-Tenant-Context), the latter also equal to what the Backend received
@@ -220,7 +220,6 @@ def paths_of(p: HttpProbes) -> dict:
         "probe_read": ("probe_read_user" if "-DTW_HAVE_PROBE_READ_USER=1" in p.cflags()
                        else "probe_read"),
         "events": p.event_path,
-        "h2_events": p.h2_event_path,
         "drain": p.drain_path,
     }
 
@@ -300,8 +299,7 @@ def step_forced(workdir: Path) -> dict:
         out.update({k: v for k, v in run_workload(p, workdir, WORKLOAD, seed=2).items()
                     if k not in ("expected",)})
         out["ok"] = bool(out["ok"] and not out["missing"] and paths == {
-            "probe_read": "probe_read", "events": "perf buffer", "h2_events": "perf buffer",
-            "drain": "per-key"})
+            "probe_read": "probe_read", "events": "perf buffer", "drain": "per-key"})
         return out
     finally:
         loader.kernel_version = real

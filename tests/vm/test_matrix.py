@@ -2,8 +2,8 @@
 
 For each kernel -- bullseye's 5.10 and bookworm's 6.1 in a guest, and this machine's own kernel
 directly (no VM) -- one run of tests/vm/guest_check.py checks: every BPF program loads and which
-paths ran (probe_read_user/probe_read, ring/perf buffer, the HTTP/2 ring read from memory,
-batch/per-key drain); a known workload
+paths ran (probe_read_user/probe_read, rings read from their memory/perf buffer, batch/per-key
+drain); a known workload
 through nginx gives exact per-tenant counts on both sides; the daemon starts, is ready and stops
 with exit 0; on 6.1 a cgroup v2 cpu.max cap of 0.2 cores holds within +-10%.  On 5.10 and this
 machine the workload also runs with every fallback path forced (what a kernel < 5.5 runs).
@@ -154,9 +154,8 @@ def version(release: str) -> tuple[int, int]:
 def expected_paths(release: str) -> dict:
     v = version(release)
     return {"probe_read": "probe_read_user" if v >= (5, 5) else "probe_read",
-            "events": "ring buffer" if v >= (5, 8) else "perf buffer",
-            # x86-64 guests: the HTTP/2 ring is read from its memory (kernel/ringbuf.py)
-            "h2_events": "ring memory" if v >= (5, 8) else "perf buffer",
+            # x86-64 guests: the rings are read from their memory (kernel/ringbuf.py)
+            "events": "ring memory" if v >= (5, 8) else "perf buffer",
             "drain": "batch" if v >= (5, 6) else "per-key"}
 
 
@@ -191,8 +190,7 @@ def test_forced_fallback_paths_count_exactly(kernel):
     s = step(kernel, "forced")
     assert s.get("ok"), failure(kernel, "forced", s)
     assert s["paths"] == {"probe_read": "probe_read", "events": "perf buffer",
-                          "h2_events": "perf buffer", "drain": "per-key"}, \
-        failure(kernel, "forced", s)
+                          "drain": "per-key"}, failure(kernel, "forced", s)
 
 
 def test_known_workload_counts_exactly_on_both_sides(kernel):
