@@ -626,7 +626,7 @@ class HttpProbes:
         return self._take_h2()
 
     def _consume(self) -> None:
-        """Run the event callbacks on what the ring or perf buffers hold, without waiting."""
+        """Hand every record the rings or perf buffers hold to its handler, without waiting."""
         if self._rings:
             for ring, handler in self._rings:
                 for record in ring.read():
