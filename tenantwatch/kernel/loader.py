@@ -40,7 +40,7 @@ from tenantwatch.kernel.records import (
     SlowRequest,
     ValueFlag,
 )
-from tenantwatch.kernel.ringbuf import RingReader
+from tenantwatch.kernel.ringbuf import RingReader, map_field
 from tenantwatch.kernel.ringbuf import usable as ring_reader_usable
 from tenantwatch.kernel.tls import TlsProbes
 
@@ -892,11 +892,10 @@ def _pid_max() -> int:
 
 def _value_size(table) -> int:
     """A map's value size as the kernel has it (bcc's ctypes mangle 2-D arrays)."""
-    with open(f"/proc/self/fdinfo/{table.map_fd}") as f:
-        for line in f:
-            if line.startswith("value_size:"):
-                return int(line.split()[1])
-    raise KernelSupportError("cannot read the value size of a BPF map")
+    try:
+        return map_field(table.map_fd, "value_size")
+    except OSError as e:
+        raise KernelSupportError(f"cannot read the value size of a BPF map: {e}") from e
 
 
 def _leaf(v, cls):

@@ -39,13 +39,14 @@ def usable() -> bool:
     return platform.machine() in ("x86_64", "AMD64")
 
 
-def max_entries(map_fd: int) -> int:
-    """A map's max_entries as the kernel has it (a ring buffer's data size in bytes)."""
+def map_field(map_fd: int, field: str) -> int:
+    """One number of a BPF map as the kernel has it (/proc/self/fdinfo: ``max_entries``, a
+    ring buffer's data size in bytes; ``value_size`` ...); OSError when it is not there."""
     with open(f"/proc/self/fdinfo/{map_fd}") as f:
         for line in f:
-            if line.startswith("max_entries:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1])
-    raise OSError(f"no max_entries in /proc/self/fdinfo/{map_fd}")
+    raise OSError(f"no {field} in /proc/self/fdinfo/{map_fd}")
 
 
 class RingReader:
@@ -71,11 +72,10 @@ class RingReader:
         self._data_at = page_size
         self._mask = size - 1
         self._maps = maps  # the mmap objects behind the views, closed by close()
-        self.records_read = 0
 
     @classmethod
     def open(cls, map_fd: int) -> RingReader:
-        size = max_entries(map_fd)
+        size = map_field(map_fd, "max_entries")
         page = mmap.PAGESIZE
         consumer = mmap.mmap(map_fd, page, flags=mmap.MAP_SHARED,
                              prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
@@ -111,7 +111,6 @@ class RingReader:
                 out.append(data[off + HEADER_SIZE:off + HEADER_SIZE + length])
             cons += (length + HEADER_SIZE + 7) & ~7
         self._consumer[0] = cons
-        self.records_read += len(out)
         return out
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ knowledge) named "python3-twh2"; the client is this test process (not traced).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
@@ -62,8 +63,7 @@ while True:
 """
 
 
-@pytest.fixture(scope="module")
-def probes():
+def loaded_probes():
     require_root()
     from tenantwatch.kernel.loader import HttpProbes, KernelSource
     from tenantwatch.kernel.records import Side
@@ -71,20 +71,35 @@ def probes():
     p = HttpProbes(sources=[KernelSource("x-tenant-id", (Side.SERVER,))],
                    process_names=["python3-twh2"], latency_bounds_seconds=(0.001, 0.01, 0.1, 1.0))
     p.load()
+    return p
+
+
+@contextlib.contextmanager
+def traced_server(probes):
+    """SERVER running, traced by ``probes`` (their counts so far drained); yields its port."""
+    proc = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        probes.set_targets({proc.pid})
+        probes.drain()
+        yield port
+    finally:
+        proc.kill()
+        proc.wait(5)
+        probes.set_targets(set())
+
+
+@pytest.fixture(scope="module")
+def probes():
+    p = loaded_probes()
     yield p
     p.close()
 
 
 @pytest.fixture()
 def h2_server(probes):
-    proc = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
-    port = int(proc.stdout.readline())
-    probes.set_targets({proc.pid})
-    probes.drain()
-    yield port
-    proc.kill()
-    proc.wait(5)
-    probes.set_targets(set())
+    with traced_server(probes) as port:
+        yield port
 
 
 def run_client(port: int, requests: list[tuple[str, str]]) -> int:
@@ -118,26 +133,17 @@ def test_interleaved_tenants_on_one_connection_are_counted_exactly(probes, h2_se
 
 def test_the_perf_buffer_path_of_kernels_before_5_8_counts_the_same(monkeypatch):
     """Kernels before 5.8 have no ring buffer: the HTTP/2 events come through a perf buffer
-    and bcc's callback (HttpProbes._on_h2), whose records are padded; forced here."""
-    require_root()
+    and bcc's callback (loader._callback, then HttpProbes._h2_record), whose records are
+    padded; forced here."""
     from tenantwatch.kernel import loader
-    from tenantwatch.kernel.loader import HttpProbes, KernelSource
-    from tenantwatch.kernel.records import Side
 
     monkeypatch.setattr(loader, "kernel_version", lambda release=None: (5, 7))
-    p = HttpProbes(sources=[KernelSource("x-tenant-id", (Side.SERVER,))],
-                   process_names=["python3-twh2"], latency_bounds_seconds=(0.001, 0.01, 0.1, 1.0))
-    p.load()
-    proc = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+    p = loaded_probes()
     try:
-        port = int(proc.stdout.readline())
         assert p.event_path == "perf buffer" and not p._rings
-        p.set_targets({proc.pid})
-        p.drain()
-        _interleaved_tenants_are_counted_exactly(p, port)
+        with traced_server(p) as port:
+            _interleaved_tenants_are_counted_exactly(p, port)
     finally:
-        proc.kill()
-        proc.wait(5)
         p.close()
 
 
