@@ -489,13 +489,19 @@ def test_a_real_prometheus_scrapes_over_tls_with_auth_and_is_refused_without(
             return {r["metric"]["job"]: float(r["value"][1])
                     for r in res.get("data", {}).get("result", [])}
 
-        assert wait_for(lambda: up().get("secure") == 1 and "anonymous" in up(), 60.0), \
-            (up(), prom.log_text())
+        def anonymous_target() -> dict:
+            targets = prom.api("targets")["data"]["activeTargets"]
+            return next((t for t in targets if t["labels"]["job"] == "anonymous"), {})
+
+        # The daemon starts beside Prometheus (wait=False): a first anonymous scrape can come
+        # before it listens and fail with "connection refused"; wait for one that reached it.
+        assert wait_for(lambda: up().get("secure") == 1 and "anonymous" in up()
+                        and "connection refused" not in anonymous_target().get("lastError", ""),
+                        60.0), (up(), anonymous_target(), prom.log_text())
         assert up()["anonymous"] == 0
         res = prom.query('tenantwatch_build_info{job="secure"}')
         assert res["data"]["result"], res
-        targets = prom.api("targets")["data"]["activeTargets"]
-        anon = next(t for t in targets if t["labels"]["job"] == "anonymous")
+        anon = anonymous_target()
         assert "401" in anon["lastError"], anon
     finally:
         prom.stop()
