@@ -48,8 +48,8 @@ TEST_VM_KERNELS ?= 6.1
 TEST_VM_TIMEOUT ?= 900
 test: deps
 	@rc=0; \
-	echo "+ $(PY) -m pytest $(PYTEST_FLAGS) --ignore=tests/vm tests"; \
-	$(PY) -m pytest $(PYTEST_FLAGS) --ignore=tests/vm tests || rc=$$?; \
+	echo "+ TW_EXPECT_H2_COMPILED=1 $(PY) -m pytest $(PYTEST_FLAGS) --ignore=tests/vm tests"; \
+	TW_EXPECT_H2_COMPILED=1 $(PY) -m pytest $(PYTEST_FLAGS) --ignore=tests/vm tests || rc=$$?; \
 	if [ -z "$(TEST_VM_KERNELS)" ]; then \
 	  echo "kernel matrix: left out (TEST_VM_KERNELS is empty)"; \
 	else \

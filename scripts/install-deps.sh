@@ -56,8 +56,9 @@ missing=()
 # python3-matplotlib: the plot of bench/soak.py (the venv sees the system packages).
 # mmdebstrap, podman, runc: make deb / make image and their test (tests/e2e/test_package.py);
 # runc because crun refuses hybrid cgroup layouts like this machine's.
+# gcc, python3-dev: the HTTP/2 decoder compiled with mypyc (scripts/build_h2_native.py).
 PACKAGES=(python3-bpfcc wrk curl openssl make python3-venv python3-pip redis-server
-          nghttp2-client python3-matplotlib mmdebstrap podman runc)
+          nghttp2-client python3-matplotlib mmdebstrap podman runc gcc python3-dev)
 for p in "${PACKAGES[@]}"; do
     installed "$p" || missing+=("$p")
 done
@@ -201,11 +202,18 @@ if ! grep -qi '^include-system-site-packages *= *true' "$VENV/pyvenv.cfg" 2>/dev
 fi
 
 if [ ! -x "$VENV/bin/tenantwatch" ] || [ ! -f "$STAMP" ] || [ "$REPO/pyproject.toml" -nt "$STAMP" ]; then
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$REPO[test]"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$REPO[test,native]"
     touch "$STAMP"
-    say "pip install -e .[test]" "done"
+    say "pip install -e .[test,native]" "done"
 else
-    say "pip install -e .[test]" "ok (stamp newer than pyproject.toml)"
+    say "pip install -e .[test,native]" "ok (stamp newer than pyproject.toml)"
+fi
+
+# The HTTP/2 decoder compiled with mypyc (docs/http2.md): about 30 s the first time and after
+# a change to tenantwatch/h2/, else a digest check. Without it the same modules run as Python,
+# about twice as slow; `make test` requires it (tests/unit/h2/test_compiled.py).
+if ! "$VENV/bin/python" "$REPO/scripts/build_h2_native.py"; then
+    echo "tenantwatch deps: the compiled HTTP/2 decoder could not be built; it runs as Python" >&2
 fi
 
 # The test and benchmark harness (harness/, not part of the package), editable: bench scripts

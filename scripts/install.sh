@@ -71,6 +71,19 @@ mkdir -p "$(dirname "$BIN_LINK")"
 ln -sfn "$VENV/bin/tenantwatch" "$BIN_LINK"
 say "command" "done ($BIN_LINK -> $VENV/bin/tenantwatch)"
 
+# The compiled HTTP/2 decoder of the tree (make deps builds it), when it is of these very
+# sources: tenantwatch/h2/compiled.py finds it beside the venv, and uses it only then.
+rm -rf "$VENV/share/tenantwatch/h2-native"
+if (cd / && TW_H2_BUILD_DIR="$REPO/build/h2-native" PYTHONPATH="$REPO" "$VENV/bin/python" -c \
+      'import sys; from tenantwatch.h2 import compiled; sys.exit(compiled.check()[0] is None)') \
+      2>/dev/null; then
+    mkdir -p "$VENV/share/tenantwatch"
+    cp -r "$REPO/build/h2-native" "$VENV/share/tenantwatch/h2-native"
+    say "compiled HTTP/2 decoder" "done ($VENV/share/tenantwatch/h2-native)"
+else
+    say "compiled HTTP/2 decoder" "none (no current build in $REPO/build: make deps; runs as Python)"
+fi
+
 # ---------------------------------------------------------------- BPF sources
 rm -rf "$SHARE/bpf"
 mkdir -p "$SHARE"

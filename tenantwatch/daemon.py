@@ -49,6 +49,7 @@ from tenantwatch.exporters.registry import RegistryCollector
 from tenantwatch.exporters.self_metrics import stage_error_counts, stage_errors, tick_duration
 from tenantwatch.exporters.web_config import load_web_config
 from tenantwatch.h2 import H2Tracker
+from tenantwatch.h2 import compiled as h2_compiled
 from tenantwatch.identity import IdentityResolver
 from tenantwatch.identity.jwt_verifier import build_verifiers, total_counts
 from tenantwatch.identity.registry import TenantRegistry
@@ -200,7 +201,7 @@ class Daemon:
             self.aggregator.snapshot(self._ready), ready=self._ready,
             last_tick_age=time.monotonic() - self._last_tick,
             stall_after=STALL_TICKS * self.config.capture.tick_seconds,
-            drain_path=self.probes.drain_path,
+            drain_path=self.probes.drain_path, h2_decoder=h2_compiled.STATUS,
             stage_errors=stage_error_counts(self.stage_errors),
             registry=self.tenant_registry.status() if self.tenant_registry is not None else None)
 
@@ -222,9 +223,10 @@ class Daemon:
         for exporter in (self.otel_metrics, self.otel_spans):
             if exporter is not None and not exporter.start():
                 log.error("OpenTelemetry export could not start; continuing without it")
-        log.info("tenantwatch %s ready: %d probes, %d target processes, listening on %s:%s",
-                 __version__, sum(self.probes.probes.values()), len(self.probes.targets()),
-                 self.config.listen_host, self.api.port)
+        log.info("tenantwatch %s ready: %d probes, %d target processes, listening on %s:%s; "
+                 "HTTP/2 decoder: %s", __version__, sum(self.probes.probes.values()),
+                 len(self.probes.targets()), self.config.listen_host, self.api.port,
+                 h2_compiled.STATUS)
         self._status = self.status_line()
         sd_notify(f"READY=1\nSTATUS={self._status}")
         self._last_ping = time.monotonic()

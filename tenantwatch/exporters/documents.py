@@ -18,7 +18,8 @@ TABLE_FULL_RATIO = 0.9
 
 
 def health_document(snap: Snapshot, *, ready: bool, last_tick_age: float, stall_after: float,
-                    drain_path: str, stage_errors: Mapping[str, int] | None = None,
+                    drain_path: str, h2_decoder: str | None = None,
+                    stage_errors: Mapping[str, int] | None = None,
                     registry: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """/healthz: ok while ready and the tick loop has run within `stall_after` seconds."""
     stalled = last_tick_age > stall_after
@@ -41,6 +42,8 @@ def health_document(snap: Snapshot, *, ready: bool, last_tick_age: float, stall_
         # tick stages that raised since start (tenantwatch_stage_errors_total), when any did
         "stage_errors": {k: v for k, v in sorted((stage_errors or {}).items()) if v},
     }
+    if h2_decoder is not None:  # "compiled (mypyc)" or "python (<why>)" (h2/compiled.py)
+        doc["h2_decoder"] = h2_decoder
     if registry is not None:
         doc["registry"] = dict(registry)
     return doc

@@ -2,8 +2,13 @@
 
 The kernel cannot decode HPACK, so for HTTP/2 connections it hands user space the frames and
 this package decodes the header blocks, follows the streams and counts them per identity key in
-the kernel's own IdentityCounts (docs/http2.md).
+the kernel's own IdentityCounts (docs/http2.md).  Its modules run compiled (mypyc) when a build
+of these sources exists (compiled.py), else as Python: compiled.STATUS says which.
 """
+
+from tenantwatch.h2 import compiled
+
+compiled.enable()  # before any module of the package is imported
 
 from tenantwatch.h2.counts import LOST_REASONS
 from tenantwatch.h2.identity import H2_UNATTRIBUTED_KEY

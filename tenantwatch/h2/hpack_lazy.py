@@ -20,6 +20,8 @@ Huffman value at its longest possible decoded length (8/5 of its coded bytes).
 
 from __future__ import annotations
 
+from typing import Any
+
 from hpack.table import HeaderTable
 
 from tenantwatch.h2.huffman import HuffmanError
@@ -72,7 +74,9 @@ class LazyDecoder:
 
     def __init__(self, max_header_list_size: int = 65536,
                  max_allowed_table_size: int = DEFAULT_TABLE_SIZE) -> None:
-        self._table: list | tuple = _STATIC_ENTRIES
+        # list once written; the shared static tuple until then (Any: mypyc, which compiles
+        # this module, would otherwise check every use against the union)
+        self._table: Any = _STATIC_ENTRIES
         self._size = 0  # of the dynamic entries
         self.table_size = DEFAULT_TABLE_SIZE  # the encoder's current maximum
         self.max_allowed_table_size = max_allowed_table_size
