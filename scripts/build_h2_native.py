@@ -59,7 +59,7 @@ def _build(out: Path, work: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--force", action="store_true", help="rebuild even when up to date")
-    ap.add_argument("--build-dir", type=Path, default=compiled.BUILD_DIR)
+    ap.add_argument("--build-dir", type=Path, default=compiled.TREE_BUILD_DIR)
     args = ap.parse_args()
     dest: Path = args.build_dir
     digest = compiled.source_digest()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Sequence
+from typing import Final
 
 from tenantwatch.h2.identity import H2_UNATTRIBUTED_KEY, Identity
 from tenantwatch.h2.status import CLASS_NONE
@@ -17,8 +18,8 @@ from tenantwatch.kernel.records import STATUS_CLASSES, IdentityCounts, Side, Val
 
 # Streams begun per tick whose CPU key is remembered (~100 B each); the CPU of more streams
 # goes to __unattributed__.
-MAX_STREAM_KEYS = 65536
-MASK64 = (1 << 64) - 1
+MAX_STREAM_KEYS: Final = 65536
+MASK64: Final = (1 << 64) - 1
 
 
 def h2_stream_key(conn: int, sid: int) -> int:
@@ -27,14 +28,14 @@ def h2_stream_key(conn: int, sid: int) -> int:
 
 
 # The kernel's TW_KEY_OVERFLOW (bpf/include/tw_abi.h): the resolver folds it into __other__.
-OVERFLOW_KEY = 2
+OVERFLOW_KEY: Final = 2
 # Streams of a connection that cannot be decoded: the resolver gives __unattributed__ with
 # reason "h2_lost" for the UNATTRIBUTED flag (never the default tenant, never a guess).
-UNATTRIBUTED = Identity(H2_UNATTRIBUTED_KEY, None, -1, ValueFlag.UNATTRIBUTED)
-_OVERFLOW = Identity(OVERFLOW_KEY, b"", -1, ValueFlag.OVERFLOW)
+UNATTRIBUTED: Final = Identity(H2_UNATTRIBUTED_KEY, None, -1, ValueFlag.UNATTRIBUTED)
+_OVERFLOW: Final = Identity(OVERFLOW_KEY, b"", -1, ValueFlag.OVERFLOW)
 
 # Why a stream was counted without its tenant (the keys of H2Tracker.lost_streams).
-LOST_REASONS = (
+LOST_REASONS: Final = (
     "h2_gap",  # a seq gap or lost event: the connection's HPACK state is gone (per stream;
     #            per connection when its first events never arrived)
     "h2_decode",  # HPACK or framing error: same (per stream)

@@ -11,39 +11,60 @@ one streams by too, its fragment given as None).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Final
 
-FRAME_HEADER_LEN = 9
+FRAME_HEADER_LEN: Final = 9
 
-DATA = 0x0
-HEADERS = 0x1
-PRIORITY = 0x2
-RST_STREAM = 0x3
-SETTINGS = 0x4
-PUSH_PROMISE = 0x5
-PING = 0x6
-GOAWAY = 0x7
-WINDOW_UPDATE = 0x8
-CONTINUATION = 0x9
+DATA: Final = 0x0
+HEADERS: Final = 0x1
+PRIORITY: Final = 0x2
+RST_STREAM: Final = 0x3
+SETTINGS: Final = 0x4
+PUSH_PROMISE: Final = 0x5
+PING: Final = 0x6
+GOAWAY: Final = 0x7
+WINDOW_UPDATE: Final = 0x8
+CONTINUATION: Final = 0x9
 
-FLAG_END_STREAM = 0x1
-FLAG_END_HEADERS = 0x4
-FLAG_PADDED = 0x8
-FLAG_PRIORITY = 0x20
+FLAG_END_STREAM: Final = 0x1
+FLAG_END_HEADERS: Final = 0x4
+FLAG_PADDED: Final = 0x8
+FLAG_PRIORITY: Final = 0x20
 
-_BLOCK_TYPES = frozenset((HEADERS, PUSH_PROMISE, CONTINUATION))
+_BLOCK_TYPES: Final = frozenset((HEADERS, PUSH_PROMISE, CONTINUATION))
 
 
-class Frame(NamedTuple):
-    """One frame; ``fragment`` is the header block fragment (empty for other types)."""
+class Frame:
+    """One frame; ``fragment`` is the header block fragment (empty for other types).
 
-    type: int
-    flags: int
-    stream_id: int
-    length: int  # the length field, as sent (DATA: the elided payload's length)
-    # the header block fragment (b"" for other types); None when it cannot be had: longer
-    # than the splitter keeps (length > max_fragment) or its padding does not fit
-    fragment: bytes | None = b""
+    A plain class, not a NamedTuple: compiled (tenantwatch/h2/compiled.py), its construction is
+    a C call, where a NamedTuple's runs its generated ``__new__`` in the interpreter; a
+    request is about three frames."""
+
+    __slots__ = ("flags", "fragment", "length", "stream_id", "type")
+
+    def __init__(self, type: int, flags: int, stream_id: int, length: int,
+                 fragment: bytes | None = b"") -> None:
+        self.type = type
+        self.flags = flags
+        self.stream_id = stream_id
+        self.length = length  # the length field, as sent (DATA: the elided payload's length)
+        # the header block fragment (b"" for other types); None when it cannot be had: longer
+        # than the splitter keeps (length > max_fragment) or its padding does not fit
+        self.fragment = fragment
+
+    def _fields(self) -> tuple[int, int, int, int, bytes | None]:
+        return (self.type, self.flags, self.stream_id, self.length, self.fragment)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Frame) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        t, f, sid, n, fragment = self._fields()
+        return f"Frame(type={t}, flags={f:#x}, stream_id={sid}, length={n}, fragment={fragment!r})"
 
 
 def header_fragment(ftype: int, flags: int, payload: bytes) -> bytes | None:
@@ -106,10 +127,12 @@ class FrameSplitter:
         self._need = FRAME_HEADER_LEN
         pos, end = 0, len(data)
         while end - pos >= FRAME_HEADER_LEN:
-            length = int.from_bytes(data[pos:pos + 3], "big")
+            # byte by byte, not int.from_bytes of slices: compiled, an index is a load
+            length = (data[pos] << 16) | (data[pos + 1] << 8) | data[pos + 2]
             ftype = data[pos + 3]
             flags = data[pos + 4]
-            sid = int.from_bytes(data[pos + 5:pos + 9], "big") & 0x7FFFFFFF
+            sid = (((data[pos + 5] & 0x7F) << 24) | (data[pos + 6] << 16)
+                   | (data[pos + 7] << 8) | data[pos + 8])
             body = pos + FRAME_HEADER_LEN
             if ftype == DATA:  # payload elided by the kernel
                 frames.append(Frame(DATA, flags, sid, length))

@@ -10,7 +10,7 @@ what nobody reads:
 - a literal that is not added to the table (without indexing, never indexed) whose name is not
   wanted is skipped by its length: its value is never Huffman-decoded;
 - a literal added to the table is decoded (its decoded length sets the table's size, which
-  decides what the encoder and this decoder evict), through huffman.decode's LRU.
+  decides what the encoder and this decoder evict), through huffman.decode's cache.
 
 It accepts and refuses what the `hpack` package's Decoder does (the differential tests compare
 them on generated and recorded streams), with two documented differences: a value this decoder
@@ -20,7 +20,7 @@ Huffman value at its longest possible decoded length (8/5 of its coded bytes).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from hpack.table import HeaderTable
 
@@ -28,11 +28,11 @@ from tenantwatch.h2.huffman import HuffmanError
 from tenantwatch.h2.huffman import decode as huffman
 
 STATIC: tuple[tuple[bytes, bytes], ...] = tuple(HeaderTable.STATIC_TABLE)
-NSTATIC = len(STATIC)
-ENTRY_OVERHEAD = 32  # RFC 7541 4.1
-_STATIC_ENTRIES = tuple((n, v, len(n) + len(v) + ENTRY_OVERHEAD) for n, v in STATIC)
-DEFAULT_TABLE_SIZE = 4096  # SETTINGS_HEADER_TABLE_SIZE's initial value
-MAX_INT_BYTES = 5  # as hpack's VARINT_MAX_LENGTH: a prefix and continuation bytes
+NSTATIC: Final = len(STATIC)
+ENTRY_OVERHEAD: Final = 32  # RFC 7541 4.1
+_STATIC_ENTRIES: Final = tuple((n, v, len(n) + len(v) + ENTRY_OVERHEAD) for n, v in STATIC)
+DEFAULT_TABLE_SIZE: Final = 4096  # SETTINGS_HEADER_TABLE_SIZE's initial value
+MAX_INT_BYTES: Final = 5  # as hpack's VARINT_MAX_LENGTH: a prefix and continuation bytes
 
 
 class HpackError(ValueError):

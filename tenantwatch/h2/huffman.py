@@ -8,20 +8,23 @@ significant bits of EOS).  One table lookup per input byte, half the work of the
 the `hpack` package walks; the table is built once, from the package's code list, on first use
 (about 30 ms).
 
-`decode()` keeps the last MAX_ENTRIES strings of at most MAX_CODED_BYTES in an LRU: HPACK sends
+`decode()` keeps up to MAX_ENTRIES strings of at most MAX_CODED_BYTES in a cache: HPACK sends
 a value coded once per connection, so the same strings (a client's user-agent, a tenant's bearer
-token) come again on every new connection.
+token) come again on every new connection.  A plain dict, emptied when full: functools'
+lru_cache keys a bytes argument by a tuple built and hashed at each call, which cost more than
+the decoding it saved for short strings.  A client churning values empties it often; that is
+bounded like any other decoding work (the tracker's budget).
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
+from typing import Final
 
 from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 
-EOS = 256
-MAX_ENTRIES = 4096
-MAX_CODED_BYTES = 4096
+EOS: Final = 256
+MAX_ENTRIES: Final = 4096
+MAX_CODED_BYTES: Final = 4096
 
 
 class HuffmanError(ValueError):
@@ -110,11 +113,17 @@ def decode_uncached(data: bytes) -> bytes:
     return b"".join(out)
 
 
-_cached = lru_cache(maxsize=MAX_ENTRIES)(decode_uncached)
+_cache: dict[bytes, bytes] = {}
 
 
 def decode(data: bytes) -> bytes:
-    """decode_uncached() behind an LRU of recent strings (errors are not cached)."""
-    if len(data) > MAX_CODED_BYTES:
-        return decode_uncached(data)
-    return _cached(data)
+    """decode_uncached() behind the cache of recent strings (errors are not cached)."""
+    plain = _cache.get(data)
+    if plain is not None:
+        return plain
+    plain = decode_uncached(data)
+    if len(data) <= MAX_CODED_BYTES:
+        if len(_cache) >= MAX_ENTRIES:
+            _cache.clear()
+        _cache[data] = plain
+    return plain

@@ -15,7 +15,7 @@ import os
 import re
 import struct
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from tenantwatch.kernel.records import Side, ValueFlag
 
@@ -23,25 +23,25 @@ if TYPE_CHECKING:
     from tenantwatch.config import Source
 
 # Longest value kept, as in the kernel (TW_VALUE_MAX): longer is TOO_LONG, a prefix is kept.
-VALUE_MAX = 128
+VALUE_MAX: Final = 128
 # Longest bearer token of a jwt source: the kernel's TW_TOKEN_MAX (4096) counts "Authorization:"
 # OWS, so a token of at most 4094 bytes passes (docs/limits.md).
-TOKEN_MAX = 4094
-KEY_TOP_BIT = 1 << 63
+TOKEN_MAX: Final = 4094
+KEY_TOP_BIT: Final = 1 << 63
 # Streams the HTTP/2 decoder counts without a tenant (broken connection): one fixed key, top bit
 # clear so no hashed key can equal it, and none of the kernel's reserved keys (1..7 after its +4).
-H2_UNATTRIBUTED_KEY = 0x4832_0000_0000_0000  # "H2"
+H2_UNATTRIBUTED_KEY: Final = 0x4832_0000_0000_0000  # "H2"
 
-AUTHORITY = b":authority"
-HOST = b"host"
-AUTHORIZATION = b"authorization"
+AUTHORITY: Final = b":authority"
+HOST: Final = b"host"
+AUTHORIZATION: Final = b"authorization"
 # Control bytes the kernel flags BAD_BYTE in a value (tenantwatch/kernel/dfa.py C_CTL); CR and
 # LF end a line in HTTP/1 and are forbidden in an HTTP/2 value, so they are bad here too.
-_BAD_BYTE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_BAD_BYTE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # Identities remembered by (source, duplicate, value): a client repeats its tenant and token on
 # every request, and the keyed hash of a 600-byte token costs more than the rest of pick().
 # At most this many (each value at most TOKEN_MAX bytes: 8 MiB at worst); then it starts over.
-MAX_CACHED_IDENTITIES = 2048
+MAX_CACHED_IDENTITIES: Final = 2048
 
 
 class Identity(NamedTuple):

@@ -16,6 +16,8 @@ known, else by their end in the response direction), are counted without a tenan
 
 from __future__ import annotations
 
+from typing import Final
+
 from tenantwatch.h2.counts import TickCounts, h2_stream_key
 from tenantwatch.h2.frames import (
     CONTINUATION,
@@ -38,29 +40,29 @@ from tenantwatch.kernel.records import Side
 # Streams open at once per connection.  Servers advertise SETTINGS_MAX_CONCURRENT_STREAMS of
 # 100-128 (nginx http2_max_concurrent_streams 128, grpc-go 100 .. unlimited): 1000 leaves room
 # and bounds a connection's stream table to ~200 KiB.  Beyond: counted at once, class "none".
-MAX_STREAMS = 1000
+MAX_STREAMS: Final = 1000
 # Encoded bytes of one header block (HEADERS/PUSH_PROMISE + CONTINUATIONs).  nginx refuses
 # request headers beyond large_client_header_buffers (4 x 8 KiB by default); 64 KiB is twice
 # that and the hpack library's default SETTINGS_MAX_HEADER_LIST_SIZE.  Beyond: broken.
-MAX_HEADER_BLOCK = 64 * 1024
+MAX_HEADER_BLOCK: Final = 64 * 1024
 # Decoded size of one header list (RFC 7541 sizes: name + value + 32 per field).  Indexed
 # fields make a decoded list far larger than its block; this bounds that, as hpack does.
-MAX_HEADER_LIST = 256 * 1024
+MAX_HEADER_LIST: Final = 256 * 1024
 # Dynamic table size an encoder may switch to.  nginx's decoder accepts 4096 (it advertises
 # no larger SETTINGS_HEADER_TABLE_SIZE), as do grpc-go, Envoy and nghttp2 by default; 4x that
 # leaves room and bounds each direction's table (RFC 7541 accounting) to 16 KiB.
-MAX_HPACK_TABLE = 16 * 1024
+MAX_HPACK_TABLE: Final = 16 * 1024
 # Events held per direction while an earlier seq is missing (perf buffers are per CPU, so one
 # poll may bring seq n+1 before seq n).  A gap still open after GAP_PATIENCE more polls, or
 # with more events than this waiting behind it, is a loss.
-MAX_PENDING_EVENTS = 64
-GAP_PATIENCE = 1
+MAX_PENDING_EVENTS: Final = 64
+GAP_PATIENCE: Final = 1
 
-_STATUS = b":status"
-_CONTENT_TYPE = b"content-type"
-_GRPC_STATUS = b"grpc-status"
-_GRPC = b"application/grpc"
-_RESPONSE_NAMES = frozenset((_STATUS, _CONTENT_TYPE, _GRPC_STATUS))
+_STATUS: Final = b":status"
+_CONTENT_TYPE: Final = b"content-type"
+_GRPC_STATUS: Final = b"grpc-status"
+_GRPC: Final = b"application/grpc"
+_RESPONSE_NAMES: Final = frozenset((_STATUS, _CONTENT_TYPE, _GRPC_STATUS))
 
 
 class _Stream:

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Final
 
 from tenantwatch.kernel.records import STATUS_CLASSES
 
-CLASS_2XX = STATUS_CLASSES.index("2xx")
-CLASS_4XX = STATUS_CLASSES.index("4xx")
-CLASS_5XX = STATUS_CLASSES.index("5xx")
-CLASS_NONE = STATUS_CLASSES.index("none")
+CLASS_2XX: Final = STATUS_CLASSES.index("2xx")
+CLASS_4XX: Final = STATUS_CLASSES.index("4xx")
+CLASS_5XX: Final = STATUS_CLASSES.index("5xx")
+CLASS_NONE: Final = STATUS_CLASSES.index("none")
 
 # gRPC status code -> the HTTP status gRPC gateways answer with (google.rpc.Code comments,
 # grpc-gateway's HTTPStatusFromCode); only its class is kept.  Any other code is 5xx.

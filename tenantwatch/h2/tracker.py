@@ -23,7 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from tenantwatch.h2.counts import TickCounts
 from tenantwatch.h2.identity import IdentityPicker
@@ -32,7 +32,7 @@ from tenantwatch.h2.session import MAX_STREAMS, Session
 from tenantwatch.kernel.records import CpuCounts, IdentityCounts, KernelTick
 
 # bpf/include/tw_abi.h TW_KEY_UNATTRIBUTED: CPU of no known request
-KEY_UNATTRIBUTED = 3
+KEY_UNATTRIBUTED: Final = 3
 
 if TYPE_CHECKING:
     from tenantwatch.config import Source
@@ -40,13 +40,13 @@ if TYPE_CHECKING:
 # Connections decoded at once: capture.max_connections' default, the kernel's own bound on the
 # connections it follows.  Each costs two HPACK tables (<= 2 x MAX_HPACK_TABLE, ~4 KiB each in
 # practice) plus its open streams: ~20 KiB typical, so ~1.3 GiB if all 65536 are h2 and full.
-MAX_CONNECTIONS = 65536
+MAX_CONNECTIONS: Final = 65536
 # Connection ids remembered as not decoded (over the limit, or first seen mid-stream), so that
 # each is counted once in lost_streams: 8 bytes of id + dict slot, ~100 B each.
-MAX_IGNORED = 65536
+MAX_IGNORED: Final = 65536
 # Distinct (key, side) entries per tick; more fold into the OVERFLOW entry (-> __other__), as
 # in the kernel.  The resolver's key cache holds 65536 by default: more keys would be evicted.
-MAX_TICK_KEYS = 65536
+MAX_TICK_KEYS: Final = 65536
 
 
 class H2Tracker:
