@@ -20,7 +20,7 @@ Huffman value at its longest possible decoded length (8/5 of its coded bytes).
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Final
 
 from hpack.table import HeaderTable
 
@@ -30,7 +30,9 @@ from tenantwatch.h2.huffman import decode as huffman
 STATIC: tuple[tuple[bytes, bytes], ...] = tuple(HeaderTable.STATIC_TABLE)
 NSTATIC: Final = len(STATIC)
 ENTRY_OVERHEAD: Final = 32  # RFC 7541 4.1
-_STATIC_ENTRIES: Final = tuple((n, v, len(n) + len(v) + ENTRY_OVERHEAD) for n, v in STATIC)
+_Entry = tuple[bytes, bytes, int]  # name, value, RFC 7541 size
+# Shared by every decoder until its first insert: never written (a decoder copies it first).
+_STATIC_ENTRIES: Final[list[_Entry]] = [(n, v, len(n) + len(v) + ENTRY_OVERHEAD) for n, v in STATIC]
 DEFAULT_TABLE_SIZE: Final = 4096  # SETTINGS_HEADER_TABLE_SIZE's initial value
 MAX_INT_BYTES: Final = 5  # as hpack's VARINT_MAX_LENGTH: a prefix and continuation bytes
 
@@ -66,17 +68,18 @@ class LazyDecoder:
     The static and the dynamic table are one sequence, `_table`: the 61 static entries, then the
     dynamic ones newest first, so that HPACK index i is `_table[i - 1]` for both (an insert is
     a C memmove of at most a few hundred pointers).  Each entry is (name, value, RFC size).
-    Until its first insert a decoder shares the static tuple (an idle connection's two decoders
+    Until its first insert a decoder shares the static list (an idle connection's two decoders
     cost no table of their own)."""
 
-    __slots__ = ("_size", "_table", "max_allowed_table_size", "max_header_list_size",
+    __slots__ = ("_own", "_size", "_table", "max_allowed_table_size", "max_header_list_size",
                  "table_size")
 
     def __init__(self, max_header_list_size: int = 65536,
                  max_allowed_table_size: int = DEFAULT_TABLE_SIZE) -> None:
-        # list once written; the shared static tuple until then (Any: mypyc, which compiles
-        # this module, would otherwise check every use against the union)
-        self._table: Any = _STATIC_ENTRIES
+        # the shared static list until the first insert, then a list of its own (_own); typed,
+        # so that the compiled decoder unpacks an entry without generic calls
+        self._table: list[_Entry] = _STATIC_ENTRIES
+        self._own = False
         self._size = 0  # of the dynamic entries
         self.table_size = DEFAULT_TABLE_SIZE  # the encoder's current maximum
         self.max_allowed_table_size = max_allowed_table_size
@@ -123,7 +126,7 @@ class LazyDecoder:
                 if size > self.max_allowed_table_size:
                     raise HpackError("table size update over the allowed maximum")
                 self._resize(size)
-                table = self._table  # _resize may put the shared static tuple back
+                table = self._table  # _resize may put the shared static list back
                 continue
             else:
                 mask, index_it = 0x0F, False
@@ -179,11 +182,11 @@ class LazyDecoder:
 
     def _add(self, name: bytes, value: bytes, size: int) -> None:
         if size > self.table_size:
-            self._table = _STATIC_ENTRIES
+            self._table, self._own = _STATIC_ENTRIES, False
             self._size = 0
             return
-        if type(self._table) is tuple:
-            self._table = list(self._table)
+        if not self._own:
+            self._table, self._own = list(self._table), True
         self._table.insert(NSTATIC, (name, value, size))
         self._size += size
         self._shrink()
@@ -192,7 +195,7 @@ class LazyDecoder:
         old = self.table_size
         self.table_size = size
         if size <= 0:
-            self._table = _STATIC_ENTRIES
+            self._table, self._own = _STATIC_ENTRIES, False
             self._size = 0
         elif size < old:
             self._shrink()

@@ -1,8 +1,8 @@
 """HPACK's Huffman code (RFC 7541 Appendix B), decoded a byte at a time.
 
 A state is an internal node of the code's tree (256 of them; the root is 0).  For each state and
-input byte the table holds where the walk of those 8 bits ends and the symbols it emitted, or
-None when the bits reach EOS (a decoding error).  A string ends well only in an accepting state:
+input byte the tables hold where the walk of those 8 bits ends and the symbols it emitted, or
+-1 when the bits reach EOS (a decoding error).  A string ends well only in an accepting state:
 the root, or a node reached from the root by at most 7 one-bits (the padding: the most
 significant bits of EOS).  One table lookup per input byte, half the work of the nibble table
 the `hpack` package walks; the table is built once, from the package's code list, on first use
@@ -31,7 +31,11 @@ class HuffmanError(ValueError):
     """Not a valid HPACK Huffman string (EOS inside, or padding longer than 7 bits or not ones)."""
 
 
-_table: list | None = None
+# per (state << 8 | input byte): the state the walk ends in (-1: it reached EOS, an error),
+# and the symbols it emitted; two flat lists, so that a step is two list loads (compiled, no
+# tuple to unpack)
+_next: list[int] = []
+_emit: list[bytes] = []
 _accepting: list[bool] = []
 
 
@@ -53,8 +57,8 @@ def _tree() -> list[list[int]]:
     return children
 
 
-def _build() -> list:
-    global _table, _accepting
+def _build() -> None:
+    global _next, _emit, _accepting
     children = _tree()
     n = len(children)
     # per (state, nibble): (next state, emitted bytes) or None (EOS)
@@ -73,7 +77,8 @@ def _build() -> list:
                 else:
                     node = c
             nibble[s * 16 + v] = (node, bytes(out)) if ok else None
-    table: list = [None] * (n * 256)
+    nxt = [-1] * (n * 256)
+    emit = [b""] * (n * 256)
     for s in range(n):
         for b in range(256):
             hi = nibble[s * 16 + (b >> 4)]
@@ -81,7 +86,8 @@ def _build() -> list:
                 continue
             lo = nibble[hi[0] * 16 + (b & 15)]
             if lo is not None:
-                table[(s << 8) | b] = (lo[0], hi[1] + lo[1])
+                nxt[(s << 8) | b] = lo[0]
+                emit[(s << 8) | b] = hi[1] + lo[1]
     accepting = [False] * n
     node, depth = 0, 0
     accepting[0] = True
@@ -92,22 +98,25 @@ def _build() -> list:
         depth += 1
         accepting[node] = True
     _accepting = accepting
-    _table = table
-    return table
+    _emit = emit
+    _next = nxt
 
 
 def decode_uncached(data: bytes) -> bytes:
     """The decoded string; raises HuffmanError."""
-    table = _table if _table is not None else _build()
+    if not _next:
+        _build()
+    nxt, emit = _next, _emit
     state = 0
-    out = []
-    for b in data:
-        e = table[(state << 8) | b]
-        if e is None:
+    out: list[bytes] = []
+    for i in range(len(data)):
+        e = (state << 8) | data[i]
+        state = nxt[e]
+        if state < 0:
             raise HuffmanError("EOS inside a Huffman string")
-        state = e[0]
-        if e[1]:
-            out.append(e[1])
+        sym = emit[e]
+        if sym:
+            out.append(sym)
     if not _accepting[state]:
         raise HuffmanError("bad padding at the end of a Huffman string")
     return b"".join(out)
