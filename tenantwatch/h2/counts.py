@@ -49,7 +49,9 @@ LOST_REASONS: Final = (
 )
 
 
-class _Acc:
+class Acc:
+    """One (key, side)'s counts in the tick (what take() turns into an IdentityCounts)."""
+
     __slots__ = ("buckets", "by_class", "closed", "heads", "ident", "lat_sum", "opened", "rx",
                  "tx")
 
@@ -74,7 +76,7 @@ class TickCounts:
             raise ValueError("latency bounds must be strictly increasing")
         self._bounds_ns = bounds
         self._max_keys = max_keys
-        self._accs: dict[tuple[int, Side], _Acc] = {}
+        self._accs: dict[tuple[int, Side], Acc] = {}
         # take() starts a new generation: an accumulator a session holds on to (acc()) is
         # good for the generation it was had in only
         self.gen = 0
@@ -85,26 +87,26 @@ class TickCounts:
         self.lost: dict[str, int] = {}  # since the last take_lost()
         self.lost_total: dict[str, int] = {}  # since start
 
-    def acc(self, ident: Identity, side: Side) -> _Acc:
+    def acc(self, ident: Identity, side: Side) -> Acc:
         """The accumulator of (ident, side) in this generation, for a caller that adds to it
         directly (head, rx, tx ...) and keeps it while ``gen`` is unchanged."""
         return self._acc(ident, side)
 
-    def end_in(self, acc: _Acc, cls: int, latency_ns: int | None) -> None:
+    def end_in(self, acc: Acc, cls: int, latency_ns: int | None) -> None:
         """end() into an accumulator had from acc() in this generation."""
         acc.by_class[cls] += 1
         if latency_ns is not None:
             acc.buckets[bisect_left(self._bounds_ns, latency_ns)] += 1
             acc.lat_sum += latency_ns
 
-    def _acc(self, ident: Identity, side: Side) -> _Acc:
+    def _acc(self, ident: Identity, side: Side) -> Acc:
         acc = self._accs.get((ident.key, side))
         if acc is None:
             if len(self._accs) >= self._max_keys:
                 ident = _OVERFLOW
                 acc = self._accs.get((ident.key, side))
             if acc is None:
-                acc = _Acc(ident, len(self._bounds_ns) + 1)
+                acc = Acc(ident, len(self._bounds_ns) + 1)
                 self._accs[(ident.key, side)] = acc
         return acc
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from tenantwatch.h2.counts import TickCounts, h2_stream_key
+from tenantwatch.h2.counts import Acc, TickCounts, h2_stream_key
 from tenantwatch.h2.frames import (
     CONTINUATION,
     DATA,
@@ -68,7 +68,7 @@ _RESPONSE_NAMES: Final = frozenset((_STATUS, _CONTENT_TYPE, _GRPC_STATUS))
 class _Stream:
     __slots__ = ("acc", "gen", "grpc", "grpc_status", "ident", "resp_ns", "start_ns", "status")
 
-    def __init__(self, ident: Identity, start_ns: int, grpc: bool, acc, gen: int) -> None:
+    def __init__(self, ident: Identity, start_ns: int, grpc: bool, acc: Acc, gen: int) -> None:
         self.ident = ident
         self.acc = acc  # its TickCounts accumulator, good while the counts' gen is `gen`
         self.gen = gen
@@ -264,7 +264,7 @@ class Session:
         else:
             acc.tx += n
 
-    def _acc_of(self, st: _Stream):
+    def _acc_of(self, st: _Stream) -> Acc:
         counts = self._counts
         if st.gen != counts.gen:
             st.acc, st.gen = counts.acc(st.ident, self.side), counts.gen
@@ -340,7 +340,7 @@ class Session:
         if btype == HEADERS and (d.is_request or end_stream):
             self._later_stream(sid, d.is_request)
 
-    def _request(self, sid: int, headers: list, ts_ns: int) -> None:
+    def _request(self, sid: int, headers: list[tuple[bytes, bytes]], ts_ns: int) -> None:
         if sid in self._streams or not sid & 1 or sid <= self._last_sid:
             return  # request trailers, or not a new client stream
         self._last_sid = sid
@@ -369,7 +369,8 @@ class Session:
                                      ctype is not None and ctype[0].startswith(_GRPC),
                                      acc, counts.gen)
 
-    def _response(self, sid: int, headers: list, end_stream: bool, ts_ns: int) -> None:
+    def _response(self, sid: int, headers: list[tuple[bytes, bytes]], end_stream: bool,
+                  ts_ns: int) -> None:
         st = self._streams.get(sid)
         if st is None:
             return  # a stream not followed (over the limit, or seen before the request)
