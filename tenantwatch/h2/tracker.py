@@ -29,7 +29,7 @@ from tenantwatch.h2.counts import TickCounts
 from tenantwatch.h2.identity import IdentityPicker
 from tenantwatch.h2.records import H2Event
 from tenantwatch.h2.session import MAX_STREAMS, Session
-from tenantwatch.kernel.records import CpuCounts, IdentityCounts, KernelTick
+from tenantwatch.kernel.records import CpuCounts, IdentityCounts, KernelTick, Side
 
 # bpf/include/tw_abi.h TW_KEY_UNATTRIBUTED: CPU of no known request
 KEY_UNATTRIBUTED: Final = 3
@@ -201,13 +201,23 @@ class H2Tracker:
         lost = dict(tick.lost)
         for reason, n in self.take_lost().items():
             lost[reason] = lost.get(reason, 0) + n
-        cpu = tuple(self._stream_cpu(c) if c.h2_stream else c for c in tick.cpu)
         return dataclasses.replace(tick, identities=tick.identities + self.take(), lost=lost,
-                                   h2=(), cpu=cpu)
+                                   h2=(), cpu=self._stream_cpu(tick.cpu))
 
-    def _stream_cpu(self, c: CpuCounts) -> CpuCounts:
+    def _stream_cpu(self, rows: tuple[CpuCounts, ...]) -> tuple[CpuCounts, ...]:
         """The kernel charged a stream's CPU under its stream key: put it under the stream's
-        identity (begun this tick or the last), else __unattributed__."""
-        ident = self._counts.stream_identity(c.key)
-        return dataclasses.replace(c, key=ident.key if ident is not None else KEY_UNATTRIBUTED,
-                                   h2_stream=False)
+        identity (begun this tick or the last), else __unattributed__.  The stream rows (one
+        per stream, process, CPU and side: thousands a tick on a busy gateway) are summed per
+        (identity key, process, CPU, side), what the aggregator keeps apart, into one row each."""
+        out: list[CpuCounts] = []
+        summed: dict[tuple[int, int, int, Side], int] = {}
+        for c in rows:
+            if not c.h2_stream:
+                out.append(c)
+                continue
+            ident = self._counts.stream_identity(c.key)
+            k = (ident.key if ident is not None else KEY_UNATTRIBUTED, c.tgid, c.cpu, c.side)
+            summed[k] = summed.get(k, 0) + c.ns
+        for (key, tgid, cpu, side), ns in summed.items():
+            out.append(CpuCounts(key, tgid, cpu, side, ns, False))
+        return tuple(out)

@@ -400,3 +400,40 @@ def test_frame_bytes_go_to_each_streams_tenant(seed: int) -> None:
     want = _expected_bytes(c, tenant_of)
     assert {t: [v.rx_bytes, v.tx_bytes] for t, v in got.items()} == want
     assert want["t2"][0] > 2 * 3000 and want["t2"][1] > 2 * 5000  # the bodies are in
+
+
+def test_stream_cpu_goes_to_the_stream_tenant_summed_per_process_cpu_and_side() -> None:
+    """merge(): the kernel's CPU rows of HTTP/2 streams (one per stream, process, CPU and side)
+    go to each stream's identity, summed per (identity, process, CPU, side); a stream the
+    decoder never saw goes to __unattributed__; the other rows pass as they are."""
+    from tenantwatch.h2.counts import h2_stream_key
+    from tenantwatch.h2.tracker import KEY_UNATTRIBUTED
+    from tenantwatch.kernel.records import CpuCounts, KernelTick
+
+    c = mixed_conversation(rounds=2)  # streams 1..15: t1, t2, acme, beta, then again
+    evs = c.kernel_events(CONN, random.Random(0))
+    t = tracker()
+    kernel_row = CpuCounts(1234, 50, 0, Side.SERVER, 999)
+    rows = [kernel_row]
+    for sid in range(1, 17, 2):
+        for cpu in (0, 1):
+            rows.append(CpuCounts(h2_stream_key(CONN, sid), 50, cpu, Side.SERVER,
+                                  1000 * sid + cpu, h2_stream=True))
+    rows.append(CpuCounts(h2_stream_key(CONN, 99), 50, 0, Side.SERVER, 7, h2_stream=True))
+    tick = KernelTick(identities=(), lost={}, targets=1, probes={}, monotonic_ns=0,
+                      cpu=tuple(rows), h2=tuple(evs))
+    merged = t.merge(tick)
+    keys = {ic.raw_value: ic.key for ic in merged.identities if ic.request_heads}
+    assert merged.cpu[0] == kernel_row
+    got = {(r.key, r.cpu): r.ns for r in merged.cpu[1:]}
+    assert all(not r.h2_stream and r.tgid == 50 and r.side is Side.SERVER
+               for r in merged.cpu[1:])
+    by_tenant = {"t1": (1, 9), "t2": (3, 11), "acme.api.example.com": (5, 13)}
+    for value, sids in by_tenant.items():
+        for cpu in (0, 1):
+            assert got.pop((keys[value.encode()], cpu)) == sum(1000 * s + cpu for s in sids)
+    beta = [k for v, k in keys.items() if v.startswith(b"Bearer")]
+    assert len(beta) == 1
+    for cpu in (0, 1):
+        assert got.pop((beta[0], cpu)) == sum(1000 * s + cpu for s in (7, 15))
+    assert got == {(KEY_UNATTRIBUTED, 0): 7}
