@@ -9,7 +9,9 @@ microseconds per request (best of --rounds), and, for scale, what parts of it co
 lazy HPACK decoder the tracker uses (tenantwatch/h2/hpack_lazy.py, asked for the fields the
 tracker asks for), the `hpack` package's full decoder (what the tracker used before), and the
 floor of any Python decoder here: splitting the events into frames and walking the header
-blocks a field at a time without building anything.
+blocks a field at a time without building anything (that floor is measured in the
+interpreter; the decoder itself runs compiled with mypyc when a current build exists, and the
+first line says which: TW_H2_COMPILED=0 forces Python, docs/http2.md).
 
     .venv/bin/python bench/h2_decode.py [--requests 20000] [--connections 200] [--rounds 5]
                                         [--jwt-every 3]
@@ -29,7 +31,7 @@ import time
 from hpack import Decoder, Encoder
 
 from tenantwatch.config import DEFAULT_LATENCY_BUCKETS, JwtSettings, Source
-from tenantwatch.h2 import H2Event, H2Tracker
+from tenantwatch.h2 import H2Event, H2Tracker, compiled
 from tenantwatch.h2.frames import FrameSplitter
 from tenantwatch.h2.hpack_lazy import LazyDecoder
 from tenantwatch.kernel.records import Side
@@ -209,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     hpack = min(time_hpack(blocks, n // args.connections) for _ in range(args.rounds))
     lazy = min(time_lazy(blocks, n // args.connections) for _ in range(args.rounds))
     floor = min(time_floor(events, blocks) for _ in range(args.rounds))
+    print(f"decoder: {compiled.STATUS}")
     print(f"{n} requests on {args.connections} connections, {len(events)} events, "
           f"1 in {args.jwt_every or 'no'} with a JWT, best of {args.rounds}")
     print(f"H2Tracker feed+take: {full / n * 1e6:.1f} us/request "
