@@ -293,7 +293,7 @@ def test_slow_requests_resolve_to_their_tenant_with_wall_clock_times() -> None:
 
 def test_losses_charged_to_an_identity_make_only_its_tenant_incomplete() -> None:
     agg, _ = make_aggregator(k1=ACME, k2=GLOBEX)
-    acme = dataclasses.replace(make_counts(1, classes={"2xx": 3}), losses=2)
+    acme = make_counts(1, classes={"2xx": 3})._replace(losses=2)
     agg.apply(make_tick(acme, make_counts(2, classes={"2xx": 5}),
                         lost={"scan_budget": 1, "resync": 1}))
     node = agg.node_tick()

@@ -57,19 +57,21 @@ def test_no_build_an_unreadable_stamp_and_the_switch_say_why(tmp_path, monkeypat
     assert compiled.check(build) == (None, "python (TW_H2_COMPILED=0)")
 
 
-def test_the_digest_follows_every_compiled_source(tmp_path) -> None:
-    pkg = tmp_path / "h2"
-    pkg.mkdir()
+def test_the_digest_follows_every_compiled_source_and_what_it_depends_on(tmp_path) -> None:
+    pkg = tmp_path / "tenantwatch" / "h2"
+    pkg.mkdir(parents=True)
     here = Path(compiled.__file__).parent
-    for m in compiled.MODULES:
-        (pkg / f"{m}.py").write_bytes((here / f"{m}.py").read_bytes())
+    files = [pkg / f"{m}.py" for m in compiled.MODULES]
+    files += [pkg.parent / dep for dep in compiled.DEPENDS]
+    for f in files:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes((here.parent / f.relative_to(pkg.parent)).read_bytes())
     digest = compiled.source_digest(pkg)
     assert digest == compiled.source_digest()
-    for m in compiled.MODULES:
-        f = pkg / f"{m}.py"
+    for f in files:
         was = f.read_bytes()
         f.write_bytes(was + b"\n")
-        assert compiled.source_digest(pkg) != digest, m
+        assert compiled.source_digest(pkg) != digest, f
         f.write_bytes(was)
 
 
