@@ -4,17 +4,17 @@ sources in this tree exists; else the same modules run as Python.
 The decoder costs about 17 µs of one core per request as Python and about 5 µs compiled
 (docs/http2.md).  The compiled modules are built from these very files, unchanged, by
 ``scripts/build_h2_native.py`` (run by ``make deps``) into ``build/h2-native/`` of the source
-tree (``make install`` copies it beside its venv), with a stamp naming the digest of the sources and the interpreter they were built for.
-At the package's import (tenantwatch/h2/__init__.py), ``enable()`` compares the stamp with the
-files as they are now: when they match, a finder hands the interpreter the compiled module for
-each name in ``MODULES``; when they do not (a source edited since, or one of the ``DEPENDS``
-whose types the compiled code relies on, another interpreter, no build), the Python files are
-used and ``STATUS`` says why.  A stale build is therefore never
-run.  ``TW_H2_COMPILED=0`` in the environment forces the Python modules (the tests run both).
+tree (``make install`` copies it beside its venv), with a stamp naming the digest of the
+sources and of the interpreter they were built for.  At the package's import
+(tenantwatch/h2/__init__.py), ``enable()`` compares the stamp with the files as they are now:
+when they match, a finder hands the interpreter the compiled module for each name in
+``MODULES``; when they do not (a source edited since, or one of the ``DEPENDS`` whose types the
+compiled code relies on, another interpreter, no build), the Python files are used and
+``STATUS`` says why.  A stale build is therefore never run.  ``TW_H2_COMPILED=0`` in the
+environment forces the Python modules (the tests run both).
 
 This module is never compiled itself.
 """
-
 from __future__ import annotations
 
 import hashlib
