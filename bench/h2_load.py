@@ -231,12 +231,13 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         try:
             daemon.start()
-            health = json.loads(http_get(daemon.url + "/healthz", timeout=5)[1] or "{}")
-            print(f"daemon's HTTP/2 decoder: {health.get('h2_decoder', 'unknown')}", flush=True)
             warm, _, _ = run_h2load(url, 1.0, args.rate, grpc_body)  # warm: connections to the upstream, caches
             # the warm-up's requests are counted before the first round starts (else a tick
             # that lands late adds them to round 1: counted/sent 1.02 once)
             daemon.settled_counts(at_least=warm)
+            # /healthz answers 200 (with its body) once the tick loop runs
+            health = json.loads(http_get(daemon.url + "/healthz", timeout=5)[1] or "{}")
+            print(f"daemon's HTTP/2 decoder: {health.get('h2_decoder', 'unknown')}", flush=True)
             for rnd in range(1, args.rounds + 1):
                 before, c0 = daemon.counts(), daemon.cpu_ticks()
                 done, started, wall = run_h2load(url, args.seconds, args.rate, grpc_body)
