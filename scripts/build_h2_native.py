@@ -29,7 +29,6 @@ sys.path.insert(0, str(REPO))
 from tenantwatch.h2 import compiled  # its stamp check and digest
 
 _CHECK = """
-import sys
 from tenantwatch.h2 import compiled
 from tenantwatch.h2 import session, tracker
 assert compiled.STATUS == "compiled (mypyc)", compiled.STATUS

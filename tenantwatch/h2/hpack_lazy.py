@@ -71,15 +71,14 @@ class LazyDecoder:
     Until its first insert a decoder shares the static list (an idle connection's two decoders
     cost no table of their own)."""
 
-    __slots__ = ("_own", "_size", "_table", "max_allowed_table_size", "max_header_list_size",
+    __slots__ = ("_size", "_table", "max_allowed_table_size", "max_header_list_size",
                  "table_size")
 
     def __init__(self, max_header_list_size: int = 65536,
                  max_allowed_table_size: int = DEFAULT_TABLE_SIZE) -> None:
-        # the shared static list until the first insert, then a list of its own (_own); typed,
+        # the shared static list until the first insert, then a list of its own; typed,
         # so that the compiled decoder unpacks an entry without generic calls
         self._table: list[_Entry] = _STATIC_ENTRIES
-        self._own = False
         self._size = 0  # of the dynamic entries
         self.table_size = DEFAULT_TABLE_SIZE  # the encoder's current maximum
         self.max_allowed_table_size = max_allowed_table_size
@@ -182,11 +181,11 @@ class LazyDecoder:
 
     def _add(self, name: bytes, value: bytes, size: int) -> None:
         if size > self.table_size:
-            self._table, self._own = _STATIC_ENTRIES, False
+            self._table = _STATIC_ENTRIES
             self._size = 0
             return
-        if not self._own:
-            self._table, self._own = list(self._table), True
+        if self._table is _STATIC_ENTRIES:  # the shared one: never written
+            self._table = list(self._table)
         self._table.insert(NSTATIC, (name, value, size))
         self._size += size
         self._shrink()
@@ -195,7 +194,7 @@ class LazyDecoder:
         old = self.table_size
         self.table_size = size
         if size <= 0:
-            self._table, self._own = _STATIC_ENTRIES, False
+            self._table = _STATIC_ENTRIES
             self._size = 0
         elif size < old:
             self._shrink()
