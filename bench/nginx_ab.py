@@ -112,6 +112,7 @@ class Run:
     daemon_by_tenant: dict[str, int] = field(default_factory=dict)
     daemon_events_lost: int | None = None
     bpf: dict[str, Any] | None = None  # --bpf-stats: run time of the daemon's BPF programs
+    gateway_us_per_request: float | None = None  # on-CPU time of nginx's workers per request
     counted_over_wrk: float | None = None  # all tenants / wrk's count
     exact_over_nginx: float | None = None  # t1..t4 / nginx's access log: 1.0 when exact
 
@@ -216,6 +217,15 @@ def foreign_tracepoints(when: str) -> int | None:
     return None if progs is None else len(progs)
 
 
+def on_cpu_ns(pids: list[int]) -> int:
+    """Time on CPU of these processes so far, ns (/proc/PID/schedstat; all their threads)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+    return total
+
+
 def one_run(rnd: int, variant: str, with_daemon: bool, ctx: dict[str, Any],
             args: argparse.Namespace) -> Run:
     gateway: Gateway = ctx["gateway"]
@@ -233,12 +243,16 @@ def one_run(rnd: int, variant: str, with_daemon: bool, ctx: dict[str, Any],
                 ours = set(stats0) - progs_before_daemon
             cpu0 = daemon.cpu_ticks()
         truncate(gateway.access_log)
+        workers = gateway.worker_pids()
+        gw0 = on_cpu_ns(workers)
         t0 = time.monotonic()
         rps, total, wrk_s, sockerr, non2xx = run_wrk(ctx["wrk"], ctx["url"], ctx["script"], args,
                                                      args.seconds)
         wall = time.monotonic() - t0
+        gw_ns = on_cpu_ns(workers) - gw0
         run = Run(round=rnd, variant=variant, rps=rps, wrk_requests=total, wrk_seconds=wrk_s,
-                  socket_errors=sockerr, non_2xx=non2xx, foreign_bpf=foreign)
+                  socket_errors=sockerr, non_2xx=non2xx, foreign_bpf=foreign,
+                  gateway_us_per_request=gw_ns / 1e3 / total if total else None)
         if daemon is not None:
             cpu_s = (daemon.cpu_ticks() - cpu0) / os.sysconf("SC_CLK_TCK")
             run.daemon_cpu_s = cpu_s
@@ -285,7 +299,7 @@ def fmt(v: float | None, spec: str) -> str:
 
 HEADER = (f"{'round':>5} {'run':>3} {'req/s':>8} {'wrk reqs':>9} {'nginx log':>9} "
           f"{'err/5xx':>7} {'cpu%':>6} {'cpu%/10k':>8} {'counted':>9} {'/wrk':>8} "
-          f"{'t1-4/log':>8} {'other':>6}")
+          f"{'t1-4/log':>8} {'other':>6} {'gw us/req':>9}")
 
 
 def print_run(r: Run) -> None:
@@ -295,7 +309,8 @@ def print_run(r: Run) -> None:
           f"{fmt(r.nginx_logged, 'd'):>9} {errs:>7} "
           f"{fmt(r.daemon_cpu_pct, '.2f'):>6} {fmt(r.cpu_pct_per_10k, '.3f'):>8} "
           f"{fmt(r.daemon_counted, 'd'):>9} {fmt(r.counted_over_wrk, '.5f'):>8} "
-          f"{fmt(r.exact_over_nginx, '.5f'):>8} {fmt(r.daemon_other_counted, 'd'):>6}{mark}",
+          f"{fmt(r.exact_over_nginx, '.5f'):>8} {fmt(r.daemon_other_counted, 'd'):>6} "
+          f"{fmt(r.gateway_us_per_request, '.2f'):>9}{mark}",
           flush=True)
     if r.bpf:
         top = ", ".join(f"{name} {fmt(p['ns_per_run'], '.0f')} ns x {p['run_cnt']}"
@@ -319,7 +334,13 @@ def summarize(runs: list[Run], no_daemon: bool, goal: float = RATIO_GOAL) -> dic
             else:
                 clean_ratios.append(ratio)
     cpu = [r.cpu_pct_per_10k for r in b if r.cpu_pct_per_10k is not None]
+    gw_a = median([r.gateway_us_per_request for r in a if r.gateway_us_per_request])
+    gw_b = median([r.gateway_us_per_request for r in b if r.gateway_us_per_request])
     s: dict[str, Any] = {
+        "median_gateway_us_per_request_a": gw_a,
+        "median_gateway_us_per_request_b": gw_b,
+        # What the ratio would be where the gateway's CPU alone bounds the throughput.
+        "gateway_cpu_ratio": gw_a / gw_b if gw_a and gw_b else None,
         "median_rps_a": median([r.rps for r in a]),
         "median_rps_b": median([r.rps for r in b]),
         "ratios": ratios,
@@ -368,6 +389,12 @@ def print_summary(s: dict[str, Any], runs: list[Run], no_daemon: bool) -> None:
     print(f"throughput ratio      {fmt(s['median_ratio'], '.3f')} median of {label_b}/A per round "
           f"(min {fmt(s['min_ratio'], '.3f')}, max {fmt(s['max_ratio'], '.3f')}; "
           f"goal >= {s['ratio_goal']})")
+    if s["gateway_cpu_ratio"] is not None:
+        print(f"gateway CPU/request   {fmt(s['median_gateway_us_per_request_a'], '.2f')} us A, "
+              f"{fmt(s['median_gateway_us_per_request_b'], '.2f')} us {label_b} (medians; "
+              f"+{s['median_gateway_us_per_request_b'] - s['median_gateway_us_per_request_a']:.2f}"
+              f" us); A/{label_b} {s['gateway_cpu_ratio']:.3f}: the ratio where the gateway's CPU "
+              "alone bounds the rate")
     if s["rounds_with_other_tracers"]:
         print(f"WARNING               rounds {s['rounds_with_other_tracers']} ran while other "
               "tracepoint BPF programs were loaded (a test suite? another daemon?); median ratio "
@@ -519,7 +546,8 @@ def main(argv: list[str] | None = None) -> int:
             upstream_port = backend.port
             if args.upstream == "nginx":
                 upstream = start_upstream(tmp, backend.port, args.heads,
-                                          served_header=args.response_check)
+                                          served_header=args.response_check,
+                                          cpu_affinity=args.upstream_affinity)
                 upstream_port = upstream.listen_port
             listen = free_port()
             tls = tls_listener(tmp) if args.tls else {}

@@ -30,9 +30,75 @@ static __always_inline int tw_unstash(__u64 id, struct tw_args *out)
 	return 1;
 }
 
+/* The word of tw_fdmarks.bits that holds fd's bit for this direction (fd < TW_FILE_FDS). */
+static __always_inline __u32 tw_fd_word(__u32 fd, __u32 is_write)
+{
+	__u32 w = (is_write & 1) * (TW_FILE_FDS / 64) + (fd >> 6);
+	tw_barrier_var(w);  /* keep the mask: clang folds it into the shifts, the verifier needs it */
+	return w & (2 * TW_FILE_FDS / 64 - 1);
+}
+
+/* Was fd of this process found to carry no HTTP in this direction, this tick? */
+static __always_inline int tw_fd_nohttp(__u32 fd, __u32 is_write)
+{
+	if (fd >= TW_FILE_FDS)
+		return 0;
+	__u32 zero = 0;
+	struct tw_ctl *ctl = tw_ctl.lookup(&zero);
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	__u32 slot = tgid & (TW_FILE_SLOTS - 1);
+	struct tw_fdmarks *m = tw_nohttp.lookup(&slot);
+	if (!ctl || !m)
+		return 0;
+	if (m->tgid != tgid || m->gen != ctl->active)
+		return 0;
+	return (m->bits[tw_fd_word(fd, is_write)] >> (fd & 63)) & 1;
+}
+
+/* fd of process tgid carries no HTTP in this direction (its bytes were not a message start):
+ * its syscalls in that direction stop at entry until the next tick. */
+static __always_inline void tw_fd_mark(__u32 tgid, __u32 fd, __u32 is_write)
+{
+	if (fd >= TW_FILE_FDS)
+		return;
+	__u32 zero = 0;
+	struct tw_ctl *ctl = tw_ctl.lookup(&zero);
+	__u32 slot = tgid & (TW_FILE_SLOTS - 1);
+	struct tw_fdmarks *m = tw_nohttp.lookup(&slot);
+	if (!ctl || !m)
+		return;
+	if (m->tgid != tgid || m->gen != ctl->active) {
+		/* Another process's slot, or marks of an earlier tick: they start again. */
+		m->tgid = tgid;
+		m->gen = ctl->active;
+		for (int i = 0; i < 2 * TW_FILE_FDS / 64; i++)
+			m->bits[i] = 0;
+	}
+	m->bits[tw_fd_word(fd, is_write)] |= 1ull << (fd & 63);
+}
+
+/* A connection on fd (ck = tgid << 32 | fd): its marks go. */
+static __always_inline void tw_fd_unmark(__u64 ck)
+{
+	__u32 fd = (__u32)ck;
+	if (fd >= TW_FILE_FDS)
+		return;
+	__u32 tgid = ck >> 32;
+	__u32 slot = tgid & (TW_FILE_SLOTS - 1);
+	struct tw_fdmarks *m = tw_nohttp.lookup(&slot);
+	if (!m || m->tgid != tgid)
+		return;
+	__u64 bit = 1ull << (fd & 63);
+	__u32 r = tw_fd_word(fd, 0), w = tw_fd_word(fd, 1);
+	if ((m->bits[r] | m->bits[w]) & bit) {
+		m->bits[r] &= ~bit;
+		m->bits[w] &= ~bit;
+	}
+}
+
 static __always_inline int tw_enter(__u32 fd, __u64 buf, __u64 iovcnt, __u32 is_write)
 {
-	if (!tw_is_target())
+	if (!tw_is_target() || tw_fd_nohttp(fd, is_write))
 		return 0;
 	tw_cpu_mark(is_write);  /* the work since the thread's last syscall: whose (cpu.c) */
 	return tw_stash(fd, buf, iovcnt, is_write);
@@ -40,7 +106,7 @@ static __always_inline int tw_enter(__u32 fd, __u64 buf, __u64 iovcnt, __u32 is_
 
 static __always_inline int tw_enter_msg(__u32 fd, __u64 msg, __u32 is_write)
 {
-	if (!tw_is_target())
+	if (!tw_is_target() || tw_fd_nohttp(fd, is_write))
 		return 0;
 	/* struct user_msghdr: msg_iov at offset 16, msg_iovlen at offset 24. */
 	__u64 iov[2] = {};
@@ -68,6 +134,7 @@ static __always_inline struct tw_conn *tw_conn_new(__u64 ck, __u32 side)
 	t->resp.cur_src = -1;
 	t->resp.state = TW_S_RS0;
 	t->resp.vcur = 2;  /* the served-tenant value's rows of vbuf */
+	tw_fd_unmark(ck);
 	if (tw_conns.update(&ck, t) != 0) {
 		tw_lose(TW_LOST_CONN_MAP_FULL);
 		return 0;
@@ -108,12 +175,19 @@ static __always_inline int tw_looks_like_status(__u64 buf)
 
 /* An unknown fd (a file, a pipe, or a connection older than the daemon) is tracked only
  * when its bytes start a request head, or HTTP/2 frames; the direction gives the side.
- * Adopted: its values are not trusted before its first HTTP response (TW_F_ADOPTED). */
+ * Adopted: its values are not trusted before its first HTTP response (TW_F_ADOPTED).
+ * Bytes that are neither (or a leg capture.sides leaves out) mark the fd as carrying no HTTP
+ * in this direction for the rest of the tick (tw_fd_mark): an access log's writes then cost
+ * a bitmap test at entry, not this read. */
 static __always_inline struct tw_conn *tw_conn_adopt(__u64 ck, __u64 first, __u64 first_len,
 						     __u32 is_write)
 {
 	int h2 = 0;
-	if (first_len < 8 || !tw_side_traced(is_write ? TW_SIDE_CLIENT : TW_SIDE_SERVER))
+	if (!tw_side_traced(is_write ? TW_SIDE_CLIENT : TW_SIDE_SERVER)) {
+		tw_fd_mark(ck >> 32, (__u32)ck, is_write);
+		return 0;
+	}
+	if (first_len < 8)
 		return 0;
 	__u8 b[9] = {};  /* one read for both checks: most unknown fds are files (an access log) */
 	if (tw_read_user(b, first_len < 9 ? 8 : 9, (void *)first) != 0)
@@ -123,8 +197,10 @@ static __always_inline struct tw_conn *tw_conn_adopt(__u64 ck, __u64 first, __u6
 		 * peers send frames, so their direction does not tell the leg: only where both legs
 		 * are traced, else every connection of the untraced leg (an upstream nginx speaks
 		 * HTTP/2 to, grpc_pass) would be adopted as the traced one and counted twice. */
-		if (TW_TRACE_SIDES != 3 || !tw_looks_like_h2_frames(first, first_len, b))
+		if (TW_TRACE_SIDES != 3 || !tw_looks_like_h2_frames(first, first_len, b)) {
+			tw_fd_mark(ck >> 32, (__u32)ck, is_write);
 			return 0;
+		}
 		h2 = 1;
 	}
 	struct tw_conn *c = tw_conn_new(ck, is_write ? TW_SIDE_CLIENT : TW_SIDE_SERVER);

@@ -49,7 +49,7 @@ struct tw_thread {
 
 BPF_ARRAY(tw_threads, struct tw_thread, TW_MAX_THREADS);
 BPF_PERCPU_ARRAY(tw_cpu_start, __u64, 1);  /* when the running task got this CPU */
-/* One map for both generations (tw_cpu_key.gen = tw_ctl.active): with two maps
+/* One map for both generations (tw_cpu_key.gen = tw_ctl.active & 1): with two maps
  * clang merges the two update calls into an indirect call the kernel rejects. */
 BPF_HASH(tw_cpu, struct tw_cpu_key, __u64, 2 * TW_MAX_CPU_ENTRIES);
 BPF_PERCPU_ARRAY(tw_runq, __u64, TW_RUNQ_BUCKETS + 2);  /* buckets, +Inf, sum_ns */

@@ -14,6 +14,8 @@ BPF_ARRAY(tw_target_bits, __u64, TW_TARGET_WORDS);
  * delete per syscall.  Two traced threads whose ids share a slot and are in a
  * syscall at once are detected (the id differs) and counted as args_map_full. */
 BPF_ARRAY(tw_args, struct tw_args, TW_MAX_THREADS);
+/* Fds of target processes that carry no HTTP, by tgid & (TW_FILE_SLOTS - 1) (conn.c). */
+BPF_ARRAY(tw_nohttp, struct tw_fdmarks, TW_FILE_SLOTS);
 BPF_F_TABLE("hash", __u64, struct tw_conn, tw_conns, TW_MAX_CONNS, BPF_F_NO_PREALLOC);
 BPF_HASH(tw_agg0, struct tw_agg_key, struct tw_agg_val, TW_MAX_IDENTITIES);
 BPF_HASH(tw_agg1, struct tw_agg_key, struct tw_agg_val, TW_MAX_IDENTITIES);

@@ -66,6 +66,7 @@ static __always_inline int tw_reset_fd(__u32 fd, __u32 side)
 	__u64 ck = (bpf_get_current_pid_tgid() & 0xffffffff00000000ull) | fd;
 	if (tw_conns.delete(&ck) == 0)
 		tw_conn_counted(1);
+	tw_fd_unmark(ck);
 	if (!tw_side_traced(side))
 		return 0;  /* capture.sides: this leg is not followed */
 	tw_conn_new(ck, side);
@@ -80,6 +81,7 @@ static __always_inline int tw_close(void *ctx, __u32 fd)
 	if (!tw_is_target())
 		return 0;
 	__u64 ck = (bpf_get_current_pid_tgid() & 0xffffffff00000000ull) | fd;
+	tw_fd_unmark(ck);
 	struct tw_conn *c = tw_conns.lookup(&ck);
 	if (!c)
 		return 0;

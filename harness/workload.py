@@ -200,6 +200,7 @@ def add_load_arguments(p: argparse.ArgumentParser) -> None:
 def apply_layout(args: argparse.Namespace, p: argparse.ArgumentParser) -> dict[str, Any]:
     """Settle workers/threads/wrk_prefix for --layout; gives Gateway keyword arguments."""
     args.wrk_prefix = []
+    args.upstream_affinity = None
     if args.layout == "shared":
         return {}
     cpus = os.cpu_count() or 1
@@ -210,11 +211,12 @@ def apply_layout(args: argparse.Namespace, p: argparse.ArgumentParser) -> dict[s
         p.error("--layout pinned needs taskset (util-linux)")
     args.workers, args.threads = 1, 1
     args.wrk_prefix = [taskset, "-c", "0"]
+    args.upstream_affinity = "0" * (cpus - 1) + "1"  # the upstream nginx shares CPU 0 with wrk
     return {"cpu_affinity": "1" + "0" * (cpus - 1)}
 
 
 def start_upstream(tmp: Path, backend_port: int, heads: str,
-                   served_header: bool = False) -> Gateway:
+                   served_header: bool = False, cpu_affinity: str | None = None) -> Gateway:
     """A second nginx under another name (comm), so the daemon does not trace it: `/up` answers
     "ok", or with --heads browser `/api/` answers the browser-sized response head and JSON
     (with `served_header`, marked with X-Served-Tenant: the request's X-Tenant-Context)."""
@@ -225,7 +227,8 @@ def start_upstream(tmp: Path, backend_port: int, heads: str,
         extra_server=(BROWSER_UPSTREAM.replace("            return 200", SERVED_HEADER +
                                                "            return 200")
                       if served_header else BROWSER_UPSTREAM) if heads == "browser" else
-        '        location = /up { return 200 "ok\\n"; }\n        access_log off;')
+        '        location = /up { return 200 "ok\\n"; }\n        access_log off;',
+        cpu_affinity=cpu_affinity)
     upstream.start()
     return upstream
 

@@ -94,7 +94,7 @@
 #define TW_CPU_H2 2
 
 /* CPU time per (identity, process, CPU, side) in one tick; double-buffered by the
- * gen field (= tw_ctl.active) so user space drains a generation nobody writes. */
+ * gen field (= tw_ctl.active & 1) so user space drains a generation nobody writes. */
 struct tw_cpu_key {
 	__u64 key;    /* identity key as in tw_agg_key, or a TW_KEY_* */
 	__u32 tgid;
@@ -115,7 +115,7 @@ struct tw_agg_key {
 struct tw_close_key {
 	__u64 key;   /* the connection's conn_key */
 	__u32 side;  /* TW_SIDE_* */
-	__u32 gen;   /* ctl.active when it was counted */
+	__u32 gen;   /* ctl.active & 1 when it was counted */
 };
 
 struct tw_close_val {
@@ -203,7 +203,8 @@ struct tw_ctl {
 	__u64 seed1;        /* secret seeds: a client cannot aim a collision at a tenant */
 	__u64 seed2;
 	__u64 bounds_ns[TW_MAX_BUCKETS];
-	__u32 active;       /* which of tw_agg0/tw_agg1 the kernel writes; user space drains the other */
+	__u32 active;       /* ticks so far: tw_agg0/tw_agg1 [active & 1] is the one the kernel
+			     * writes; user space drains the other */
 	__u32 nsources;
 	__u32 nbuckets;
 	__u32 ncomms;
@@ -259,7 +260,7 @@ struct tw_token_event {
 /* Bytes of the request line kept per request for a breach event (method and target). */
 #define TW_TARGET_BYTES 32
 
-/* A (requester identity, served value) pair that breached, in the generation ctl.active: user
+/* A (requester identity, served value) pair that breached, in the generation ctl.active & 1: user
  * space drains the other generation each tick, like tw_agg0/1. */
 struct tw_breach_key {
 	__u64 req_key;    /* the request's identity key, as in tw_agg_key */

@@ -42,6 +42,10 @@
 #endif
 /* Slots for syscall arguments (a power of two: the slot is tid & (N - 1)). */
 #define TW_MAX_THREADS 16384
+/* Fds that carry no HTTP (tw_nohttp): slots (a power of two: tgid & (N - 1)), and fds per slot
+ * (a multiple of 64: fds at or above it are never marked). */
+#define TW_FILE_SLOTS 1024
+#define TW_FILE_FDS 256
 /* Traced processes. */
 #define TW_MAX_TARGETS 4096
 /* Words of the target bitmap: pid_max / 64, set by the loader from
@@ -224,6 +228,17 @@ struct tw_job {
 struct tw_iovec {
 	__u64 base;
 	__u64 len;
+};
+
+/* Fds of one target process whose bytes are not HTTP (an access log, a pipe), per direction
+ * (reads in the first TW_FILE_FDS bits, writes in the next): their syscalls stop at entry.
+ * Valid in the tick `gen` (tw_ctl.active) they were set in: an fd is looked at again after
+ * the next tick (a connection older than the daemon, first seen inside a body, is adopted
+ * then). */
+struct tw_fdmarks {
+	__u32 tgid;
+	__u32 gen;
+	__u64 bits[2 * TW_FILE_FDS / 64];
 };
 
 #endif /* TW_STATE_H */

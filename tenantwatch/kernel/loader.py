@@ -485,7 +485,9 @@ class HttpProbes:
         """Flip the double buffer and read out everything counted since the last drain."""
         b = self._bpf
         old = self._ctl.active & 1
-        self._ctl.active = old ^ 1
+        # A tick counter: the kernel writes generation `active & 1`; the whole value dates the
+        # fds it marked as carrying no HTTP (tw_nohttp), which count for one tick only.
+        self._ctl.active = (self._ctl.active + 1) & 0xFFFFFFFF
         self._write_ctl()
         time.sleep(FLIP_GRACE_SECONDS)
         slow = self._poll_events()  # first: the tokens the drained entries need
