@@ -100,7 +100,6 @@ static __always_inline int tw_enter(__u32 fd, __u64 buf, __u64 iovcnt, __u32 is_
 {
 	if (!tw_is_target() || tw_fd_nohttp(fd, is_write))
 		return 0;
-	tw_cpu_mark(is_write);  /* the work since the thread's last syscall: whose (cpu.c) */
 	return tw_stash(fd, buf, iovcnt, is_write);
 }
 
@@ -238,14 +237,14 @@ static __always_inline void tw_request_line_peek(struct tw_conn *c, struct tw_pa
 
 static __always_inline int tw_job_start(struct tw_conn *c, __u64 ck, __u64 iov, __u32 iovcnt,
 					__u64 first, __u64 first_len, __u64 total,
-					__u32 is_write)
+					__u32 is_write, __u64 now)
 {
 	__u32 zero = 0;
 	struct tw_job *j = tw_jobs.lookup(&zero);
 	if (!j)
 		return -1;
 	j->conn = ck;
-	j->ts_ns = bpf_ktime_get_ns();
+	j->ts_ns = now;
 	j->iov = iov;
 	j->iovcnt = iovcnt;
 	j->iov_idx = 0;

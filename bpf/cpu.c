@@ -3,10 +3,12 @@
  * the HTTP probes keep).
  *
  * A target thread's current identity is the request of the connection of its
- * latest traced syscall (set by tw_thread_set() from http.c).  Its on-CPU time is cut at
- * every traced syscall's entry (tw_cpu_mark): the piece since the previous cut (over context
- * switches) goes, before a read, to the identity current during it, before a write, to what
- * the write sends; in tw_cpu keyed by (identity, process, CPU, side).  So an event loop that serves requests of several tenants in one
+ * latest traced syscall (set by tw_thread_set() from http.c).  Its on-CPU time is cut when
+ * a traced syscall that moved bytes returns, before its bytes are parsed (tw_cpu_mark): the
+ * piece since the previous cut (over context switches, the syscall itself included) goes, for
+ * a read, to the identity current during it, for a write, to what the write sends; in tw_cpu
+ * keyed by (identity, process, CPU, side).  So an event loop that serves requests of several
+ * tenants in one
  * slice (nginx, HAProxy, Envoy) charges each its own work, not the whole slice to the last
  * one.  Pieces of the same identity add up in the thread's slot (acc_ns) and reach the map
  * when the identity changes or the slice ends.  A thread with no current request is charged
@@ -14,8 +16,9 @@
  * Wakeup -> running delays of target threads go to the tw_runq histogram.
  *
  * Cost: sched_switch runs for every context switch on the machine; for non-target tasks
- * it is two array lookups and a timestamp.  A target's traced syscall entry adds a timestamp
- * and, when the identity changed since the last cut, one tw_cpu update.
+ * it is two array lookups and a timestamp.  A target's traced syscall exit adds a thread-slot
+ * lookup (the timestamp is the job's) and, when the identity changed since the last cut, one
+ * tw_cpu update.  At the exit, not the entry: the entry programs then only stash arguments.
  */
 
 /* CPU entries per tick: identities x processes x CPUs.  Set by the loader to four per
@@ -160,17 +163,18 @@ static __always_inline void tw_cpu_cut(struct tw_ctl *ctl, struct tw_thread *t, 
 	t->acc_ns += ns;
 }
 
-/* A traced syscall of a target thread begins.  The work since the thread's last cut:
- * - before a read, it was for the thread's current identity (the request of its previous
+/* A traced syscall of a target thread moved bytes (now: its return, before its bytes are
+ * parsed).  The work since the thread's last cut, the syscall's own included:
+ * - up to a read, it was for the thread's current identity (the request of its previous
  *   syscall's connection: reads charge forward);
- * - before a write, it was for what the write sends (building a response, or a request to an
+ * - up to a write, it was for what the write sends (building a response, or a request to an
  *   upstream): held as pending, and given at the next cut to the identity current then, which
  *   the write's own parse set (writes charge backward).  So a thread that reads several
  *   requests at once (HTTP/2 streams, pipelining) and answers or proxies each in turn charges
  *   each its own work.
  * A thread that owns no slot yet (no parsed syscall) is charged at the context switch, as
  * unattributed. */
-static __always_inline void tw_cpu_mark(__u32 is_write)
+static __always_inline void tw_cpu_mark(__u32 is_write, __u64 now)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct tw_thread *t = tw_thread_slot((__u32)id);
@@ -181,7 +185,6 @@ static __always_inline void tw_cpu_mark(__u32 is_write)
 	struct tw_ctl *ctl = tw_ctl.lookup(&zero);
 	if (!start || !ctl)
 		return;
-	__u64 now = bpf_ktime_get_ns();
 	__u64 from = t->mark_ns > *start ? t->mark_ns : *start;
 	__u64 piece = t->open_ns + (from && now > from ? now - from : 0);
 	t->open_ns = 0;
@@ -201,7 +204,7 @@ static __always_inline void tw_cpu_mark(__u32 is_write)
  * few µs from here (left open, not charged). */
 static __always_inline void tw_cpu_exit(void)
 {
-	tw_cpu_mark(0);
+	tw_cpu_mark(0, bpf_ktime_get_ns());
 	__u64 id = bpf_get_current_pid_tgid();
 	struct tw_thread *t = tw_thread_slot((__u32)id);
 	__u32 zero = 0;

@@ -88,7 +88,6 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendfile64)
 {
 	if (!tw_is_target())
 		return 0;
-	tw_cpu_mark(1);
 	return tw_stash(args->out_fd, 0, 0, 1);
 }
 

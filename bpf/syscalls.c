@@ -7,6 +7,8 @@ static __always_inline int tw_exit(void *ctx, long ret)
 	struct tw_args args;
 	if (!tw_unstash(id, &args) || ret <= 0)
 		return 0;
+	__u64 now = bpf_ktime_get_ns();
+	tw_cpu_mark(args.is_write, now);  /* the work up to here: whose (cpu.c) */
 	__u32 tgid = id >> 32;
 	__u64 ck = ((__u64)tgid << 32) | args.fd;
 	__u64 first = args.buf;
@@ -28,7 +30,7 @@ static __always_inline int tw_exit(void *ctx, long ret)
 	if (!c)
 		return 0;
 	int prog = tw_job_start(c, ck, args.iovcnt ? args.buf : 0, args.iovcnt, first, first_len,
-				ret, args.is_write);
+				ret, args.is_write, now);
 	if (prog >= 0)
 		tw_progs.call(ctx, prog);
 	return 0;
@@ -41,6 +43,7 @@ static __always_inline int tw_sendfile_exit(long ret)
 	struct tw_args a;
 	if (!tw_unstash(id, &a) || ret <= 0)
 		return 0;
+	tw_cpu_mark(1, bpf_ktime_get_ns());
 	__u32 fd = a.fd;
 	__u64 ck = (id & 0xffffffff00000000ull) | fd;
 	struct tw_conn *c = tw_conns.lookup(&ck);

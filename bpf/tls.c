@@ -154,7 +154,7 @@ int tw_ssl_return(struct pt_regs *ctx)
 	} else if (!c->tls) {
 		tw_ssl_begin(c);  /* no syscall inside an SSL call yet (the fd came from SSL_set_fd) */
 	}
-	int prog = tw_job_start(c, ck, 0, 0, args.buf, n, n, args.is_write);
+	int prog = tw_job_start(c, ck, 0, 0, args.buf, n, n, args.is_write, bpf_ktime_get_ns());
 	if (prog >= 0)
 		tw_progs_k.call(ctx, prog);
 	return 0;
