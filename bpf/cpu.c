@@ -8,11 +8,10 @@
  * piece since the previous cut (over context switches, the syscall itself included) goes, for
  * a read, to the identity current during it, for a write, to what the write sends; in tw_cpu
  * keyed by (identity, process, CPU, side).  So an event loop that serves requests of several
- * tenants in one
- * slice (nginx, HAProxy, Envoy) charges each its own work, not the whole slice to the last
- * one.  Pieces of the same identity add up in the thread's slot (acc_ns) and reach the map
- * when the identity changes or the slice ends.  A thread with no current request is charged
- * to TW_KEY_UNATTRIBUTED, so the entries of a process add up to its CPU time.
+ * tenants in one slice (nginx, HAProxy, Envoy) charges each its own work, not the whole slice
+ * to the last one.  Pieces of the same identity add up in the thread's slot (acc_ns) and reach
+ * the map when the identity changes or the slice ends.  A thread with no current request is
+ * charged to TW_KEY_UNATTRIBUTED, so the entries of a process add up to its CPU time.
  * Wakeup -> running delays of target threads go to the tw_runq histogram.
  *
  * Cost: sched_switch runs for every context switch on the machine; for non-target tasks
