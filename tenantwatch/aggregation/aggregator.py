@@ -46,6 +46,8 @@ from tenantwatch.kernel.records import (
 )
 
 log = logging.getLogger(__name__)
+# _fold_cpu unpacks the rows in this order.
+assert CpuCounts._fields == ("key", "tgid", "cpu", "side", "ns", "h2_stream"), CpuCounts._fields
 
 NS_PER_SECOND = 1_000_000_000
 # How far a loss reaches (docs/detection.md, "Completeness").  Losses of sampled events
@@ -218,10 +220,8 @@ class Aggregator:
         with self._lock:
             per_tick = _TickDeltas()
             self._resolver.begin_tick()
-            for counts in tick.identities:
-                self._fold(counts, per_tick)
-            for cpu in tick.cpu:
-                self._fold_cpu(cpu, per_tick)
+            self._fold(tick.identities, per_tick)
+            self._fold_cpu(tick.cpu, per_tick)
             if host is not None:
                 self._fold_backends(host, per_tick)
             self._slow = self._resolve_slow(tick)
@@ -295,25 +295,44 @@ class Aggregator:
         """The last tick's deltas for detection (None before the first apply)."""
         return self._node
 
-    def _fold_cpu(self, c: CpuCounts, per_tick: _TickDeltas) -> None:
-        trusted = False
-        if c.key == KEY_UNATTRIBUTED:
-            tenant = UNATTRIBUTED
-        elif c.key == KEY_OVERFLOW:
-            tenant = OTHER
-        else:  # a request's key: the resolver knows it from the request head
-            identity = self._resolver.resolve_key(c.key)
-            tenant, trusted = identity.tenant, identity.trust is Trust.TRUSTED
-        totals = self._totals_of(tenant, c.side)
-        totals.cpu_ns += c.ns
-        seconds = c.ns / NS_PER_SECOND
-        per_tick.cpu[tenant] = per_tick.cpu.get(tenant, 0.0) + seconds
-        if trusted:
-            per_tick.trusted_cpu[tenant] = per_tick.trusted_cpu.get(tenant, 0.0) + seconds
-        w = per_tick.workers.setdefault(c.tgid, {})
-        w[tenant] = w.get(tenant, 0.0) + seconds
-        u = per_tick.cpus.setdefault(c.cpu, {})
-        u[tenant] = u.get(tenant, 0.0) + seconds
+    def _fold_cpu(self, rows: Sequence[CpuCounts], per_tick: _TickDeltas) -> None:
+        """Each CPU row's time to its tenant's totals (and side) and to the tick's sums per
+        tenant, per process and per CPU.  The second hot loop of a tick (a row per identity,
+        process and CPU): one loop with its lookups bound, the rows unpacked, not a method call
+        per row (bench/tick_cost.py)."""
+        resolve_key = self._resolver.resolve_key
+        all_totals = self._totals
+        dirty = self._dirty
+        n_buckets = self._n_buckets
+        cpu_by_tenant, trusted_cpu = per_tick.cpu, per_tick.trusted_cpu
+        workers, cpus = per_tick.workers, per_tick.cpus
+        for key, tgid, cpu, side, ns, _h2_stream in rows:
+            trusted = False
+            if key == KEY_UNATTRIBUTED:
+                tenant = UNATTRIBUTED
+            elif key == KEY_OVERFLOW:
+                tenant = OTHER
+            else:  # a request's key: the resolver knows it from the request head
+                identity = resolve_key(key)
+                tenant, trusted = identity.tenant, identity.trust is Trust.TRUSTED
+            pair = (tenant, side)
+            totals = all_totals.get(pair)
+            if totals is None:  # as _totals_of
+                totals = all_totals[pair] = _Totals(n_buckets)
+            dirty.add(pair)
+            totals.cpu_ns += ns
+            seconds = ns / NS_PER_SECOND
+            cpu_by_tenant[tenant] = cpu_by_tenant.get(tenant, 0.0) + seconds
+            if trusted:
+                trusted_cpu[tenant] = trusted_cpu.get(tenant, 0.0) + seconds
+            w = workers.get(tgid)
+            if w is None:
+                w = workers[tgid] = {}
+            w[tenant] = w.get(tenant, 0.0) + seconds
+            u = cpus.get(cpu)
+            if u is None:
+                u = cpus[cpu] = {}
+            u[tenant] = u.get(tenant, 0.0) + seconds
 
     def _fold_backends(self, host: HostSample, per_tick: _TickDeltas) -> None:
         """A tenant's own backend cgroup is part of its cost: its CPU delta joins the tick's."""
@@ -373,54 +392,66 @@ class Aggregator:
             if host else MappingProxyType({}),
         )
 
-    def _fold(self, c: IdentityCounts, per_tick: _TickDeltas | None = None) -> None:
-        # The hot loop of a tick (one call per distinct identity and side): locals, and the
-        # element-wise sums with map() (bench/tick_cost.py).
-        identity = self._resolver.resolve(c.key, c.raw_value, c.source_index, c.flags, c.side)
-        tenant = identity.tenant
-        by_class = c.requests_by_class
-        ended = sum(by_class)
-        requested = c.request_heads or ended
-        trusted = identity.trust is Trust.TRUSTED and requested
-        buckets = c.latency_buckets
+    def _fold(self, rows: Sequence[IdentityCounts], per_tick: _TickDeltas) -> None:
+        """Each identity row into its tenant's totals (and side) and the tick's sums.  The hot
+        loop of a tick (a row per distinct identity and side): one loop with its lookups bound,
+        element-wise sums with map(), not a method call per row (bench/tick_cost.py)."""
+        resolve = self._resolver.resolve
+        all_totals = self._totals
+        dirty = self._dirty
+        rejected = self._identity_rejected
         n_buckets = self._n_buckets
-        if per_tick is not None:
+        n_classes = len(STATUS_CLASSES)
+        add = operator.add
+        server = Side.SERVER
+        trusted_level = Trust.TRUSTED
+        tick_trusted, tick_losses = per_tick.trusted, per_tick.losses
+        tick_requests, tick_latency = per_tick.requests, per_tick.latency
+        for c in rows:
+            side = c.side
+            identity = resolve(c.key, c.raw_value, c.source_index, c.flags, side)
+            tenant = identity.tenant
+            by_class = c.requests_by_class
+            ended = sum(by_class)
+            heads = c.request_heads
+            trusted = identity.trust is trusted_level and (heads or ended)
+            buckets = c.latency_buckets
             if trusted:
-                per_tick.trusted.add(tenant)  # either side: the trusted source is upstream
+                tick_trusted.add(tenant)  # either side: the trusted source is upstream
             if c.losses:
-                per_tick.losses[tenant] = per_tick.losses.get(tenant, 0) + c.losses
-            if c.side is Side.SERVER:
+                tick_losses[tenant] = tick_losses.get(tenant, 0) + c.losses
+            if side is server:
                 if ended:
-                    per_tick.requests[tenant] = per_tick.requests.get(tenant, 0) + ended
+                    tick_requests[tenant] = tick_requests.get(tenant, 0) + ended
                 if len(buckets) == n_buckets:
-                    lat = per_tick.latency.get(tenant)
-                    per_tick.latency[tenant] = list(buckets) if lat is None \
-                        else list(map(operator.add, lat, buckets))
-        if identity.rejected_reason and c.request_heads:
+                    lat = tick_latency.get(tenant)
+                    tick_latency[tenant] = list(buckets) if lat is None \
+                        else list(map(add, lat, buckets))
             reason = identity.rejected_reason
-            self._identity_rejected[reason] = self._identity_rejected.get(reason, 0) + (
-                c.request_heads
-            )
-        if c.connections_opened or c.connections_closed:
-            self._ledger(c, tenant)
-        totals = self._totals_of(tenant, c.side)
-        if trusted:
-            totals.trusted = True
-        if len(by_class) == len(STATUS_CLASSES):
-            if ended:
-                totals.requests_by_class = list(map(operator.add, totals.requests_by_class,
-                                                    by_class))
-        else:
-            self._warn_shape("requests_by_class", len(by_class), len(STATUS_CLASSES))
-        totals.rx_bytes += c.rx_bytes
-        totals.tx_bytes += c.tx_bytes
-        if len(buckets) == n_buckets:
-            if c.latency_sum_ns or any(buckets):
-                totals.latency_buckets = list(map(operator.add, totals.latency_buckets,
-                                                  buckets))
-                totals.latency_sum_ns += c.latency_sum_ns
-        else:
-            self._warn_shape("latency_buckets", len(buckets), n_buckets)
+            if reason and heads:
+                rejected[reason] = rejected.get(reason, 0) + heads
+            if c.connections_opened or c.connections_closed:
+                self._ledger(c, tenant)
+            pair = (tenant, side)
+            totals = all_totals.get(pair)
+            if totals is None:  # as _totals_of
+                totals = all_totals[pair] = _Totals(n_buckets)
+            dirty.add(pair)
+            if trusted:
+                totals.trusted = True
+            if len(by_class) == n_classes:
+                if ended:
+                    totals.requests_by_class = list(map(add, totals.requests_by_class, by_class))
+            else:
+                self._warn_shape("requests_by_class", len(by_class), n_classes)
+            totals.rx_bytes += c.rx_bytes
+            totals.tx_bytes += c.tx_bytes
+            if len(buckets) == n_buckets:
+                if c.latency_sum_ns or any(buckets):
+                    totals.latency_buckets = list(map(add, totals.latency_buckets, buckets))
+                    totals.latency_sum_ns += c.latency_sum_ns
+            else:
+                self._warn_shape("latency_buckets", len(buckets), n_buckets)
 
     def _ledger(self, c: IdentityCounts, tenant: str) -> None:
         """Count c's opens and closes under the tenant its key's connections were opened
