@@ -210,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             upstream_port = backend.port
             path = "/direct"
             if args.heads == "browser":  # the same proxying workload as nginx_ab --heads browser
-                upstream = start_upstream(tmp, backend.port, args.heads)
+                upstream = start_upstream(tmp, backend.port, args.heads,
+                                          cpu_affinity=args.upstream_affinity)
                 upstream_port = upstream.listen_port
                 path = BROWSER_PATH + BROWSER_QUERY
             listen = free_port()
