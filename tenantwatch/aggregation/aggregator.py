@@ -48,6 +48,12 @@ from tenantwatch.kernel.records import (
 log = logging.getLogger(__name__)
 # _fold_cpu unpacks the rows in this order.
 assert CpuCounts._fields == ("key", "tgid", "cpu", "side", "ns", "h2_stream"), CpuCounts._fields
+assert TenantTick._fields == ("tenant", "trusted", "cpu_seconds", "requests", "latency_buckets",
+                              "trusted_cpu_seconds", "losses"), TenantTick._fields
+assert IdentityCounts._fields == (
+    "key", "side", "raw_value", "source_index", "flags", "requests_by_class", "request_heads",
+    "rx_bytes", "tx_bytes", "latency_buckets", "latency_sum_ns", "connections_opened",
+    "connections_closed", "connections_duration_ns", "losses"), IdentityCounts._fields
 
 NS_PER_SECOND = 1_000_000_000
 # How far a loss reaches (docs/detection.md, "Completeness").  Losses of sampled events
@@ -86,6 +92,8 @@ class Resolver(Protocol):
     ) -> TenantIdentity: ...
 
     def begin_tick(self) -> None: ...
+
+    def end_tick(self) -> None: ...
 
     def resolve_key(self, key: int) -> TenantIdentity: ...
 
@@ -220,11 +228,14 @@ class Aggregator:
         with self._lock:
             per_tick = _TickDeltas()
             self._resolver.begin_tick()
-            self._fold(tick.identities, per_tick)
-            self._fold_cpu(tick.cpu, per_tick)
+            try:
+                self._fold(tick.identities, per_tick)
+                self._fold_cpu(tick.cpu, per_tick)
+                self._slow = self._resolve_slow(tick)
+            finally:
+                self._resolver.end_tick()
             if host is not None:
                 self._fold_backends(host, per_tick)
-            self._slow = self._resolve_slow(tick)
             prev_runq = self._runq[1]
             self._runq = (tick.runq_bounds_seconds, tick.runq_buckets, tick.runq_sum_ns)
             self._psi = host.psi_some_avg10 if host else None
@@ -364,15 +375,18 @@ class Aggregator:
         if tick.runq_bounds_seconds and runq_delta and sum(runq_delta) > 0:
             runq_p99 = estimate_quantile(tick.runq_bounds_seconds, _cumulative(runq_delta), 0.99)
         busy = dict(host.cpu_busy_seconds) if host else {}
+        # one TenantTick per tenant active in the tick (10,000 on a big node): built as the
+        # tuple it is, with the lookups bound
+        new, trusted, cpu, requests = tuple.__new__, d.trusted, d.cpu.get, d.requests.get
+        latency, trusted_cpu, losses = d.latency.get, d.trusted_cpu.get, d.losses.get
+        no_latency = (0,) * self._n_buckets
         return NodeTick(
             at=tick.monotonic_ns / NS_PER_SECOND,
             interval_seconds=interval,
             tenants=tuple(
-                TenantTick(tenant=t, trusted=t in d.trusted, cpu_seconds=d.cpu.get(t, 0.0),
-                           requests=d.requests.get(t, 0),
-                           latency_buckets=tuple(d.latency.get(t, [0] * self._n_buckets)),
-                           trusted_cpu_seconds=d.trusted_cpu.get(t, 0.0),
-                           losses=d.losses.get(t, 0))
+                new(TenantTick, (t, t in trusted, cpu(t, 0.0), requests(t, 0),
+                                 tuple(latency(t, no_latency)), trusted_cpu(t, 0.0),
+                                 losses(t, 0)))
                 for t in sorted(tenants)),
             workers=tuple(
                 WorkerTick(tgid=tgid, cpu_seconds=sum(by.values()),
@@ -408,29 +422,29 @@ class Aggregator:
         tick_trusted, tick_losses = per_tick.trusted, per_tick.losses
         tick_requests, tick_latency = per_tick.requests, per_tick.latency
         for c in rows:
-            side = c.side
-            identity = resolve(c.key, c.raw_value, c.source_index, c.flags, side)
+            # one unpacking, not an attribute read per field (the assert below pins the order)
+            (key, side, raw_value, source_index, flags, by_class, heads, rx_bytes, tx_bytes,
+             buckets, latency_sum_ns, opened, closed, _duration, losses) = c
+            identity = resolve(key, raw_value, source_index, flags, side)
             tenant = identity.tenant
-            by_class = c.requests_by_class
             ended = sum(by_class)
-            heads = c.request_heads
             trusted = identity.trust is trusted_level and (heads or ended)
-            buckets = c.latency_buckets
             if trusted:
                 tick_trusted.add(tenant)  # either side: the trusted source is upstream
-            if c.losses:
-                tick_losses[tenant] = tick_losses.get(tenant, 0) + c.losses
+            if losses:
+                tick_losses[tenant] = tick_losses.get(tenant, 0) + losses
+            has_latency = len(buckets) == n_buckets and (latency_sum_ns or any(buckets))
             if side is server:
                 if ended:
                     tick_requests[tenant] = tick_requests.get(tenant, 0) + ended
-                if len(buckets) == n_buckets:
+                if has_latency:
                     lat = tick_latency.get(tenant)
                     tick_latency[tenant] = list(buckets) if lat is None \
                         else list(map(add, lat, buckets))
             reason = identity.rejected_reason
             if reason and heads:
                 rejected[reason] = rejected.get(reason, 0) + heads
-            if c.connections_opened or c.connections_closed:
+            if opened or closed:
                 self._ledger(c, tenant)
             pair = (tenant, side)
             totals = all_totals.get(pair)
@@ -444,13 +458,12 @@ class Aggregator:
                     totals.requests_by_class = list(map(add, totals.requests_by_class, by_class))
             else:
                 self._warn_shape("requests_by_class", len(by_class), n_classes)
-            totals.rx_bytes += c.rx_bytes
-            totals.tx_bytes += c.tx_bytes
-            if len(buckets) == n_buckets:
-                if c.latency_sum_ns or any(buckets):
-                    totals.latency_buckets = list(map(add, totals.latency_buckets, buckets))
-                    totals.latency_sum_ns += c.latency_sum_ns
-            else:
+            totals.rx_bytes += rx_bytes
+            totals.tx_bytes += tx_bytes
+            if has_latency:
+                totals.latency_buckets = list(map(add, totals.latency_buckets, buckets))
+                totals.latency_sum_ns += latency_sum_ns
+            elif len(buckets) != n_buckets:
                 self._warn_shape("latency_buckets", len(buckets), n_buckets)
 
     def _ledger(self, c: IdentityCounts, tenant: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from tenantwatch.kernel.records import Side
 
@@ -91,8 +92,10 @@ class SlowSpan:
 # ---- per-tick deltas for detection (detection/ reads these; imports flow one way) ----
 
 
-@dataclass(frozen=True)
-class TenantTick:
+class TenantTick(NamedTuple):
+    """One tenant's deltas in one tick (a NamedTuple, as immutable as a frozen dataclass and
+    built in a fifth of its time: a tick builds one per active tenant)."""
+
     tenant: str
     trusted: bool
     cpu_seconds: float  # gateway CPU charged to the tenant in this tick (all sides)

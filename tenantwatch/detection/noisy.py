@@ -7,7 +7,7 @@ evidence.  Reserved labels (``ignore``) are never flagged and never victims.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,7 +127,8 @@ class NoisyNeighbours:
                 return shares.heavy(tenant, s.release_factor) and bool(lenient.reasons(tenant))
             return shares.heavy(tenant) and bool(strict.reasons(tenant))
 
-        suspects = [t for t in sorted(stats.tenants) if t not in self.ignore and suspect(t)]
+        suspects = [t for t in sorted(shares.may_be_heavy(held))
+                    if t not in self.ignore and suspect(t)]
         moved = self._latches.update(suspects, stats.at, may_raise=stats.complete_for)
 
         def verdict(tenant: str, latch: Latch, active: bool) -> Verdict:
@@ -219,7 +220,25 @@ class _Shares:
         s = self._settings
         if tenant in s.quotas:
             return s.share_factor * s.quotas[tenant]
-        return max(s.min_share, s.share_factor * self.fair_share(tenant))
+        return self._threshold_without_quota()
+
+    def _threshold_without_quota(self) -> float:
+        s = self._settings
+        return max(s.min_share, s.share_factor * (1.0 / self.active_tenants
+                                                  if self.active_tenants else 1.0))
+
+    def may_be_heavy(self, held: Collection[str]) -> list[str]:
+        """The tenants heavy() may say yes to: those with a quota or in ``held`` (judged at
+        their own threshold or times release_factor), and those whose CPU reaches half the
+        threshold without a quota (half: a margin for the rounding of share's division).  A
+        superset, so the caller still asks heavy(); at 10,000 tenants, a few instead of all."""
+        total = self._stats.total_cpu_seconds
+        if total <= 0:
+            return []  # every share is 0: nobody is heavy
+        cut = 0.5 * self._threshold_without_quota() * total
+        quotas = self._settings.quotas
+        return [t for t, w in self._stats.tenants.items()
+                if w.cpu_seconds >= cut or t in held or t in quotas]
 
     def heavy(self, tenant: str, scale: float = 1.0) -> bool:
         share = self.share(tenant)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import operator
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 from tenantwatch.aggregation import estimate_quantile
 from tenantwatch.detection.records import NodeTick
@@ -26,13 +27,23 @@ _EPSILON = 1e-9  # seconds; absorbs float error when comparing sums of tick inte
 
 def p99(bounds: Sequence[float], buckets: Sequence[int]) -> float | None:
     """p99 of non-cumulative ``buckets`` (one per bound + a last +Inf slot): the upper bound of
-    the bucket holding it (the highest finite bound when it is in +Inf), None when empty."""
-    return estimate_quantile(bounds, list(accumulate(buckets)), 0.99)
+    the bucket holding it (the highest finite bound when it is in +Inf), None when empty.
+
+    estimate_quantile's answer, found by bisection: counts are never negative, so the
+    cumulative counts never go down (detection asks this twice per tenant and tick)."""
+    cumulative = list(accumulate(buckets))
+    if len(cumulative) != len(bounds) + 1:
+        return estimate_quantile(bounds, cumulative, 0.99)  # raises its error
+    count = cumulative[-1]
+    if count <= 0:
+        return None
+    i = bisect_left(cumulative, 0.99 * count, 0, len(bounds))
+    return float(bounds[i] if i < len(bounds) else bounds[-1])
 
 
-@dataclass(frozen=True)
-class TenantWindow:
-    """One tenant's totals over the window."""
+class TenantWindow(NamedTuple):
+    """One tenant's totals over the window (a NamedTuple: the window builds one per tenant per
+    tick, 10,000 a tick on a big node)."""
 
     cpu_seconds: float
     requests: int
@@ -86,88 +97,190 @@ class Window:
 
     The middle, not the end, decides, so that jitter in the tick clock never lets a window of
     5 s at 1 s ticks hold 6 ticks or 4.
+
+    The sums are kept running: a tick is added once when it comes and taken off once when it
+    leaves, instead of every tick of the window being summed again at each tick (at 10,000
+    tenants active every second, 5 ticks of them: bench/tick_cost.py).  Seconds are summed as
+    integer nanoseconds, so taking a tick off leaves exactly the sum of the others (a float
+    sum would drift).  An entry (a tenant, a worker's tenant) stays while a tick of the window
+    has it, even with zeros, as when every tick was summed again.
     """
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self._ticks: deque[NodeTick] = deque()
+        self._ticks: deque[tuple[NodeTick, _TickRows]] = deque()
+        self._tenants: dict[str, list] = {}  # name -> _TENANT_SUM fields
+        self._workers: dict[int, _UsageRun] = {}
+        self._cpus: dict[int, _UsageRun] = {}
 
     def __len__(self) -> int:
         return len(self._ticks)
 
     def clear(self) -> None:
         self._ticks.clear()
+        self._tenants.clear()
+        self._workers.clear()
+        self._cpus.clear()
 
     def push(self, tick: NodeTick) -> None:
         """Add the latest tick; a clock that goes back or stands still starts the window over."""
-        if self._ticks and tick.at <= self._ticks[-1].at:
-            self._ticks.clear()
-        self._ticks.append(tick)
+        rows = _rows(tick)  # raises on a time that is not a number, before any change
+        if self._ticks and tick.at <= self._ticks[-1][0].at:
+            self.clear()
+        self._add(tick, rows)
         start = tick.at - self.seconds
-        while self._ticks and self._ticks[0].at - self._ticks[0].interval_seconds / 2 <= start:
-            self._ticks.popleft()
-        if not self._ticks:  # an interval longer than the window: keep the latest tick anyway
-            self._ticks.append(tick)
+        ticks = self._ticks
+        while ticks and ticks[0][0].at - ticks[0][0].interval_seconds / 2 <= start:
+            self._remove(ticks.popleft())
+        if not ticks:  # an interval longer than the window: keep the latest tick anyway
+            self._add(tick, rows)
+
+    def _add(self, tick: NodeTick, rows: _TickRows) -> None:
+        self._ticks.append((tick, rows))
+        sums = self._tenants
+        add = operator.add
+        for name, cpu, requests, trusted, trusted_cpu, losses, buckets in rows.tenants:
+            e = sums.get(name)
+            if e is None:
+                sums[name] = [1, cpu, requests, trusted, trusted_cpu, losses, list(buckets)]
+                continue
+            e[0] += 1
+            e[1] += cpu
+            e[2] += requests
+            e[3] += trusted
+            e[4] += trusted_cpu
+            e[5] += losses
+            if requests or any(buckets):
+                e[6] = list(map(add, e[6], buckets))
+        for usages, runs in ((rows.workers, self._workers), (rows.cpus, self._cpus)):
+            for ident, ns, by_tenant in usages:
+                run = runs.get(ident)
+                if run is None:
+                    run = runs[ident] = _UsageRun()
+                run.add(ns, by_tenant)
+
+    def _remove(self, item: tuple[NodeTick, _TickRows]) -> None:
+        rows = item[1]
+        sums = self._tenants
+        sub = operator.sub
+        for name, cpu, requests, trusted, trusted_cpu, losses, buckets in rows.tenants:
+            e = sums[name]
+            if e[0] == 1:
+                del sums[name]
+                continue
+            e[0] -= 1
+            e[1] -= cpu
+            e[2] -= requests
+            e[3] -= trusted
+            e[4] -= trusted_cpu
+            e[5] -= losses
+            if requests or any(buckets):
+                e[6] = list(map(sub, e[6], buckets))
+        for usages, runs in ((rows.workers, self._workers), (rows.cpus, self._cpus)):
+            for ident, ns, by_tenant in usages:
+                if runs[ident].remove(ns, by_tenant):
+                    del runs[ident]
 
     def stats(self) -> WindowStats:
         """Sums over the window; every tick must have the same bounds (the caller checks)."""
         if not self._ticks:
             raise ValueError("the window holds no tick yet")
-        latest = self._ticks[-1]
-        cpu: dict[str, float] = {}
-        requests: dict[str, int] = {}
-        trusted: dict[str, bool] = {}
-        trusted_cpu: dict[str, float] = {}
-        losses: dict[str, int] = {}
-        buckets: dict[str, tuple[int, ...]] = {}
-        workers: dict[int, _UsageSum] = {}
-        cpus: dict[int, _UsageSum] = {}
-        for tick in self._ticks:
-            for t in tick.tenants:
-                cpu[t.tenant] = cpu.get(t.tenant, 0.0) + t.cpu_seconds
-                requests[t.tenant] = requests.get(t.tenant, 0) + t.requests
-                trusted[t.tenant] = trusted.get(t.tenant, False) or t.trusted
-                trusted_cpu[t.tenant] = trusted_cpu.get(t.tenant, 0.0) + t.trusted_cpu_seconds
-                losses[t.tenant] = losses.get(t.tenant, 0) + t.losses
-                acc = buckets.get(t.tenant)
-                buckets[t.tenant] = t.latency_buckets if acc is None else \
-                    tuple(map(operator.add, acc, t.latency_buckets))
-            for w in tick.workers:
-                workers.setdefault(w.tgid, _UsageSum()).add(w.cpu_seconds, w.by_tenant)
-            for c in tick.cpus:
-                cpus.setdefault(c.cpu, _UsageSum()).add(c.busy_seconds, c.by_tenant)
-        tenants = {name: TenantWindow(cpu[name], requests[name], trusted[name], buckets[name],
-                                      trusted_cpu[name], losses[name])
-                   for name in cpu}
+        latest = self._ticks[-1][0]
+        new = tuple.__new__
+        tenants = {name: new(TenantWindow, (e[1] / _NS, e[2], e[3] > 0, tuple(e[6]),
+                                           e[4] / _NS, e[5]))
+                   for name, e in self._tenants.items()}
         return WindowStats(
             at=latest.at,
-            seconds=sum(t.interval_seconds for t in self._ticks),
+            seconds=sum(t.interval_seconds for t, _ in self._ticks),
             ticks=len(self._ticks),
-            incomplete_ticks=sum(1 for t in self._ticks if not t.complete),
+            incomplete_ticks=sum(1 for t, _ in self._ticks if not t.complete),
             bounds=tuple(latest.latency_bounds),
             tenants=tenants,
-            total_cpu_seconds=sum(cpu.values()),
-            total_requests=sum(requests.values()),
-            workers={k: v.freeze() for k, v in workers.items()},
-            cpus={k: v.freeze() for k, v in cpus.items()},
+            total_cpu_seconds=sum(e[1] for e in self._tenants.values()) / _NS,
+            total_requests=sum(e[2] for e in self._tenants.values()),
+            workers={k: v.freeze() for k, v in self._workers.items()},
+            cpus={k: v.freeze() for k, v in self._cpus.items()},
             psi_some_avg10=latest.psi_some_avg10,
-            runq_p99_seconds=tuple(t.runq_p99_seconds for t in self._ticks),
+            runq_p99_seconds=tuple(t.runq_p99_seconds for t, _ in self._ticks),
             temperatures_celsius=latest.temperatures_celsius,
         )
 
 
-@dataclass
-class _UsageSum:
-    seconds: float = 0.0
-    by_tenant: dict[str, float] = field(default_factory=dict)
+_NS = 1e9  # seconds -> the window's integer nanoseconds
 
-    def add(self, seconds: float, by_tenant: Mapping[str, float]) -> None:
-        self.seconds += seconds
-        for tenant, s in by_tenant.items():
-            self.by_tenant[tenant] = self.by_tenant.get(tenant, 0.0) + s
+
+def _ns(seconds: float) -> int:
+    """Seconds as whole nanoseconds (the caller checked them finite and >= 0)."""
+    return int(seconds * _NS + 0.5)
+
+
+class _TickRows(NamedTuple):
+    """One tick as the window sums it, converted once when it comes (and taken off as is)."""
+
+    # (name, cpu ns, requests, trusted 0/1, trusted cpu ns, losses, buckets)
+    tenants: list[tuple[str, int, int, int, int, int, tuple[int, ...]]]
+    workers: list[tuple[int, int, list[tuple[str, int]]]]  # (tgid, ns, [(tenant, ns)])
+    cpus: list[tuple[int, int, list[tuple[str, int]]]]  # (cpu, busy ns, [(tenant, ns)])
+
+
+def _rows(tick: NodeTick) -> _TickRows:
+    try:
+        return _convert(tick)
+    except (ValueError, OverflowError):  # int() of a NaN or an infinity
+        raise ValueError(f"tick at {tick.at}: a CPU time that is not a finite number") from None
+
+
+def _convert(tick: NodeTick) -> _TickRows:
+    return _TickRows(
+        [(t.tenant, int(t.cpu_seconds * _NS + 0.5), t.requests, 1 if t.trusted else 0,
+          int(t.trusted_cpu_seconds * _NS + 0.5) if t.trusted_cpu_seconds else 0, t.losses,
+          t.latency_buckets) for t in tick.tenants],
+        [(w.tgid, _ns(w.cpu_seconds), [(n, int(s * _NS + 0.5)) for n, s in w.by_tenant.items()])
+         for w in tick.workers],
+        [(c.cpu, _ns(c.busy_seconds), [(n, int(s * _NS + 0.5)) for n, s in c.by_tenant.items()])
+         for c in tick.cpus])
+
+
+class _UsageRun:
+    """A worker's or a CPU's running sums over the window: its ticks, its nanoseconds, and per
+    tenant [ticks, nanoseconds]."""
+
+    __slots__ = ("ticks", "ns", "by_tenant")
+
+    def __init__(self) -> None:
+        self.ticks = 0
+        self.ns = 0
+        self.by_tenant: dict[str, list[int]] = {}
+
+    def add(self, ns: int, by_tenant: list[tuple[str, int]]) -> None:
+        self.ticks += 1
+        self.ns += ns
+        sums = self.by_tenant
+        for tenant, s in by_tenant:
+            e = sums.get(tenant)
+            if e is None:
+                sums[tenant] = [1, s]
+            else:
+                e[0] += 1
+                e[1] += s
+
+    def remove(self, ns: int, by_tenant: list[tuple[str, int]]) -> bool:
+        """Take one tick off; True when no tick of the window has this worker or CPU left."""
+        self.ticks -= 1
+        self.ns -= ns
+        sums = self.by_tenant
+        for tenant, s in by_tenant:
+            e = sums[tenant]
+            if e[0] == 1:
+                del sums[tenant]
+            else:
+                e[0] -= 1
+                e[1] -= s
+        return self.ticks == 0
 
     def freeze(self) -> Usage:
-        return Usage(self.seconds, dict(self.by_tenant))
+        return Usage(self.ns / _NS, {t: e[1] / _NS for t, e in self.by_tenant.items()})
 
 
 # The baseline ring holds this many slots, each summing baseline_seconds / BASELINE_SLOTS of calm

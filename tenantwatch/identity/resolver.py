@@ -148,6 +148,14 @@ class IdentityResolver:
         self._last_seen: OrderedDict[str, float] = OrderedDict()  # admitted, oldest first
         # this tick's answers from cache entries, by key (begin_tick, resolve_key)
         self._memo: dict[int, TenantIdentity] = {}
+        # between begin_tick() and end_tick(), the tenants admitted so far: tenant -> its
+        # identities by trust (TRUSTED, CLAIMED, NONE), so that the tenant's other keys in the
+        # tick (its other side, another source) are not admitted again
+        self._admitted: dict[str, list[TenantIdentity | None]] = {}
+        self._in_tick = False
+        # the same lists for every admitted tenant (the keys of _last_seen): a frozen
+        # TenantIdentity costs ~1 µs to build, the largest part of resolving a known key
+        self._identities: dict[str, list[TenantIdentity | None]] = {}
         if tenancy.default is None:
             self._no_identity = TenantIdentity(UNATTRIBUTED, Trust.NONE)
         else:
@@ -209,8 +217,16 @@ class IdentityResolver:
         return identity
 
     def begin_tick(self) -> None:
-        """Start a tick: forget the answers resolve_key() reuses."""
+        """Start a tick: forget the answers resolve_key() reuses; until end_tick(), a tenant is
+        admitted (its slot, its last activity) once, by the first of its keys."""
         self._memo.clear()
+        self._admitted.clear()
+        self._in_tick = True
+
+    def end_tick(self) -> None:
+        """End the tick begun by begin_tick(): every admission is a full one again."""
+        self._admitted.clear()
+        self._in_tick = False
 
     def resolve_key(self, key: int) -> TenantIdentity:
         """The tenant of a key the kernel sent without a value (on-CPU time, a slow request):
@@ -254,7 +270,10 @@ class IdentityResolver:
             if seen > deadline:
                 break
             del self._last_seen[tenant]
+            self._identities.pop(tenant, None)
             gone.append(tenant)
+        if gone:  # an expired tenant must be admitted again (a slot, max_tenants) to count
+            self._admitted.clear()
         return tuple(gone)
 
     def tenants(self) -> tuple[str, ...]:
@@ -268,10 +287,22 @@ class IdentityResolver:
         if entry is None:
             return TenantIdentity(UNATTRIBUTED, Trust.NONE, "unknown_key")
         self._cache.move_to_end(key)
-        self._recheck(key, entry)
-        if isinstance(entry.outcome, TenantIdentity):
-            return entry.outcome
-        return self._admit(entry.outcome, self._trust_of(entry, entry.source_index))
+        if entry.recheck_at != math.inf:  # as _recheck: a jwt outcome may be due again
+            self._recheck(key, entry)
+        outcome = entry.outcome
+        if isinstance(outcome, TenantIdentity):
+            return outcome
+        trust = self._trust[entry.source_index]  # as _trust_of
+        if entry.adopted and trust is Trust.TRUSTED:
+            trust = Trust.CLAIMED
+        slots = self._admitted.get(outcome)  # admitted in this tick already: its identity
+        if slots is not None:
+            slot = 0 if trust is Trust.TRUSTED else 1 if trust is Trust.CLAIMED else 2
+            identity = slots[slot]
+            if identity is None:
+                identity = slots[slot] = TenantIdentity(outcome, trust)
+            return identity
+        return self._admit(outcome, trust)
 
     def _trust_of(self, entry: _Entry, source_index: int) -> Trust:
         """The source's trust, except on an adopted connection: a connection the kernel first
@@ -375,7 +406,16 @@ class IdentityResolver:
             return TenantIdentity(OTHER, Trust.NONE, "max_tenants")
         seen[tenant] = self._clock()
         seen.move_to_end(tenant)
-        return TenantIdentity(tenant, trust)
+        slots = self._identities.get(tenant)
+        if slots is None:
+            slots = self._identities[tenant] = [None, None, None]
+        slot = 0 if trust is Trust.TRUSTED else 1 if trust is Trust.CLAIMED else 2
+        identity = slots[slot]
+        if identity is None:
+            identity = slots[slot] = TenantIdentity(tenant, trust)
+        if self._in_tick:
+            self._admitted[tenant] = slots
+        return identity
 
 
 def _unverified_claim(authorization: str, claim: str) -> str | None:

@@ -43,6 +43,9 @@ class FakeResolver:
     def begin_tick(self) -> None:
         pass
 
+    def end_tick(self) -> None:
+        pass
+
     def resolve_key(self, key: int) -> TenantIdentity:
         self.calls.append((key, None, -1, ValueFlag.NONE, None))
         return self.identities.get(key, self.default)

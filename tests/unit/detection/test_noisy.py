@@ -244,7 +244,7 @@ def test_jittered_heavy_tenant_near_nothing_does_not_flap() -> None:
 def with_losses(t: NodeTick, losses: dict[str, int]) -> NodeTick:
     """The tick with kernel losses charged to some of its tenants (TenantTick.losses)."""
     return dataclasses.replace(t, tenants=tuple(
-        dataclasses.replace(x, losses=losses.get(x.tenant, 0)) for x in t.tenants))
+        x._replace(losses=losses.get(x.tenant, 0)) for x in t.tenants))
 
 
 def test_losses_charged_to_another_tenant_do_not_hold_back_a_flag() -> None:
@@ -280,3 +280,31 @@ def test_a_node_wide_loss_still_holds_back_every_flag() -> None:
                     ticks(11, 5, INCIDENT_CPU, psi=50.0, complete=False)])
     assert noisy_changes(lossy) == []
     assert lossy[-1].contention["raise_blocked"]["noisy"] == ["B"]
+
+
+def test_the_heavy_prefilter_never_leaves_out_a_heavy_tenant() -> None:
+    """_Shares.may_be_heavy is a superset of the tenants heavy() says yes to, at a tenant's own
+    scale (release_factor when held), quotas and exact thresholds included."""
+    import random
+
+    from tenantwatch.detection.noisy import _Shares
+    from tenantwatch.detection.window import Window
+    rng = random.Random(3)
+    for _ in range(400):
+        names = [f"t{i}" for i in range(rng.randrange(1, 40))]
+        cpu = {n: rng.choice([0.0, 0.35, 0.5, 1.0, rng.random(), rng.random() / 100])
+               for n in names}
+        quotas = {n: rng.choice([0.01, 0.2, 0.5]) for n in rng.sample(names, len(names) // 5)}
+        settings = DetectionSettings(min_share=rng.choice([0.0, 0.1, 0.35]),
+                                     share_factor=rng.choice([1.0, 2.0, 3.0]),
+                                     release_factor=rng.choice([0.5, 0.9, 1.0]),
+                                     quotas=MappingProxyType(quotas))
+        w = Window(5.0)
+        w.push(steady(1.0, cpu))
+        shares = _Shares(w.stats(), settings, frozenset())
+        held = set(rng.sample(names, len(names) // 4))
+
+        def heavy(t: str) -> bool:
+            return shares.heavy(t, settings.release_factor if t in held else 1.0)
+
+        assert {t for t in names if heavy(t)} <= set(shares.may_be_heavy(held))

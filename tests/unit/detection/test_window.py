@@ -148,3 +148,91 @@ def test_inputs_are_the_aggregation_stages_records() -> None:
 
     for name in ("NodeTick", "TenantTick", "WorkerTick", "CpuTick"):
         assert getattr(detection, name) is getattr(aggregation, name)
+
+
+def _summed_again(ticks: list) -> dict:
+    """The window's sums the way it computed them before its running sums: every tick of the
+    window added up again (the reference of the test below)."""
+    tenants: dict = {}
+    for t in (x for tick in ticks for x in tick.tenants):
+        cpu, req, trusted, tcpu, losses, b = tenants.get(t.tenant, (0.0, 0, False, 0.0, 0, None))
+        tenants[t.tenant] = (cpu + t.cpu_seconds, req + t.requests, trusted or t.trusted,
+                             tcpu + t.trusted_cpu_seconds, losses + t.losses,
+                             t.latency_buckets if b is None else
+                             tuple(map(sum, zip(b, t.latency_buckets))))
+    usages = []
+    for kind in ("workers", "cpus"):
+        by: dict = {}
+        for tick in ticks:
+            for u in getattr(tick, kind):
+                ident = u.tgid if kind == "workers" else u.cpu
+                seconds, shares = by.get(ident, (0.0, {}))
+                for name, s in u.by_tenant.items():
+                    shares[name] = shares.get(name, 0.0) + s
+                by[ident] = (seconds + (u.cpu_seconds if kind == "workers" else u.busy_seconds),
+                             shares)
+        usages.append(by)
+    return {"tenants": tenants, "workers": usages[0], "cpus": usages[1]}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_running_sums_equal_the_window_summed_again(seed: int) -> None:
+    """Tenants, workers and CPUs come and go (zeros included), ticks jitter and the clock
+    goes back once: after every push the running sums are those of the window's ticks."""
+    import random
+    rng = random.Random(seed)
+    w = Window(5.0)
+    at, held = 0.0, []
+    for i in range(120):
+        at = 3.0 if i == 60 else at + rng.choice([0.5, 1.0, 1.0, 1.3, 4.0])
+        tenants = [TenantTick(f"t{n}", rng.random() < 0.5, rng.choice([0.0, rng.random()]),
+                              rng.randrange(4), buckets([rng.choice(BOUNDS)] * rng.randrange(3)),
+                              rng.choice([0.0, rng.random() / 4]), rng.randrange(2))
+                   for n in rng.sample(range(12), rng.randrange(6))]
+        workers = [WorkerTick(tgid, rng.random(), {t.tenant: rng.random() / 9 for t in tenants})
+                   for tgid in rng.sample((7, 8, 9), rng.randrange(3))]
+        cpus = [CpuTick(c, rng.random(), {t.tenant: rng.random() / 9 for t in tenants[:2]})
+                for c in rng.sample((0, 1), rng.randrange(3))]
+        tick = node(at, tenants, workers=workers, cpus=cpus, interval=rng.choice([0.5, 1.0]))
+        w.push(tick)
+        held = [t for t in held if t.at < at] + [tick]
+        held = [t for t in held if t.at - t.interval_seconds / 2 > at - 5.0] or [tick]
+        want, s = _summed_again(held), w.stats()  # seconds: 0.5 ns of rounding a tick at most
+        assert len(w) == len(held) and s.ticks == len(held)
+        assert set(s.tenants) == set(want["tenants"])
+        for name, (cpu, req, trusted, tcpu, losses, b) in want["tenants"].items():
+            got = s.tenants[name]
+            assert got.cpu_seconds == pytest.approx(cpu, abs=1e-8)
+            assert got.trusted_cpu_seconds == pytest.approx(tcpu, abs=1e-8)
+            assert (got.requests, got.trusted, got.losses, got.buckets) == (req, trusted, losses, b)
+        assert s.total_cpu_seconds == pytest.approx(sum(v[0] for v in want["tenants"].values()),
+                                                    abs=1e-7)
+        assert s.total_requests == sum(v[1] for v in want["tenants"].values())
+        for kind in ("workers", "cpus"):
+            usages = getattr(s, kind)
+            assert set(usages) == set(want[kind])
+            for ident, (seconds, shares) in want[kind].items():
+                assert usages[ident].seconds == pytest.approx(seconds, abs=1e-8)
+                assert usages[ident].by_tenant == pytest.approx(shares, abs=1e-8)
+
+
+def test_a_cpu_time_that_is_not_a_number_is_refused_and_leaves_the_window_as_it_was() -> None:
+    w = Window(5.0)
+    w.push(node(1.0, [tenant("A", 0.5)]))
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="not a finite number"):
+            w.push(node(2.0, [tenant("A", bad)]))
+        with pytest.raises(ValueError, match="not a finite number"):
+            w.push(node(0.5, [], workers=[WorkerTick(9, 1.0, {"A": bad})]))  # clock back too
+    assert len(w) == 1 and w.stats().tenants["A"].cpu_seconds == 0.5
+
+
+def test_p99_by_bisection_is_estimate_quantiles_answer() -> None:
+    import random
+
+    from tenantwatch.aggregation import estimate_quantile
+    rng = random.Random(7)
+    for _ in range(2000):
+        b = [rng.choice([0, 0, 1, 5, 1000]) for _ in range(len(BOUNDS) + 1)]
+        cumulative = [sum(b[:i + 1]) for i in range(len(b))]
+        assert p99(BOUNDS, b) == estimate_quantile(BOUNDS, cumulative, 0.99), b

@@ -474,3 +474,54 @@ def test_every_reason_given_is_listed() -> None:
     given = set(re.findall(pattern, source))
     given |= {reason for _, reason in resolver_module._FLAG_REASONS}
     assert given == set(resolver_module.REJECT_REASONS)
+
+
+# --- one admission per tenant and tick -------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_tick_admits_each_tenant_once_with_the_same_answers(seed: int) -> None:
+    """Between begin_tick() and end_tick() a tenant is admitted by its first key only; every
+    answer, the admitted tenants and their expiry are what resolving outside ticks gives."""
+    import random
+    rng = random.Random(seed)
+    ticked, plain = (resolver(clock=Clock(), max_tenants=5, idle_seconds=3.0) for _ in range(2))
+    keys: dict[int, tuple[bytes, int, Side, F]] = {}
+    for _ in range(40):  # ticks
+        ticked.begin_tick()
+        for _ in range(rng.randrange(1, 30)):
+            key = rng.randrange(60)
+            if key not in keys or rng.random() < 0.1:  # a (re)learned value: adopted or not
+                src, side = rng.choice([(CLAIMED_SRC, Side.SERVER), (TRUSTED_SRC, Side.CLIENT)])
+                keys[key] = (f"t{rng.randrange(9)}".encode(), src, side,
+                             F.ADOPTED if rng.random() < 0.2 else F.NONE)
+                value, src, side, flags = keys[key]
+                args: tuple = (key, value, src, flags, side)
+            else:  # the key alone, as the kernel sends it after the first tick
+                args = (key, None, -1, F.NONE, keys[key][2])
+            assert ticked.resolve(*args) == plain.resolve(*args), args
+        ticked.end_tick()
+        step = rng.choice([0.5, 1.0, 2.0])
+        for r in (ticked, plain):
+            r._clock.now += step  # type: ignore[attr-defined]
+        for key in rng.sample(sorted(keys), min(len(keys), 2)):  # outside a tick: admitted
+            args = (key, None, -1, F.NONE, keys[key][2])
+            assert ticked.resolve(*args) == plain.resolve(*args), args
+        # the same tenants expire; among those a tick saw, the order may differ (a tick
+        # dates a tenant by its first key, not its last: the same time here)
+        assert sorted(ticked.expire()) == sorted(plain.expire())
+        assert ticked.tenants() == plain.tenants()
+
+
+def test_a_tick_keeps_each_keys_own_trust() -> None:
+    """The tenant's second key in a tick gets its own source's trust, adopted or not."""
+    r = resolver()
+    assert r.resolve(1, b"a", CLAIMED_SRC, F.NONE, Side.SERVER).tenant == "a"
+    assert r.resolve(2, b"a", TRUSTED_SRC, F.NONE, Side.CLIENT).trust is Trust.TRUSTED
+    assert r.resolve(3, b"a", TRUSTED_SRC, F.ADOPTED, Side.CLIENT).trust is Trust.CLAIMED
+    r.begin_tick()
+    answers = [r.resolve(k, None, -1, F.NONE, s) for k, s in
+               ((1, Side.SERVER), (2, Side.CLIENT), (3, Side.CLIENT), (2, Side.CLIENT))]
+    r.end_tick()
+    assert [(i.tenant, i.trust) for i in answers] == [
+        ("a", Trust.CLAIMED), ("a", Trust.TRUSTED), ("a", Trust.CLAIMED), ("a", Trust.TRUSTED)]
