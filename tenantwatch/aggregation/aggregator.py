@@ -165,7 +165,7 @@ class _TickDeltas:
     cpu: dict[str, float] = field(default_factory=dict)
     trusted_cpu: dict[str, float] = field(default_factory=dict)
     requests: dict[str, int] = field(default_factory=dict)
-    latency: dict[str, list[int]] = field(default_factory=dict)
+    latency: dict[str, Sequence[int]] = field(default_factory=dict)  # a row's tuple, or a sum
     trusted: set[str] = field(default_factory=set)
     losses: dict[str, int] = field(default_factory=dict)  # TENANT_LOSSES charged to each
     workers: dict[int, dict[str, float]] = field(default_factory=dict)
@@ -438,8 +438,8 @@ class Aggregator:
                 if ended:
                     tick_requests[tenant] = tick_requests.get(tenant, 0) + ended
                 if has_latency:
-                    lat = tick_latency.get(tenant)
-                    tick_latency[tenant] = list(buckets) if lat is None \
+                    lat = tick_latency.get(tenant)  # the row's own tuple when it is the first
+                    tick_latency[tenant] = buckets if lat is None \
                         else list(map(add, lat, buckets))
             reason = identity.rejected_reason
             if reason and heads:

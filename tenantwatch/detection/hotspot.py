@@ -70,12 +70,17 @@ class Hotspots:
         out: list[HotspotKey] = []
         kinds: tuple[tuple[Literal["cpu", "worker"], Mapping[int, Usage]], ...] = (
             ("cpu", stats.cpus), ("worker", stats.workers))
+        # no key is hot below the lower of the two busy thresholds: such a worker or CPU is
+        # passed by before its tenants are summed (10,000 of them on a big node)
+        least_busy = min(1.0, s.release_factor) * s.hotspot_busy
         for kind, usages in kinds:
             for ident in sorted(usages):
                 usage = usages[ident]
                 if stats.seconds <= 0 or usage.seconds <= 0:
                     continue
                 busy = usage.seconds / stats.seconds
+                if busy < least_busy:
+                    continue
                 for tenant in sorted(t for t in usage.by_tenant if t not in self.ignore):
                     key: HotspotKey = (kind, str(ident), tenant)
                     scale = s.release_factor if key in held else 1.0

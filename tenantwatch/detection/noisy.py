@@ -74,13 +74,17 @@ def assess_contention(stats: WindowStats, baseline: Baseline, settings: Detectio
         w = stats.tenants[tenant]
         if tenant in ignore or w.requests < settings.victim_min_requests:
             continue
+        # the window's own p99 first: most tenants are under victim_min_p99_seconds, and then
+        # the baseline is not read (every test below only skips: their order does not matter)
+        now = p99(stats.bounds, w.buckets)
+        if now is None or now < settings.victim_min_p99_seconds:
+            continue
         if baseline.requests(tenant) < settings.victim_min_requests:
             continue  # too few calm requests for a baseline p99 to mean anything
         before = baseline.p99(stats.bounds, tenant)
-        now = p99(stats.bounds, w.buckets)
-        if before is None or now is None or before <= 0:
+        if before is None or before <= 0:
             continue
-        if now >= factor * before and now >= settings.victim_min_p99_seconds:
+        if now >= factor * before:
             victims[tenant] = Victim(tenant, before, now, w.requests)
     return Contention(psi, 2 * over >= stats.ticks and over > 0, over, victims)
 

@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
+from types import MappingProxyType
 from typing import Generic, NamedTuple, TypeVar
 
 from tenantwatch.aggregation import estimate_quantile
@@ -53,12 +54,34 @@ class TenantWindow(NamedTuple):
     losses: int = 0  # kernel losses charged to the tenant (TenantTick.losses), summed
 
 
-@dataclass(frozen=True)
 class Usage:
-    """Time of one worker or CPU over the window and the part charged to each tenant."""
+    """Time of one worker or CPU over the window and the part charged to each tenant.
 
-    seconds: float  # the worker's CPU time, or the CPU's busy time
-    by_tenant: Mapping[str, float]
+    ``by_tenant`` is summed from the window's ticks when first read: the hotspot rule reads it
+    only for a busy worker or CPU, and each tick of a node with 10,000 tenants has 10,000
+    entries per worker and CPU.  Read-only once built, like the frozen record it replaces.
+    """
+
+    __slots__ = ("_by_tenant", "_parts", "seconds")
+
+    def __init__(self, seconds: float, by_tenant: Mapping[str, float] | None = None,
+                 parts: Sequence[Mapping[str, float]] = ()) -> None:
+        self.seconds = seconds  # the worker's CPU time, or the CPU's busy time
+        self._by_tenant = by_tenant
+        self._parts = parts  # the ticks' by_tenant, oldest first, summed on first read
+
+    @property
+    def by_tenant(self) -> Mapping[str, float]:
+        if self._by_tenant is None:
+            sums: dict[str, float] = {}
+            for part in self._parts:
+                for tenant, s in part.items():
+                    sums[tenant] = sums.get(tenant, 0.0) + s
+            self._by_tenant, self._parts = MappingProxyType(sums), ()
+        return self._by_tenant
+
+    def __repr__(self) -> str:
+        return f"Usage(seconds={self.seconds!r}, by_tenant={dict(self.by_tenant)!r})"
 
 
 @dataclass(frozen=True)
@@ -109,9 +132,8 @@ class Window:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self._ticks: deque[tuple[NodeTick, _TickRows]] = deque()
-        self._tenants: dict[str, list] = {}  # name -> _TENANT_SUM fields
-        self._workers: dict[int, _UsageRun] = {}
-        self._cpus: dict[int, _UsageRun] = {}
+        self._tenants: dict[str, list] = {}  # name -> [ticks, cpu ns, requests, trusted ticks,
+        #                                        trusted cpu ns, losses, buckets]
 
     def __len__(self) -> int:
         return len(self._ticks)
@@ -119,8 +141,6 @@ class Window:
     def clear(self) -> None:
         self._ticks.clear()
         self._tenants.clear()
-        self._workers.clear()
-        self._cpus.clear()
 
     def push(self, tick: NodeTick) -> None:
         """Add the latest tick; a clock that goes back or stands still starts the window over."""
@@ -152,12 +172,6 @@ class Window:
             e[5] += losses
             if requests or any(buckets):
                 e[6] = list(map(add, e[6], buckets))
-        for usages, runs in ((rows.workers, self._workers), (rows.cpus, self._cpus)):
-            for ident, ns, by_tenant in usages:
-                run = runs.get(ident)
-                if run is None:
-                    run = runs[ident] = _UsageRun()
-                run.add(ns, by_tenant)
 
     def _remove(self, item: tuple[NodeTick, _TickRows]) -> None:
         rows = item[1]
@@ -176,10 +190,6 @@ class Window:
             e[5] -= losses
             if requests or any(buckets):
                 e[6] = list(map(sub, e[6], buckets))
-        for usages, runs in ((rows.workers, self._workers), (rows.cpus, self._cpus)):
-            for ident, ns, by_tenant in usages:
-                if runs[ident].remove(ns, by_tenant):
-                    del runs[ident]
 
     def stats(self) -> WindowStats:
         """Sums over the window; every tick must have the same bounds (the caller checks)."""
@@ -199,8 +209,10 @@ class Window:
             tenants=tenants,
             total_cpu_seconds=sum(e[1] for e in self._tenants.values()) / _NS,
             total_requests=sum(e[2] for e in self._tenants.values()),
-            workers={k: v.freeze() for k, v in self._workers.items()},
-            cpus={k: v.freeze() for k, v in self._cpus.items()},
+            workers=_usages((w.tgid, w.cpu_seconds, w.by_tenant)
+                            for t, _ in self._ticks for w in t.workers),
+            cpus=_usages((c.cpu, c.busy_seconds, c.by_tenant)
+                         for t, _ in self._ticks for c in t.cpus),
             psi_some_avg10=latest.psi_some_avg10,
             runq_p99_seconds=tuple(t.runq_p99_seconds for t, _ in self._ticks),
             temperatures_celsius=latest.temperatures_celsius,
@@ -210,77 +222,32 @@ class Window:
 _NS = 1e9  # seconds -> the window's integer nanoseconds
 
 
-def _ns(seconds: float) -> int:
-    """Seconds as whole nanoseconds (the caller checked them finite and >= 0)."""
-    return int(seconds * _NS + 0.5)
-
-
 class _TickRows(NamedTuple):
-    """One tick as the window sums it, converted once when it comes (and taken off as is)."""
+    """One tick's tenants as the window sums them, converted once when it comes (and taken off
+    as they are): (name, cpu ns, requests, trusted 0/1, trusted cpu ns, losses, buckets)."""
 
-    # (name, cpu ns, requests, trusted 0/1, trusted cpu ns, losses, buckets)
     tenants: list[tuple[str, int, int, int, int, int, tuple[int, ...]]]
-    workers: list[tuple[int, int, list[tuple[str, int]]]]  # (tgid, ns, [(tenant, ns)])
-    cpus: list[tuple[int, int, list[tuple[str, int]]]]  # (cpu, busy ns, [(tenant, ns)])
 
 
 def _rows(tick: NodeTick) -> _TickRows:
     try:
-        return _convert(tick)
+        return _TickRows([
+            (t.tenant, int(t.cpu_seconds * _NS + 0.5), t.requests, 1 if t.trusted else 0,
+             int(t.trusted_cpu_seconds * _NS + 0.5) if t.trusted_cpu_seconds else 0, t.losses,
+             t.latency_buckets) for t in tick.tenants])
     except (ValueError, OverflowError):  # int() of a NaN or an infinity
         raise ValueError(f"tick at {tick.at}: a CPU time that is not a finite number") from None
 
 
-def _convert(tick: NodeTick) -> _TickRows:
-    return _TickRows(
-        [(t.tenant, int(t.cpu_seconds * _NS + 0.5), t.requests, 1 if t.trusted else 0,
-          int(t.trusted_cpu_seconds * _NS + 0.5) if t.trusted_cpu_seconds else 0, t.losses,
-          t.latency_buckets) for t in tick.tenants],
-        [(w.tgid, _ns(w.cpu_seconds), [(n, int(s * _NS + 0.5)) for n, s in w.by_tenant.items()])
-         for w in tick.workers],
-        [(c.cpu, _ns(c.busy_seconds), [(n, int(s * _NS + 0.5)) for n, s in c.by_tenant.items()])
-         for c in tick.cpus])
-
-
-class _UsageRun:
-    """A worker's or a CPU's running sums over the window: its ticks, its nanoseconds, and per
-    tenant [ticks, nanoseconds]."""
-
-    __slots__ = ("ticks", "ns", "by_tenant")
-
-    def __init__(self) -> None:
-        self.ticks = 0
-        self.ns = 0
-        self.by_tenant: dict[str, list[int]] = {}
-
-    def add(self, ns: int, by_tenant: list[tuple[str, int]]) -> None:
-        self.ticks += 1
-        self.ns += ns
-        sums = self.by_tenant
-        for tenant, s in by_tenant:
-            e = sums.get(tenant)
-            if e is None:
-                sums[tenant] = [1, s]
-            else:
-                e[0] += 1
-                e[1] += s
-
-    def remove(self, ns: int, by_tenant: list[tuple[str, int]]) -> bool:
-        """Take one tick off; True when no tick of the window has this worker or CPU left."""
-        self.ticks -= 1
-        self.ns -= ns
-        sums = self.by_tenant
-        for tenant, s in by_tenant:
-            e = sums[tenant]
-            if e[0] == 1:
-                del sums[tenant]
-            else:
-                e[0] -= 1
-                e[1] -= s
-        return self.ticks == 0
-
-    def freeze(self) -> Usage:
-        return Usage(self.ns / _NS, {t: e[1] / _NS for t, e in self.by_tenant.items()})
+def _usages(items: Iterable[tuple[int, float, Mapping[str, float]]]) -> dict[int, Usage]:
+    """(id, seconds, by_tenant) of each tick's worker or CPU, oldest first -> a Usage per id:
+    the seconds summed now, by_tenant when read."""
+    seconds: dict[int, float] = {}
+    parts: dict[int, list[Mapping[str, float]]] = {}
+    for ident, s, by_tenant in items:
+        seconds[ident] = seconds.get(ident, 0.0) + s
+        parts.setdefault(ident, []).append(by_tenant)
+    return {ident: Usage(s, parts=parts[ident]) for ident, s in seconds.items()}
 
 
 # The baseline ring holds this many slots, each summing baseline_seconds / BASELINE_SLOTS of calm

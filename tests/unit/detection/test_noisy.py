@@ -303,8 +303,6 @@ def test_the_heavy_prefilter_never_leaves_out_a_heavy_tenant() -> None:
         w.push(steady(1.0, cpu))
         shares = _Shares(w.stats(), settings, frozenset())
         held = set(rng.sample(names, len(names) // 4))
-
-        def heavy(t: str) -> bool:
-            return shares.heavy(t, settings.release_factor if t in held else 1.0)
-
-        assert {t for t in names if heavy(t)} <= set(shares.may_be_heavy(held))
+        heavy = {t for t in names
+                 if shares.heavy(t, settings.release_factor if t in held else 1.0)}
+        assert heavy <= set(shares.may_be_heavy(held))
