@@ -100,26 +100,27 @@ class Resolver(Protocol):
     def expire(self) -> tuple[str, ...]: ...
 
 
-@dataclass
 class _Totals:
-    """Mutable cumulative state of one (tenant, side); never leaves this module."""
+    """Mutable cumulative state of one (tenant, side); never leaves this module.  A slotted
+    class with its own __init__: a tick of new tenants builds one per tenant and side."""
 
-    n_buckets: int
-    trusted: bool = False
-    requests_by_class: list[int] = field(default_factory=lambda: [0] * len(STATUS_CLASSES))
-    rx_bytes: int = 0
-    tx_bytes: int = 0
-    latency_buckets: list[int] = field(default_factory=list)  # non-cumulative, like the kernel
-    latency_sum_ns: int = 0
-    connections_opened: int = 0
-    connections_closed: int = 0
-    connections_duration_ns: int = 0
-    connections_active: int = 0  # kept by the connection ledger (Aggregator._connections)
-    cpu_ns: int = 0
+    __slots__ = ("connections_active", "connections_closed", "connections_duration_ns",
+                 "connections_opened", "cpu_ns", "latency_buckets", "latency_sum_ns",
+                 "n_buckets", "requests_by_class", "rx_bytes", "trusted", "tx_bytes")
 
-    def __post_init__(self) -> None:
-        if not self.latency_buckets:
-            self.latency_buckets = [0] * self.n_buckets
+    def __init__(self, n_buckets: int) -> None:
+        self.n_buckets = n_buckets
+        self.trusted = False
+        self.requests_by_class = [0] * len(STATUS_CLASSES)
+        self.rx_bytes = 0
+        self.tx_bytes = 0
+        self.latency_buckets = [0] * n_buckets  # non-cumulative, like the kernel
+        self.latency_sum_ns = 0
+        self.connections_opened = 0
+        self.connections_closed = 0
+        self.connections_duration_ns = 0
+        self.connections_active = 0  # kept by the connection ledger (Aggregator._connections)
+        self.cpu_ns = 0
 
 
 def _check_bounds(bounds: Sequence[float]) -> tuple[float, ...]:
@@ -444,13 +445,13 @@ class Aggregator:
             reason = identity.rejected_reason
             if reason and heads:
                 rejected[reason] = rejected.get(reason, 0) + heads
-            if opened or closed:
-                self._ledger(c, tenant)
             pair = (tenant, side)
             totals = all_totals.get(pair)
             if totals is None:  # as _totals_of
                 totals = all_totals[pair] = _Totals(n_buckets)
             dirty.add(pair)
+            if opened or closed:
+                self._ledger(c, tenant, totals)
             if trusted:
                 totals.trusted = True
             if len(by_class) == n_classes:
@@ -466,16 +467,17 @@ class Aggregator:
             elif len(buckets) != n_buckets:
                 self._warn_shape("latency_buckets", len(buckets), n_buckets)
 
-    def _ledger(self, c: IdentityCounts, tenant: str) -> None:
+    def _ledger(self, c: IdentityCounts, tenant: str, tenant_totals: _Totals) -> None:
         """Count c's opens and closes under the tenant its key's connections were opened
-        under (``tenant`` for a key with none open).  A close without an open (a connection
-        that predates a restart of the ledger) counts as closed, not below 0."""
+        under (``tenant`` for a key with none open; ``tenant_totals`` are (tenant, c.side)'s,
+        already marked for the snapshot).  A close without an open (a connection that
+        predates a restart of the ledger) counts as closed, not below 0."""
         entry = self._connections.get((c.key, c.side))
         if entry is None:
             entry = [tenant, 0]
         label = entry[0]
         opened, closed = c.connections_opened, c.connections_closed
-        totals = self._totals_of(label, c.side)
+        totals = tenant_totals if label == tenant else self._totals_of(label, c.side)
         totals.connections_opened += opened
         totals.connections_closed += closed
         totals.connections_duration_ns += c.connections_duration_ns
