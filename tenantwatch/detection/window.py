@@ -125,8 +125,9 @@ class Window:
     leaves, instead of every tick of the window being summed again at each tick (at 10,000
     tenants active every second, 5 ticks of them: bench/tick_cost.py).  Seconds are summed as
     integer nanoseconds, so taking a tick off leaves exactly the sum of the others (a float
-    sum would drift).  An entry (a tenant, a worker's tenant) stays while a tick of the window
-    has it, even with zeros, as when every tick was summed again.
+    sum would drift).  A tenant stays while a tick of the window has it, even with zeros, as
+    when every tick was summed again.  Workers and CPUs are few: their seconds are summed at
+    each stats(), their per-tenant time only when read (Usage).
     """
 
     def __init__(self, seconds: float) -> None:
