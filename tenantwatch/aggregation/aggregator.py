@@ -46,7 +46,7 @@ from tenantwatch.kernel.records import (
 )
 
 log = logging.getLogger(__name__)
-# _fold_cpu unpacks the rows in this order.
+# _fold_cpu and _fold unpack their rows in these orders, and _node_tick builds TenantTick so.
 assert CpuCounts._fields == ("key", "tgid", "cpu", "side", "ns", "h2_stream"), CpuCounts._fields
 assert TenantTick._fields == ("tenant", "trusted", "cpu_seconds", "requests", "latency_buckets",
                               "trusted_cpu_seconds", "losses"), TenantTick._fields
@@ -423,7 +423,7 @@ class Aggregator:
         tick_trusted, tick_losses = per_tick.trusted, per_tick.losses
         tick_requests, tick_latency = per_tick.requests, per_tick.latency
         for c in rows:
-            # one unpacking, not an attribute read per field (the assert below pins the order)
+            # one unpacking, not an attribute read per field (an assert at the top pins it)
             (key, side, raw_value, source_index, flags, by_class, heads, rx_bytes, tx_bytes,
              buckets, latency_sum_ns, opened, closed, _duration, losses) = c
             identity = resolve(key, raw_value, source_index, flags, side)

@@ -132,7 +132,7 @@ class Window:
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self._ticks: deque[tuple[NodeTick, _TickRows]] = deque()
+        self._ticks: deque[tuple[NodeTick, _TenantRows]] = deque()
         self._tenants: dict[str, list] = {}  # name -> [ticks, cpu ns, requests, trusted ticks,
         #                                        trusted cpu ns, losses, buckets]
 
@@ -156,11 +156,11 @@ class Window:
         if not ticks:  # an interval longer than the window: keep the latest tick anyway
             self._add(tick, rows)
 
-    def _add(self, tick: NodeTick, rows: _TickRows) -> None:
+    def _add(self, tick: NodeTick, rows: _TenantRows) -> None:
         self._ticks.append((tick, rows))
         sums = self._tenants
         add = operator.add
-        for name, cpu, requests, trusted, trusted_cpu, losses, buckets in rows.tenants:
+        for name, cpu, requests, trusted, trusted_cpu, losses, buckets in rows:
             e = sums.get(name)
             if e is None:
                 sums[name] = [1, cpu, requests, trusted, trusted_cpu, losses, list(buckets)]
@@ -174,11 +174,11 @@ class Window:
             if requests or any(buckets):
                 e[6] = list(map(add, e[6], buckets))
 
-    def _remove(self, item: tuple[NodeTick, _TickRows]) -> None:
+    def _remove(self, item: tuple[NodeTick, _TenantRows]) -> None:
         rows = item[1]
         sums = self._tenants
         sub = operator.sub
-        for name, cpu, requests, trusted, trusted_cpu, losses, buckets in rows.tenants:
+        for name, cpu, requests, trusted, trusted_cpu, losses, buckets in rows:
             e = sums[name]
             if e[0] == 1:
                 del sums[name]
@@ -223,19 +223,16 @@ class Window:
 _NS = 1e9  # seconds -> the window's integer nanoseconds
 
 
-class _TickRows(NamedTuple):
-    """One tick's tenants as the window sums them, converted once when it comes (and taken off
-    as they are): (name, cpu ns, requests, trusted 0/1, trusted cpu ns, losses, buckets)."""
-
-    tenants: list[tuple[str, int, int, int, int, int, tuple[int, ...]]]
+# One tick's tenants as the window sums them, converted once when the tick comes and taken
+# off as they are: (name, cpu ns, requests, trusted 0/1, trusted cpu ns, losses, buckets).
+_TenantRows = list[tuple[str, int, int, int, int, int, tuple[int, ...]]]
 
 
-def _rows(tick: NodeTick) -> _TickRows:
+def _rows(tick: NodeTick) -> _TenantRows:
     try:
-        return _TickRows([
-            (t.tenant, int(t.cpu_seconds * _NS + 0.5), t.requests, 1 if t.trusted else 0,
-             int(t.trusted_cpu_seconds * _NS + 0.5) if t.trusted_cpu_seconds else 0, t.losses,
-             t.latency_buckets) for t in tick.tenants])
+        return [(t.tenant, int(t.cpu_seconds * _NS + 0.5), t.requests, 1 if t.trusted else 0,
+                 int(t.trusted_cpu_seconds * _NS + 0.5) if t.trusted_cpu_seconds else 0,
+                 t.losses, t.latency_buckets) for t in tick.tenants]
     except (ValueError, OverflowError):  # int() of a NaN or an infinity
         raise ValueError(f"tick at {tick.at}: a CPU time that is not a finite number") from None
 

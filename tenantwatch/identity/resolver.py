@@ -151,13 +151,13 @@ class IdentityResolver:
         self._last_seen: OrderedDict[str, float] = OrderedDict()  # admitted, oldest first
         # this tick's answers from cache entries, by key (begin_tick, resolve_key)
         self._memo: dict[int, TenantIdentity] = {}
-        # between begin_tick() and end_tick(), the tenants admitted so far: tenant -> its
-        # identities by trust (TRUSTED, CLAIMED, NONE), so that the tenant's other keys in the
-        # tick (its other side, another source) are not admitted again
-        self._admitted: dict[str, list[TenantIdentity | None]] = {}
+        # between begin_tick() and end_tick(), the tenants admitted so far: the tenant's other
+        # keys in the tick (its other side, another source) are not admitted again
+        self._admitted: set[str] = set()
         self._in_tick = False
-        # the same lists for every admitted tenant (the keys of _last_seen): a frozen
-        # TenantIdentity costs ~1 µs to build, the largest part of resolving a known key
+        # each admitted tenant's (the keys of _last_seen) identities by trust (TRUSTED,
+        # CLAIMED, NONE), built once: a frozen TenantIdentity costs ~1 µs to build, the
+        # largest part of resolving a known key
         self._identities: dict[str, list[TenantIdentity | None]] = {}
         if tenancy.default is None:
             self._no_identity = TenantIdentity(UNATTRIBUTED, Trust.NONE)
@@ -290,22 +290,11 @@ class IdentityResolver:
         if entry is None:
             return TenantIdentity(UNATTRIBUTED, Trust.NONE, "unknown_key")
         self._cache.move_to_end(key)
-        if entry.recheck_at != math.inf:  # as _recheck: a jwt outcome may be due again
+        if entry.recheck_at != math.inf:  # only a jwt outcome is ever due again (_recheck)
             self._recheck(key, entry)
-        outcome = entry.outcome
-        if isinstance(outcome, TenantIdentity):
-            return outcome
-        trust = self._trust[entry.source_index]  # as _trust_of
-        if entry.adopted and trust is Trust.TRUSTED:
-            trust = Trust.CLAIMED
-        slots = self._admitted.get(outcome)  # admitted in this tick already: its identity
-        if slots is not None:
-            slot = 0 if trust is Trust.TRUSTED else 1 if trust is Trust.CLAIMED else 2
-            identity = slots[slot]
-            if identity is None:
-                identity = slots[slot] = TenantIdentity(outcome, trust)
-            return identity
-        return self._admit(outcome, trust)
+        if isinstance(entry.outcome, TenantIdentity):
+            return entry.outcome
+        return self._admit(entry.outcome, self._trust_of(entry, entry.source_index))
 
     def _trust_of(self, entry: _Entry, source_index: int) -> Trust:
         """The source's trust, except on an adopted connection: a connection the kernel first
@@ -398,17 +387,20 @@ class IdentityResolver:
         return value
 
     def _admit(self, tenant: str, trust: Trust) -> TenantIdentity:
-        if tenant == self._tenancy.default:  # already a label; takes no slot
-            return TenantIdentity(tenant, trust)
-        if self._registry is not None:  # asked each time: the registry changes under us
-            why = self._registry.refusal(tenant)
-            if why is not None:  # unknown or suspended: its own reason, never a slot
-                return TenantIdentity(INVALID, Trust.NONE, why)
-        seen = self._last_seen
-        if tenant not in seen and len(seen) >= self._tenancy.max_tenants:
-            return TenantIdentity(OTHER, Trust.NONE, "max_tenants")
-        seen[tenant] = self._clock()
-        seen.move_to_end(tenant)
+        if tenant not in self._admitted:  # else: admitted by another key in this tick
+            if tenant == self._tenancy.default:  # already a label; takes no slot
+                return TenantIdentity(tenant, trust)
+            if self._registry is not None:  # asked each time: the registry changes under us
+                why = self._registry.refusal(tenant)
+                if why is not None:  # unknown or suspended: its own reason, never a slot
+                    return TenantIdentity(INVALID, Trust.NONE, why)
+            seen = self._last_seen
+            if tenant not in seen and len(seen) >= self._tenancy.max_tenants:
+                return TenantIdentity(OTHER, Trust.NONE, "max_tenants")
+            seen[tenant] = self._clock()
+            seen.move_to_end(tenant)
+            if self._in_tick:
+                self._admitted.add(tenant)
         slots = self._identities.get(tenant)
         if slots is None:
             slots = self._identities[tenant] = [None, None, None]
@@ -416,8 +408,6 @@ class IdentityResolver:
         identity = slots[slot]
         if identity is None:
             identity = slots[slot] = TenantIdentity(tenant, trust)
-        if self._in_tick:
-            self._admitted[tenant] = slots
         return identity
 
 
